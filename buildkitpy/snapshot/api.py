@@ -1,0 +1,71 @@
+"""The snapshot contract shared by the solver, the executor and the exporters.
+
+A snapshot is a filesystem tree stored as a chain of layers (overlayfs "diff" directories, lowest
+first). Immutable snapshots are content that never changes once committed; mutable snapshots are a
+writable upper directory on top of an immutable parent, used while an op runs and then committed.
+
+Everything here is synchronous and thread-safe: the solver calls it through
+``anyio.to_thread.run_sync`` because mounting and copying block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+
+class ImmutableSnapshot(Protocol):
+    """A committed, read-only tree. Reference counted: ``release`` when done with a handle."""
+
+    id: str
+    parent_id: str | None
+
+    def layers(self) -> list[Path]:
+        """Diff directories of the whole chain, lowest first (overlay whiteouts inside)."""
+
+    def mount(self) -> AbstractContextManager[Path]:
+        """A read-only view of the merged tree, valid until the context exits."""
+
+    def size(self) -> int:
+        """Bytes used by this snapshot's own layer."""
+
+    def clone(self) -> ImmutableSnapshot:
+        """A new handle on the same snapshot (takes a reference)."""
+
+    def release(self) -> None:
+        """Drop this handle's reference; the data stays while the cache or others hold it."""
+
+
+class MutableSnapshot(Protocol):
+    """A writable tree on top of an optional immutable parent."""
+
+    id: str
+
+    def mount(self) -> AbstractContextManager[Path]:
+        """A read-write view of the merged tree (overlay upper over the parent's layers)."""
+
+    def commit(self) -> ImmutableSnapshot:
+        """Freeze it; the mutable handle is unusable afterwards."""
+
+    def release(self) -> None:
+        """Discard without committing (removes the upper dir)."""
+
+
+class SnapshotManager(Protocol):
+    def new_mutable(self, parent: ImmutableSnapshot | None, description: str = "") -> MutableSnapshot:
+        ...
+
+    def get(self, snapshot_id: str) -> ImmutableSnapshot:
+        """A new handle on a committed snapshot; KeyError if unknown."""
+
+    def merge(self, inputs: list[ImmutableSnapshot], description: str = "") -> ImmutableSnapshot:
+        """A snapshot whose layers are the inputs' layers stacked in order (MergeOp)."""
+
+    def diff(self, lower: ImmutableSnapshot | None, upper: ImmutableSnapshot,
+             description: str = "") -> ImmutableSnapshot:
+        """A snapshot holding only the changes from lower to upper (DiffOp)."""
+
+    def walk_ids(self) -> Iterator[str]:
+        """Every committed snapshot id (for disk usage and prune)."""
