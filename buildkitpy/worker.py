@@ -1,0 +1,38 @@
+"""The worker: the bundle of local resources a build runs on (one per daemon, like BuildKit's OCI
+worker). The solver and the exporters reach snapshots, the executor and client sessions through it."""
+
+from __future__ import annotations
+
+import platform as _platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildkitpy.snapshot.api import SnapshotManager
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+         "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
+
+
+def host_platform() -> dict[str, str]:
+    """The host as an OCI platform (``os``, ``architecture`` and, for arm, ``variant``)."""
+    arch = _ARCH.get(_platform.machine(), _platform.machine())
+    plat = {"os": "linux", "architecture": arch}
+    if arch == "arm":
+        plat["variant"] = "v7"
+    elif arch == "arm64":
+        plat["variant"] = ""
+    return plat
+
+
+@dataclass
+class Worker:
+    id: str
+    root: Path
+    snapshots: SnapshotManager
+    sessions: Any  # buildkitpy.session.manager.SessionManager
+    executor: Any = None  # buildkitpy.executor.runc.RuncExecutor
+    max_parallelism: int = 4
+    labels: dict[str, str] = field(default_factory=dict)
+    platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
+    insecure_entitlements: frozenset[str] = frozenset()
