@@ -52,7 +52,8 @@ class SourceLocation:
 
     filename: str
     data: bytes
-    ranges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (start line, char, end line, char)
+    # (start line, start char, end line, end char)
+    ranges: list[tuple[int, int, int, int]] = field(default_factory=list)
     language: str = "Dockerfile"
 
 

@@ -36,3 +36,66 @@ class Worker:
     labels: dict[str, str] = field(default_factory=dict)
     platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
     insecure_entitlements: frozenset[str] = frozenset()
+
+    def disk_usage(self) -> list[Usage]:
+        """One record per stored snapshot (what ``buildctl du`` lists)."""
+        usage = getattr(self.snapshots, "usage", None)
+        if usage is not None:
+            return list(usage())
+        records = []
+        for snap_id in self.snapshots.walk_ids():
+            snap = self.snapshots.get(snap_id)
+            try:
+                records.append(Usage(id=snap_id, size=snap.size(), parents=[snap.parent_id]
+                                     if snap.parent_id else []))
+            finally:
+                snap.release()
+        return records
+
+    def prune(self, *, all: bool = False, keep_duration_ns: int = 0,
+              filters: list[str] | None = None) -> list[Usage]:
+        """Remove what no build and no cache record needs; returns what was removed."""
+        prune = getattr(self.snapshots, "prune", None)
+        if prune is None:
+            return []
+        return list(prune(all=all, keep_duration=keep_duration_ns / 1e9, filters=filters or []))
+
+    def close(self) -> None:
+        close = getattr(self.snapshots, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class Usage:
+    """A disk-usage record (``UsageRecord`` on the wire)."""
+
+    id: str
+    size: int = 0
+    mutable: bool = False
+    in_use: bool = False
+    usage_count: int = 0
+    description: str = ""
+    record_type: str = "regular"
+    shared: bool = False
+    parents: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    last_used_at: float = 0.0
+
+
+def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
+    """The daemon's worker over ``cfg.root``: overlay snapshots, runc when installed."""
+    import os
+    import shutil
+
+    from buildkitpy.snapshot.manager import OverlaySnapshotManager
+
+    executor = None
+    if shutil.which("runc"):
+        from buildkitpy.executor.runc import RuncExecutor
+
+        executor = RuncExecutor(Path(cfg.root) / "executor")
+    return Worker(id=worker_id, root=Path(cfg.root), snapshots=OverlaySnapshotManager(Path(cfg.root)),
+                  sessions=sessions, executor=executor,
+                  max_parallelism=cfg.max_parallelism or os.cpu_count() or 4,
+                  insecure_entitlements=frozenset(cfg.insecure_entitlements))

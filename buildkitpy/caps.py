@@ -1,0 +1,87 @@
+"""The API capabilities we advertise in ``LLBBridge.Ping``.
+
+Clients gate features on these (buildx switches attestations on ``exporter.image.attestations``,
+the Dockerfile frontend refuses to run without ``file.base``, and ``client/llb`` refuses to send LLB
+whose metadata names a cap we did not list), so the rule is: list exactly what works, nothing more.
+Groups that depend on an optional component (runc) are added when it is present.
+"""
+
+from __future__ import annotations
+
+from buildkitpy.api import caps_pb2
+
+GATEWAY_CAPS = (
+    "solve.base",
+    "readfile",
+    "readdir",
+    "statfile",
+    "return",
+    "returnmap",
+    "proto.refarray",
+    "frontend.inputs",
+    "gateway.solve.metadata",
+    "gateway.solve.evaluate",
+    "gateway.evaluate",
+    "gateway.warnings",
+)
+
+LLB_CAPS = (
+    "source.local",
+    "source.local.unique",
+    "source.local.sessionid",
+    "source.local.includepatterns",
+    "source.local.followpaths",
+    "source.local.excludepatterns",
+    "source.local.sharedkeyhint",
+    "source.local.differ",
+    "file.base",
+    "file.rm.wildcard",
+    "file.rm.nofollowsymlink",
+    "file.copy.includeexcludepatterns",
+    "file.copy.requiredpaths",
+    "file.copy.alwaysreplaceexistingdestpaths",
+    "file.copy.modestring",
+    "file.symlink.create",
+    "constraints",
+    "platform",
+    "meta.ignorecache",
+    "meta.description",
+    "meta.exportcache",
+    "mergeop",
+    "diffop",
+)
+
+# Present only when the worker can run containers.
+EXEC_LLB_CAPS = (
+    "exec.meta.base",
+    "exec.meta.network",
+    "exec.meta.proxyenv",
+    "exec.meta.security",
+    "exec.meta.setsdefaultpath",
+    "exec.meta.removemountstubs.recursive",
+    "exec.mount.bind",
+    "exec.mount.bind.readwrite-nooutput",
+    "exec.mount.cache",
+    "exec.mount.cache.sharing",
+    "exec.mount.selector",
+    "exec.mount.tmpfs",
+    "exec.mount.tmpfs.size",
+    "exec.mount.secret",
+    "exec.secretenv",
+    "exec.validexitcode",
+)
+
+
+def _caps(ids: list[str]) -> list[caps_pb2.APICap]:
+    return [caps_pb2.APICap(ID=cap, Enabled=True) for cap in sorted(set(ids))]
+
+
+def gateway_caps() -> list[caps_pb2.APICap]:
+    return _caps(list(GATEWAY_CAPS))
+
+
+def llb_caps(*, can_exec: bool) -> list[caps_pb2.APICap]:
+    ids = list(LLB_CAPS)
+    if can_exec:
+        ids += EXEC_LLB_CAPS
+    return _caps(ids)

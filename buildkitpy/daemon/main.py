@@ -1,0 +1,196 @@
+"""``buildkitpyd``: the daemon process. Flags follow buildkitd's."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from buildkitpy import __version__
+from buildkitpy.api import control_pb2_grpc, gateway_pb2_grpc
+from buildkitpy.daemon.config import DEFAULT_ADDRESS, Config, load_config
+
+log = logging.getLogger("buildkitpyd")
+
+# BuildKit (via containerd defaults) allows 16 MiB messages both ways.
+MAX_MESSAGE = 16 << 20
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+    # Clients (buildctl/buildx) ping idle connections; allow it as Go's server does.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="buildkitpyd", description="buildkitpy daemon (BuildKit API)")
+    p.add_argument("--addr", action="append", default=[],
+                   help=f"listening address, unix:// or tcp:// (repeatable; default {DEFAULT_ADDRESS})")
+    p.add_argument("--root", help="state directory (default /var/lib/buildkitpy)")
+    p.add_argument("--config", type=Path, help="buildkitd.toml configuration file")
+    p.add_argument("--debug", action="store_true", help="debug logging")
+    p.add_argument("--tlscert", help="certificate file for TLS on tcp listeners")
+    p.add_argument("--tlskey", help="key file for TLS on tcp listeners")
+    p.add_argument("--tlscacert", help="CA to verify client certificates (enables mutual TLS)")
+    p.add_argument("--allow-insecure-entitlement", action="append", default=[],
+                   help="allow an insecure entitlement (network.host, security.insecure)")
+    p.add_argument("--max-parallelism", type=int, default=0, help="maximum concurrent vertexes")
+    p.add_argument("--version", action="version", version=f"buildkitpyd {__version__}")
+    return p.parse_args(argv)
+
+
+class _Health(health_pb2_grpc.HealthServicer):
+    async def Check(self, request, context):
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def Watch(self, request, context):
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        await asyncio.Event().wait()
+
+
+class _TraceSink(trace_service_pb2_grpc.TraceServiceServicer):
+    """Clients push their spans here after every command; we accept and drop them."""
+
+    async def Export(self, request, context):
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _add_listener(server: grpc.aio.Server, addr: str, cfg: Config) -> str:
+    url = urlparse(addr)
+    if url.scheme == "unix":
+        path = Path(url.path or url.netloc)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale socket from a previous run
+            else:
+                raise SystemExit(f"buildkitpyd: {path} is in use by another daemon")
+            finally:
+                probe.close()
+        server.add_insecure_port(f"unix:{path}")
+        return str(path)
+    if url.scheme == "tcp":
+        target = url.netloc
+        if cfg.tls.cert and cfg.tls.key:
+            ca = Path(cfg.tls.ca).read_bytes() if cfg.tls.ca else None
+            creds = grpc.ssl_server_credentials(
+                [(Path(cfg.tls.key).read_bytes(), Path(cfg.tls.cert).read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None)
+            port = server.add_secure_port(target, creds)
+        else:
+            port = server.add_insecure_port(target)
+        if port == 0:
+            raise SystemExit(f"buildkitpyd: cannot listen on {addr}")
+        return target
+    raise SystemExit(f"buildkitpyd: unsupported address {addr!r} (use unix:// or tcp://)")
+
+
+def _worker_id(root: Path) -> str:
+    path = root / "workerid"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        wid = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(25))
+        path.write_text(wid)
+        return wid
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
+    from buildkitpy.control.service import ControlService
+    from buildkitpy.daemon.workerinfo import worker_record
+    from buildkitpy.gateway.service import LLBBridgeService, jobs_resolver
+    from buildkitpy.jobs import JobRegistry
+    from buildkitpy.session.manager import SessionManager
+    from buildkitpy.solver.solver import Solver
+    from buildkitpy.worker import open_worker
+
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    sessions = SessionManager()
+    worker = open_worker(cfg, _worker_id(cfg.root), sessions)
+    solver = Solver(worker)
+    jobs = JobRegistry()
+
+    def record():
+        return worker_record(worker, cfg)
+
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    control_pb2_grpc.add_ControlServicer_to_server(
+        ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions, worker_record=record),
+        server)
+    gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
+        LLBBridgeService(jobs_resolver(jobs), lambda: [record()], lambda: worker.executor is not None),
+        server)
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceSink(), server)
+
+    listening = [_add_listener(server, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
+    await server.start()
+    for path in listening:
+        if path.startswith("/"):
+            os.chmod(path, 0o660)
+    log.info("buildkitpyd %s running on %s (root %s, worker %s, executor %s)", __version__,
+             ", ".join(cfg.addresses or [DEFAULT_ADDRESS]), cfg.root, worker.id,
+             "runc" if worker.executor is not None else "none (runc not found)")
+    if ready is not None:
+        ready.set()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop(grace=2)
+        worker.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    if args.root:
+        cfg.root = Path(args.root)
+    if args.addr:
+        cfg.addresses = args.addr
+    cfg.debug = cfg.debug or args.debug
+    if args.tlscert:
+        cfg.tls.cert = args.tlscert
+    if args.tlskey:
+        cfg.tls.key = args.tlskey
+    if args.tlscacert:
+        cfg.tls.ca = args.tlscacert
+    cfg.insecure_entitlements += args.allow_insecure_entitlement
+    if args.max_parallelism:
+        cfg.max_parallelism = args.max_parallelism
+    logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in cfg.warnings:
+        log.warning("config: %s", warning)
+    if shutil.which("runc") is None:
+        log.warning("runc not found: RUN steps (exec ops) are unavailable")
+    try:
+        asyncio.run(serve(cfg))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Exporters: where a finished build's result goes (``SolveRequest.Exporters``).
+
+Each exporter is ``async def export(ctx: ExportContext) -> dict[str, str]`` returning its part of
+``SolveResponse.ExporterResponse``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from buildkitpy.errors import InvalidArgument, Unimplemented
+
+
+@dataclass
+class ExportContext:
+    index: int  # position in SolveRequest.Exporters: the client's attachable exporter id
+    attrs: dict[str, str]
+    result: Any  # buildkitpy.gateway.bridge.FrontendResult
+    bridge: Any  # buildkitpy.gateway.bridge.GatewayBridge
+    session: Any  # buildkitpy.session.manager.Session (None when the build has no session)
+    progress: Any  # ProgressBus
+
+    def require_session(self, what: str) -> Any:
+        if self.session is None:
+            raise InvalidArgument(f"{what} exporter needs a client session, but the build has none")
+        return self.session
+
+
+Exporter = Callable[[ExportContext], Awaitable[dict[str, str]]]
+
+
+def resolve(kind: str) -> Exporter:
+    from buildkitpy.exporter import local, tar
+
+    exporters: dict[str, Exporter] = {"local": local.export, "tar": tar.export}
+    if kind in exporters:
+        return exporters[kind]
+    if kind in ("image", "oci", "docker", "moby"):
+        raise Unimplemented(f"exporter {kind!r} is not supported yet")
+    raise InvalidArgument(f"unknown exporter type {kind!r}")

@@ -1,0 +1,242 @@
+"""The frontend-facing build API of one job (what BuildKit calls the LLB bridge).
+
+Frontends, whether they run in-process (``dockerfile.v0``) or talk gRPC (``LLBBridge``, used by
+buildctl's client-side builds and by frontend images), see the same operations: solve a definition
+or another frontend into result refs, read files from those refs, evaluate them, warn, and finally
+return a result. Refs are lazy: solving happens when something needs the contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat as statmod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from buildkitpy.api import fsutil_stat_pb2, gateway_pb2, ops_pb2
+from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound, Unimplemented
+
+Frontend = Callable[["GatewayBridge", dict[str, str], dict[str, ops_pb2.Definition]],
+                    Awaitable["FrontendResult"]]
+
+# In-process frontends by name (``dockerfile.v0`` registers itself here).
+FRONTENDS: dict[str, Frontend] = {}
+
+
+@dataclass
+class ResultRef:
+    id: str
+    definition: ops_pb2.Definition
+    snapshot: Any = None  # ImmutableSnapshot once evaluated
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class FrontendResult:
+    ref: ResultRef | None = None
+    refs: dict[str, ResultRef | None] | None = None
+    metadata: dict[str, bytes] = field(default_factory=dict)
+
+    def all_refs(self) -> list[ResultRef]:
+        if self.refs is not None:
+            return [r for r in self.refs.values() if r is not None]
+        return [self.ref] if self.ref is not None else []
+
+
+class ReturnedError(BuildkitpyError):
+    """The client (or frontend) returned an error instead of a result."""
+
+
+class GatewayBridge:
+    def __init__(self, job: Any, solver: Any, *, frontend_inputs: dict[str, ops_pb2.Definition]
+                 | None = None) -> None:
+        from buildkitpy.solver.solver import Job as SolverJob
+
+        self.job = job
+        self.solver = solver
+        self.frontend_inputs = dict(frontend_inputs or {})
+        self._refs: dict[str, ResultRef] = {}
+        self._returned: asyncio.Future[FrontendResult] = asyncio.get_running_loop().create_future()
+        self._solver_job = SolverJob(id=job.ref, progress=job.progress,
+                                     session_ids=[job.session_id] if job.session_id else [],
+                                     no_cache="no-cache" in job.frontend_attrs
+                                     and job.frontend_attrs.get("no-cache", "") == "",
+                                     entitlements=job.entitlements)
+
+    # -- solving -------------------------------------------------------------------------------
+
+    def new_ref(self, definition: ops_pb2.Definition) -> ResultRef | None:
+        if not getattr(definition, "def"):
+            return None
+        ref = ResultRef(id=secrets.token_hex(12), definition=definition)
+        self._refs[ref.id] = ref
+        return ref
+
+    async def solve(self, *, definition: ops_pb2.Definition | None = None, frontend: str = "",
+                    frontend_opt: dict[str, str] | None = None,
+                    frontend_inputs: dict[str, ops_pb2.Definition] | None = None,
+                    evaluate: bool = False) -> FrontendResult:
+        if frontend:
+            impl = FRONTENDS.get(frontend)
+            if impl is None:
+                raise Unimplemented(f"frontend {frontend!r} is not supported")
+            result = await impl(self, dict(frontend_opt or {}), dict(frontend_inputs or {}))
+        else:
+            result = FrontendResult(ref=self.new_ref(definition or ops_pb2.Definition()))
+        if evaluate:
+            for ref in result.all_refs():
+                await self.evaluate(ref)
+        return result
+
+    async def evaluate(self, ref: ResultRef) -> Any:
+        """Solve ``ref`` (once) and return its snapshot; the bridge keeps the handle until close."""
+        async with ref.lock:
+            if ref.snapshot is None:
+                result = await self.solver.solve(ref.definition, self._solver_job)
+                ref.snapshot = result.ref
+            return ref.snapshot
+
+    def ref(self, ref_id: str) -> ResultRef | None:
+        """A ref by id; the empty id means "no result" (an empty scratch tree)."""
+        if not ref_id:
+            return None
+        try:
+            return self._refs[ref_id]
+        except KeyError:
+            raise NotFound(f"no such ref {ref_id}") from None
+
+    # -- file access ---------------------------------------------------------------------------
+
+    async def _with_root(self, ref_id: str, fn: Callable[[Path], Any]) -> Any:
+        ref = self.ref(ref_id)
+        snapshot = await self.evaluate(ref) if ref is not None else None
+        if snapshot is None:
+            raise NotFound("the reference is empty (scratch): it has no files")
+
+        def run() -> Any:
+            with snapshot.mount() as root:
+                return fn(Path(root))
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def read_file(self, ref_id: str, path: str, offset: int = 0, length: int = 0) -> bytes:
+        def read(root: Path) -> bytes:
+            target = _resolve(root, path)
+            try:
+                with open(target, "rb") as f:
+                    f.seek(offset)
+                    return f.read(length if length > 0 else -1)
+            except FileNotFoundError:
+                raise NotFound(f"open {path}: no such file or directory") from None
+            except IsADirectoryError:
+                raise InvalidArgument(f"read {path}: is a directory") from None
+
+        return await self._with_root(ref_id, read)
+
+    async def read_dir(self, ref_id: str, path: str, include_pattern: str = "") -> list:
+        import fnmatch
+
+        def read(root: Path) -> list:
+            target = _resolve(root, path)
+            try:
+                names = sorted(os.listdir(target))
+            except FileNotFoundError:
+                raise NotFound(f"readdir {path}: no such file or directory") from None
+            except NotADirectoryError:
+                raise InvalidArgument(f"readdir {path}: not a directory") from None
+            out = []
+            for name in names:
+                if include_pattern and not fnmatch.fnmatchcase(name, include_pattern):
+                    continue
+                out.append(_stat_pb(target / name, name))
+            return out
+
+        return await self._with_root(ref_id, read)
+
+    async def stat_file(self, ref_id: str, path: str) -> fsutil_stat_pb2.Stat:
+        def stat(root: Path) -> fsutil_stat_pb2.Stat:
+            target = _resolve(root, path)
+            if not os.path.lexists(target):
+                raise NotFound(f"stat {path}: no such file or directory")
+            return _stat_pb(target, os.path.basename(path.rstrip("/")) or "/")
+
+        return await self._with_root(ref_id, stat)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def to_pb(self, result: FrontendResult) -> gateway_pb2.Result:
+        out = gateway_pb2.Result(metadata=result.metadata)
+        if result.refs is not None:
+            for key, ref in result.refs.items():
+                out.refs.refs[key].CopyFrom(_ref_pb(ref))
+        else:
+            out.ref.CopyFrom(_ref_pb(result.ref))
+        return out
+
+    def from_pb(self, result: gateway_pb2.Result) -> FrontendResult:
+        kind = result.WhichOneof("result")
+        metadata = dict(result.metadata)
+        if kind == "ref":
+            return FrontendResult(ref=self.ref(result.ref.id), metadata=metadata)
+        if kind == "refs":
+            return FrontendResult(refs={k: self.ref(v.id) for k, v in result.refs.refs.items()},
+                                  metadata=metadata)
+        if kind == "refDeprecated":
+            return FrontendResult(ref=self.ref(result.refDeprecated), metadata=metadata)
+        if kind == "refsDeprecated":
+            return FrontendResult(refs={k: self.ref(v) for k, v in result.refsDeprecated.refs.items()},
+                                  metadata=metadata)
+        return FrontendResult(metadata=metadata)
+
+    def set_return(self, result: FrontendResult | None = None, error: BaseException | None = None) -> None:
+        if self._returned.done():
+            raise InvalidArgument("result was already returned for this build")
+        if error is not None:
+            self._returned.set_exception(error)
+        else:
+            self._returned.set_result(result or FrontendResult())
+
+    async def wait_return(self) -> FrontendResult:
+        return await asyncio.shield(self._returned)
+
+    def close(self) -> None:
+        for ref in self._refs.values():
+            if ref.snapshot is not None:
+                ref.snapshot.release()
+                ref.snapshot = None
+        self._refs.clear()
+        if not self._returned.done():
+            self._returned.cancel()
+        elif not self._returned.cancelled():
+            self._returned.exception()  # mark retrieved
+
+
+def _ref_pb(ref: ResultRef | None) -> gateway_pb2.Ref:
+    if ref is None:
+        return gateway_pb2.Ref()
+    return gateway_pb2.Ref(id=ref.id, **{"def": ref.definition})
+
+
+def _resolve(root: Path, path: str) -> Path:
+    """``path`` inside ``root``, with symlinks resolved as if ``root`` were ``/``."""
+    from buildkitpy.snapshot.fs import secure_join
+
+    return Path(secure_join(root, path))
+
+
+def _stat_pb(path: Path, name: str) -> fsutil_stat_pb2.Stat:
+    from buildkitpy.fsutil.modes import to_go_mode
+
+    st = os.lstat(path)
+    out = fsutil_stat_pb2.Stat(path=name, mode=to_go_mode(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                               size=st.st_size if statmod.S_ISREG(st.st_mode) else 0,
+                               modTime=st.st_mtime_ns)
+    if statmod.S_ISLNK(st.st_mode):
+        out.linkname = os.readlink(path)
+    return out

@@ -1,0 +1,193 @@
+"""``moby.buildkit.v1.frontend.LLBBridge`` over gRPC: a thin adapter onto ``GatewayBridge``.
+
+On the daemon's sockets the bridge is found through the ``buildkit-controlapi-buildid`` metadata
+that buildctl/buildx send with every call of a client-side build; for a frontend container the
+service is bound to one bridge directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from buildkitpy import caps
+from buildkitpy.api import gateway_pb2, gateway_pb2_grpc
+from buildkitpy.errors import BuildkitpyError, NotFound, Unimplemented, abort_with
+from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge, ReturnedError
+
+log = logging.getLogger(__name__)
+
+BUILD_ID_METADATA = "buildkit-controlapi-buildid"
+# BuildKit's forwarder waits this long for the Solve carrying the same ref to register.
+BUILD_ID_WAIT_SECONDS = 3.0
+
+BridgeResolver = Callable[[grpc.aio.ServicerContext], Awaitable[GatewayBridge]]
+
+
+def _handled(method):
+    """Map our errors to gRPC statuses; anything unexpected is logged and reported as INTERNAL
+    (the daemon never goes down for one bad call)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except BuildkitpyError as exc:
+            await abort_with(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence for one RPC
+            log.exception("LLBBridge.%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return wrapper
+
+
+def jobs_resolver(jobs) -> BridgeResolver:
+    """Find the bridge of the client-side build named by the call's build-id metadata."""
+
+    async def resolve(context: grpc.aio.ServicerContext) -> GatewayBridge:
+        build_id = ""
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == BUILD_ID_METADATA:
+                build_id = value
+        if not build_id:
+            raise NotFound(f"no {BUILD_ID_METADATA} metadata: LLBBridge calls must name their build")
+        try:
+            job = await jobs.get(build_id, BUILD_ID_WAIT_SECONDS, include_finished=False)
+        except NotFound:
+            raise NotFound(f"no active build with id {build_id}") from None
+        if job.bridge is None:
+            raise NotFound(f"build {build_id} is not a gateway build")
+        return job.bridge
+
+    return resolve
+
+
+class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
+    def __init__(self, resolve_bridge: BridgeResolver, worker_records: Callable[[], list],
+                 can_exec: Callable[[], bool]) -> None:
+        self._resolve = resolve_bridge
+        self._worker_records = worker_records
+        self._can_exec = can_exec
+
+    @_handled
+    async def Ping(self, request, context):
+        await self._resolve(context)
+        return gateway_pb2.PongResponse(FrontendAPICaps=caps.gateway_caps(),
+                                        LLBCaps=caps.llb_caps(can_exec=self._can_exec()),
+                                        Workers=self._worker_records())
+
+    @_handled
+    async def Solve(self, request, context):
+        bridge = await self._resolve(context)
+        result = await bridge.solve(
+            definition=request.Definition if request.HasField("Definition") else None,
+            frontend=request.Frontend, frontend_opt=dict(request.FrontendOpt),
+            frontend_inputs=dict(request.FrontendInputs), evaluate=request.Evaluate)
+        if request.Final:
+            raise Unimplemented("the legacy Final solve path is not supported; use Return")
+        if request.allowResultReturn:
+            pb = bridge.to_pb(result)
+            if not request.allowResultArrayRef:
+                pb = _legacy_refs(pb)
+            return gateway_pb2.SolveResponse(result=pb)
+        ref = result.ref.id if result.ref is not None else ""
+        return gateway_pb2.SolveResponse(ref=ref)
+
+    @_handled
+    async def Return(self, request, context):
+        bridge = await self._resolve(context)
+        if request.HasField("error") and request.error.code != 0:
+            bridge.set_return(error=ReturnedError(request.error.message))
+        else:
+            result = bridge.from_pb(request.result) if request.HasField("result") else FrontendResult()
+            bridge.set_return(result)
+        return gateway_pb2.ReturnResponse()
+
+    @_handled
+    async def ReadFile(self, request, context):
+        bridge = await self._resolve(context)
+        data = await bridge.read_file(request.Ref, request.FilePath,
+                                      request.Range.Offset if request.HasField("Range") else 0,
+                                      request.Range.Length if request.HasField("Range") else 0)
+        return gateway_pb2.ReadFileResponse(Data=data)
+
+    @_handled
+    async def ReadDir(self, request, context):
+        bridge = await self._resolve(context)
+        entries = await bridge.read_dir(request.Ref, request.DirPath, request.IncludePattern)
+        return gateway_pb2.ReadDirResponse(entries=entries)
+
+    @_handled
+    async def StatFile(self, request, context):
+        bridge = await self._resolve(context)
+        return gateway_pb2.StatFileResponse(stat=await bridge.stat_file(request.Ref, request.Path))
+
+    @_handled
+    async def Evaluate(self, request, context):
+        bridge = await self._resolve(context)
+        ref = bridge.ref(request.Ref)
+        if ref is not None:
+            await bridge.evaluate(ref)
+        return gateway_pb2.EvaluateResponse()
+
+    @_handled
+    async def Inputs(self, request, context):
+        bridge = await self._resolve(context)
+        return gateway_pb2.InputsResponse(Definitions=bridge.frontend_inputs)
+
+    @_handled
+    async def Warn(self, request, context):
+        bridge = await self._resolve(context)
+        bridge.job.progress.warning(request.digest, request.short.decode(errors="replace"),
+                                    list(request.detail), level=request.level, url=request.url)
+        return gateway_pb2.WarnResponse()
+
+    @_handled
+    async def ResolveImageConfig(self, request, context):
+        await self._resolve(context)
+        raise Unimplemented("image resolution is not supported yet (docker-image sources)")
+
+    @_handled
+    async def ResolveSourceMeta(self, request, context):
+        await self._resolve(context)
+        raise Unimplemented("source metadata resolution is not supported yet")
+
+    @_handled
+    async def NewContainer(self, request, context):
+        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+
+    @_handled
+    async def ReleaseContainer(self, request, context):
+        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+
+    async def ExecProcess(self, request_iterator, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "interactive containers (gateway.exec) are not supported yet")
+
+    @_handled
+    async def ReadFileContainer(self, request, context):
+        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+
+    @_handled
+    async def ReadDirContainer(self, request, context):
+        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+
+    @_handled
+    async def StatFileContainer(self, request, context):
+        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+
+
+def _legacy_refs(pb: gateway_pb2.Result) -> gateway_pb2.Result:
+    """Rewrite ref/refs into the id-only forms for clients without ``proto.refarray``."""
+    out = gateway_pb2.Result(metadata=pb.metadata)
+    if pb.WhichOneof("result") == "refs":
+        for key, ref in pb.refs.refs.items():
+            out.refsDeprecated.refs[key] = ref.id
+    else:
+        out.refDeprecated = pb.ref.id
+    return out

@@ -1,0 +1,92 @@
+"""Build jobs, keyed by the client's Solve ``Ref``.
+
+``Control.Solve`` creates a job; ``Control.Status`` and the LLBBridge calls of a client-side gateway
+build (metadata ``buildkit-controlapi-buildid``) find it by ref, waiting a little because clients
+start all three at once. Finished jobs stay for a while so a late ``Status`` can replay them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound
+from buildkitpy.progress import ProgressBus
+
+KEEP_FINISHED = 64
+KEEP_FINISHED_SECONDS = 600
+
+
+class AlreadyExists(BuildkitpyError):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+@dataclass
+class Job:
+    ref: str
+    session_id: str = ""
+    frontend_attrs: dict[str, str] = field(default_factory=dict)
+    entitlements: frozenset[str] = frozenset()
+    progress: ProgressBus = field(default_factory=ProgressBus)
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    # Set for client-side gateway builds: the result the client hands over with LLBBridge.Return.
+    bridge: Any = None  # buildkitpy.gateway.bridge.GatewayBridge
+
+
+class JobRegistry:
+    def __init__(self) -> None:
+        self._active: dict[str, Job] = {}
+        self._finished: OrderedDict[str, Job] = OrderedDict()
+        self._changed = asyncio.Condition()
+
+    async def create(self, job: Job) -> Job:
+        if not job.ref:
+            raise InvalidArgument("solve request has no ref")
+        async with self._changed:
+            if job.ref in self._active:
+                raise AlreadyExists(f"build {job.ref} is already running")
+            self._finished.pop(job.ref, None)
+            self._active[job.ref] = job
+            self._changed.notify_all()
+        return job
+
+    async def finish(self, job: Job) -> None:
+        job.finished = time.time()
+        job.progress.close()
+        async with self._changed:
+            if self._active.get(job.ref) is job:
+                del self._active[job.ref]
+            self._finished[job.ref] = job
+            while len(self._finished) > KEEP_FINISHED:
+                self._finished.popitem(last=False)
+            cutoff = time.time() - KEEP_FINISHED_SECONDS
+            for ref in [r for r, j in self._finished.items() if (j.finished or 0) < cutoff]:
+                del self._finished[ref]
+
+    def active(self) -> list[Job]:
+        return list(self._active.values())
+
+    async def get(self, ref: str, timeout: float, *, include_finished: bool = True) -> Job:
+        """The job for ``ref``, waiting up to ``timeout`` seconds for it to be created."""
+
+        def lookup() -> Job | None:
+            job = self._active.get(ref)
+            if job is None and include_finished:
+                job = self._finished.get(ref)
+            return job
+
+        async with self._changed:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: lookup() is not None)
+            except TimeoutError:
+                raise NotFound(f"no such job {ref}") from None
+            job = lookup()
+            assert job is not None
+            return job
