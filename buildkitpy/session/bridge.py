@@ -1,0 +1,192 @@
+"""grpcio over a byte pipe: the ``Control.Session`` BytesMessage stream carries a whole HTTP/2
+connection, and grpcio can only speak HTTP/2 over sockets it opens itself.
+
+So each side puts a private unix socket between grpcio and the pipe and splices bytes across:
+
+* daemon side (:func:`channel_over_pipe`): a listener in a fresh 0700 temp dir; a
+  ``grpc.aio`` channel dials it; we accept exactly one connection, then delete the socket file and
+  the dir so the channel can never reconnect to anything (a broken pipe fails calls with
+  UNAVAILABLE instead of silently redialing).
+* client side (:func:`serve_over_pipe`): a ``grpc.aio`` server bound to such a socket; we dial it
+  once ourselves and delete the socket file and the dir right away.
+
+The pipe is given as an async iterable of incoming chunks and a memory stream for outgoing chunks
+(each socket read becomes one outgoing chunk). When either direction ends or fails, both stop, the
+socket and the outgoing stream are closed, and :attr:`Pipe.closed` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import grpc
+from anyio.streams.memory import MemoryObjectSendStream
+
+# BuildKit's limit (containerd defaults) in both directions.
+MAX_MESSAGE_SIZE = 16 << 20
+# One socket read becomes one BytesMessage; large reads keep per-message overhead low.
+READ_CHUNK_SIZE = 256 << 10
+# How long the daemon waits for its own channel to dial the private socket.
+CONNECT_TIMEOUT = 10.0
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.enable_retries", 0),
+    ("grpc.enable_http_proxy", 0),
+    # Never share the subchannel (and its one connection) with another channel.
+    ("grpc.use_local_subchannel_pool", 1),
+    # BuildKit dials "localhost" over the hijacked stream.
+    ("grpc.default_authority", "localhost"),
+]
+
+SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class Pipe:
+    """State of one spliced connection. ``closed`` is set once both directions have stopped;
+    ``error`` is what stopped them if it was not a clean end of stream."""
+
+    closed: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+@contextlib.contextmanager
+def private_socket_path(prefix: str) -> Iterator[str]:
+    """A unix socket path in a fresh directory only we can enter; the directory is removed on exit."""
+    directory = tempfile.mkdtemp(prefix=prefix)  # mkdtemp creates it 0700
+    try:
+        yield os.path.join(directory, "grpc.sock")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def splice(sock: anyio.abc.SocketStream, incoming: AsyncIterable[bytes],
+                 outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> None:
+    """Copy ``incoming`` into ``sock`` and ``sock`` into ``outgoing`` until either side ends.
+
+    Neither ``sock`` nor ``outgoing`` is closed here. Never raises for pipe
+    failures: they end the splice and are recorded in ``pipe.error``.
+    """
+
+    async def pipe_to_socket(scope: anyio.CancelScope) -> None:
+        try:
+            async for data in incoming:
+                if data:
+                    await sock.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the local gRPC end went away
+        except Exception as exc:  # noqa: BLE001 - a failing pipe ends the session, never the process
+            pipe.error = pipe.error or exc
+        finally:
+            scope.cancel()
+
+    async def socket_to_pipe(scope: anyio.CancelScope) -> None:
+        try:
+            while True:
+                data = await sock.receive(READ_CHUNK_SIZE)
+                await outgoing.send(data)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        except Exception as exc:  # noqa: BLE001
+            pipe.error = pipe.error or exc
+        finally:
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pipe_to_socket, tg.cancel_scope)
+        tg.start_soon(socket_to_pipe, tg.cancel_scope)
+
+
+@contextlib.asynccontextmanager
+async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObjectSendStream[bytes],
+                            *, connect_timeout: float = CONNECT_TIMEOUT
+                            ) -> AsyncIterator[tuple[grpc.aio.Channel, Pipe]]:
+    """Daemon side: a ``grpc.aio.Channel`` whose only connection is the pipe.
+
+    Yields ``(channel, pipe)``. On exit the splice is stopped, the channel closed (cancelling
+    calls in flight) and the socket and ``outgoing`` closed. Raises ``TimeoutError`` if grpc never
+    dials in.
+    """
+    pipe = Pipe()
+    channel: grpc.aio.Channel | None = None
+    sock: anyio.abc.SocketStream | None = None
+    try:
+        with private_socket_path("buildkitpy-session-") as path:
+            listener = await anyio.create_unix_listener(path)
+            async with listener:
+                channel = grpc.aio.insecure_channel(f"unix:{path}", options=CHANNEL_OPTIONS)
+                channel.get_state(try_to_connect=True)
+                with anyio.fail_after(connect_timeout):
+                    sock = await listener.accept()
+        # The socket file and its directory are gone now: nobody, including a reconnecting
+        # channel, can reach the other end of `sock` any more.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_splice_then_mark_closed, sock, incoming, outgoing, pipe)
+            try:
+                yield channel, pipe
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        pipe.closed.set()
+        outgoing.close()
+        with anyio.CancelScope(shield=True):
+            if sock is not None:
+                await sock.aclose()
+            if channel is not None:
+                await channel.close(grace=None)
+
+
+@contextlib.asynccontextmanager
+async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes],
+                          outgoing: MemoryObjectSendStream[bytes]) -> AsyncIterator[Pipe]:
+    """Client side: start ``server`` (not yet started, services added) with the pipe as its only
+    connection. Yields the :class:`Pipe`; on exit the splice stops and the server is stopped."""
+    pipe = Pipe()
+    sock: anyio.abc.SocketStream | None = None
+    started = False
+    try:
+        with private_socket_path("buildkitpy-attach-") as path:
+            if server.add_insecure_port(f"unix:{path}") == 0:
+                raise OSError(f"grpc could not bind the session socket {path}")
+            await server.start()
+            started = True
+            sock = await anyio.connect_unix(path)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_splice_then_mark_closed, sock, incoming, outgoing, pipe)
+            try:
+                yield pipe
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        pipe.closed.set()
+        outgoing.close()
+        with anyio.CancelScope(shield=True):
+            if sock is not None:
+                await sock.aclose()
+            if started:
+                await server.stop(grace=None)
+
+
+async def _splice_then_mark_closed(sock: anyio.abc.SocketStream, incoming: AsyncIterable[bytes],
+                                   outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> None:
+    try:
+        await splice(sock, incoming, outgoing, pipe)
+    finally:
+        pipe.closed.set()
+        outgoing.close()  # ends the consumer of the outgoing chunks
+        # Closing our end makes grpc notice at once (EOF) instead of at its next write.
+        with anyio.CancelScope(shield=True):
+            await sock.aclose()
