@@ -1,0 +1,618 @@
+"""The snapshot manager: overlayfs layer chains with SQLite metadata, or full copies as a fallback.
+
+On disk, under ``<root>``::
+
+    snapshots/metadata.db      one row per snapshot (WAL)
+    snapshots/<id>/fs          overlay mode: the snapshot's own layer (an overlay upper dir)
+                               copy mode: the snapshot's full tree
+    snapshots/<id>/work        overlay workdir while the snapshot is mutable
+    snapshots/<id>/diff        copy mode: its own layer, computed when a merge/diff needs it
+    mounts/<id>[.rw]           shared, reference-counted mount points
+
+Every snapshot records ``layers``: the ids of the snapshots whose own layers make up its tree,
+lowest first. A merge or a diff of a child against its ancestor is just a new list over existing
+layers, so neither copies data in overlay mode.
+
+Crash safety: data is created before its row and a row is deleted before its data, so a row never
+points at missing data; a restart removes rows of mutable snapshots (no process can still hold
+them), rows whose data vanished, and directories without a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildkitpy.snapshot import layer as layerops
+from buildkitpy.snapshot.fs import copy_tree, disk_usage, remove_tree
+from buildkitpy.snapshot.mount import (
+    OVERLAYFS_SUPER_MAGIC,
+    MountError,
+    OverlayStack,
+    fs_magic,
+    mount_overlay,
+    mounted_under,
+    sys_umount,
+)
+
+OVERLAY = "overlay"
+COPY = "copy"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    parent TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ('active', 'committed')),
+    layers TEXT NOT NULL,
+    has_data INTEGER NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    computed_diff INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SnapshotInUseError(RuntimeError):
+    """The snapshot is referenced (handles, mounts or other snapshots built on it)."""
+
+
+@dataclass(frozen=True)
+class SnapshotUsage:
+    """One snapshot's disk usage record (for Control.DiskUsage)."""
+
+    id: str
+    parent: str | None
+    mutable: bool
+    in_use: bool
+    size: int
+    description: str
+    created: float
+    last_used: float
+
+
+@dataclass
+class _Record:
+    id: str
+    parent: str | None
+    kind: str
+    layers: list[str]
+    has_data: bool
+    description: str
+    created: float
+    last_used: float
+    size: int
+    computed_diff: bool = False  # its own layer came from diff(): may hold whiteouts at any depth
+
+    def dependencies(self) -> set[str]:
+        deps = set(self.layers)
+        if self.parent:
+            deps.add(self.parent)
+        deps.discard(self.id)
+        return deps
+
+
+@dataclass
+class _ActiveMount:
+    path: Path
+    count: int
+    stack: OverlayStack | None  # None: the path is a plain directory, nothing to unmount
+
+
+def _dedupe_keep_last(ids: list[str]) -> list[str]:
+    """Drop earlier repeats of a layer: applying a layer again after others re-asserts all its
+    entries and whiteouts, so only its last position matters (and overlay rejects repeats)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for layer_id in reversed(ids):
+        if layer_id not in seen:
+            seen.add(layer_id)
+            out.append(layer_id)
+    return list(reversed(out))
+
+
+class ImmutableRef:
+    """A handle on a committed snapshot (implements ``api.ImmutableSnapshot``)."""
+
+    def __init__(self, manager: OverlaySnapshotManager, record: _Record) -> None:
+        self._manager = manager
+        self.id = record.id
+        self.parent_id = record.parent
+        self._released = False
+
+    def layers(self) -> list[Path]:
+        return self._manager._layer_paths(self.id)
+
+    @contextmanager
+    def mount(self) -> Iterator[Path]:
+        self._check()
+        path = self._manager._acquire_mount(self.id, writable=False)
+        try:
+            yield path
+        finally:
+            self._manager._release_mount(self.id, writable=False)
+
+    def size(self) -> int:
+        return self._manager._record(self.id).size
+
+    def clone(self) -> ImmutableRef:
+        self._check()
+        return self._manager.get(self.id)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._manager._unref(self.id)
+
+    def _check(self) -> None:
+        if self._released:
+            raise RuntimeError(f"snapshot handle {self.id} was released")
+
+    def __repr__(self) -> str:
+        return f"ImmutableRef({self.id!r})"
+
+
+class MutableRef:
+    """A writable snapshot (implements ``api.MutableSnapshot``)."""
+
+    def __init__(self, manager: OverlaySnapshotManager, snapshot_id: str) -> None:
+        self._manager = manager
+        self.id = snapshot_id
+        self._done = False
+
+    @contextmanager
+    def mount(self) -> Iterator[Path]:
+        self._check()
+        path = self._manager._acquire_mount(self.id, writable=True)
+        try:
+            yield path
+        finally:
+            self._manager._release_mount(self.id, writable=True)
+
+    def commit(self) -> ImmutableRef:
+        self._check()
+        ref = self._manager._commit(self.id)
+        self._done = True
+        return ref
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._manager._discard(self.id)
+
+    def _check(self) -> None:
+        if self._done:
+            raise RuntimeError(f"mutable snapshot {self.id} was already committed or released")
+
+    def __repr__(self) -> str:
+        return f"MutableRef({self.id!r})"
+
+
+class OverlaySnapshotManager:
+    """Implements ``api.SnapshotManager``.
+
+    ``mode`` is ``"overlay"``, ``"copy"`` or ``"auto"`` (overlay when ``<root>`` can hold overlay
+    upper dirs and mounting works, else copy). The mode of an existing root is kept.
+    """
+
+    def __init__(self, root: Path, *, mode: str = "auto") -> None:
+        if mode not in ("auto", OVERLAY, COPY):
+            raise ValueError(f"unknown snapshot mode {mode!r} (want auto, overlay or copy)")
+        self.root = Path(root).absolute()
+        self._snapshots_dir = self.root / "snapshots"
+        self._mounts_dir = self.root / "mounts"
+        self._empty_dir = self.root / "empty"
+        for d in (self._snapshots_dir, self._mounts_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._empty_dir.mkdir(mode=0o755, exist_ok=True)
+        self._lock = threading.RLock()
+        self._layer_lock = threading.Lock()
+        self._refs: dict[str, int] = {}
+        self._mounts: dict[str, _ActiveMount] = {}
+        self._db = sqlite3.connect(self._snapshots_dir / "metadata.db", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self.mode = self._choose_mode(mode)
+        self._recover()
+
+    # ----------------------------------------------------------------- public API
+
+    def new_mutable(self, parent: ImmutableRef | None, description: str = "") -> MutableRef:
+        sid = self._new_id()
+        parent_rec = self._record(parent.id) if parent is not None else None
+        if parent_rec is not None and parent_rec.kind != "committed":
+            raise ValueError(f"parent snapshot {parent_rec.id} is not committed")
+        data = self._data_dir(sid)
+        data.mkdir()
+        (data / "fs").mkdir(mode=0o755)
+        if self.mode == OVERLAY:
+            (data / "work").mkdir(mode=0o700)
+        elif parent_rec is not None:
+            copy_tree(self._data_dir(parent_rec.id) / "fs", data / "fs")
+        layers = (parent_rec.layers if parent_rec else []) + [sid]
+        now = time.time()
+        self._insert(_Record(sid, parent_rec.id if parent_rec else None, "active", layers, True,
+                             description, now, now, 0))
+        return MutableRef(self, sid)
+
+    def get(self, snapshot_id: str) -> ImmutableRef:
+        with self._lock:
+            rec = self._record_or_none(snapshot_id)
+            if rec is None or rec.kind != "committed":
+                raise KeyError(f"no committed snapshot {snapshot_id!r}")
+            self._refs[snapshot_id] = self._refs.get(snapshot_id, 0) + 1
+            self._db.execute("UPDATE snapshots SET last_used=? WHERE id=?", (time.time(), snapshot_id))
+            return ImmutableRef(self, rec)
+
+    def merge(self, inputs: list[ImmutableRef], description: str = "") -> ImmutableRef:
+        if not inputs:
+            raise ValueError("merge needs at least one input")
+        if len(inputs) == 1:
+            return inputs[0].clone()
+        layers = _dedupe_keep_last([lid for ref in inputs for lid in self._record(ref.id).layers])
+        return self._new_view(layers, description)
+
+    def diff(self, lower: ImmutableRef | None, upper: ImmutableRef, description: str = "") -> ImmutableRef:
+        upper_rec = self._record(upper.id)
+        if lower is None:
+            return upper.clone()
+        lower_rec = self._record(lower.id)
+        if lower_rec.layers == upper_rec.layers:
+            return self._new_view([], description)
+        if upper_rec.layers[:len(lower_rec.layers)] == lower_rec.layers:
+            return self._new_view(upper_rec.layers[len(lower_rec.layers):], description)
+        return self._new_computed_diff(lower, upper, description)
+
+    def walk_ids(self) -> Iterator[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM snapshots WHERE kind='committed' ORDER BY created").fetchall()
+        yield from (r[0] for r in rows)
+
+    def delete(self, snapshot_id: str) -> None:
+        """Remove a committed snapshot; SnapshotInUseError if held, mounted or built upon."""
+        with self._lock:
+            rec = self._record(snapshot_id)
+            if rec.kind != "committed":
+                raise SnapshotInUseError(f"snapshot {snapshot_id} is mutable and owned by its handle")
+            self._check_unused(rec, self._all_records())
+            self._delete_record(snapshot_id)
+
+    def prune(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete every committed snapshot not in ``keep``, not held and not needed by another
+        snapshot (repeating until nothing more can go). Returns the removed ids."""
+        removed: list[str] = []
+        with self._lock:
+            records = {r.id: r for r in self._all_records()}
+            progress = True
+            while progress:
+                progress = False
+                needed = {dep for r in records.values() for dep in r.dependencies()}
+                for rec in list(records.values()):
+                    if (rec.kind != "committed" or rec.id in keep or rec.id in needed
+                            or self._refs.get(rec.id) or self._is_mounted(rec.id)):
+                        continue
+                    self._delete_record(rec.id)
+                    del records[rec.id]
+                    removed.append(rec.id)
+                    progress = True
+        return removed
+
+    def usage(self) -> list[SnapshotUsage]:
+        with self._lock:
+            records = self._all_records()
+            return [SnapshotUsage(r.id, r.parent, r.kind == "active",
+                                  r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
+                                  r.size, r.description, r.created, r.last_used) for r in records]
+
+    def close(self) -> None:
+        """Unmount everything this manager mounted and close the database."""
+        with self._lock:
+            for key, active in list(self._mounts.items()):
+                if active.stack is not None:
+                    active.stack.unmount()
+                    self._remove_mount_dir(active.path)
+                del self._mounts[key]
+            self._db.close()
+
+    # ----------------------------------------------------------------- metadata
+
+    def _new_id(self) -> str:
+        return secrets.token_hex(8)
+
+    def _data_dir(self, snapshot_id: str) -> Path:
+        return self._snapshots_dir / snapshot_id
+
+    def _row_to_record(self, row: tuple) -> _Record:
+        sid, parent, kind, layers, has_data, desc, created, last_used, size, computed = row
+        return _Record(sid, parent, kind, json.loads(layers), bool(has_data), desc, created, last_used, size,
+                       bool(computed))
+
+    _COLUMNS = "id, parent, kind, layers, has_data, description, created, last_used, size, computed_diff"
+
+    def _record_or_none(self, snapshot_id: str) -> _Record | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {self._COLUMNS} FROM snapshots WHERE id=?",
+                                   (snapshot_id,)).fetchone()
+        return self._row_to_record(row) if row else None
+
+    def _record(self, snapshot_id: str) -> _Record:
+        rec = self._record_or_none(snapshot_id)
+        if rec is None:
+            raise KeyError(f"no snapshot {snapshot_id!r}")
+        return rec
+
+    def _all_records(self) -> list[_Record]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM snapshots").fetchall()
+        return [self._row_to_record(r) for r in rows]
+
+    def _insert(self, rec: _Record) -> None:
+        with self._lock:
+            self._db.execute(f"INSERT INTO snapshots ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (rec.id, rec.parent, rec.kind, json.dumps(rec.layers), int(rec.has_data),
+                              rec.description, rec.created, rec.last_used, rec.size, int(rec.computed_diff)))
+
+    def _delete_record(self, snapshot_id: str) -> None:
+        """Row first, then data: a crash in between leaves an orphan dir, never a dangling row."""
+        self._db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+        remove_tree(self._data_dir(snapshot_id))
+
+    def _check_unused(self, rec: _Record, records: list[_Record]) -> None:
+        if self._refs.get(rec.id):
+            raise SnapshotInUseError(f"snapshot {rec.id} has {self._refs[rec.id]} open handle(s)")
+        if self._is_mounted(rec.id):
+            raise SnapshotInUseError(f"snapshot {rec.id} is mounted")
+        users = [r.id for r in records if rec.id in r.dependencies()]
+        if users:
+            raise SnapshotInUseError(f"snapshot {rec.id} is needed by {', '.join(sorted(users))}")
+
+    def _unref(self, snapshot_id: str) -> None:
+        with self._lock:
+            count = self._refs.get(snapshot_id, 0) - 1
+            if count > 0:
+                self._refs[snapshot_id] = count
+            else:
+                self._refs.pop(snapshot_id, None)
+
+    # ----------------------------------------------------------------- mode and recovery
+
+    def _choose_mode(self, requested: str) -> str:
+        row = self._db.execute("SELECT value FROM settings WHERE key='mode'").fetchone()
+        if row is not None:
+            stored = row[0]
+            if requested not in ("auto", stored):
+                raise ValueError(
+                    f"{self.root} holds {stored}-mode snapshots; cannot open it in {requested} mode")
+            return stored
+        mode = requested if requested != "auto" else (OVERLAY if self._overlay_works() else COPY)
+        self._db.execute("INSERT INTO settings (key, value) VALUES ('mode', ?)", (mode,))
+        return mode
+
+    def _overlay_works(self) -> bool:
+        """Whether an overlay with its upper dir under ``<root>`` mounts (not on overlayfs, have
+        CAP_SYS_ADMIN, kernel has overlay)."""
+        try:
+            if fs_magic(self._snapshots_dir) == OVERLAYFS_SUPER_MAGIC:
+                return False
+        except OSError:
+            return False
+        probe = self._snapshots_dir / ".probe"
+        remove_tree(probe)
+        try:
+            for name in ("l1", "l2", "upper", "work", "merged"):
+                (probe / name).mkdir(parents=True)
+            (probe / "l1" / "f").write_text("1")
+            try:
+                stack = mount_overlay(probe / "merged", [probe / "l1", probe / "l2"], upper=probe / "upper",
+                                      work=probe / "work", base=self.root)
+            except (MountError, OSError):
+                return False
+            try:
+                ok = (probe / "merged" / "f").read_text() == "1"
+                (probe / "merged" / "f").unlink()
+                ok = ok and layerops.is_whiteout(os.lstat(probe / "upper" / "f"))
+            finally:
+                stack.unmount()
+            return ok
+        finally:
+            remove_tree(probe)
+
+    def _recover(self) -> None:
+        for point in mounted_under(self._mounts_dir):
+            sys_umount(point)
+        for entry in self._mounts_dir.iterdir():
+            remove_tree(entry)
+        with self._lock:
+            for rec in self._all_records():
+                if rec.kind == "active":
+                    self._delete_record(rec.id)
+            # Rows whose data is gone, then rows built on removed rows, until stable.
+            changed = True
+            while changed:
+                changed = False
+                records = self._all_records()
+                ids = {r.id for r in records}
+                for rec in records:
+                    missing_data = rec.has_data and not (self._data_dir(rec.id) / "fs").is_dir()
+                    if missing_data or not rec.dependencies() <= ids:
+                        self._delete_record(rec.id)
+                        changed = True
+            known = {r.id for r in self._all_records()}
+            for entry in self._snapshots_dir.iterdir():
+                if entry.name.startswith("metadata.db"):
+                    continue
+                if entry.name not in known:
+                    remove_tree(entry)
+                    continue
+                remove_tree(entry / "work")
+                remove_tree(entry / "diff.tmp")
+
+    # ----------------------------------------------------------------- layers, views, diffs
+
+    def _layer_dir(self, layer_id: str) -> Path:
+        """The directory holding snapshot ``layer_id``'s own changes (whiteouts included)."""
+        data = self._data_dir(layer_id)
+        if self.mode == OVERLAY:
+            return data / "fs"
+        diff = data / "diff"
+        with self._layer_lock:
+            if not diff.is_dir():
+                rec = self._record(layer_id)
+                base = self._data_dir(rec.parent) / "fs" if rec.parent else None
+                tmp = data / "diff.tmp"
+                remove_tree(tmp)
+                tmp.mkdir()
+                layerops.diff_trees(base, data / "fs", tmp)
+                os.rename(tmp, diff)
+        return diff
+
+    def _layer_paths(self, snapshot_id: str) -> list[Path]:
+        rec = self._record(snapshot_id)
+        if self.mode == COPY:
+            return [self._data_dir(snapshot_id) / "fs"]
+        return [self._layer_dir(lid) for lid in rec.layers]
+
+    def _new_view(self, layers: list[str], description: str) -> ImmutableRef:
+        """A committed snapshot made of existing layers (a merge, or a diff along one chain)."""
+        sid = self._new_id()
+        has_data = False
+        size = 0
+        if self.mode == COPY:
+            data = self._data_dir(sid)
+            (data / "fs").mkdir(parents=True, mode=0o755)
+            layerops.materialize([self._layer_dir(lid) for lid in layers], data / "fs")
+            has_data = True
+            size = disk_usage(data / "fs")
+        now = time.time()
+        rec = _Record(sid, None, "committed", layers, has_data, description, now, now, size)
+        with self._lock:
+            self._insert(rec)
+            self._refs[sid] = self._refs.get(sid, 0) + 1
+        return ImmutableRef(self, rec)
+
+    def _new_computed_diff(self, lower: ImmutableRef, upper: ImmutableRef, description: str) -> ImmutableRef:
+        sid = self._new_id()
+        data = self._data_dir(sid)
+        (data / "fs").mkdir(parents=True, mode=0o755)
+        out = data / "fs" if self.mode == OVERLAY else data / "diff"
+        out.mkdir(exist_ok=True, mode=0o755)
+        with lower.mount() as lower_path, upper.mount() as upper_path:
+            layerops.diff_trees(lower_path, upper_path, out)
+        if self.mode == COPY:
+            layerops.materialize([out], data / "fs")
+        now = time.time()
+        rec = _Record(sid, None, "committed", [sid], True, description, now, now, disk_usage(data),
+                      computed_diff=True)
+        with self._lock:
+            self._insert(rec)
+            self._refs[sid] = self._refs.get(sid, 0) + 1
+        return ImmutableRef(self, rec)
+
+    # ----------------------------------------------------------------- mutable lifecycle
+
+    def _commit(self, snapshot_id: str) -> ImmutableRef:
+        with self._lock:
+            if self._is_mounted(snapshot_id):
+                raise SnapshotInUseError(f"cannot commit {snapshot_id}: it is still mounted")
+            rec = self._record(snapshot_id)
+            if rec.kind != "active":
+                raise RuntimeError(f"snapshot {snapshot_id} is already committed")
+        data = self._data_dir(snapshot_id)
+        size = disk_usage(data / "fs")
+        with self._lock:
+            self._db.execute("UPDATE snapshots SET kind='committed', size=?, last_used=? WHERE id=?",
+                             (size, time.time(), snapshot_id))
+            self._refs[snapshot_id] = self._refs.get(snapshot_id, 0) + 1
+            rec = self._record(snapshot_id)
+        remove_tree(data / "work")
+        return ImmutableRef(self, rec)
+
+    def _discard(self, snapshot_id: str) -> None:
+        with self._lock:
+            if self._is_mounted(snapshot_id):
+                raise SnapshotInUseError(f"cannot release {snapshot_id}: it is still mounted")
+            self._delete_record(snapshot_id)
+
+    # ----------------------------------------------------------------- mounts
+
+    def _is_mounted(self, snapshot_id: str) -> bool:
+        return snapshot_id in self._mounts or f"{snapshot_id}.rw" in self._mounts
+
+    def _acquire_mount(self, snapshot_id: str, *, writable: bool) -> Path:
+        key = f"{snapshot_id}.rw" if writable else snapshot_id
+        with self._lock:
+            active = self._mounts.get(key)
+            if active is not None:
+                active.count += 1
+                return active.path
+            rec = self._record(snapshot_id)
+            data = self._data_dir(snapshot_id)
+            if self.mode == COPY:
+                active = _ActiveMount(data / "fs", 1, None)
+            elif writable:
+                lowers = [self._layer_dir(lid) for lid in rec.layers if lid != snapshot_id]
+                if not lowers:
+                    active = _ActiveMount(data / "fs", 1, None)
+                else:
+                    point = self._mounts_dir / key
+                    point.mkdir(exist_ok=True)
+                    stack = mount_overlay(point, lowers, upper=data / "fs", work=data / "work",
+                                          base=self.root)
+                    active = _ActiveMount(point, 1, stack)
+            else:
+                lowers = [self._layer_dir(lid) for lid in rec.layers]
+                if not lowers:
+                    active = _ActiveMount(self._empty_dir, 1, None)
+                elif len(lowers) == 1 and rec.layers == [snapshot_id] and not rec.computed_diff:
+                    # A layer written from scratch has no whiteouts: its dir is the tree itself.
+                    active = _ActiveMount(lowers[0], 1, None)
+                else:
+                    point = self._mounts_dir / key
+                    point.mkdir(exist_ok=True)
+                    if len(lowers) == 1:  # hide whiteouts: overlay over an empty dir
+                        lowers = [self._empty_dir, lowers[0]]
+                    active = _ActiveMount(point, 1, mount_overlay(point, lowers, base=self.root))
+            self._mounts[key] = active
+            self._db.execute("UPDATE snapshots SET last_used=? WHERE id=?", (time.time(), snapshot_id))
+            return active.path
+
+    def _release_mount(self, snapshot_id: str, *, writable: bool) -> None:
+        key = f"{snapshot_id}.rw" if writable else snapshot_id
+        with self._lock:
+            active = self._mounts.get(key)
+            if active is None:
+                return
+            active.count -= 1
+            if active.count > 0:
+                return
+            del self._mounts[key]
+            if active.stack is not None:
+                active.stack.unmount()
+                self._remove_mount_dir(active.path)
+
+    @staticmethod
+    def _remove_mount_dir(path: Path) -> None:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+class CopySnapshotManager(OverlaySnapshotManager):
+    """The copy-based variant: every mutable snapshot is a full copy of its parent's tree."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, mode=COPY)
