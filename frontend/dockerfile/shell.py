@@ -1,0 +1,511 @@
+"""BuildKit's shell-word lexer: quote removal, escapes and ``$VAR`` expansion.
+
+This is not a POSIX shell: there is no command substitution, no globbing and no arithmetic. It removes
+quotes, honours the escape token (``\\`` or `````), and expands ``$name``, ``${name}`` and the modifier
+forms ``${name:-w}``, ``${name-w}``, ``${name:+w}``, ``${name+w}``, ``${name:?w}``, ``${name?w}``,
+``${name#p}``, ``${name##p}``, ``${name%p}``, ``${name%%p}``, ``${name/p/r}`` and ``${name//p/r}``.
+An unset variable expands to the empty string (or is kept verbatim with ``skip_unset_env``).
+
+The frontend expands only some instruction fields with this (see ``expand.py``); RUN, CMD and
+ENTRYPOINT are left for the real shell in the container.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .gocompat import is_digit, is_letter, is_space, quote
+
+_EOF = ""
+# text/scanner reports end of input as rune -1; printing it with %s gives U+FFFD, which is what a user
+# sees in e.g. "unsupported modifier (\ufffd) in substitution" for "${x".
+_EOF_TEXT = "\ufffd"
+
+
+class ShellExpansionError(ValueError):
+    """A word could not be expanded; ``str()`` is BuildKit's message (``failed to process "...": ...``)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class _Fail(Exception):
+    """Internal: the innermost reason, wrapped into ShellExpansionError at the top."""
+
+
+@dataclass
+class WordResult:
+    """Outcome of one expansion: the joined word, its fields, and the variable names looked up."""
+
+    result: str
+    words: list[str]
+    matched: set[str] = field(default_factory=set)
+    unmatched: set[str] = field(default_factory=set)
+
+
+class _Words:
+    """Field splitting as BuildKit does it: unquoted white space from expansions separates fields."""
+
+    def __init__(self, buf: list[str]):
+        # ``buf`` is shared between nested expansions on purpose; see Lex._process_stop_on.
+        self.buf = buf
+        self.words: list[str] = []
+        self.in_word = False
+
+    def add_char(self, ch: str) -> None:
+        if is_space(ch) and self.in_word:
+            if self.buf:
+                self.words.append("".join(self.buf))
+                self.buf.clear()
+                self.in_word = False
+        elif not is_space(ch):
+            self.add_raw_char(ch)
+
+    def add_raw_char(self, ch: str) -> None:
+        self.buf.append(ch)
+        self.in_word = True
+
+    def add_string(self, s: str) -> None:
+        for ch in s:
+            self.add_char(ch)
+
+    def add_raw_string(self, s: str) -> None:
+        if s:  # Go's strings.Builder: writing "" leaves the length at 0
+            self.buf.append(s)
+        self.in_word = True
+
+    def get_words(self) -> list[str]:
+        if self.buf:
+            self.words.append("".join(self.buf))
+            self.buf.clear()
+            self.in_word = False
+        return self.words
+
+
+class Lex:
+    """A configurable lexer; the module-level functions cover the usual settings.
+
+    ``raw_quotes`` keeps quote characters in the output, ``raw_escapes`` keeps escape tokens,
+    ``skip_process_quotes`` treats quotes as plain characters (used for heredoc bodies) and
+    ``skip_unset_env`` leaves references to unset variables as written. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        escape_token: str = "\\",
+        *,
+        raw_quotes: bool = False,
+        raw_escapes: bool = False,
+        skip_process_quotes: bool = False,
+        skip_unset_env: bool = False,
+    ):
+        self.escape_token = escape_token
+        self.raw_quotes = raw_quotes
+        self.raw_escapes = raw_escapes
+        self.skip_process_quotes = skip_process_quotes
+        self.skip_unset_env = skip_unset_env
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def process(self, word: str, env: Mapping[str, str]) -> WordResult:
+        """Expand ``word``; both the joined result and the split fields are returned."""
+        self._src = word
+        self._pos = 0
+        self._env = env
+        self._raw_esc = self.raw_escapes
+        self._words_buf: list[str] = []
+        self._matched: set[str] = set()
+        self._unmatched: set[str] = set()
+        try:
+            result, words = self._process_stop_on(_EOF, self._raw_esc)
+        except _Fail as err:
+            reason = str(err)
+            raise ShellExpansionError(f"failed to process {quote(word)}: {reason}", reason) from None
+        return WordResult(result, words, self._matched, self._unmatched)
+
+    def process_word(self, word: str, env: Mapping[str, str]) -> str:
+        return self.process(word, env).result
+
+    def process_words(self, word: str, env: Mapping[str, str]) -> list[str]:
+        return self.process(word, env).words
+
+    # -- scanner ---------------------------------------------------------------------------------
+
+    def _peek(self) -> str:
+        return self._src[self._pos] if self._pos < len(self._src) else _EOF
+
+    def _next(self) -> str:
+        if self._pos >= len(self._src):
+            return _EOF
+        ch = self._src[self._pos]
+        self._pos += 1
+        return ch
+
+    # -- lexing ----------------------------------------------------------------------------------
+
+    def _process_stop_on(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
+        """Process until ``stop`` (consumed) or the end of input when ``stop`` is empty.
+
+        BuildKit keeps one field buffer per lexer and every nested ``${...}`` resets it, so in
+        ``process_words`` the text of a field before a modifier expansion is dropped:
+        ``abc${x:-def}`` splits into ``["def"]``. We keep that quirk for identical results.
+        """
+        result: list[str] = []
+        self._words_buf.clear()
+        words = _Words(self._words_buf)
+        saved_raw = self._raw_esc
+        self._raw_esc = raw_escapes
+        try:
+            while self._peek() != _EOF:
+                ch = self._peek()
+                if stop and ch == stop:
+                    self._next()
+                    return "".join(result), words.get_words()
+                handler = None
+                if ch == "$":
+                    handler = self._process_dollar
+                elif ch == "<":
+                    handler = self._process_possible_heredoc
+                elif not self.skip_process_quotes and ch == "'":
+                    handler = self._process_single_quote
+                elif not self.skip_process_quotes and ch == '"':
+                    handler = self._process_double_quote
+                if handler is not None:
+                    tmp = handler()
+                    result.append(tmp)
+                    if ch == "$":
+                        words.add_string(tmp)
+                    else:
+                        words.add_raw_string(tmp)
+                    continue
+                ch = self._next()
+                if ch == self.escape_token:
+                    if self._raw_esc:
+                        words.add_raw_char(ch)
+                        result.append(ch)
+                    ch = self._next()
+                    if ch == _EOF:
+                        break
+                    words.add_raw_char(ch)
+                else:
+                    words.add_char(ch)
+                result.append(ch)
+        finally:
+            self._raw_esc = saved_raw
+        if stop:
+            raise _Fail(f"unexpected end of statement while looking for matching {stop}")
+        return "".join(result), words.get_words()
+
+    def _process_single_quote(self) -> str:
+        # Everything up to the next ' is literal; a single quote cannot be escaped inside.
+        out: list[str] = []
+        ch = self._next()
+        if self.raw_quotes:
+            out.append(ch)
+        while True:
+            ch = self._next()
+            if ch == _EOF:
+                raise _Fail("unexpected end of statement while looking for matching single-quote")
+            if ch == "'":
+                if self.raw_quotes:
+                    out.append(ch)
+                return "".join(out)
+            out.append(ch)
+
+    def _process_double_quote(self) -> str:
+        # Literal except $ expansions; the escape token only escapes ", $ and itself.
+        out: list[str] = []
+        ch = self._next()
+        if self.raw_quotes:
+            out.append(ch)
+        while True:
+            peek = self._peek()
+            if peek == _EOF:
+                raise _Fail("unexpected end of statement while looking for matching double-quote")
+            if peek == '"':
+                ch = self._next()
+                if self.raw_quotes:
+                    out.append(ch)
+                return "".join(out)
+            if peek == "$":
+                out.append(self._process_dollar())
+                continue
+            ch = self._next()
+            if ch == self.escape_token:
+                if self._raw_esc:
+                    out.append(ch)
+                nxt = self._peek()
+                if nxt == _EOF:
+                    continue
+                if nxt in ('"', "$", self.escape_token):
+                    ch = self._next()
+            out.append(ch)
+
+    def _process_dollar(self) -> str:
+        self._next()
+        if self._peek() != "{":
+            name = self._process_name()
+            if not name:
+                return "$"
+            value, found = self._get_env(name)
+            if not found and self.skip_unset_env:
+                return "$" + name
+            return value
+
+        self._next()
+        peek = self._peek()
+        if peek == _EOF:
+            raise _Fail("syntax error: missing '}'")
+        if peek in ("{", "}", ":"):
+            raise _Fail("syntax error: bad substitution")
+        name = self._process_name()
+        ch = self._next()
+        chs = ch or _EOF_TEXT
+        null_is_unset = False
+
+        if ch == "}":
+            value, found = self._get_env(name)
+            if not found and self.skip_unset_env:
+                return "${" + name + "}"
+            return value
+
+        if ch == ":":
+            null_is_unset = True
+            ch = self._next()
+            chs += ch or _EOF_TEXT
+        elif ch == "/":
+            return self._process_replace(name)
+        elif ch == _EOF or ch not in "+-?#%":
+            raise _Fail(f"unsupported modifier ({chs}) in substitution")
+
+        pattern_mode = ch != _EOF and ch in "#%"
+        if null_is_unset and pattern_mode:
+            raise _Fail(f"unsupported modifier ({chs}) in substitution")
+        try:
+            word, _ = self._process_stop_on("}", pattern_mode)
+        except _Fail:
+            if self._peek() == _EOF:
+                raise _Fail("syntax error: missing '}'") from None
+            raise
+
+        value, found = self._get_env(name)
+        if self.skip_unset_env and not found:
+            return "${" + name + chs + word + "}"
+
+        if ch == "-":
+            if not found or (null_is_unset and value == ""):
+                return word
+            return value
+        if ch == "+":
+            if not found or (null_is_unset and value == ""):
+                return ""
+            return word
+        if ch == "?":
+            if not found:
+                raise _Fail(f"{name}: {word or 'is not allowed to be unset'}")
+            if null_is_unset and value == "":
+                raise _Fail(f"{name}: {word or 'is not allowed to be empty'}")
+            return value
+        if pattern_mode:
+            # ${x#p}/${x%p} remove the shortest match, ${x##p}/${x%%p} the longest.
+            greedy = word[:1] == ch
+            if greedy:
+                word = word[1:]
+            if ch == "%":
+                return _trim_suffix(word, value, greedy)
+            return _trim_prefix(word, value, greedy)
+        raise _Fail(f"unsupported modifier ({chs}) in substitution")
+
+    def _process_replace(self, name: str) -> str:
+        replace_all = self._peek() == "/"
+        if replace_all:
+            self._next()
+        try:
+            pattern, _ = self._process_stop_on("/", True)
+        except _Fail:
+            if self._peek() == _EOF:
+                raise _Fail("syntax error: missing '/' in ${}") from None
+            raise
+        try:
+            replacement, _ = self._process_stop_on("}", True)
+        except _Fail:
+            if self._peek() == _EOF:
+                raise _Fail("syntax error: missing '}'") from None
+            raise
+
+        value, found = self._get_env(name)
+        if self.skip_unset_env and not found:
+            return "${" + name + "/" + pattern + "/" + replacement + "}"
+        regex = _pattern_to_regex(pattern, greedy=True, anchored=False)
+        return _go_replace(regex, value, replacement, replace_all)
+
+    def _process_name(self) -> str:
+        # A name is [letters digits _]+; a leading digit means a positional parameter ($1, $12),
+        # and a single special parameter character ($@, $#, ...) is a name of its own.
+        name: list[str] = []
+        while self._peek() != _EOF:
+            ch = self._peek()
+            if not name and is_digit(ch):
+                while self._peek() != _EOF and is_digit(self._peek()):
+                    name.append(self._next())
+                return "".join(name)
+            if not name and ch in "@*#?-$!0":
+                return self._next()
+            if not is_letter(ch) and not is_digit(ch) and ch != "_":
+                break
+            name.append(self._next())
+        return "".join(name)
+
+    def _process_possible_heredoc(self) -> str:
+        # "<<" plus any following blanks stays glued to the next word, so "<< EOF" is one field.
+        self._next()
+        if self._peek() != "<":
+            return "<"
+        self._next()
+        space: list[str] = []
+        while self._peek() != _EOF and self._peek() in "\t\r ":
+            space.append(self._next())
+        return "<<" + "".join(space)
+
+    def _get_env(self, name: str) -> tuple[str, bool]:
+        if name in self._env:
+            self._matched.add(name)
+            return self._env[name], True
+        self._unmatched.add(name)
+        return "", False
+
+
+# --- ${x#p} / ${x%p} / ${x/p/r} patterns ------------------------------------------------------------
+
+
+def _pattern_to_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
+    """A shell pattern (``*``, ``?``, ``\\`` escapes; no bracket expressions) as a regex."""
+    out = ["^"] if anchored else []
+    star = ".*" if greedy else ".*?"
+    i = 0
+    while i < len(pattern):
+        tok = pattern[i]
+        i += 1
+        if tok == "*":
+            out.append(star)
+        elif tok == "?":
+            out.append(".")
+        elif tok == "\\":
+            nxt = pattern[i] if i < len(pattern) else _EOF
+            if nxt != _EOF and nxt in "}/":
+                # \} and \/ escape the ${} syntax, not the pattern.
+                continue
+            i += 1
+            if nxt == _EOF or nxt not in "*?\\":
+                shown = nxt or _EOF_TEXT
+                raise _Fail(f"invalid pattern ({pattern}) in substitution: invalid escape '\\{shown}'")
+            out.append("\\" + nxt)
+        else:
+            out.append(re.escape(tok))
+    return re.compile("".join(out))
+
+
+def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
+    m = _pattern_to_regex(pattern, greedy=greedy, anchored=True).search(value)
+    return value[m.end() :] if m else value
+
+
+def _reverse_pattern(pattern: str) -> str:
+    """Reverse a pattern keeping each ``\\x`` escape pair in order (``a\\*c`` -> ``c\\*a``)."""
+    units: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "\\" and i != len(pattern) - 1:
+            units.append(pattern[i : i + 2])
+            i += 2
+        else:
+            units.append(pattern[i])
+            i += 1
+    return "".join(reversed(units))
+
+
+def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
+    # A leftmost regex search cannot find the shortest rightmost match, so search the reversed value
+    # with the reversed pattern instead.
+    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
+
+
+def _expand_template(template: str, match: re.Match[str]) -> str:
+    """Go's ``Regexp.Expand``: ``$$`` is ``$``, ``$0``/``${0}`` the match, other names expand to ""."""
+    out: list[str] = []
+    i = 0
+    while True:
+        j = template.find("$", i)
+        if j < 0:
+            out.append(template[i:])
+            return "".join(out)
+        out.append(template[i:j])
+        rest = template[j + 1 :]
+        if rest.startswith("$"):
+            out.append("$")
+            i = j + 2
+            continue
+        brace = rest.startswith("{")
+        body = rest[1:] if brace else rest
+        k = 0
+        while k < len(body) and (is_letter(body[k]) or is_digit(body[k]) or body[k] == "_"):
+            k += 1
+        if k == 0 or (brace and (k >= len(body) or body[k] != "}")):
+            out.append("$")
+            i = j + 1
+            continue
+        name = body[:k]
+        if name == "0":
+            out.append(match.group(0))
+        i = j + 1 + k + (2 if brace else 0)
+
+
+def _go_replace(regex: re.Pattern[str], value: str, template: str, replace_all: bool) -> str:
+    """``ReplaceAllString``/first-match replacement with Go's rules.
+
+    Go skips an empty match right after a previous match; Python's ``re.sub`` does not, so
+    ``${x//*/y}`` would differ. The loop below is Go's.
+    """
+    if not replace_all:
+        m = regex.search(value)
+        if not m:
+            return value
+        return value[: m.start()] + _expand_template(template, m) + value[m.end() :]
+    out: list[str] = []
+    last_end = 0
+    pos = 0
+    while pos <= len(value):
+        m = regex.search(value, pos)
+        if not m:
+            break
+        out.append(value[last_end : m.start()])
+        if m.end() > last_end or m.start() == 0:
+            out.append(_expand_template(template, m))
+        last_end = m.end()
+        pos = pos + 1 if pos + 1 > m.end() else m.end()
+    out.append(value[last_end:])
+    return "".join(out)
+
+
+# --- convenience functions ----------------------------------------------------------------------------
+
+
+def process_word(word: str, env: Mapping[str, str], escape_token: str = "\\") -> str:
+    """Expand one word as ENV/LABEL/WORKDIR/... values are expanded: quotes removed, spaces kept."""
+    return Lex(escape_token).process(word, env).result
+
+
+def process_words(word: str, env: Mapping[str, str], escape_token: str = "\\") -> list[str]:
+    """Expand and split into fields on unquoted white space (BuildKit uses this for EXPOSE)."""
+    return Lex(escape_token).process(word, env).words
+
+
+def process_word_with_matches(word: str, env: Mapping[str, str], escape_token: str = "\\") -> WordResult:
+    """Like ``process_word`` but also report which variables were found and which were not.
+
+    BuildKit feeds the unmatched names to its UndefinedVar / UndefinedArgInFrom lint rules.
+    """
+    return Lex(escape_token).process(word, env)
