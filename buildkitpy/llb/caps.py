@@ -1,0 +1,66 @@
+"""LLB capability ids (BuildKit ``solver/pb/caps.go``) that the builder writes into ``OpMetadata.caps``.
+
+A daemon must advertise every cap a definition names, or the frontend gateway client refuses to send it.
+"""
+
+SOURCE_IMAGE = "source.image"
+SOURCE_IMAGE_RESOLVE_MODE = "source.image.resolvemode"
+SOURCE_IMAGE_LAYER_LIMIT = "source.image.layerlimit"
+SOURCE_IMAGE_CHECKSUM = "source.image.checksum"
+
+SOURCE_LOCAL = "source.local"
+SOURCE_LOCAL_UNIQUE = "source.local.unique"
+SOURCE_LOCAL_SESSION_ID = "source.local.sessionid"
+SOURCE_LOCAL_INCLUDE_PATTERNS = "source.local.includepatterns"
+SOURCE_LOCAL_FOLLOW_PATHS = "source.local.followpaths"
+SOURCE_LOCAL_EXCLUDE_PATTERNS = "source.local.excludepatterns"
+SOURCE_LOCAL_SHARED_KEY_HINT = "source.local.sharedkeyhint"
+SOURCE_LOCAL_DIFFER = "source.local.differ"
+
+SOURCE_GIT = "source.git"
+SOURCE_GIT_KEEP_DIR = "source.git.keepgitdir"
+SOURCE_GIT_FULL_URL = "source.git.fullurl"
+SOURCE_GIT_HTTP_AUTH = "source.git.httpauth"
+SOURCE_GIT_KNOWN_SSH_HOSTS = "source.git.knownsshhosts"
+SOURCE_GIT_MOUNT_SSH_SOCK = "source.git.mountsshsock"
+SOURCE_GIT_CHECKSUM = "source.git.checksum"
+SOURCE_GIT_SKIP_SUBMODULES = "source.git.skipsubmodules"
+
+SOURCE_HTTP = "source.http"
+SOURCE_HTTP_AUTH = "source.http.auth"
+SOURCE_HTTP_CHECKSUM = "source.http.checksum"
+SOURCE_HTTP_PERM = "source.http.perm"
+SOURCE_HTTP_UIDGID = "soruce.http.uidgid"  # sic: BuildKit's canonical spelling
+SOURCE_HTTP_HEADER = "source.http.header"
+
+EXEC_META_BASE = "exec.meta.base"
+EXEC_META_CGROUP_PARENT = "exec.meta.cgroup.parent"
+EXEC_META_NETWORK = "exec.meta.network"
+EXEC_META_PROXY = "exec.meta.proxyenv"
+EXEC_META_SECURITY = "exec.meta.security"
+EXEC_META_SETS_DEFAULT_PATH = "exec.meta.setsdefaultpath"
+EXEC_META_ULIMIT = "exec.meta.ulimit"
+EXEC_META_CDI = "exec.meta.cdi"
+EXEC_META_LINUX_RESOURCES = "exec.meta.linux.resources"
+EXEC_MOUNT_BIND = "exec.mount.bind"
+EXEC_MOUNT_CACHE = "exec.mount.cache"
+EXEC_MOUNT_CACHE_SHARING = "exec.mount.cache.sharing"
+EXEC_MOUNT_SELECTOR = "exec.mount.selector"
+EXEC_MOUNT_TMPFS = "exec.mount.tmpfs"
+EXEC_MOUNT_TMPFS_SIZE = "exec.mount.tmpfs.size"
+EXEC_MOUNT_SECRET = "exec.mount.secret"
+EXEC_MOUNT_SSH = "exec.mount.ssh"
+EXEC_MOUNT_CONTENT_CACHE = "exec.mount.cache.content"
+EXEC_SECRET_ENV = "exec.secretenv"
+EXEC_VALID_EXIT_CODE = "exec.validexitcode"
+
+FILE_BASE = "file.base"
+
+CONSTRAINTS = "constraints"
+PLATFORM = "platform"
+META_IGNORE_CACHE = "meta.ignorecache"
+META_DESCRIPTION = "meta.description"
+META_EXPORT_CACHE = "meta.exportcache"
+
+MERGE_OP = "mergeop"
+DIFF_OP = "diffop"
