@@ -1,0 +1,44 @@
+"""Constructors for fsutil wire packets (``fsutil.types.Packet``)."""
+
+from __future__ import annotations
+
+from buildkitpy.api import fsutil_stat_pb2, fsutil_wire_pb2
+
+Packet = fsutil_wire_pb2.Packet
+
+STAT = Packet.PACKET_STAT
+REQ = Packet.PACKET_REQ
+DATA = Packet.PACKET_DATA
+FIN = Packet.PACKET_FIN
+ERR = Packet.PACKET_ERR
+
+# Go's sender uses 32 KiB buffers; larger chunks cost fewer messages. gRPC's default receive limit
+# is 4 MiB, so stay well below it.
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+TYPE_NAMES = {STAT: "STAT", REQ: "REQ", DATA: "DATA", FIN: "FIN", ERR: "ERR"}
+
+
+def stat_packet(stat: fsutil_stat_pb2.Stat) -> fsutil_wire_pb2.Packet:
+    return Packet(type=STAT, stat=stat)
+
+
+def end_of_listing() -> fsutil_wire_pb2.Packet:
+    """The STAT packet without a stat that ends the listing (encodes to zero bytes)."""
+    return Packet(type=STAT)
+
+
+def req_packet(entry_id: int) -> fsutil_wire_pb2.Packet:
+    return Packet(type=REQ, ID=entry_id)
+
+
+def data_packet(entry_id: int, data: bytes = b"") -> fsutil_wire_pb2.Packet:
+    return Packet(type=DATA, ID=entry_id, data=data)
+
+
+def fin_packet() -> fsutil_wire_pb2.Packet:
+    return Packet(type=FIN)
+
+
+def err_packet(message: str) -> fsutil_wire_pb2.Packet:
+    return Packet(type=ERR, data=message.encode("utf-8", "replace"))
