@@ -175,8 +175,8 @@ class _Copy:
         o = self.opts
         c = ops_pb2.FileActionCopy(
             src=self.source_path(), dest=_normalize(parent, self.dest, keep_slash=True),
-            owner=o.chown.to_pb(base) if o.chown else None, includePatterns=o.include_patterns,
-            excludePatterns=o.exclude_patterns, requiredPaths=o.required_paths,
+            owner=o.chown.to_pb(base) if o.chown else None, include_patterns=o.include_patterns,
+            exclude_patterns=o.exclude_patterns, required_paths=o.required_paths,
             allowWildcard=o.allow_wildcard, allowEmptyWildcard=o.allow_empty_wildcard,
             followSymlink=o.follow_symlinks, dirCopyContents=o.copy_dir_contents,
             attemptUnpackDockerCompatibility=o.attempt_unpack, createDestPath=o.create_dest_path,
