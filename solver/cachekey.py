@@ -1,0 +1,130 @@
+"""Cache keys: what makes two vertex results interchangeable.
+
+Like BuildKit there are two phases. An op's ``CacheMap`` gives a definition digest (the op with
+mutable or irrelevant fields removed) and, per input, a selector plus optionally a set of paths
+whose *content* is hashed once the input's result exists. Keys are then:
+
+- the fast key: definition digest + each input's key (+ selector); known before anything runs;
+- the slow key: definition digest + for content-hashed inputs the content checksum, for the others
+  the input's most stable key. This is how ``COPY . /`` after a freshly uploaded context (whose
+  source key is random per session) still hits the cache when the files did not change.
+
+Keys of an output carry two flags: ``ephemeral`` keys (derived from per-session local sources) are
+never persisted; ``fresh`` outputs come from a run whose result was not validated against the cache
+(local sources, ignore-cache), so consumers may not trust key-only matches on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A path of an input whose content a cache key depends on."""
+
+    path: str
+    follow_links: bool = False
+    wildcard: bool = False
+    include_patterns: tuple[str, ...] = ()
+    exclude_patterns: tuple[str, ...] = ()
+    required_paths: tuple[str, ...] = ()
+
+    @property
+    def has_wildcard_or_filters(self) -> bool:
+        return self.wildcard or bool(self.include_patterns) or bool(self.exclude_patterns)
+
+    def key(self) -> str:
+        return json.dumps([self.path, self.follow_links, self.wildcard, self.include_patterns,
+                           self.exclude_patterns, self.required_paths], separators=(",", ":"))
+
+
+@dataclass
+class Dep:
+    selector: str = ""  # digest scoping which part of the input the op uses ("" = all of it)
+    content: list[Selector] | None = None  # content-hash these paths for the slow key
+
+
+@dataclass
+class CacheMap:
+    digest: str
+    deps: list[Dep] = field(default_factory=list)
+    ephemeral: bool = False  # the op's own key is per-session (local sources): never persisted
+    always_run: bool = False  # never look the op up (local sources re-sync every build)
+
+
+@dataclass(frozen=True)
+class OutputKeys:
+    keys: tuple[tuple[str, bool], ...]  # (key, ephemeral), most specific first
+    fresh: bool = False
+
+    @property
+    def stable(self) -> tuple[str, bool]:
+        """The key least tied to a session: a non-ephemeral one if there is any."""
+        for k in reversed(self.keys):
+            if not k[1]:
+                return k
+        return self.keys[-1]
+
+
+@dataclass(frozen=True)
+class VertexKey:
+    key: str
+    ephemeral: bool
+    trusted: bool  # may be looked up: no component is a fresh input's key
+
+
+def sha256_text(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def digest_json(obj: object) -> str:
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(data.encode()).hexdigest()
+
+
+def selector_digest(paths: list[str]) -> str:
+    return "sha256:" + hashlib.sha256("\0".join(paths).encode()).hexdigest()
+
+
+def compute_keys(cm: CacheMap, inputs: list[OutputKeys],
+                 content: list[str | None] | None = None) -> list[VertexKey]:
+    """The fast key and, when it differs, the slow (content-based) key of a vertex."""
+    if not inputs:
+        return [VertexKey(sha256_text("root", cm.digest), cm.ephemeral, not cm.always_run)]
+    fast_parts = []
+    fast_eph = cm.ephemeral
+    fast_trusted = not cm.always_run
+    for dep, inp in zip(cm.deps, inputs, strict=True):
+        k, eph = inp.keys[0]
+        fast_parts.append([k, dep.selector])
+        fast_eph |= eph
+        fast_trusted &= not inp.fresh
+    out = [VertexKey(digest_json({"op": cm.digest, "deps": fast_parts}), fast_eph, fast_trusted)]
+    if content is None:
+        return out
+    slow_parts = []
+    slow_eph = cm.ephemeral
+    slow_trusted = not cm.always_run
+    for dep, inp, checksum in zip(cm.deps, inputs, content, strict=True):
+        if checksum is not None:
+            slow_parts.append(["content", checksum])
+        else:
+            k, eph = inp.stable
+            slow_parts.append([k, dep.selector])
+            slow_eph |= eph
+            slow_trusted &= not inp.fresh
+    slow = VertexKey(digest_json({"op": cm.digest, "deps": slow_parts}), slow_eph, slow_trusted)
+    if slow.key != out[0].key:
+        out.append(slow)
+    return out
+
+
+def output_keys(vertex_keys: list[VertexKey], index: int, fresh: bool) -> OutputKeys:
+    return OutputKeys(tuple((sha256_text(k.key, str(index)), k.ephemeral) for k in vertex_keys), fresh)

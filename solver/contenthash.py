@@ -1,0 +1,186 @@
+"""Content checksums of paths inside a committed snapshot (the slow half of a cache key).
+
+A file hashes a tarsum-like header (type, permission bits, uid, gid, size, link target, device
+numbers, relevant xattrs; never the mtime) followed by its content. A directory hashes its own header
+and, for each child in name order, the child's name and digest. A symlink's mode counts as 0777.
+Results are memoised per (snapshot id, selector) in SQLite: snapshots never change once committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+from buildkitpy.errors import SolveError
+from buildkitpy.solver.cachekey import Selector
+from buildkitpy.solver.pathutil import resolve_wildcards, root_path
+from buildkitpy.solver.patterns import PatternMatcher
+
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
+_CHUNK = 1 << 20
+
+
+def _xattrs(path: str) -> list[tuple[str, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        if name.startswith("system.") or (name.startswith("security.") and name != "security.capability"):
+            continue
+        try:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return out
+
+
+def _header(path: str, st: os.stat_result) -> bytes:
+    mode = st.st_mode
+    kind = stat.S_IFMT(mode)
+    perm = 0o777 if stat.S_ISLNK(mode) else stat.S_IMODE(mode)
+    link = os.readlink(path) if stat.S_ISLNK(mode) else ""
+    size = st.st_size if stat.S_ISREG(mode) else 0
+    dev = st.st_rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0
+    fields = [f"{kind:o}", f"{perm:o}", str(st.st_uid), str(st.st_gid), str(size), link,
+              str(os.major(dev)), str(os.minor(dev))]
+    data = "\0".join(fields).encode() + b"\0"
+    for name, value in _xattrs(path):
+        data += name.encode() + b"\0" + value + b"\0"
+    return data
+
+
+def _file_digest(path: str, st: os.stat_result) -> str:
+    h = hashlib.sha256(_header(path, st))
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def tree_digest(path: str) -> str:
+    """Digest of a file, symlink (not followed) or whole directory tree."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return _file_digest(path, st)
+    h = hashlib.sha256(b"dir\0" + _header(path, st))
+    for name in sorted(os.listdir(path)):
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(tree_digest(os.path.join(path, name)).encode() + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _filtered_digest(base: Path, sel: Selector) -> str:
+    """Hash of (relative path, digest) for every entry the include/exclude patterns keep."""
+    include = PatternMatcher(sel.include_patterns)
+    exclude = PatternMatcher(sel.exclude_patterns)
+    h = hashlib.sha256()
+
+    def visit(directory: str, rel: str) -> None:
+        for name in sorted(os.listdir(directory)):
+            child_rel = f"{rel}/{name}" if rel else name
+            full = os.path.join(directory, name)
+            st = os.lstat(full)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            excluded = bool(exclude) and exclude.matches(child_rel)
+            included = (not include or include.matches(child_rel)) and not excluded
+            if included:
+                digest = "sha256:" + hashlib.sha256(_header(full, st)).hexdigest() if is_dir \
+                    else _file_digest(full, st)
+                h.update(child_rel.encode("utf-8", "surrogateescape") + b"\0" + digest.encode() + b"\0")
+            if is_dir and (not excluded or exclude.has_exclusions) and \
+                    (included or not include or include.could_match_below(child_rel)):
+                visit(full, child_rel)
+
+    if base.is_dir() and not base.is_symlink():
+        visit(str(base), "")
+    else:
+        h.update(_file_digest(str(base), os.lstat(base)).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def checksum(root: Path, sel: Selector) -> str:
+    """Checksum of ``sel`` in the tree at ``root``; SolveError if a required path is missing."""
+    if sel.wildcard:
+        matches = resolve_wildcards(root, sel.path, sel.follow_links)
+        if not matches:
+            return EMPTY_DIGEST
+        h = hashlib.sha256()
+        for m in matches:
+            h.update(m.encode() + b"\0" + _checksum_one(root, Selector(
+                m, sel.follow_links, False, sel.include_patterns, sel.exclude_patterns,
+                sel.required_paths)).encode() + b"\0")
+        return "sha256:" + h.hexdigest()
+    return _checksum_one(root, sel)
+
+
+def _checksum_one(root: Path, sel: Selector) -> str:
+    base = root_path(root, sel.path, sel.follow_links)
+    if not os.path.lexists(base):
+        raise SolveError(f"failed to calculate checksum of ref: \"{sel.path}\": not found")
+    for req in sel.required_paths:
+        if not os.path.lexists(root_path(base, req, False)):
+            raise SolveError(f"failed to calculate checksum of ref: required path \"{req}\" not found "
+                             f"under \"{sel.path}\"")
+    if sel.include_patterns or sel.exclude_patterns:
+        return _filtered_digest(base, sel)
+    return tree_digest(str(base))
+
+
+def combine(digests: list[str]) -> str:
+    if len(digests) == 1:
+        return digests[0]
+    return "sha256:" + hashlib.sha256("\0".join(digests).encode()).hexdigest()
+
+
+class ChecksumStore:
+    """SQLite memo of checksums per (snapshot id, selector)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS checksums (snapshot_id TEXT NOT NULL, "
+                         "selector TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (snapshot_id, selector))")
+
+    def get(self, snapshot_id: str, selector: Selector) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM checksums WHERE snapshot_id=? AND selector=?",
+                                   (snapshot_id, selector.key())).fetchone()
+        return row[0] if row else None
+
+    def put(self, snapshot_id: str, selector: Selector, digest: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO checksums VALUES (?, ?, ?)",
+                             (snapshot_id, selector.key(), digest))
+
+    def forget(self, snapshot_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM checksums WHERE snapshot_id=?", (snapshot_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def snapshot_checksum(self, snapshot, selectors: list[Selector]) -> str:  # noqa: ANN001
+        """Blocking: the combined checksum of ``selectors`` in a committed snapshot."""
+        results: dict[Selector, str] = {}
+        missing = []
+        for sel in selectors:
+            cached = self.get(snapshot.id, sel)
+            if cached is None:
+                missing.append(sel)
+            else:
+                results[sel] = cached
+        if missing:
+            with snapshot.mount() as root:
+                for sel in missing:
+                    results[sel] = checksum(Path(root), sel)
+                    self.put(snapshot.id, sel, results[sel])
+        return combine([results[s] for s in selectors])

@@ -1,0 +1,54 @@
+"""What every op implementation provides, and the registry mapping op kinds to implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from buildkitpy.errors import Unimplemented
+from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.solver.cachekey import CacheMap
+from buildkitpy.solver.loader import Vertex
+
+if TYPE_CHECKING:
+    from buildkitpy.solver.solver import Job
+
+
+@dataclass
+class OpContext:
+    worker: Any  # buildkitpy.worker.Worker
+    job: Job
+    vertex: Vertex
+    shared: Any  # buildkitpy.solver.solver.SharedState (cache mounts, checksums)
+
+
+class Op(Protocol):
+    def cache_map(self, ctx: OpContext) -> CacheMap:
+        """Definition digest and per-input dependencies; pure, no I/O."""
+
+    async def execute(self, ctx: OpContext,
+                      inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
+        """Run the op on its inputs' snapshots (borrowed, do not release) and return one new
+        snapshot per output (owned by the caller). Must release everything else it took, also when
+        cancelled."""
+
+
+_FACTORIES: dict[str, Callable[[Vertex], Op]] = {}
+
+
+def register_op(kind: str) -> Callable[[Callable[[Vertex], Op]], Callable[[Vertex], Op]]:
+    def deco(factory: Callable[[Vertex], Op]) -> Callable[[Vertex], Op]:
+        _FACTORIES[kind] = factory
+        return factory
+    return deco
+
+
+def op_for(vertex: Vertex) -> Op:
+    # Importing the modules registers them.
+    from buildkitpy.solver.ops import diff, exec, file, merge, source  # noqa: F401
+
+    factory = _FACTORIES.get(vertex.kind)
+    if factory is None:
+        raise Unimplemented(f"{vertex.kind} ops are not supported yet")
+    return factory(vertex)

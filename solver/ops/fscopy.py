@@ -1,0 +1,246 @@
+"""``cp -a``-like copying between two trees with BuildKit's COPY semantics (fsutil's copy package).
+
+Rules that matter: a destination ending in '/' (or an existing directory) receives the source under
+its base name; ``copy_dir_contents`` copies a directory's children instead of the directory; missing
+destination parents are created (mode 0755 or the copy mode, owned by the chown user); ownership is
+preserved unless a chown is given; ``mode`` replaces the permission bits and a mode string edits
+them; a timestamp replaces atime/mtime; include/exclude patterns filter by the path relative to the
+source; hard links inside one copy stay hard links. Every path is resolved inside its root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildkitpy.errors import SolveError
+from buildkitpy.solver.ops.modestr import ModeSet
+from buildkitpy.solver.pathutil import root_path, secure_join
+from buildkitpy.solver.patterns import PatternMatcher
+
+DEFAULT_DIR_MODE = 0o755
+
+
+@dataclass
+class CopyOptions:
+    chown: tuple[int, int] | None = None
+    utime_ns: int | None = None
+    mode: int | None = None
+    mode_set: ModeSet | None = None
+    include: PatternMatcher = field(default_factory=lambda: PatternMatcher(()))
+    exclude: PatternMatcher = field(default_factory=lambda: PatternMatcher(()))
+    copy_dir_contents: bool = False
+    follow_links: bool = False
+    always_replace: bool = False
+
+
+def set_times(path: str | Path, ns: int | None) -> None:
+    if ns is not None:
+        os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def apply_owner(path: str | Path, chown: tuple[int, int] | None) -> None:
+    if chown is not None:
+        os.lchown(path, chown[0], chown[1])
+
+
+def mkdir_all(path: Path, mode: int, chown: tuple[int, int] | None, utime_ns: int | None) -> list[Path]:
+    """Create ``path`` (already resolved inside its root) and missing parents; return the created."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    if os.path.lexists(p) and not p.is_dir():
+        raise SolveError(f"cannot create directory {path}: {p.name} is not a directory")
+    created = []
+    for d in reversed(missing):
+        os.mkdir(d, mode)
+        os.chmod(d, mode)  # not subject to the daemon's umask
+        apply_owner(d, chown)
+        set_times(d, utime_ns)
+        created.append(d)
+    return created
+
+
+def _copy_xattrs(src: str, dst: str) -> None:
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+        except OSError:
+            pass  # like BuildKit's xattr error handler: best effort
+
+
+class _Copier:
+    def __init__(self, opts: CopyOptions) -> None:
+        self.o = opts
+        self.inodes: dict[tuple[int, int], str] = {}
+        self.parent_dirs: list[list] = []  # [src, dst, copied] for lazily created directories
+
+    def copy_info(self, st: os.stat_result, src: str, dst: str) -> None:
+        if self.o.chown is not None:
+            os.lchown(dst, *self.o.chown)
+        else:
+            os.lchown(dst, st.st_uid, st.st_gid)
+        if not stat.S_ISLNK(st.st_mode):
+            perm = stat.S_IMODE(st.st_mode)
+            if self.o.mode is not None:
+                perm = (perm & 0o7000) | (self.o.mode & 0o777)
+            elif self.o.mode_set is not None:
+                perm = self.o.mode_set.apply(st.st_mode, stat.S_ISDIR(st.st_mode))
+            os.chmod(dst, perm)
+        _copy_xattrs(src, dst)
+        if self.o.utime_ns is not None:
+            set_times(dst, self.o.utime_ns)
+        else:
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def copy(self, src: str, rel: str, target: str, overwrite_meta: bool) -> None:
+        include, excluded = True, False
+        if rel:
+            if self.o.include:
+                include = self.o.include.matches(rel)
+            if self.o.exclude and self.o.exclude.matches(rel):
+                include, excluded = False, True
+            if not include and not self.o.include and not self.o.exclude.has_exclusions:
+                return
+        st = os.lstat(src)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not include and not is_dir:
+            return
+        try:
+            tst: os.stat_result | None = os.lstat(target)
+        except FileNotFoundError:
+            tst = None
+        if include:
+            if self.o.always_replace and tst is not None and not (is_dir and stat.S_ISDIR(tst.st_mode)):
+                _remove(target)
+                tst = None
+            self._create_parent_dirs(overwrite_meta)
+        if not is_dir and tst is not None:
+            if stat.S_ISDIR(tst.st_mode):
+                raise SolveError(f"cannot replace to directory {target} with file")
+            os.unlink(target)
+        if is_dir:
+            created = self._copy_dir(src, rel, target, st, overwrite_meta, include, excluded)
+            if include and (overwrite_meta or created):
+                self.copy_info(st, src, target)
+            elif include and tst is not None:
+                os.utime(target, ns=(tst.st_atime_ns, tst.st_mtime_ns), follow_symlinks=False)
+            return
+        if stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            first = self.inodes.get(key) if st.st_nlink > 1 else None
+            if first is not None:
+                os.link(first, target)
+                return
+            with open(src, "rb") as fi, open(target, "wb") as fo:
+                shutil.copyfileobj(fi, fo, 1 << 20)
+            if st.st_nlink > 1:
+                self.inodes[key] = target
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), target)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or \
+                stat.S_ISSOCK(st.st_mode):
+            os.mknod(target, st.st_mode, st.st_rdev)
+        self.copy_info(st, src, target)
+
+    def _copy_dir(self, src: str, rel: str, dst: str, st: os.stat_result, overwrite_meta: bool,
+                  include: bool, excluded: bool) -> bool:
+        created = False
+        entry = [src, dst, False]
+        if include:
+            created = _copy_dir_only(dst, st, overwrite_meta)
+            entry[2] = True
+        self.parent_dirs.append(entry)
+        try:
+            if excluded and not self.o.exclude.has_exclusions:
+                return created
+            if not include and self.o.include and not self.o.include.could_match_below(rel):
+                return created
+            for name in sorted(os.listdir(src)):
+                self.copy(os.path.join(src, name), posixpath.join(rel, name) if rel else name,
+                          os.path.join(dst, name), True)
+        finally:
+            self.parent_dirs.pop()
+        return created
+
+    def _create_parent_dirs(self, overwrite_meta: bool) -> None:
+        for entry in self.parent_dirs:
+            if entry[2]:
+                continue
+            src, dst = entry[0], entry[1]
+            st = os.stat(src)
+            if _copy_dir_only(dst, st, overwrite_meta):
+                self.copy_info(st, src, dst)
+            entry[2] = True
+
+
+def _copy_dir_only(dst: str, st: os.stat_result, overwrite_meta: bool) -> bool:
+    try:
+        dst_st = os.lstat(dst)
+    except FileNotFoundError:
+        os.mkdir(dst, stat.S_IMODE(st.st_mode))
+        return True
+    if not stat.S_ISDIR(dst_st.st_mode):
+        raise SolveError(f"cannot copy to non-directory: {dst}")
+    if overwrite_meta:
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    return False
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def copy(src_root: Path, src: str, dst_root: Path, dst: str, opts: CopyOptions) -> None:
+    """Copy ``src`` (in-root path, no wildcards) to ``dst`` (clean in-root path; a trailing '/'
+    means "into this directory")."""
+    head, tail = posixpath.split(dst)
+    ensure = head if tail not in ("", ".") else dst
+    dir_mode = opts.mode if opts.mode is not None else DEFAULT_DIR_MODE
+    created_parents: list[Path] = []
+    if ensure:
+        created_parents += mkdir_all(secure_join(dst_root, ensure), dir_mode, opts.chown, opts.utime_ns)
+    dest_path = str(secure_join(dst_root, posixpath.normpath(dst)))
+    src_followed = str(root_path(src_root, src, opts.follow_links))
+    try:
+        src_st = os.lstat(src_followed)
+    except FileNotFoundError:
+        raise SolveError(f"failed to copy: {src}: no such file or directory") from None
+    try:
+        dest_st: os.stat_result | None = os.stat(dest_path)
+    except (FileNotFoundError, NotADirectoryError):
+        dest_st = None
+    src_is_dir = stat.S_ISDIR(src_st.st_mode)
+    if (not opts.copy_dir_contents and src_is_dir and dest_st is not None) or \
+            (not src_is_dir and dest_st is not None and stat.S_ISDIR(dest_st.st_mode)):
+        dest_path = os.path.join(dest_path, posixpath.basename(posixpath.normpath(src)) or ".")
+    target_dir = dest_path if (opts.copy_dir_contents and src_is_dir and dest_st is None) \
+        else os.path.dirname(dest_path)
+    created_parents += mkdir_all(Path(target_dir), dir_mode, opts.chown, opts.utime_ns)
+    if os.path.islink(dest_path) and not src_is_dir:
+        os.unlink(dest_path)
+    copier = _Copier(opts)
+    try:
+        copier.copy(src_followed, "", dest_path, False)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and exc.filename == src_followed:
+            raise SolveError(f"failed to copy: {src}: no such file or directory") from None
+        raise
+    for d in reversed(created_parents):  # copying into them moved their mtime
+        set_times(d, opts.utime_ns)

@@ -1,0 +1,143 @@
+"""SourceOp: where content enters a build. Sources plug in by identifier scheme.
+
+``local://<name>`` pulls a directory from the client over its session's FileSync. Its cache key is
+per session (BuildKit makes it ``random:``): it is never persisted, and the op runs on every build;
+what follows it still hits the cache through content checksums. ``docker-image://``, ``git://`` and
+``http(s)://`` register here when they exist.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from buildkitpy.errors import InvalidArgument, SessionNotFound, Unimplemented
+from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.solver.asyncutil import blocking
+from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
+from buildkitpy.solver.loader import Vertex
+from buildkitpy.solver.ops.base import OpContext, register_op
+
+ATTR_SESSION = "local.session"
+ATTR_UNIQUE = "local.unique"
+ATTR_INCLUDE = "local.includepattern"
+ATTR_EXCLUDE = "local.excludepatterns"
+ATTR_FOLLOW = "local.followpaths"
+ATTR_SHARED_KEY_HINT = "local.sharedkeyhint"
+ATTR_DIFFER = "local.differ"
+ATTR_METADATA_TRANSFER = "local.metadatatransfer"
+
+SOURCE_SCHEMES: dict[str, Callable[[Vertex], Any]] = {}
+
+
+def register_source(scheme: str) -> Callable[[Callable[[Vertex], Any]], Callable[[Vertex], Any]]:
+    def deco(factory: Callable[[Vertex], Any]) -> Callable[[Vertex], Any]:
+        SOURCE_SCHEMES[scheme] = factory
+        return factory
+    return deco
+
+
+@register_op("source")
+def source_op(vertex: Vertex) -> Any:
+    scheme, _, _ = vertex.op.source.identifier.partition("://")
+    factory = SOURCE_SCHEMES.get(scheme)
+    if factory is None:
+        supported = ", ".join(f"{s}://" for s in sorted(SOURCE_SCHEMES))
+        raise Unimplemented(f"source {vertex.op.source.identifier!r}: the {scheme}:// scheme is not "
+                            f"supported (supported: {supported})")
+    return factory(vertex)
+
+
+def _json_list(attrs: Any, key: str, vertex: Vertex) -> list[str]:
+    raw = attrs.get(key)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"source {vertex.op.source.identifier}: attribute {key} is not valid JSON: "
+                              f"{exc}") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"source {vertex.op.source.identifier}: attribute {key} must be a JSON list "
+                              "of strings")
+    return value
+
+
+@register_source("local")
+class LocalSource:
+    def __init__(self, vertex: Vertex) -> None:
+        self.vertex = vertex
+        attrs = vertex.op.source.attrs
+        self.name = vertex.op.source.identifier.partition("://")[2]
+        if not self.name:
+            raise InvalidArgument("local source needs a name (local://<name>)")
+        self.session_id = attrs.get(ATTR_SESSION, "")
+        if ":" in self.session_id:  # "name:sessionid" form
+            self.session_id = self.session_id.split(":", 1)[1]
+        self.include_patterns = _json_list(attrs, ATTR_INCLUDE, vertex)
+        self.exclude_patterns = _json_list(attrs, ATTR_EXCLUDE, vertex)
+        self.follow_paths = _json_list(attrs, ATTR_FOLLOW, vertex)
+        self.shared_key_hint = attrs.get(ATTR_SHARED_KEY_HINT, "")
+        self.unique = attrs.get(ATTR_UNIQUE, "")
+        differ = attrs.get(ATTR_DIFFER, "")
+        if differ not in ("", "none", "metadata"):
+            raise InvalidArgument(f"local source {self.name}: unknown {ATTR_DIFFER} {differ!r}")
+
+    def cache_map(self, ctx: OpContext) -> CacheMap:
+        ident = digest_json({"SessionID": self.session_id or ",".join(ctx.job.session_ids),
+                             "IncludePatterns": self.include_patterns,
+                             "ExcludePatterns": self.exclude_patterns,
+                             "FollowPaths": self.follow_paths, "Unique": self.unique})
+        return CacheMap(digest=sha256_text("buildkit.source.v0", "session:" + self.name, ident),
+                        ephemeral=True, always_run=True)
+
+    async def _session(self, ctx: OpContext) -> Any:
+        sessions = ctx.worker.sessions
+        if sessions is None:
+            raise SessionNotFound(f"local source {self.name}: this worker has no session manager")
+        if self.session_id:
+            try:
+                return await sessions.get(self.session_id, timeout=5.0)
+            except SessionNotFound:
+                pass
+        for sid in ctx.job.session_ids:  # BuildKit falls back to any session of the build
+            try:
+                return await sessions.get(sid, timeout=0.5 if self.session_id else 5.0)
+            except SessionNotFound:
+                continue
+        raise SessionNotFound(f"local source {self.name}: no active session (asked for "
+                              f"{self.session_id or 'none'}, build sessions {ctx.job.session_ids})")
+
+    async def execute(self, ctx: OpContext,
+                      inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
+        from buildkitpy.session.filesync import receive_dir
+
+        session = await self._session(ctx)
+        mutable = await blocking(ctx.worker.snapshots.new_mutable, None, f"local source for {self.name}")
+        try:
+            mount = mutable.mount()
+            dest = await blocking(mount.__enter__)
+            try:
+                await receive_dir(session.channel, dest, dir_name=self.name,
+                                  include_patterns=self.include_patterns,
+                                  exclude_patterns=self.exclude_patterns, follow_paths=self.follow_paths,
+                                  progress=_TransferProgress(ctx, self.name))
+            finally:
+                await blocking(mount.__exit__, None, None, None)
+            return [await blocking(mutable.commit)]
+        except BaseException:
+            await blocking(mutable.release)
+            raise
+
+
+class _TransferProgress:
+    """Reports "transferring <name>: N bytes" on the vertex like BuildKit."""
+
+    def __init__(self, ctx: OpContext, name: str) -> None:
+        self.ctx = ctx
+        self.status_id = f"transferring {name}:"
+
+    def __call__(self, current: int, done: bool = False) -> None:
+        self.ctx.job.progress.status(self.ctx.vertex.digest, self.status_id, name=self.status_id,
+                                     current=current, completed=done)

@@ -1,0 +1,65 @@
+"""The solver's public face: ``Solver(worker).solve(definition, job) -> Result``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+
+from buildkitpy.api import ops_pb2
+from buildkitpy.progress import ProgressBus
+from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.solver.cache import CacheStore
+from buildkitpy.solver.contenthash import ChecksumStore
+from buildkitpy.solver.loader import load_definition
+from buildkitpy.solver.scheduler import Build
+
+
+@dataclass
+class Job:
+    id: str
+    progress: ProgressBus
+    session_ids: list[str] = field(default_factory=list)
+    no_cache: bool = False
+    entitlements: frozenset[str] = frozenset()
+
+
+@dataclass
+class Result:
+    ref: ImmutableSnapshot | None  # the caller releases it
+    metadata: dict[str, bytes] = field(default_factory=dict)
+
+
+class Solver:
+    """One per worker. Holds the persistent cache, checksum memo and cache mounts."""
+
+    def __init__(self, worker) -> None:  # noqa: ANN001 - buildkitpy.worker.Worker
+        from buildkitpy.solver.ops.cachemounts import CacheMounts
+
+        self.worker = worker
+        root = worker.root
+        root.mkdir(parents=True, exist_ok=True)
+        self.cache = CacheStore(root / "cache.db", worker.snapshots)
+        self.checksums = ChecksumStore(root / "cache.db")
+        self.cache_mounts = CacheMounts(root / "cachemounts")
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.last_build: Build | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(max(1, int(self.worker.max_parallelism)))
+        return self._limiter
+
+    async def solve(self, definition: ops_pb2.Definition, job: Job) -> Result:
+        graph = load_definition(definition)
+        if graph.result is None:
+            return Result(ref=None)
+        build = Build(self, graph, job)
+        self.last_build = build
+        ref = await build.run()
+        return Result(ref=ref)
+
+    def close(self) -> None:
+        self.cache.close()
+        self.checksums.close()
