@@ -39,6 +39,8 @@ class Sender:
         self._requestable = {i: e for i, e in enumerate(entries)
                              if modes.is_regular(e.stat.mode)}
         self.finished = False
+        self.files_sent = 0
+        self.bytes_sent = 0
 
     def listing(self) -> Iterator[fsutil_wire_pb2.Packet]:
         """Every STAT packet, then the empty STAT that ends the listing."""
@@ -94,7 +96,9 @@ class Sender:
                 if not data:
                     break
                 remaining -= len(data)
+                self.bytes_sent += len(data)
                 yield packets.data_packet(entry_id, data)
         finally:
             os.close(fd)
+        self.files_sent += 1
         yield packets.data_packet(entry_id)

@@ -61,20 +61,23 @@ class _VisitedDir:
 
 def walk(root: str | os.PathLike[str], *, include_patterns: Sequence[str] = (),
          exclude_patterns: Sequence[str] = (), follow_paths: Sequence[str] = (),
-         reset_uid_gid: bool = False) -> list[WalkEntry]:
+         reset_uid_gid: bool = False, follow_top_level_symlinks: bool = False) -> list[WalkEntry]:
     """All entries under ``root`` in send order (see ``iter_walk``)."""
     return list(iter_walk(root, include_patterns=include_patterns, exclude_patterns=exclude_patterns,
-                          follow_paths=follow_paths, reset_uid_gid=reset_uid_gid))
+                          follow_paths=follow_paths, reset_uid_gid=reset_uid_gid,
+                          follow_top_level_symlinks=follow_top_level_symlinks))
 
 
 def iter_walk(root: str | os.PathLike[str], *, include_patterns: Sequence[str] = (),
               exclude_patterns: Sequence[str] = (), follow_paths: Sequence[str] = (),
-              reset_uid_gid: bool = False) -> Iterator[WalkEntry]:
+              reset_uid_gid: bool = False, follow_top_level_symlinks: bool = False) -> Iterator[WalkEntry]:
     """Yield the entries under ``root`` in send order.
 
     ``root`` itself may be a symlink (it is resolved first, as fsutil does); nothing below it is
     followed. ``reset_uid_gid`` sends uid/gid 0 like buildctl/buildx do, so content checksums do not
-    depend on who ran the client. Raises ``PatternError`` for bad patterns, ``WalkError`` otherwise.
+    depend on who ran the client. ``follow_top_level_symlinks`` sends symlinks directly under ``root``
+    as what they point to (the local exporter uses it to stitch per-platform trees).
+    Raises ``PatternError`` for bad patterns, ``WalkError`` otherwise.
     """
     root_abs = os.path.realpath(os.fspath(root))
     try:
@@ -120,6 +123,11 @@ def iter_walk(root: str | os.PathLike[str], *, include_patterns: Sequence[str] =
             ls = os.lstat(abs_path)
         except FileNotFoundError:
             continue  # vanished while walking
+        if follow_top_level_symlinks and cur is top and st.S_ISLNK(ls.st_mode):
+            try:
+                ls = os.stat(abs_path)
+            except OSError:
+                pass  # dangling: send the symlink itself
         is_dir = st.S_ISDIR(ls.st_mode)
         parent = parents[-1] if parents and parents[-1] is cur else None
         skip = False
