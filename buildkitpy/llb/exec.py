@@ -246,7 +246,7 @@ class ExecOp(Vertex):
         if security == "insecure":
             added.append(caps.EXEC_META_SECURITY)
         if self.proxy_env is not None:
-            meta.proxy_env.CopyFrom(self.proxy_env)
+            exec_pb.meta.proxy_env.CopyFrom(self.proxy_env)
             added.append(caps.EXEC_META_PROXY)
         added.append(caps.EXEC_META_BASE)
 
