@@ -65,8 +65,9 @@ def mkdir_all(path: Path, mode: int, chown: tuple[int, int] | None, utime_ns: in
         os.mkdir(d, mode)
         os.chmod(d, mode)  # not subject to the daemon's umask
         apply_owner(d, chown)
-        set_times(d, utime_ns)
         created.append(d)
+    for d in reversed(created):  # innermost first: creating a child moves its parent's mtime
+        set_times(d, utime_ns)
     return created
 
 
