@@ -30,7 +30,7 @@ def test_tar_like_outputs_write_to_a_file(tmp_path, kind):
 
 
 def test_tar_to_stdout_is_refused_on_a_terminal():
-    with pytest.raises(OptionError, match="output file is required for tar exporter. refusing to write to console"):
+    with pytest.raises(OptionError, match="output file is required for tar exporter. refusing to write"):
         options.parse_output("type=tar", stdout_is_tty=True)
     assert options.parse_output("type=tar,dest=-", stdout_is_tty=False).output_file == "-"
 
@@ -65,7 +65,7 @@ def test_oci_layout_directory_output_is_not_supported_yet(tmp_path):
 
 
 def test_output_fields_are_csv_quoted(tmp_path):
-    entry = options.parse_output(f'type=image,"name=a/b:1,a/b:2",dest=')
+    entry = options.parse_output('type=image,"name=a/b:1,a/b:2",dest=')
     assert entry.attrs["name"] == "a/b:1,a/b:2"
     assert "dest" not in entry.attrs or entry.attrs["dest"] == ""
 
@@ -148,8 +148,8 @@ def test_locals(tmp_path):
 
 
 def test_allow():
-    assert options.validate_allow(["network.host", "security.insecure", "device", "device=nvidia.com/gpu"]) == [
-        "network.host", "security.insecure", "device", "device=nvidia.com/gpu"]
+    allowed = ["network.host", "security.insecure", "device", "device=nvidia.com/gpu"]
+    assert options.validate_allow(allowed) == allowed
     with pytest.raises(OptionError, match="unknown entitlement network.none"):
         options.validate_allow(["network.none"])
     with pytest.raises(OptionError, match='unknown device config key "size"'):
@@ -159,7 +159,8 @@ def test_allow():
 # -- cache, ssh ----------------------------------------------------------------------------------
 
 def test_export_cache_entries():
-    got = options.parse_export_cache(["type=local,dest=/c", "type=registry,ref=r,mode=max", "example.com/foo"])
+    got = options.parse_export_cache(["type=local,dest=/c", "type=registry,ref=r,mode=max",
+                                      "example.com/foo"])
     assert got == [
         options.CacheOptionsEntry("local", {"dest": "/c", "mode": "min"}),
         options.CacheOptionsEntry("registry", {"ref": "r", "mode": "max"}),

@@ -139,7 +139,8 @@ def test_rawjson_uses_go_field_names_and_time_format():
     feed(RawJSONPrinter(out), load_status("status_failing_build.jsonl"))
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 12
-    assert lines[0] == {"vertexes": [{"digest": D[1], "name": "[internal] load build definition from Dockerfile",
+    assert lines[0] == {"vertexes": [{"digest": D[1],
+                                      "name": "[internal] load build definition from Dockerfile",
                                       "started": "2026-11-27T18:31:32Z"}]}
     assert lines[1] == {"statuses": [{"id": "transferring dockerfile:", "vertex": D[1], "current": 95,
                                       "timestamp": "2026-11-27T18:31:32.02Z",
