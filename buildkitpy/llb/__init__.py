@@ -12,7 +12,7 @@ from .constraints import OpOptions, ProgressGroup
 from .errors import LLBError
 from .exec import SSH, ExecState, Mount, RunOptions, Secret, bind, cache, secret, ssh, tmpfs
 from .fileop import Chown, FileAction, copy, mkdir, mkfile, rm, symlink
-from .marshal import head, marshal
+from .marshal import head, marshal, required_caps
 from .merge import diff, merge
 from .platform import Platform, default_platform
 from .reference import normalize_image_ref
@@ -24,6 +24,7 @@ from .vertex import digest_of
 __all__ = [
     "caps", "OpOptions", "ProgressGroup", "LLBError", "SSH", "ExecState", "Mount", "RunOptions", "Secret",
     "bind", "cache", "secret", "ssh", "tmpfs", "Chown", "FileAction", "copy", "mkdir", "mkfile", "rm",
-    "symlink", "head", "marshal", "diff", "merge", "Platform", "default_platform", "normalize_image_ref",
-    "git", "http", "image", "local", "SourceLocation", "SourceMap", "State", "scratch", "digest_of",
+    "symlink", "head", "marshal", "required_caps", "diff", "merge", "Platform", "default_platform",
+    "normalize_image_ref", "git", "http", "image", "local", "SourceLocation", "SourceMap", "State",
+    "scratch", "digest_of",
 ]

@@ -118,3 +118,8 @@ def head(definition: ops_pb2.Definition) -> str:
     terminal = ops_pb2.Op()
     terminal.ParseFromString(ops[-1])
     return terminal.inputs[0].digest if terminal.inputs else ""
+
+
+def required_caps(definition: ops_pb2.Definition) -> set[str]:
+    """Every LLB cap the definition's metadata names (what a daemon must advertise to accept it)."""
+    return {cap for md in definition.metadata.values() for cap, on in md.caps.items() if on}

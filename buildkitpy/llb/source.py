@@ -133,7 +133,7 @@ def http(url: str, *, checksum: str | None = None, filename: str | None = None, 
         c = c.with_cap(caps.SOURCE_HTTP_CHECKSUM)
     if filename:
         attrs["http.filename"] = filename
-    if chmod:
+    if chmod and chmod & 0o777:
         attrs["http.perm"] = "0" + format(chmod & 0o777, "o")
         c = c.with_cap(caps.SOURCE_HTTP_PERM)
     uid, gid = chown or (0, 0)

@@ -92,3 +92,12 @@ def test_api_example_from_the_brief() -> None:
     st = llb.scratch().file(llb.mkfile("/a", 0o644, b"x"))
     definition = llb.marshal(st)
     assert len(getattr(definition, "def")) == 2 and st.marshal() == definition
+
+
+def test_required_caps_lists_every_cap_in_the_metadata() -> None:
+    st = llb.image("busybox").run(["true"], mounts=[llb.tmpfs("/t")]).root().file(llb.mkdir("/a", 0o755))
+    assert llb.required_caps(llb.marshal(st)) == {
+        "source.image", "exec.meta.base", "exec.mount.bind", "exec.mount.tmpfs", "file.base", "constraints",
+        "platform"}
+    assert llb.required_caps(llb.marshal(llb.http("https://x/y", chmod=0o1000))) == {
+        "source.http", "constraints", "platform"}
