@@ -74,7 +74,8 @@ def mkdir_all_in_root(root: str | os.PathLike[str], path: str, mode: int = 0o755
     outermost first. Each component is re-resolved, so a symlink planted mid-way is followed
     inside the root only."""
     created: list[Path] = []
-    parts = _split(path)
+    root_s = os.path.abspath(os.fspath(root))
+    parts = secure_join(root_s, path).relative_to(root_s).parts
     for i in range(1, len(parts) + 1):
         target = secure_join(root, "/".join(parts[:i]))
         try:

@@ -1,0 +1,211 @@
+"""Running one build step as a runc container.
+
+One ``runc run`` per step with a freshly written bundle (config.json only: the rootfs stays where
+the caller mounted it). Output is streamed chunk by chunk as it arrives. Cancelling the calling
+task kills the container, deletes it from runc's state and removes the mount stubs, shielded from
+the cancellation so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from buildkitpy.errors import BuildkitpyError, InvalidArgument
+from buildkitpy.executor import netfiles
+from buildkitpy.executor.oci import build_config
+from buildkitpy.executor.spec import DEFAULT_HOSTNAME, ExecSpec, NetworkMode
+from buildkitpy.executor.stubs import MountStubs
+from buildkitpy.executor.user import resolve_user
+from buildkitpy.snapshot.fs import mkdir_all_in_root, remove_tree, secure_join
+
+OutputCallback = Callable[[bytes], None]
+_CHUNK = 64 * 1024
+_KILL_GRACE_SECONDS = 3.0
+
+
+class ContainerStartError(BuildkitpyError):
+    """runc could not create or start the container (bad mount, missing executable, ...)."""
+
+
+class RuncExecutor:
+    def __init__(self, root: Path, runc: str = "runc") -> None:
+        self.root = Path(root).absolute()
+        self.runc = runc
+        self._state_dir = self.root / "runc-state"
+        self._bundles_dir = self.root / "bundles"
+        for d in (self._state_dir, self._bundles_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        # bundles of a previous daemon are garbage (their containers died with it)
+        for leftover in self._bundles_dir.iterdir():
+            remove_tree(leftover)
+
+    async def run(self, spec: ExecSpec, *, stdout: OutputCallback, stderr: OutputCallback,
+                  stdin: bytes | None = None) -> int:
+        """Run ``spec`` to completion and return its exit status (128+N if killed by signal N)."""
+        self._validate(spec)
+        container_id = "buildkitpy-" + secrets.token_hex(8)
+        bundle = self._bundles_dir / container_id
+        bundle.mkdir(mode=0o711)
+        stubs: MountStubs | None = None
+        try:
+            rootfs = Path(os.path.abspath(spec.rootfs))
+            user = resolve_user(rootfs, spec.user)
+            self._ensure_cwd(rootfs, spec.cwd, user.uid, user.gid)
+            hosts_file = self._hosts_file(bundle, spec)
+            resolv_conf = self._resolv_conf(spec.network)
+            stubs = MountStubs.record(rootfs, ["/etc/resolv.conf", "/etc/hosts",
+                                               *(m.destination for m in spec.mounts)],
+                                      recursive=spec.remove_mount_stubs_recursive)
+            config = build_config(spec, user, hosts_file=hosts_file, resolv_conf=resolv_conf, rootfs=rootfs)
+            (bundle / "config.json").write_text(json.dumps(config))
+            return await self._run_container(container_id, bundle, stdout, stderr, stdin)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if (self._state_dir / container_id).exists():
+                    await self._runc("delete", "--force", container_id)
+                if stubs is not None:
+                    stubs.cleanup()
+                remove_tree(bundle)
+
+    # ------------------------------------------------------------------ preparation
+
+    @staticmethod
+    def _validate(spec: ExecSpec) -> None:
+        if not spec.args:
+            raise InvalidArgument("exec needs a command (args is empty)")
+        if not Path(spec.rootfs).is_dir():
+            raise InvalidArgument(f"rootfs {spec.rootfs} is not a directory")
+        for env in spec.env:
+            if "=" not in env:
+                raise InvalidArgument(f"environment entry {env!r} is not NAME=value")
+        for m in spec.mounts:
+            if not m.destination or not m.type:
+                raise InvalidArgument(f"mount {m} needs a destination and a type")
+            if m.type == "bind" and not os.path.exists(m.source):
+                raise InvalidArgument(f"bind mount source {m.source} does not exist")
+
+    @staticmethod
+    def _ensure_cwd(rootfs: Path, cwd: str, uid: int, gid: int) -> None:
+        target = secure_join(rootfs, cwd or "/")
+        if target.is_dir():
+            return
+        try:
+            mkdir_all_in_root(rootfs, cwd, 0o755, uid, gid)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot create working directory {cwd}: {exc.strerror or exc}") from None
+
+    def _hosts_file(self, bundle: Path, spec: ExecSpec) -> Path:
+        if spec.hostname == DEFAULT_HOSTNAME and not spec.extra_hosts:
+            shared = self.root / "hosts"
+            if not shared.exists():
+                netfiles.write_atomically(shared, netfiles.hosts_content(DEFAULT_HOSTNAME, []))
+            return shared
+        try:
+            content = netfiles.hosts_content(spec.hostname, spec.extra_hosts)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        path = bundle / "hosts"
+        netfiles.write_atomically(path, content)
+        return path
+
+    def _resolv_conf(self, network: NetworkMode) -> Path:
+        """Generated once and again whenever the host's file changes."""
+        path = self.root / ("resolv-host.conf" if network is NetworkMode.HOST else "resolv.conf")
+        source = netfiles.host_resolv_conf_path(network)
+        try:
+            source_mtime = source.stat().st_mtime
+            text = source.read_text()
+        except OSError:
+            source_mtime, text = 0.0, ""
+        if not path.exists() or path.stat().st_mtime < source_mtime:
+            netfiles.write_atomically(path, netfiles.resolv_conf_content(text, network))
+        return path
+
+    # ------------------------------------------------------------------ running
+
+    async def _run_container(self, container_id: str, bundle: Path, stdout: OutputCallback,
+                             stderr: OutputCallback, stdin: bytes | None) -> int:
+        log_file = bundle / "runc-log.json"
+        process = await anyio.open_process(
+            [self.runc, "--root", str(self._state_dir), "--log", str(log_file), "--log-format", "json",
+             "run", "--bundle", str(bundle), container_id],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                assert process.stdout is not None and process.stderr is not None
+                tg.start_soon(_pump, process.stdout, stdout)
+                tg.start_soon(_pump, process.stderr, stderr)
+                if stdin is not None:
+                    tg.start_soon(_feed, process, stdin)
+                code = await process.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._kill(container_id, process)
+            raise
+        if code != 0:
+            failure = _runc_failure(log_file)
+            if failure:
+                raise ContainerStartError(failure)
+        return 128 - code if code < 0 else code
+
+    async def _kill(self, container_id: str, process: Process) -> None:
+        """Kill the container (or runc itself if it never got that far) and reap runc."""
+        await self._runc("kill", container_id, "KILL")
+        with anyio.move_on_after(_KILL_GRACE_SECONDS):
+            await process.wait()
+            return
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await process.wait()
+
+    async def _runc(self, *args: str) -> int:
+        result = await anyio.run_process([self.runc, "--root", str(self._state_dir), *args], check=False)
+        return result.returncode
+
+
+async def _pump(stream: ByteReceiveStream, callback: OutputCallback) -> None:
+    async with stream:
+        while True:
+            try:
+                chunk = await stream.receive(_CHUNK)
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            callback(chunk)
+
+
+async def _feed(process: Process, data: bytes) -> None:
+    assert process.stdin is not None
+    try:
+        async with process.stdin:
+            await process.stdin.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError):
+        pass  # the process exited (or closed stdin) before reading everything
+
+
+def _runc_failure(log_file: Path) -> str:
+    """The error runc logged when it failed to create or start the container, if any."""
+    try:
+        lines = log_file.read_text().splitlines()
+    except OSError:
+        return ""
+    errors = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "fatal") and entry.get("msg"):
+            errors.append(entry["msg"])
+    return errors[-1] if errors else ""
