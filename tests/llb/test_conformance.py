@@ -169,3 +169,19 @@ def test_dockerignore_excludes() -> None:
     st = df.from_busybox("[1/2]", 1).file(llb.copy(ctx, "/", "/ctx/", **COPY_DEFAULTS),
                                           custom_name="[2/2] COPY . /ctx/", **df.at(2))
     df.check(st)
+
+
+def test_serializer_reproduces_every_recorded_op() -> None:
+    """Go puts the ``op`` oneof after platform/constraints; re-encoding every recorded op must give the
+    recorded bytes back."""
+    from buildkitpy.llb.vertex import serialize_op
+
+    count = 0
+    for path in sorted(RECORDINGS.glob("*.json")):
+        definition = json.loads(path.read_text()).get("definition")
+        if not definition:
+            continue
+        for data in getattr(json_format.ParseDict(definition, ops_pb2.Definition()), "def"):
+            assert serialize_op(ops_pb2.Op.FromString(data)) == data, path.name
+            count += 1
+    assert count > 100
