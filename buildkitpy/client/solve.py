@@ -22,10 +22,9 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import grpc
@@ -171,9 +170,8 @@ class _Outputs:
 
     def __init__(self, exports: list[ExportEntry]) -> None:
         self.exports = exports
-        self._stack = ExitStack()
 
-    def open(self) -> dict[str, Any]:
+    def targets(self) -> dict[str, Any]:
         from buildkitpy.session import filesync
 
         targets: dict[str, Any] = {}
@@ -181,22 +179,14 @@ class _Outputs:
             if ex.output_dir is not None:
                 if ex.type != EXPORTER_LOCAL:
                     raise OptionError(f"output directory is not supported by {ex.type} exporter")
-                ex.output_dir.mkdir(parents=True, exist_ok=True)
-                targets[str(i)] = filesync.DirTarget(ex.output_dir)
+                targets[str(i)] = filesync.LocalDirTarget(ex.output_dir)
+            elif ex.output_file == STDOUT_DEST:
+                targets[str(i)] = filesync.WriterTarget(sys.stdout.buffer)
             elif ex.output_file is not None:
-                targets[str(i)] = filesync.WriterTarget(self._writer(ex.output_file))
+                targets[str(i)] = filesync.FileTarget(ex.output_file)
         return targets
 
-    def _writer(self, dest: str) -> BinaryIO:
-        if dest == STDOUT_DEST:
-            return sys.stdout.buffer
-        try:
-            return self._stack.enter_context(open(dest, "wb"))
-        except OSError as exc:
-            raise OptionError(f"failed to create {dest}: {exc.strerror or exc}") from exc
-
     def close(self) -> None:
-        self._stack.close()
         sys.stdout.flush()
 
 
@@ -256,7 +246,7 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
     dirs = _synced_dirs(None if gateway else definition, opt.local_dirs)
     outputs = _Outputs(opt.exports)
     try:
-        session = ClientSession(_attachables(opt, dirs, outputs.open()), shared_key=opt.shared_key)
+        session = ClientSession(_attachables(opt, dirs, outputs.targets()), shared_key=opt.shared_key)
         request = solve_request(opt, ref=ref, session_id=session.session_id, definition=definition,
                                 gateway=gateway)
         run = _BuildRun(client, ref, on_status)
