@@ -148,8 +148,9 @@ class Receiver:
         stat = self._entries[entry_id]
         if modes.is_regular(stat.mode) and not stat.linkname:
             return f"sender sent data for {stat.path!r} (entry #{entry_id}), which is already complete"
+        kind = "hardlink" if modes.is_regular(stat.mode) else modes.describe(stat.mode)
         return (f"sender sent data for {stat.path!r} (entry #{entry_id}), which was not requested: "
-                f"it is a {'hardlink' if stat.linkname else modes.describe(stat.mode)}")
+                f"it is a {kind}")
 
 
 def disk_receiver(dest, *, mode: ApplyMode = "fresh", owner: tuple[int, int] | None = None,
