@@ -419,7 +419,7 @@ class TTYPrinter:
 
     def _draw(self, *, final: bool) -> None:
         try:
-            width = os.get_terminal_size(self.out.fileno()).columns
+            width = os.get_terminal_size(self.out.fileno()).columns or 80
         except (OSError, ValueError, AttributeError):
             width = 80
         lines = self._render(width, final=final)
