@@ -1,0 +1,150 @@
+"""Preparing an ExecOp's mounts, running it on the worker's executor, committing its outputs.
+
+Mount kinds: bind mounts of an input (read-only views of the committed snapshot, or a writable
+snapshot on top of it that becomes an output or is discarded), persistent cache mounts, tmpfs, and
+secrets fetched from the client's session into a private tmpfs-backed file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from buildkitpy.api import ops_pb2
+from buildkitpy.errors import NotFound, PermissionDenied, SessionNotFound, SolveError
+from buildkitpy.executor.spec import DEFAULT_PATH, ExecSpec, HostIP, Mount, NetworkMode, SecurityMode, Ulimit
+from buildkitpy.snapshot.api import ImmutableSnapshot, MutableSnapshot
+from buildkitpy.solver.asyncutil import blocking, release_all
+from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT
+from buildkitpy.solver.ops.base import OpContext
+from buildkitpy.solver.pathutil import secure_join
+
+_SECRET_BASE = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+
+
+async def _session(ctx: OpContext):  # noqa: ANN202
+    sessions = ctx.worker.sessions
+    if sessions is None:
+        raise SessionNotFound("secrets need a client session and this worker has none")
+    last: Exception | None = None
+    for sid in ctx.job.session_ids:
+        try:
+            return await sessions.get(sid, timeout=5.0)
+        except SessionNotFound as exc:
+            last = exc
+    raise SessionNotFound(f"no active session to fetch secrets from ({last or 'the build has no session'})")
+
+
+async def _secret(ctx: OpContext, secret_id: str, optional: bool) -> bytes | None:
+    from buildkitpy.session.secrets import SecretNotFound, get_secret
+
+    try:
+        return await get_secret(await _session(ctx), secret_id)
+    except (SecretNotFound, SessionNotFound, NotFound) as exc:
+        if optional:
+            return None
+        raise SolveError(f"secret {secret_id} not found: {exc}") from exc
+
+
+async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
+                   inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
+    if op.network == ops_pb2.HOST and "network.host" not in ctx.job.entitlements:
+        raise PermissionDenied("network.host is not allowed (grant the network.host entitlement)")
+    if op.security == ops_pb2.INSECURE and "security.insecure" not in ctx.job.entitlements:
+        raise PermissionDenied("security.insecure is not allowed (grant the security.insecure entitlement)")
+    snapshots = ctx.worker.snapshots
+    vertex = ctx.vertex
+    mutables: dict[int, MutableSnapshot] = {}  # mount index -> writable snapshot
+    outputs: dict[int, ImmutableSnapshot] = {}
+    exits: list = []  # mount context managers to exit (blocking), innermost last
+    try:
+        async with contextlib.AsyncExitStack() as astack:
+            secret_dir = Path(tempfile.mkdtemp(prefix="buildkitpy-secrets-", dir=_SECRET_BASE))
+            astack.callback(_remove_tree, secret_dir)
+            rootfs: Path | None = None
+            extra: list[tuple[str, Mount]] = []
+            for i, m in enumerate(op.mounts):
+                if m.mountType == ops_pb2.BIND:
+                    base = None if m.input == SCRATCH else inputs[m.input]
+                    writable = not m.readonly or m.dest == "/"
+                    if writable:
+                        mutable = await blocking(snapshots.new_mutable, base, f"{vertex.name} {m.dest}")
+                        mutables[i] = mutable
+                        cm = mutable.mount()
+                    elif base is not None:
+                        cm = base.mount()
+                    else:
+                        cm = contextlib.nullcontext(Path(tempfile.mkdtemp(dir=secret_dir)))
+                    path = Path(await blocking(cm.__enter__))
+                    exits.append(cm)
+                    if m.dest == "/":
+                        rootfs = path
+                        continue
+                    source = secure_join(path, m.selector) if m.selector else path
+                    if not source.exists():
+                        raise SolveError(f"mount {m.dest}: selector {m.selector} does not exist in the input")
+                    extra.append((m.dest, Mount.bind(source, m.dest, readonly=m.readonly)))
+                elif m.mountType == ops_pb2.CACHE:
+                    cache_id = m.cacheOpt.ID or m.dest
+                    path = await astack.enter_async_context(
+                        ctx.shared.cache_mounts.acquire(cache_id, m.cacheOpt.sharing))
+                    extra.append((m.dest, Mount.bind(path, m.dest, readonly=m.readonly)))
+                elif m.mountType == ops_pb2.TMPFS:
+                    extra.append((m.dest, Mount.tmpfs(m.dest, size=m.TmpfsOpt.size or None)))
+                elif m.mountType == ops_pb2.SECRET:
+                    data = await _secret(ctx, m.secretOpt.ID, m.secretOpt.optional)
+                    if data is None:
+                        continue
+                    f = secret_dir / f"secret-{i}"
+                    f.write_bytes(data)
+                    os.chown(f, m.secretOpt.uid, m.secretOpt.gid)
+                    os.chmod(f, m.secretOpt.mode or 0o400)
+                    extra.append((m.dest, Mount.bind(f, m.dest, readonly=True)))
+            if rootfs is None:
+                raise SolveError("exec op has no root mount")
+            env = list(op.meta.env)
+            for se in op.secretenv:
+                data = await _secret(ctx, se.ID, se.optional)
+                if data is not None:
+                    env.append(f"{se.name}={data.decode(errors='replace')}")
+            if not any(e.startswith("PATH=") for e in env):
+                env.append(f"PATH={DEFAULT_PATH}")
+            extra.sort(key=lambda item: item[0].rstrip("/").count("/"))
+            spec = ExecSpec(
+                rootfs=rootfs, args=list(op.meta.args), env=env, cwd=op.meta.cwd or "/", user=op.meta.user,
+                network=NetworkMode.NONE if op.network == ops_pb2.NONE else NetworkMode.HOST,
+                security=SecurityMode.INSECURE if op.security == ops_pb2.INSECURE else SecurityMode.SANDBOX,
+                mounts=[mnt for _, mnt in extra],
+                extra_hosts=[HostIP(h.Host, h.IP) for h in op.meta.extraHosts],
+                ulimits=[Ulimit(u.Name, u.Soft, u.Hard) for u in op.meta.ulimit],
+                remove_mount_stubs_recursive=op.meta.removeMountStubsRecursive)
+            if op.meta.hostname:
+                spec.hostname = op.meta.hostname
+            progress = ctx.job.progress
+            code = await ctx.worker.executor.run(
+                spec, stdout=lambda data: progress.log(vertex.digest, 1, data),
+                stderr=lambda data: progress.log(vertex.digest, 2, data))
+            valid = list(op.meta.validExitCodes) or [0]
+            if code not in valid:
+                raise SolveError(f"process \"{' '.join(op.meta.args)}\" did not complete successfully: "
+                                 f"exit code: {code}", exit_code=code)
+        # all mounts are still open here; unmount before committing
+        while exits:
+            await blocking(exits.pop().__exit__, None, None, None)
+        for i, m in enumerate(op.mounts):
+            if m.mountType == ops_pb2.BIND and m.output != SKIP_OUTPUT and i in mutables:
+                mutable = mutables.pop(i)
+                outputs[m.output] = await blocking(mutable.commit)
+        return [outputs.pop(k) for k in sorted(outputs)]
+    finally:
+        while exits:
+            with contextlib.suppress(Exception):
+                await blocking(exits.pop().__exit__, None, None, None)
+        await release_all([*mutables.values(), *outputs.values()])
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
