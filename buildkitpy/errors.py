@@ -102,3 +102,39 @@ async def abort_with(context, err: BaseException) -> None:
     from grpc_status import rpc_status
 
     await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """The error worth reporting inside (possibly nested) exception groups from task groups:
+    the first of our own errors, else the first leaf."""
+    if isinstance(err, BaseExceptionGroup):
+        leaves = []
+
+        def walk(e: BaseException) -> None:
+            if isinstance(e, BaseExceptionGroup):
+                for sub in e.exceptions:
+                    walk(sub)
+            else:
+                leaves.append(e)
+
+        walk(err)
+        for leaf in leaves:
+            if isinstance(leaf, BuildkitpyError):
+                return leaf
+        return leaves[0] if leaves else err
+    return err
+
+
+async def abort_for(context, err: BaseException, where: str) -> None:
+    """Abort a call for any exception: ours become rich statuses, cancellations CANCELLED, and
+    anything unexpected is logged with its traceback and reported as INTERNAL."""
+    import asyncio
+    import logging
+
+    err = unwrap(err)
+    if isinstance(err, BuildkitpyError):
+        await abort_with(context, err)
+    if isinstance(err, asyncio.CancelledError | Canceled):
+        raise err
+    logging.getLogger("buildkitpy").error("%s failed", where, exc_info=err)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")

@@ -37,6 +37,7 @@ class ProgressBus:
         self._history: list[control_pb2.StatusResponse] = []
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
         self._vertexes: dict[str, control_pb2.Vertex] = {}
+        self._status_started: dict[tuple[str, str], Timestamp] = {}
         self._closed = False
 
     # -- reporting -------------------------------------------------------------------------------
@@ -75,8 +76,10 @@ class ProgressBus:
         ts = now_timestamp()
         vs = control_pb2.VertexStatus(ID=status_id, vertex=vertex, name=name, current=current,
                                       total=total, timestamp=ts)
-        if started:
-            vs.started.CopyFrom(ts)
+        if started or completed:
+            with self._lock:
+                first = self._status_started.setdefault((vertex, status_id), ts)
+            vs.started.CopyFrom(first)
         if completed:
             vs.completed.CopyFrom(ts)
         self._publish(control_pb2.StatusResponse(statuses=[vs]))

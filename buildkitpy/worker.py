@@ -37,29 +37,6 @@ class Worker:
     platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
     insecure_entitlements: frozenset[str] = frozenset()
 
-    def disk_usage(self) -> list[Usage]:
-        """One record per stored snapshot (what ``buildctl du`` lists)."""
-        usage = getattr(self.snapshots, "usage", None)
-        if usage is not None:
-            return list(usage())
-        records = []
-        for snap_id in self.snapshots.walk_ids():
-            snap = self.snapshots.get(snap_id)
-            try:
-                records.append(Usage(id=snap_id, size=snap.size(), parents=[snap.parent_id]
-                                     if snap.parent_id else []))
-            finally:
-                snap.release()
-        return records
-
-    def prune(self, *, all: bool = False, keep_duration_ns: int = 0,
-              filters: list[str] | None = None) -> list[Usage]:
-        """Remove what no build and no cache record needs; returns what was removed."""
-        prune = getattr(self.snapshots, "prune", None)
-        if prune is None:
-            return []
-        return list(prune(all=all, keep_duration=keep_duration_ns / 1e9, filters=filters or []))
-
     def close(self) -> None:
         close = getattr(self.snapshots, "close", None)
         if close is not None:

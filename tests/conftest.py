@@ -105,3 +105,9 @@ def fresh_daemon(tmp_path) -> Iterator[Daemon]:
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runc, overlayfs)")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``@pytest.mark.anyio``) run on asyncio, as the daemon does."""
+    return "asyncio"

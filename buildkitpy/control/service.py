@@ -6,16 +6,19 @@ import datetime
 import functools
 import logging
 
+import anyio
 import grpc
 
 from buildkitpy import __version__, exporter
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2, worker_pb2
+from buildkitpy.control import usage
 from buildkitpy.errors import (
     BuildkitpyError,
     InvalidArgument,
     PermissionDenied,
     SessionNotFound,
     Unimplemented,
+    abort_for,
     abort_with,
 )
 from buildkitpy.gateway.bridge import GatewayBridge
@@ -34,13 +37,10 @@ def _handled(method):
     async def wrapper(self, request, context):
         try:
             return await method(self, request, context)
-        except BuildkitpyError as exc:
-            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad call never takes the daemon down
-            log.exception("Control.%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - one bad call never takes the daemon down
+            await abort_for(context, exc, f"Control.{method.__name__}")
 
     return wrapper
 
@@ -74,17 +74,20 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     @_handled
     async def DiskUsage(self, request, context):
-        records = [_usage_pb(u) for u in self.worker.disk_usage()]
-        return control_pb2.DiskUsageResponse(record=records)
+        records = await anyio.to_thread.run_sync(usage.disk_usage, self.worker, self.solver.cache,
+                                                 list(request.filter))
+        return control_pb2.DiskUsageResponse(record=[_usage_pb(u) for u in records])
 
     async def Prune(self, request, context):
         try:
-            removed = self.worker.prune(all=request.all, keep_duration_ns=request.keepDuration,
-                                        filters=list(request.filter))
-            for usage in removed:
-                yield _usage_pb(usage)
-        except BuildkitpyError as exc:
-            await abort_with(context, exc)
+            removed = await anyio.to_thread.run_sync(
+                lambda: usage.prune(self.worker, self.solver.cache, all=request.all,
+                                    keep_duration=request.keepDuration / 1e9, filters=list(request.filter)))
+        except BaseException as exc:  # noqa: BLE001
+            await abort_for(context, exc, "Control.Prune")
+            return
+        for record in removed:
+            yield _usage_pb(record)
 
     async def ListenBuildHistory(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "build history is not supported yet")
@@ -146,6 +149,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 result = await job.bridge.solve(definition=ops_pb2.Definition())
             else:
                 result = await job.bridge.wait_return()
+            # The result is built even when nothing exports it (a failing step fails the build),
+            # and before any exporter starts, as BuildKit does.
+            for ref in result.all_refs():
+                await job.bridge.evaluate(ref)
             response: dict[str, str] = {}
             for index, (exp, run) in enumerate(zip(exporters, resolved, strict=True)):
                 response.update(await run(exporter.ExportContext(
@@ -175,13 +182,13 @@ def _worker_matches(record: worker_pb2.WorkerRecord, flt: str) -> bool:
     raise InvalidArgument(f"invalid worker filter {flt!r}")
 
 
-def _usage_pb(usage) -> control_pb2.UsageRecord:
-    rec = control_pb2.UsageRecord(ID=usage.id, Mutable=usage.mutable, InUse=usage.in_use,
-                                  Size=usage.size, UsageCount=usage.usage_count,
-                                  Description=usage.description, RecordType=usage.record_type,
-                                  Shared=usage.shared, Parents=list(usage.parents))
-    if usage.created_at:
-        rec.CreatedAt.FromNanoseconds(int(usage.created_at * 1e9))
-    if usage.last_used_at:
-        rec.LastUsedAt.FromNanoseconds(int(usage.last_used_at * 1e9))
-    return rec
+def _usage_pb(record: usage.Usage) -> control_pb2.UsageRecord:
+    out = control_pb2.UsageRecord(ID=record.id, Mutable=record.mutable, InUse=record.in_use,
+                                  Size=record.size, UsageCount=record.usage_count,
+                                  Description=record.description, RecordType=record.record_type,
+                                  Shared=record.shared, Parents=list(record.parents))
+    if record.created_at:
+        out.CreatedAt.FromNanoseconds(int(record.created_at * 1e9))
+    if record.last_used_at:
+        out.LastUsedAt.FromNanoseconds(int(record.last_used_at * 1e9))
+    return out

@@ -15,7 +15,7 @@ import grpc
 
 from buildkitpy import caps
 from buildkitpy.api import gateway_pb2, gateway_pb2_grpc
-from buildkitpy.errors import BuildkitpyError, NotFound, Unimplemented, abort_with
+from buildkitpy.errors import NotFound, Unimplemented, abort_for
 from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge, ReturnedError
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,10 @@ def _handled(method):
     async def wrapper(self, request, context):
         try:
             return await method(self, request, context)
-        except BuildkitpyError as exc:
-            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - last line of defence for one RPC
-            log.exception("LLBBridge.%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - last line of defence for one RPC
+            await abort_for(context, exc, f"LLBBridge.{method.__name__}")
 
     return wrapper
 
