@@ -118,11 +118,13 @@ class LocalSource:
         try:
             mount = mutable.mount()
             dest = await blocking(mount.__enter__)
+            progress = _TransferProgress(ctx, self.name)
             try:
                 await receive_dir(session.channel, dest, dir_name=self.name,
                                   include_patterns=self.include_patterns,
                                   exclude_patterns=self.exclude_patterns, follow_paths=self.follow_paths,
-                                  progress=_TransferProgress(ctx, self.name))
+                                  progress=progress)
+                progress(progress.last, done=True)
             finally:
                 await blocking(mount.__exit__, None, None, None)
             return [await blocking(mutable.commit)]
@@ -137,7 +139,9 @@ class _TransferProgress:
     def __init__(self, ctx: OpContext, name: str) -> None:
         self.ctx = ctx
         self.status_id = f"transferring {name}:"
+        self.last = 0
 
     def __call__(self, current: int, done: bool = False) -> None:
+        self.last = current
         self.ctx.job.progress.status(self.ctx.vertex.digest, self.status_id, name=self.status_id,
                                      current=current, completed=done)
