@@ -18,6 +18,7 @@ The protocol logic lives in ``buildkitpy.fsutil``; this module only moves packet
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -138,8 +139,22 @@ def _raw_stream_stream(channel: grpc.aio.Channel, method: str):
     return channel.stream_stream(method, request_serializer=None, response_deserializer=None)
 
 
-def _rpc_error(what: str, err: grpc.aio.AioRpcError) -> FileSyncError:
-    return FileSyncError(f"{what}: {err.code().name}: {err.details()}", err.code())
+async def _rpc_error(what: str, err: grpc.aio.AioRpcError | asyncio.InvalidStateError,
+                     call: Any) -> FileSyncError:
+    """The call's own final status when it has one: a write into a call the server already ended
+    fails with a generic INTERNAL error, while the server's real answer is in the call status."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        code, details = err.code(), err.details()
+    else:  # writing into a call that already finished
+        code, details = grpc.StatusCode.UNKNOWN, str(err)
+    with anyio.move_on_after(1):
+        try:
+            final = await call.code()
+            if final != grpc.StatusCode.OK:
+                code, details = final, await call.details()
+        except Exception:  # noqa: BLE001 - keep the original error
+            pass
+    return FileSyncError(f"{what}: {code.name}: {details}", code)
 
 
 # -- protocol pumps (shared by both ends) ----------------------------------------------------------
@@ -339,8 +354,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)
     try:
         await _run_receiver(_ClientCallStream(call), receiver, progress, drain=True)
-    except grpc.aio.AioRpcError as exc:
-        raise _rpc_error(f"receiving {dir_name!r} from the client", exc) from None
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+        raise await _rpc_error(f"receiving {dir_name!r} from the client", exc, call) from None
     finally:
         call.cancel()
         writer.close()
@@ -364,8 +379,9 @@ async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",
     try:
         await _run_sender(_ClientCallStream(call), sender)
         await _expect_ok(call)
-    except grpc.aio.AioRpcError as exc:
-        raise _rpc_error(f"sending {str(src)!r} to the client (exporter {exporter_id})", exc) from None
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+        raise await _rpc_error(f"sending {str(src)!r} to the client (exporter {exporter_id})", exc,
+                              call) from None
     finally:
         call.cancel()
     return TransferStats(len(entries), sender.files_sent, sender.bytes_sent, time.monotonic() - started)
@@ -385,13 +401,19 @@ async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id:
         async for chunk in chunks:
             view = memoryview(chunk)
             for i in range(0, len(view), MAX_BYTES_CHUNK):
+                if call.done():
+                    break  # the client already answered (e.g. ALREADY_EXISTS); _expect_ok reports it
                 part = bytes(view[i:i + MAX_BYTES_CHUNK])
                 await call.write(filesync_pb2.BytesMessage(data=part).SerializeToString())
                 total += len(part)
-        await call.done_writing()
+            if call.done():
+                break
+        if not call.done():
+            await call.done_writing()
         await _expect_ok(call)
-    except grpc.aio.AioRpcError as exc:
-        raise _rpc_error(f"sending exporter output to the client (exporter {exporter_id})", exc) from None
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+        raise await _rpc_error(f"sending exporter output to the client (exporter {exporter_id})", exc,
+                              call) from None
     finally:
         call.cancel()
     return total
