@@ -160,6 +160,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("shutting down")
         await server.stop(grace=2)
+        solver.close()
         worker.close()
 
 

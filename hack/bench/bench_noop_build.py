@@ -3,7 +3,8 @@
 Starts a real buildkitpyd on a unix socket, solves a small LLB graph once (cold), then N more times
 (fully cached), over real gRPC, and prints p50/p90/mean. Two paths are measured: a raw
 ``Control.Solve{Definition}`` (what any-language clients do) and the ``buildkitpy build`` CLI
-(process start, session, client-side gateway calls, export of nothing).
+(process start, session, client-side gateway calls, export of nothing), and the same client flow
+in-process (without Python start-up).
 
     .venv/bin/python hack/bench/bench_noop_build.py [-n 30]
 """
@@ -56,6 +57,21 @@ async def raw_solves(addr: str, n: int) -> tuple[float, list[float]]:
     return times[0], times[1:]
 
 
+async def client_builds(addr: str, n: int) -> list[float]:
+    """The full client-side gateway flow in-process (session, Status, Ping/Solve/Return)."""
+    from buildkitpy.client.connection import Client
+    from buildkitpy.client.solve import SolveOpt, build
+
+    definition = graph()
+    times = []
+    async with Client.connect(addr) as client:
+        for _ in range(n):
+            t = time.perf_counter()
+            await build(client, SolveOpt(), definition=definition)
+            times.append(time.perf_counter() - t)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=30)
@@ -66,6 +82,8 @@ def main() -> None:
             cold, warm = asyncio.run(raw_solves(daemon.unix_addr, args.n))
             print(f"{'raw Control.Solve, cold':38s} {cold * 1000:7.1f} ms")
             report("raw Control.Solve, fully cached", warm)
+            in_process = asyncio.run(client_builds(daemon.unix_addr, args.n))
+            report("client build (session+gateway), cached", in_process)
             data = graph().SerializeToString()
             cli = []
             for _ in range(max(5, args.n // 3)):
