@@ -1,0 +1,163 @@
+"""Dockerfile → LLB: the converter behind the ``dockerfile.v0`` frontend.
+
+A pure function over data: the Dockerfile bytes, the frontend options, the ``.dockerignore``
+patterns, named contexts and a callback resolving base images to (digest, config). It produces the
+same LLB definition BuildKit's own frontend does (same ops, names, caps and source locations) plus
+the image config with its history.
+
+Flow (as in BuildKit): parse → one ``_StageState`` per stage (and per unnamed ``--from`` image) →
+resolve base images of reachable stages → ONBUILD triggers → dispatch the instructions of reachable
+stages in file order → create the build-context source last, once every path the build reads from it
+is known (its ``local.followpaths``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from buildkitpy import llb
+from buildkitpy.api import ops_pb2
+from buildkitpy.llb import Platform
+from buildkitpy.llb.vertex import MarshalContext, MarshalledOp, Output, Vertex
+
+from . import image_config as ic
+from .convert_dispatch import DispatchContext, StageState
+from .convert_opts import ConvertOptions
+from .parser import DockerfileParseError
+from .shell import ShellExpansionError
+
+# (normalized image ref, platform) -> (digest or "", config JSON)
+ImageResolver = Callable[[str, Platform], Awaitable[tuple[str, bytes]]]
+
+
+class ConvertError(ValueError):
+    """A Dockerfile that cannot be converted; ``lines`` are the 1-based Dockerfile lines at fault."""
+
+    def __init__(self, message: str, lines: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.lines = lines
+
+
+@dataclass
+class NamedContext:
+    """A ``context:NAME=...`` option: ``source`` is ``local:DIR`` or ``docker-image://REF``;
+    ``excludes`` the named local directory's ``.dockerignore`` patterns."""
+
+    source: str
+    excludes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlatformResult:
+    platform: Platform
+    definition: ops_pb2.Definition
+    image_config: bytes
+    base_config: bytes | None
+    state: llb.State
+
+
+@dataclass
+class ConvertResult:
+    results: list[PlatformResult]
+    multi_platform: bool
+
+    @property
+    def single(self) -> PlatformResult:
+        return self.results[0]
+
+
+async def convert(dockerfile: bytes, *, opts: Mapping[str, str], resolve_image: ImageResolver | None = None,
+                  context_ignore: list[str] | None = None, session_id: str = "",
+                  named_contexts: Mapping[str, NamedContext] | None = None,
+                  llb_caps: set[str] | frozenset[str] | None = None,
+                  dockerfile_source: llb.State | None = None, filename: str = "Dockerfile",
+                  build_platform: Platform | None = None) -> ConvertResult:
+    """Convert ``dockerfile`` for every target platform in ``opts["platform"]`` (the build platform when
+    none is given). ``dockerfile_source`` is the state the file was read from (goes into the
+    definition's source map). Raises :class:`ConvertError` naming the line at fault."""
+    options = ConvertOptions.parse(opts)
+    build_platform = build_platform or llb.default_platform()
+    targets = options.platforms or [None]
+    multi = len(targets) > 1 or options.multi_platform
+    source_map = llb.SourceMap(filename, dockerfile, "Dockerfile", state=dockerfile_source)
+    results = []
+    for target in targets:
+        results.append(await _convert_one(dockerfile, options, target, build_platform, multi, source_map,
+                                          resolve_image, context_ignore, session_id,
+                                          dict(named_contexts or {}), llb_caps))
+    return ConvertResult(results, multi)
+
+
+async def _convert_one(dockerfile: bytes, options: ConvertOptions, target: Platform | None,
+                       build_platform: Platform, multi: bool, source_map: llb.SourceMap,
+                       resolve_image: ImageResolver | None, context_ignore: list[str] | None,
+                       session_id: str, named_contexts: dict[str, NamedContext],
+                       llb_caps: set[str] | frozenset[str] | None) -> PlatformResult:
+    context_output = Output(_PendingContext(), 0)
+    dctx = DispatchContext(options=options, target_platform=target or build_platform,
+                           implicit_target=target is None, build_platforms=[build_platform],
+                           multi_platform=multi, source_map=source_map, resolve_image=resolve_image,
+                           session_id=session_id, named_contexts=named_contexts, llb_caps=llb_caps,
+                           build_context=llb.State.from_output(context_output))
+    try:
+        target_state = await dctx.run(dockerfile)
+    except ConvertError:
+        raise
+    except DockerfileParseError as e:
+        raise ConvertError(str(e), (e.line, getattr(e, "end_line", None) or e.line)) from None
+    except (ShellExpansionError, ic.ImageConfigError, llb.LLBError, ValueError) as e:
+        lines = getattr(e, "dockerfile_lines", None)
+        raise ConvertError(_located(str(e), lines), lines) from None
+
+    # the build context: a session local restricted to the paths the build reads from it
+    paths = _follow_paths(dctx.context_paths)
+    context = llb.local("context", session_id=session_id or None, exclude_patterns=context_ignore or None,
+                        shared_key_hint="context", follow_paths=paths or None,
+                        custom_name="[internal] load build context")
+    context_output.vertex = context.output.vertex
+
+    img = target_state.image
+    if options.labels:
+        img["config"].setdefault("Labels", {}).update(options.labels)
+    platform = dctx.target_platform
+    if not dctx.implicit_target:
+        same = platform.os == img.get("os") and platform.architecture == img.get("architecture")
+        img["os"], img["architecture"] = platform.os, platform.architecture
+        if platform.variant or not same:
+            img["variant"] = platform.variant
+        if platform.os_version or not same:
+            img["os.version"] = platform.os_version
+        if platform.os_features:
+            img["os.features"] = list(platform.os_features)
+
+    definition = llb.marshal(target_state.state, platform=platform, caps=llb_caps)
+    base = ic.to_json(target_state.base_img) if target_state.base_img is not None else None
+    return PlatformResult(platform, definition, ic.to_json(img), base, target_state.state)
+
+
+def _located(message: str, lines: tuple[int, int] | None) -> str:
+    if lines is None or "line" in message.split(":", 1)[0]:
+        return message
+    return f"Dockerfile:{lines[0]}: {message}"
+
+
+def _follow_paths(paths: set[str]) -> list[str]:
+    """``normalizeContextPaths``: relative, sorted; nothing when the whole context ("/") is read."""
+    if "/" in paths:
+        return []
+    return sorted(p.lstrip("/") or "." for p in paths)
+
+
+class _PendingContext(Vertex):
+    """Stands in for the build-context source until the paths the build reads from it are known."""
+
+    def inputs(self) -> list[Output]:
+        return []
+
+    def _marshal(self, ctx: MarshalContext) -> MarshalledOp:
+        raise llb.LLBError("the build context was used before it was created")
+
+
+__all__ = ["ConvertError", "ConvertResult", "ImageResolver", "NamedContext", "PlatformResult", "StageState",
+           "convert"]

@@ -1,0 +1,1023 @@
+"""Stage states and instruction dispatch of the Dockerfile converter (see ``convert.py``)."""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from buildkitpy import llb
+from buildkitpy.llb import Platform
+
+from . import image_config as ic
+from .convert_format import go_duration, go_list, go_quoted_list, step_width, summarize_heredoc
+from .expand import expand
+from .instructions import (
+    AddCommand,
+    ArgCommand,
+    CmdCommand,
+    CopyCommand,
+    EntrypointCommand,
+    EnvCommand,
+    ExposeCommand,
+    HealthCheckCommand,
+    Instruction,
+    KeyValuePairOptional,
+    LabelCommand,
+    MaintainerCommand,
+    OnbuildCommand,
+    RunCommand,
+    ShellCommand,
+    Stage,
+    StopSignalCommand,
+    UserCommand,
+    VolumeCommand,
+    WorkdirCommand,
+    parse_dockerfile,
+    parse_instruction,
+)
+from .mounts import parse_mount
+from .parser import parse as parse_ast
+from .parser import parse_heredoc
+from .shell import Lex
+
+if TYPE_CHECKING:
+    from .convert import ImageResolver, NamedContext
+    from .convert_opts import ConvertOptions
+
+SCRATCH = "scratch"
+NON_ENV_ARGS = frozenset({"BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"})
+_COPY_LOCAL = dict(follow_symlinks=True, copy_dir_contents=True, create_dest_path=True, allow_wildcard=True,
+                   allow_empty_wildcard=True)
+
+
+class DispatchError(ValueError):
+    """An error tied to Dockerfile lines (``dockerfile_lines``)."""
+
+    def __init__(self, message: str, lines: tuple[int, int] | None) -> None:
+        super().__init__(message)
+        self.dockerfile_lines = lines
+
+
+@dataclass(eq=False)
+class Command:
+    ins: Instruction
+    sources: list[StageState | None] = field(default_factory=list)
+    is_onbuild: bool = False
+
+
+@dataclass(eq=False)
+class StageState:
+    """BuildKit's ``dispatchState``: one stage (or an implicit ``--from=image`` stage)."""
+
+    stage: Stage
+    base_name: str
+    stage_name: str = ""
+    state: llb.State = field(default_factory=llb.scratch)
+    image: ic.Image = field(default_factory=dict)
+    base_img: ic.Image | None = None
+    platform: Platform | None = None
+    base: StageState | None = None
+    dispatched: bool = False
+    resolved: bool = False
+    onbuild_init: bool = False
+    unregistered: bool = False
+    deps: list[StageState] = field(default_factory=list)
+    build_args: list[KeyValuePairOptional] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    ctx_paths: set[str] = field(default_factory=set)
+    paths: set[str] = field(default_factory=set)
+    named_context: Any = None
+    ignore_cache: bool = False
+    cmd_index: int = 0
+    cmd_total: int = 0
+    cmd_is_onbuild: bool = False
+    workdir_set: bool = False
+    cmd_set: bool = False
+
+    @property
+    def lines(self) -> tuple[int, int]:
+        return (self.stage.start_line, self.stage.end_line)
+
+    def init(self) -> None:
+        """Inherit from the base stage (``FROM <earlier stage>``)."""
+        if self.base is None:
+            return
+        b = self.base
+        self.state, self.platform = b.state, b.platform
+        self.image = copy.deepcopy(b.image)
+        self.image["config"].pop("OnBuild", None)
+        self.base_img = copy.deepcopy(b.base_img)
+        self.paths = b.paths
+        self.workdir_set = b.workdir_set
+        self.build_args = self.build_args + b.build_args
+
+    def env(self) -> dict[str, str]:
+        return dict(self.state.env())
+
+
+def _ins_lines(ins: Instruction) -> tuple[int, int]:
+    return (ins.start_line, ins.end_line)
+
+
+def _with_lines(err: Exception, lines: tuple[int, int]) -> DispatchError:
+    if isinstance(err, DispatchError) and err.dockerfile_lines:
+        return err
+    return DispatchError(str(err), lines)
+
+
+class DispatchContext:
+    def __init__(self, *, options: ConvertOptions, target_platform: Platform, implicit_target: bool,
+                 build_platforms: list[Platform], multi_platform: bool, source_map: llb.SourceMap,
+                 resolve_image: ImageResolver | None, session_id: str,
+                 named_contexts: dict[str, NamedContext], llb_caps: set[str] | frozenset[str] | None,
+                 build_context: llb.State) -> None:
+        self.opt = options
+        self.target_platform = target_platform.normalized()
+        self.implicit_target = implicit_target
+        self.build_platforms = build_platforms
+        self.multi_platform = multi_platform
+        self.source_map = source_map
+        self.resolve_image = resolve_image
+        self.session_id = session_id
+        self.named_contexts = named_contexts
+        self.caps = llb_caps
+        self.build_context = build_context
+        self.states: list[StageState] = []
+        self.by_name: dict[str, StageState] = {}
+        self.context_paths: set[str] = set()
+        self.global_args: dict[str, str] = {}
+        self.lex = Lex()
+
+    def supports(self, cap: str) -> bool:
+        return self.caps is not None and cap in self.caps
+
+    # ---- driver -----------------------------------------------------------------------------------
+    async def run(self, dockerfile: bytes) -> StageState:
+        df = parse_dockerfile(dockerfile)
+        self.lex = Lex(df.ast.escape_token)
+        target_name = self.opt.target or df.stages[-1].name
+        self.global_args = self._default_args(target_name)
+        self._build_meta_args(df.meta_args)
+        self._build_states(df.stages)
+        target = self._resolve_target()
+        self._build_dependency_graph()
+        reachable = await self._resolve_stages(target)
+        for d in self.states:
+            if d not in reachable or d.dispatched:
+                continue
+            self._dispatch_stage(d)
+        return target
+
+    def _default_args(self, target: str) -> dict[str, str]:
+        bp, tp = self.build_platforms[0], self.target_platform
+        values = [("BUILDPLATFORM", str(bp)), ("BUILDOS", bp.os), ("BUILDOSVERSION", bp.os_version),
+                  ("BUILDARCH", bp.architecture), ("BUILDVARIANT", bp.variant),
+                  ("TARGETPLATFORM", _format_all(tp)), ("TARGETOS", tp.os),
+                  ("TARGETOSVERSION", tp.os_version), ("TARGETARCH", tp.architecture),
+                  ("TARGETVARIANT", tp.variant), ("TARGETSTAGE", target or "default")]
+        return {k: self.opt.build_args.get(k, v) for k, v in values}
+
+    def _build_meta_args(self, arg_cmds: list[ArgCommand]) -> None:
+        for cmd in arg_cmds:
+            for kp in cmd.args:
+                if kp.key in self.opt.build_args:
+                    value: str | None = self.opt.build_args[kp.key]
+                elif kp.value is not None:
+                    try:
+                        value = self.lex.process_word(kp.value, self.global_args)
+                    except ValueError as e:
+                        raise _with_lines(e, _ins_lines(cmd)) from None
+                else:
+                    value = None
+                if value is not None:
+                    self.global_args.pop(kp.key, None)
+                    self.global_args[kp.key] = value
+
+    def _add_state(self, d: StageState) -> None:
+        self.states.append(d)
+        base = self.by_name.get(d.base_name)
+        if base is not None:
+            d.base = base
+        if d.stage.name:
+            self.by_name[d.stage.name.lower()] = d
+
+    def _build_states(self, stages: list[Stage]) -> None:
+        for i, st in enumerate(stages):
+            try:
+                base_name = self.lex.process_word(st.base_name, self.global_args)
+            except ValueError as e:
+                raise _with_lines(e, (st.start_line, st.end_line)) from None
+            if not base_name:
+                raise DispatchError(f"base name ({st.base_name}) should not be blank",
+                                    (st.start_line, st.end_line))
+            d = StageState(stage=st, base_name=base_name, stage_name=st.name)
+            if st.platform:
+                try:
+                    value = self.lex.process_word(st.platform, self.global_args)
+                    if not value:
+                        raise ValueError(f"empty platform value from expression {st.platform}")
+                    d.platform = Platform.parse(value)
+                except ValueError as e:
+                    raise DispatchError(f"failed to parse platform {st.platform}: {e}",
+                                        (st.start_line, st.end_line)) from None
+            if st.name and st.name in self.named_contexts:
+                d.named_context = self.named_contexts[st.name]
+                self._add_state(d)
+                d.base = None
+                continue
+            if not st.name:
+                d.stage_name = f"stage-{i}"
+            self._add_state(d)
+            total = 1 if d.base_name != SCRATCH and d.base is None else 0
+            total += sum(isinstance(c, AddCommand | CopyCommand | RunCommand | WorkdirCommand)
+                         for c in st.commands)
+            d.cmd_total = total
+            d.ignore_cache = self.opt.stage_no_cache(st.name)
+
+    def _resolve_target(self) -> StageState:
+        if not self.opt.target:
+            return self.states[-1]
+        d = self.by_name.get(self.opt.target.lower())
+        if d is None:
+            raise DispatchError(f'target stage "{self.opt.target}" could not be found', None)
+        return d
+
+    def _find_or_implicit(self, name: str, ins: Instruction) -> StageState:
+        d = self.by_name.get(name.lower())
+        if d is not None:
+            return d
+        stage = Stage(name="", base_name=name, start_line=ins.start_line, end_line=ins.end_line)
+        return StageState(stage=stage, base_name=name, unregistered=True)
+
+    def _to_command(self, ins: Instruction) -> Command:
+        cmd = Command(ins)
+        if isinstance(ins, CopyCommand) and ins.from_:
+            if Lex(self.lex.escape_token).process_word(ins.from_, {}) != ins.from_:
+                raise DispatchError("variable expansion is not supported for --from, define a new stage "
+                                    "with FROM using ARG from global scope as a workaround", _ins_lines(ins))
+            if ins.from_.isdigit() or (ins.from_.startswith("-") and ins.from_[1:].isdigit()):
+                index = int(ins.from_)
+                if index < 0 or index >= len(self.states):
+                    raise DispatchError(f"invalid stage index {index}", _ins_lines(ins))
+                cmd.sources = [self.states[index]]
+            else:
+                cmd.sources = [self._find_or_implicit(ins.from_, ins)]
+        elif isinstance(ins, RunCommand):
+            for spec in ins.mount_specs:
+                frm = parse_mount(spec, None).from_ or SCRATCH
+                cmd.sources.append(self._find_or_implicit(frm, ins))
+        return cmd
+
+    def _register_sources(self, d: StageState, cmd: Command) -> None:
+        for src in cmd.sources:
+            if src is None:
+                continue
+            if src not in d.deps:
+                d.deps.append(src)
+            if src.unregistered and src not in self.states:
+                self._add_state(src)
+
+    def _build_dependency_graph(self) -> None:
+        for d in list(self.states):
+            d.commands = []
+            for ins in d.stage.commands:
+                try:
+                    cmd = self._to_command(ins)
+                except ValueError as e:
+                    raise _with_lines(e, _ins_lines(ins)) from None
+                d.commands.append(cmd)
+                self._register_sources(d, cmd)
+        self._check_cycles()
+        if len(self.states) == 1:
+            self.states[0].stage_name = ""
+
+    def _check_cycles(self) -> None:
+        visiting: set[int] = set()
+        done: set[int] = set()
+
+        def visit(d: StageState) -> None:
+            if id(d) in done:
+                return
+            if id(d) in visiting:
+                raise DispatchError(f"circular dependency detected on stage: {d.stage_name}", d.lines)
+            visiting.add(id(d))
+            for dep in d.deps + ([d.base] if d.base else []):
+                visit(dep)
+            visiting.discard(id(d))
+            done.add(id(d))
+
+        for d in self.states:
+            visit(d)
+
+    def _reachable(self, target: StageState) -> list[StageState]:
+        seen: list[StageState] = []
+
+        def add(d: StageState) -> None:
+            if any(d is s for s in seen):
+                return
+            seen.append(d)
+            if d.base is not None:
+                add(d.base)
+            for dep in d.deps:
+                add(dep)
+
+        add(target)
+        return seen
+
+    async def _resolve_stages(self, target: StageState) -> list[StageState]:
+        while True:
+            reachable = self._reachable(target)
+            for d in self.states:
+                is_reachable = any(d is r for r in reachable)
+                if d.base is None and not d.dispatched and not d.resolved:
+                    d.resolved = is_reachable
+                    if d.base_name == SCRATCH and d.named_context is None:
+                        d.state = llb.scratch()
+                        d.image = ic.empty_image(self.target_platform)
+                        d.platform = self.target_platform
+                        if d.unregistered:
+                            d.dispatched = True
+                        continue
+                    try:
+                        await self._resolve_base_image(d, is_reachable)
+                    except ValueError as e:
+                        raise _with_lines(e, d.lines) from None
+            new_deps = False
+            for d in reachable:
+                d.init()
+                onbuilds = list(d.image.get("config", {}).get("OnBuild") or [])
+                if d.base is not None and not d.onbuild_init:
+                    onbuilds += [c.ins.expression for c in d.base.commands if isinstance(c.ins, OnbuildCommand)]
+                    d.onbuild_init = True
+                if onbuilds:
+                    if self._init_onbuild_triggers(d, onbuilds):
+                        new_deps = True
+                    d.image["config"].pop("OnBuild", None)
+            if not new_deps:
+                return reachable
+
+    def _init_onbuild_triggers(self, d: StageState, triggers: list[str]) -> bool:
+        new_deps = False
+        commands = []
+        for trigger in triggers:
+            try:
+                ast = parse_ast(trigger)
+                if len(ast.nodes) != 1:
+                    raise ValueError("onbuild trigger should be a single expression")
+                node = ast.nodes[0]
+                node.start_line, node.end_line = d.stage.start_line, d.stage.end_line
+                ins = parse_instruction(node)
+                cmd = self._to_command(ins)
+            except ValueError as e:
+                raise _with_lines(e, d.lines) from None
+            cmd.is_onbuild = True
+            if cmd.sources:
+                new_deps = True
+            commands.append(cmd)
+            self._register_sources(d, cmd)
+        d.commands = commands + d.commands
+        d.cmd_total += len(commands)
+        return new_deps
+
+    async def _resolve_base_image(self, d: StageState, reachable: bool) -> None:
+        try:
+            ref = llb.normalize_image_ref(d.base_name)
+        except ValueError as e:
+            raise ValueError(f'failed to parse stage name "{d.base_name}": {e}') from None
+        platform = d.platform or self.target_platform
+        d.base_name = ref
+        is_scratch = False
+        named = d.named_context or self.named_contexts.get(d.stage.base_name if d.unregistered else "")
+        if reachable:
+            if named is not None:
+                self._load_named_context(d, named, platform)
+                return
+            if self.resolve_image is None:
+                raise ValueError(f"FROM {d.stage.base_name} needs registry support (not available yet)")
+            try:
+                dgst, data = await self.resolve_image(ref, platform)
+            except Exception as e:  # the resolver's own error, prefixed with the name as BuildKit does
+                raise ValueError(f"{d.stage.base_name}: {e}") from None
+            img = ic.parse_image(data)
+            d.base_img = copy.deepcopy(img)
+            img.pop("created", None)
+            if d.platform is None and self.implicit_target:
+                platform = _auto_detect_platform(img, platform, self.build_platforms)
+            if dgst:
+                d.base_name = f"{ref}@{dgst}"
+            is_scratch = ic.is_scratch(img)
+            d.image = img
+        if is_scratch:
+            d.state = llb.scratch()
+        else:
+            cmd_name = self._prefix(d, "FROM " + d.base_name, platform, {})
+            mode = self.opt.image_resolve_mode
+            d.state = llb.image(d.base_name, platform=platform, resolve_mode=mode if mode != "default" else None,
+                                description={"com.docker.dockerfile.v1.command": d.stage.source_code},
+                                custom_name=cmd_name, locations=[self._location(d.lines)])
+        d.platform = platform
+        if d.unregistered:
+            d.dispatched = True
+
+    def _load_named_context(self, d: StageState, named: NamedContext, platform: Platform) -> None:
+        kind, _, value = named.source.partition(":")
+        name = d.stage.name or d.stage.base_name
+        if kind == "local":
+            paths_of = d
+
+            def follow() -> list[str]:
+                from .convert import _follow_paths
+
+                return _follow_paths(paths_of.paths)
+
+            d.state = _lazy_local(value, self.session_id, f"context:{name}-", named.excludes,
+                                  f"[context {name}] load from client", follow)
+        else:
+            raise ValueError(f"unsupported context source {kind} for {name}")
+        d.image = ic.empty_image(platform)
+        d.platform = platform
+        d.dispatched = True
+
+    # ---- dispatch -------------------------------------------------------------------------------------
+    def _dispatch_stage(self, d: StageState) -> None:
+        d.init()
+        d.dispatched = True
+        if d.platform is None:
+            d.platform = self.target_platform
+        if not d.image:
+            d.image = ic.empty_image(d.platform)
+        cfg = d.image.setdefault("config", {})
+        if not any(e.partition("=")[0] == "PATH" for e in cfg.get("Env") or ()) and d.platform.os != "windows":
+            cfg["Env"] = [*(cfg.get("Env") or []), "PATH=" + ic.DEFAULT_PATH]
+        for entry in cfg.get("Env") or ():
+            k, _, v = entry.partition("=")
+            d.state = d.state.add_env(k, v)
+        if self.opt.hostname:
+            d.state = d.state.hostname(self.opt.hostname)
+        if cfg.get("WorkingDir"):
+            self._workdir(d, cfg["WorkingDir"], None)
+        if cfg.get("User"):
+            d.state = d.state.user(cfg["User"])
+        d.state = d.state.network(self.opt.network_mode)  # type: ignore[arg-type]
+        for cmd in d.commands:
+            try:
+                self._dispatch(d, cmd)
+            except ValueError as e:
+                raise _with_lines(e, _ins_lines(cmd.ins)) from None
+        self.context_paths |= d.ctx_paths
+
+    def _dispatch(self, d: StageState, cmd: Command) -> None:
+        d.cmd_is_onbuild = cmd.is_onbuild
+        ins = cmd.ins
+        if not isinstance(ins, ArgCommand):
+            ins = expand(ins, d.env(), escape_token=self.lex.escape_token)
+        img = d.image
+        cfg = img["config"]
+        if isinstance(ins, MaintainerCommand):
+            img["author"] = ins.maintainer
+            ic.commit_to_history(img, f"MAINTAINER {ins.maintainer}", with_layer=False)
+        elif isinstance(ins, EnvCommand):
+            msg = "ENV"
+            for kv in ins.env:
+                msg += f" {kv.key}={kv.value}"
+                d.state = d.state.add_env(kv.key, kv.value)
+                cfg["Env"] = ic.add_env(cfg.get("Env") or [], kv.key, kv.value)
+            ic.commit_to_history(img, msg, with_layer=False)
+        elif isinstance(ins, RunCommand):
+            self._run(d, ins, cmd.sources)
+        elif isinstance(ins, WorkdirCommand):
+            self._workdir(d, ins.path, ins)
+        elif isinstance(ins, AddCommand):
+            self._copy(d, ins, self.build_context, is_add=True, ignore=True)
+            for src in ins.source_paths:
+                if not src.startswith(("http://", "https://")):
+                    d.ctx_paths.add(posixpath.normpath(posixpath.join("/", src)))
+        elif isinstance(ins, CopyCommand):
+            source = self.build_context
+            if cmd.sources:
+                src_state = cmd.sources[0]
+                assert src_state is not None
+                if not src_state.dispatched:
+                    raise ValueError(f'cannot copy from stage "{ins.from_}", it needs to be defined before '
+                                     f'current stage "{d.stage_name}"')
+                source = src_state.state
+            self._copy(d, ins, source, is_add=False, ignore=not cmd.sources)
+            target_paths = d.ctx_paths if not cmd.sources else cmd.sources[0].paths  # type: ignore[union-attr]
+            for src in ins.source_paths:
+                target_paths.add(_clean_abs(src))
+        elif isinstance(ins, LabelCommand):
+            labels = cfg.setdefault("Labels", {})
+            msg = "LABEL"
+            for kv in ins.labels:
+                labels[kv.key] = kv.value
+                msg += f" {kv.key}={kv.value}"
+            ic.commit_to_history(img, msg, with_layer=False)
+        elif isinstance(ins, OnbuildCommand):
+            cfg["OnBuild"] = [*(cfg.get("OnBuild") or []), ins.expression]
+        elif isinstance(ins, CmdCommand):
+            args = ins.cmd_line or []
+            if ins.prepend_shell:
+                args = _with_shell(img, args)
+            cfg["Cmd"] = args
+            cfg["ArgsEscaped"] = True
+            d.cmd_set = True
+            ic.commit_to_history(img, f"CMD {go_quoted_list(args)}", with_layer=False)
+        elif isinstance(ins, EntrypointCommand):
+            args = ins.cmd_line
+            if ins.prepend_shell and args is not None:
+                args = _with_shell(img, args)
+            cfg["Entrypoint"] = args
+            if not d.cmd_set:
+                cfg.pop("Cmd", None)
+            ic.commit_to_history(img, f"ENTRYPOINT {go_quoted_list(args)}", with_layer=False)
+        elif isinstance(ins, HealthCheckCommand):
+            h = ins.health
+            cfg["Healthcheck"] = {"Test": h.test, "Interval": h.interval, "Timeout": h.timeout,
+                                  "StartPeriod": h.start_period, "StartInterval": h.start_interval,
+                                  "Retries": h.retries}
+            text = (f"{{Test:{go_list(h.test)} Interval:{go_duration(h.interval)} "
+                    f"Timeout:{go_duration(h.timeout)} StartPeriod:{go_duration(h.start_period)} "
+                    f"StartInterval:{go_duration(h.start_interval)} Retries:{h.retries}}}")
+            ic.commit_to_history(img, f"HEALTHCHECK {text}", with_layer=False)
+        elif isinstance(ins, ExposeCommand):
+            ports = [p for raw in ins.ports for p in _parse_port(raw)]
+            exposed = cfg.setdefault("ExposedPorts", {})
+            for p in ports:
+                exposed[p] = {}
+            ic.commit_to_history(img, f"EXPOSE {go_list(ports)}", with_layer=False)
+        elif isinstance(ins, UserCommand):
+            d.state = d.state.user(ins.user)
+            cfg["User"] = ins.user
+            ic.commit_to_history(img, f"USER {ins.user}", with_layer=False)
+        elif isinstance(ins, VolumeCommand):
+            volumes = cfg.setdefault("Volumes", {})
+            for v in ins.volumes:
+                if not v:
+                    raise ValueError("VOLUME specified can not be an empty string")
+                volumes[v] = {}
+            ic.commit_to_history(img, f"VOLUME {go_list(ins.volumes)}", with_layer=False)
+        elif isinstance(ins, StopSignalCommand):
+            _check_signal(ins.signal)
+            cfg["StopSignal"] = ins.signal
+            ic.commit_to_history(img, f"STOPSIGNAL {ins.signal}", with_layer=False)
+        elif isinstance(ins, ShellCommand):
+            cfg["Shell"] = ins.shell
+            ic.commit_to_history(img, f"SHELL {go_list(ins.shell)}", with_layer=False)
+        elif isinstance(ins, ArgCommand):
+            self._arg(d, ins)
+
+    # ---- naming --------------------------------------------------------------------------------------
+    def _prefix(self, d: StageState, text: str, platform: Platform | None, env: dict[str, str]) -> str:
+        if d.cmd_total == 0:
+            return text
+        out = "["
+        if self.multi_platform and platform is not None:
+            out += _format_all(platform) + _format_target_platform(platform, env) + " "
+        if d.stage_name:
+            out += d.stage_name + " "
+        d.cmd_index += 1
+        out += f"{d.cmd_index:>{step_width(d.cmd_total)}}/{d.cmd_total}] "
+        if d.cmd_is_onbuild:
+            out += "ONBUILD "
+        return out + text
+
+    def _display(self, code: str, env: dict[str, str], lex: Lex | None = None) -> str:
+        try:
+            text = (lex or self.lex).process_word(code, env)
+        except ValueError:
+            text = code
+        head, sep, rest = text.partition(" ")
+        return head.upper() + sep + rest
+
+    def _location(self, lines: tuple[int, int]) -> llb.SourceLocation:
+        return self.source_map.location([(n, n) for n in range(lines[0], lines[1] + 1)])
+
+    # ---- instructions with filesystem effects ---------------------------------------------------------
+    def _workdir(self, d: StageState, path: str, ins: WorkdirCommand | None) -> None:
+        assert d.platform is not None
+        cfg = d.image["config"]
+        wd = path if posixpath.isabs(path) else posixpath.join(cfg.get("WorkingDir") or "/", path)
+        wd = _clean_abs(wd)
+        cfg["WorkingDir"] = wd
+        d.state = d.state.dir(wd)
+        if ins is None:
+            return
+        d.workdir_set = True
+        with_layer = False
+        if wd != "/":
+            env = d.env()
+            name = self._prefix(d, self._display(ins.code, env), d.platform, env)
+            user = cfg.get("User") or None
+            d.state = d.state.file(llb.mkdir(wd, 0o755, make_parents=True, chown=user),
+                                   custom_name=name, locations=[self._location(_ins_lines(ins))],
+                                   platform=d.platform, **self._cache_opts(d))
+            with_layer = True
+        ic.commit_to_history(d.image, "WORKDIR " + wd, with_layer=with_layer)
+
+    def _cache_opts(self, d: StageState) -> dict[str, Any]:
+        return {"ignore_cache": True} if d.ignore_cache else {}
+
+    def _arg(self, d: StageState, ins: ArgCommand) -> None:
+        parts = []
+        for arg in ins.args:
+            arg = copy.copy(arg)
+            has_value = arg.key in self.opt.build_args
+            has_default = arg.value is not None
+            if not has_default and not has_value and arg.key in self.global_args:
+                arg.value = self.global_args[arg.key]
+            if has_value:
+                arg.value = self.opt.build_args[arg.key]
+            elif has_default:
+                arg.value = self.lex.process_word(arg.value or "", d.env())
+            if arg.value is not None and arg.key not in NON_ENV_ARGS:
+                d.state = d.state.add_env(arg.key, arg.value)
+            d.build_args.append(arg)
+            parts.append(arg.key if arg.value is None else f"{arg.key}={arg.value}")
+        ic.commit_to_history(d.image, "ARG " + " ".join(parts), with_layer=False)
+
+    def _run(self, d: StageState, ins: RunCommand, sources: list[StageState | None]) -> None:
+        assert d.platform is not None
+        custom = ins.code
+        d.paths.add("/")
+        args = list(ins.cmd_line or [])
+        mounts: list[Any] = []
+        if ins.files:
+            if len(args) != 1 or not ins.prepend_shell:
+                raise ValueError(f"parsing produced an invalid run command: {go_list(args)}")
+            doc = parse_heredoc(args[0])
+            if doc is not None:
+                from .parser import chomp_heredoc_content
+
+                f = ins.files[0]
+                data = chomp_heredoc_content(f.data) if f.chomp else f.data
+                if d.image.get("os") != "windows" and data.startswith("#!"):
+                    script = llb.scratch().dir("/").file(
+                        llb.mkfile(f.name, 0o755, data.encode()),
+                        custom_name="[internal] preparing inline document", platform=d.platform)
+                    mounts.append(llb.bind("/dev/pipes/", script, selector="/", readonly=True))
+                    args = [posixpath.join("/dev/pipes/", f.name)]
+                else:
+                    args = [data]
+                custom += f" ({summarize_heredoc(f.data)})"
+            else:
+                text = args[0]
+                for f in ins.files:
+                    text += "\n" + f.data + f.name
+                args = [text]
+        if ins.prepend_shell:
+            args = _with_shell(d.image, args)
+
+        opts: dict[str, Any] = {"description": {"com.docker.dockerfile.v1.command": ins.code},
+                                "locations": [self._location(_ins_lines(ins))], **self._cache_opts(d)}
+        proxy = _proxy_env(self.opt.build_args)
+        if proxy is not None:
+            opts["proxy_env"] = proxy
+        mounts += self._run_mounts(d, ins, sources)
+        if ins.security == "insecure":
+            opts["security"] = "insecure"
+        if ins.network in ("none", "host"):
+            opts["network"] = ins.network
+        if self.supports("exec.meta.ulimit") and self.opt.ulimits:
+            opts["ulimits"] = list(self.opt.ulimits)
+        env = d.env()
+        masked = dict(env)
+        for m in ins.mounts or ():
+            if m.type == "secret" and m.env is not None:
+                masked.pop(m.env, None)
+                masked[m.env] = "****"
+        raw_lex = Lex(self.lex.escape_token, raw_quotes=True, skip_unset_env=True)
+        opts["custom_name"] = self._prefix(d, self._display(custom, masked, raw_lex), d.platform, env)
+        if self.opt.extra_hosts:
+            opts["extra_hosts"] = dict(self.opt.extra_hosts)
+        if self.supports("exec.mount.tmpfs.size") and self.opt.shm_size > 0:
+            mounts.append(llb.tmpfs("/dev/shm", size=self.opt.shm_size))
+        if self.supports("exec.meta.cgroup.parent") and self.opt.cgroup_parent:
+            opts["cgroup_parent"] = self.opt.cgroup_parent
+        d.state = d.state.run(args, mounts=mounts, **opts).root()
+        ic.commit_to_history(d.image, "RUN " + _run_command_string(args, d.build_args, env),
+                             with_layer=True, built=True)
+
+    def _run_mounts(self, d: StageState, ins: RunCommand, sources: list[StageState | None]) -> list[Any]:
+        out: list[Any] = []
+        for i, m in enumerate(ins.mounts or ()):
+            frm = m.from_
+            if not frm and m.type == "cache":
+                frm = SCRATCH
+            st = self.build_context
+            src_state = sources[i] if i < len(sources) else None
+            if frm:
+                if src_state is None or not src_state.dispatched:
+                    raise ValueError(f'cannot mount from stage "{frm}" to "{m.target}", stage needs to be '
+                                     "defined before current command")
+                st = src_state.state
+            if m.type == "secret":
+                out.append(_secret_mount(m))
+                continue
+            if m.type == "ssh":
+                out.append(llb.ssh(id=m.cache_id or "default", target=m.target, mode=0o600 if m.mode is None
+                                   else m.mode, uid=m.uid or 0, gid=m.gid or 0, optional=not m.required))
+                continue
+            target = m.target
+            if not posixpath.isabs(posixpath.normpath(target or ".")):
+                target = posixpath.join("/", d.state.get_dir(), target)
+            target = posixpath.normpath(target) if target else target
+            if target == "/":
+                raise ValueError(f'invalid mount target "{target}"')
+            selector = ""
+            src = _clean_abs(m.source)
+            if src != "/":
+                selector = src
+            elif m.type == "cache" and (m.uid is not None or m.gid is not None or m.mode is not None):
+                st = st.file(llb.mkdir("/cache", 0o755 if m.mode is None else m.mode,
+                                       chown=(m.uid or 0, m.gid or 0)),
+                             custom_name="[internal] setting cache mount permissions")
+                selector = "/cache"
+            if m.type == "tmpfs":
+                out.append(llb.tmpfs(target, size=m.size_limit))
+            elif m.type == "cache":
+                sharing = m.cache_sharing or "shared"
+                cache_id = m.cache_id or posixpath.normpath(m.target)
+                out.append(llb.Mount(target, st, selector=selector, readonly=m.read_only,
+                                     cache_id="/" + cache_id, cache_sharing=sharing))  # type: ignore[arg-type]
+            else:
+                no_output = not m.read_only and self.supports("exec.mount.bind.readwrite-nooutput")
+                out.append(llb.bind(target, st, selector=selector, readonly=m.read_only, output=not no_output))
+            if not frm:
+                d.ctx_paths.add(_clean_abs(m.source))
+            elif src_state is not None:
+                src_state.paths.add(_clean_abs(m.source))
+        return out
+
+    def _copy(self, d: StageState, ins: AddCommand | CopyCommand, source: llb.State, *, is_add: bool,
+              ignore: bool) -> None:
+        assert d.platform is not None
+        dest = _dest_path(d.state.get_dir() or "/", ins.dest_path)
+        chown = ins.chown or None
+        mode: int | str | None = None
+        if ins.chmod:
+            try:
+                value = int(ins.chmod, 8)
+            except ValueError:
+                value = None
+                if ins.chmod.isdigit():
+                    raise ValueError(f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
+                                     "between 0 and 07777") from None
+                mode = ins.chmod
+            if value is not None:
+                if value > 0o7777:
+                    raise ValueError(f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
+                                     "between 0 and 07777")
+                mode = value
+        checksum = getattr(ins, "checksum", "")
+        if checksum:
+            if len(ins.source_paths) != 1:
+                raise ValueError("checksum can't be specified for multiple sources")
+            if not _is_http(ins.source_paths[0]):
+                raise ValueError("checksum requires HTTP(S) or Git sources")
+        msg = "ADD" if is_add else "COPY"
+        if isinstance(ins, CopyCommand) and ins.parents:
+            msg += " --parents"
+        if ins.chown:
+            msg += " --chown=" + ins.chown
+        if ins.chmod:
+            msg += " --chmod=" + ins.chmod
+        env = d.env()
+        name = self._display(ins.code, env)
+        pg_name = self._prefix(d, name, d.platform, env)
+        extra: dict[str, Any] = {"chown": chown}
+        if ins.exclude_patterns:
+            extra["exclude_patterns"] = list(ins.exclude_patterns)
+        action: llb.FileAction | None = None
+
+        def add(src_state: llb.State, src: str, **kw: Any) -> None:
+            nonlocal action
+            kw = {**kw, **extra, "mode": mode}
+            action = llb.copy(src_state, src, dest, **kw) if action is None else action.copy(
+                src_state, src, dest, **kw)
+
+        for src in ins.source_paths:
+            msg += " " + src
+            if _is_git(src):
+                raise ValueError("git sources for ADD are not supported yet" if is_add
+                                 else "source can't be a git ref for COPY")
+            if _is_http(src):
+                if not is_add:
+                    raise ValueError("source can't be a URL for COPY")
+                from urllib.parse import urlsplit
+
+                base = posixpath.basename(urlsplit(src).path)
+                fname = base if base not in ("", ".", "/") else "__unnamed__"
+                st = llb.http(src, filename=fname, checksum=checksum or None, custom_name=pg_name,
+                              description={"com.docker.dockerfile.v1.command": ""})
+                unpack = bool(getattr(ins, "unpack", None))
+                add(st, fname, create_dest_path=True, attempt_unpack=unpack)
+                continue
+            patterns: list[str] = []
+            required: list[str] = []
+            if isinstance(ins, CopyCommand) and ins.parents:
+                parent, sep, pattern = src.partition("/./")
+                if not sep:
+                    pattern, parent = src, "/"
+                src = parent
+                pattern = _clean_abs(pattern)
+                patterns = [pattern.lstrip("/")]
+                if not _has_wildcards(src) and not _has_wildcards(pattern):
+                    required = [_clean_abs(posixpath.join(src, pattern))]
+            src = _clean_abs(src)
+            unpack = is_add if getattr(ins, "unpack", None) is None else bool(ins.unpack)  # type: ignore[union-attr]
+            add(source, src, include_patterns=patterns, required_paths=required, attempt_unpack=unpack,
+                **_COPY_LOCAL)
+        for content in ins.source_contents:
+            msg += " <<" + content.path
+            st = llb.scratch().file(llb.mkfile(content.path, 0o644, content.data.encode()),
+                                    custom_name="[internal] preparing inline document", platform=d.platform)
+            add(st, content.path, create_dest_path=True)
+        msg += " " + ins.dest_path
+        assert action is not None
+        file_opts: dict[str, Any] = {"custom_name": pg_name, "locations": [self._location(_ins_lines(ins))],
+                                     **self._cache_opts(d)}
+        if self.supports("mergeop") and ins.link and not ins.chmod:
+            pg_id = secrets.token_hex(12)
+            d.cmd_index -= 1
+            pg_name = self._prefix(d, name, d.platform, env)
+            layer = llb.scratch().file(action, platform=d.platform, **{
+                **file_opts, "custom_name": pg_name, "progress_group": llb.ProgressGroup(pg_id, pg_name, True)})
+            d.cmd_index -= 1
+            merge_name = self._prefix(d, "LINK " + name, d.platform, env)
+            d.state = d.state.with_output(llb.merge([d.state, layer], **{
+                **file_opts, "custom_name": merge_name,
+                "progress_group": llb.ProgressGroup(pg_id, pg_name, False)}).output)
+        else:
+            d.state = d.state.file(action, **file_opts)
+        ic.commit_to_history(d.image, msg, with_layer=True, built=True)
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+def _clean_abs(p: str) -> str:
+    out = posixpath.normpath(posixpath.join("/", p))
+    return "/" + out.lstrip("/") if out.startswith("//") else out
+
+
+def _dest_path(workdir: str, dest: str) -> str:
+    """``pathRelativeToWorkingDir``: absolute destination, keeping a trailing ``/`` (or ``/.``)."""
+    if not posixpath.isabs(dest):
+        if dest in (".", ""):
+            dest = "./"
+        joined = _clean_abs(posixpath.join(workdir, dest))
+    else:
+        joined = _clean_abs(dest)
+    if dest.endswith("/") and not joined.endswith("/"):
+        joined += "/"
+    elif dest.endswith("/."):
+        joined = (joined if joined == "/" else joined + "/") + "."
+    return joined
+
+
+def _with_shell(img: ic.Image, args: list[str]) -> list[str]:
+    shell = list(img.get("config", {}).get("Shell") or [])
+    if not shell:
+        shell = ["cmd", "/S", "/C"] if img.get("os") == "windows" else ["/bin/sh", "-c"]
+    return [*shell, " ".join(args)]
+
+
+def _run_command_string(args: list[str], build_args: list[KeyValuePairOptional], env: dict[str, str]) -> str:
+    entries: dict[str, str] = {}
+    for arg in build_args:
+        value = env.get(arg.key)
+        if value is None:
+            value = arg.value or ""
+        entries[arg.key] = f"{arg.key}={value}"
+    parts = [f"|{len(entries)}", *entries.values()] if entries else []
+    return " ".join(parts + list(args))
+
+
+def _proxy_env(build_args: dict[str, str]) -> Any:
+    from buildkitpy.api import ops_pb2
+
+    fields = {"http_proxy": "http_proxy", "https_proxy": "https_proxy", "ftp_proxy": "ftp_proxy",
+              "no_proxy": "no_proxy", "all_proxy": "all_proxy"}
+    values: dict[str, str] = {}
+    for key in sorted(build_args):
+        if key.lower() in fields:
+            values[fields[key.lower()]] = build_args[key]
+    return ops_pb2.ProxyEnv(**values) if values else None
+
+
+def _secret_mount(m: Any) -> llb.Secret:
+    sid = m.source or m.cache_id
+    if not sid:
+        if not m.target:
+            raise ValueError("one of source, target required")
+        sid = posixpath.basename(m.target)
+    target = m.target or None
+    if m.env is None:
+        target = m.target or "/run/secrets/" + posixpath.basename(sid)
+    mode = 0o400 if m.mode is None else m.mode
+    return llb.secret(sid, target=target, env=m.env, mode=mode, uid=m.uid or 0, gid=m.gid or 0,
+                      optional=not m.required)
+
+
+def _is_http(src: str) -> bool:
+    return src.startswith(("http://", "https://")) and not _is_git(src)
+
+
+def _is_git(src: str) -> bool:
+    return src.startswith("git@") or src.startswith("git://") or (
+        src.startswith(("http://", "https://")) and (".git#" in src or src.endswith(".git")))
+
+
+def _has_wildcards(name: str) -> bool:
+    i = 0
+    while i < len(name):
+        if name[i] in "*?[":
+            return True
+        if name[i] == "\\":
+            i += 1
+        i += 1
+    return False
+
+
+def _format_all(p: Platform) -> str:
+    out = str(p)
+    return out + (f"({p.os_version})" if p.os_version else "")
+
+
+def _format_target_platform(base: Platform, env: dict[str, str]) -> str:
+    tp = env.get("TARGETPLATFORM")
+    target: Platform | None = None
+    if tp:
+        try:
+            target = Platform.parse(tp)
+        except ValueError:
+            target = None
+    elif any(k in env for k in ("TARGETOS", "TARGETARCH", "TARGETVARIANT")):
+        target = Platform(env.get("TARGETOS") or base.os, env.get("TARGETARCH") or base.architecture,
+                          env.get("TARGETVARIANT", "")).normalized()
+    if target is None:
+        return ""
+    if target.os == base.os and target.architecture != base.architecture:
+        return "->" + target.architecture + (f"/{target.variant}" if target.variant else "")
+    if target.os != base.os:
+        return "->" + _format_all(target)
+    return ""
+
+
+def _auto_detect_platform(img: ic.Image, target: Platform, supported: list[Platform]) -> Platform:
+    os_, arch = img.get("os"), img.get("architecture")
+    if target.os == os_ and target.architecture == arch:
+        return target
+    for p in supported:
+        if p.os == os_ and p.architecture == arch:
+            return p
+    return target
+
+
+_SIGNALS = {"ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+            "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+            "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ"}
+
+
+def _check_signal(sig: str) -> None:
+    if sig.isdigit():
+        if int(sig) == 0:
+            raise ValueError(f"invalid signal: {sig}")
+        return
+    name = sig.upper().removeprefix("SIG")
+    if name in _SIGNALS or name.startswith("RTMIN") or name.startswith("RTMAX"):
+        return
+    raise ValueError(f"invalid signal: {sig}")
+
+
+def _parse_port(raw: str) -> list[str]:
+    """``[ip:][hostPort:]port[-end][/proto]`` → ``port/proto`` entries."""
+    port, _, proto = raw.partition("/")
+    proto = proto or "tcp"
+    container = port.rsplit(":", 1)[-1]
+    start_s, _, end_s = container.partition("-")
+    try:
+        start = int(start_s)
+        end = int(end_s) if end_s else start
+    except ValueError:
+        raise ValueError(f"invalid containerPort: {container}") from None
+    if start < 0 or end > 65535 or end < start:
+        raise ValueError(f"invalid containerPort: {container}")
+    return [f"{p}/{proto.lower()}" for p in range(start, end + 1)]
+
+
+def _lazy_local(name: str, session_id: str, shared_key: str, excludes: list[str], custom_name: str,
+                follow: Any) -> llb.State:
+    """A local source whose follow paths are computed when first marshalled (the paths the build reads
+    from a named context are only known after every stage was dispatched)."""
+    from buildkitpy.llb.vertex import Output
+
+    from .convert_lazy import LazyVertex
+
+    def build() -> llb.State:
+        return llb.local(name, session_id=session_id or None, shared_key_hint=shared_key,
+                         exclude_patterns=excludes or None, follow_paths=follow() or None,
+                         custom_name=custom_name)
+
+    return llb.State.from_output(Output(LazyVertex(build), 0))
