@@ -111,3 +111,18 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runc, ove
 def anyio_backend() -> str:
     """Async tests (``@pytest.mark.anyio``) run on asyncio, as the daemon does."""
     return "asyncio"
+
+
+@pytest.fixture
+def make_daemon(tmp_path):
+    """Start daemons with extra flags; all are stopped when the test ends."""
+    started: list[Daemon] = []
+
+    def make(*extra: str) -> Daemon:
+        d = start_daemon(tmp_path / f"daemon{len(started)}", *extra)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        stop_daemon(d)
