@@ -17,15 +17,16 @@ socket and the outgoing stream are closed, and :attr:`Pipe.closed` is set.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import anyio
-import anyio.abc
 import grpc
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -35,6 +36,9 @@ MAX_MESSAGE_SIZE = 16 << 20
 READ_CHUNK_SIZE = 256 << 10
 # How long the daemon waits for its own channel to dial the private socket.
 CONNECT_TIMEOUT = 10.0
+# Once the socket is closed, calls in flight fail with UNAVAILABLE within moments; closing the
+# channel before that would instead cancel them, raising a bare CancelledError in their callers.
+CHANNEL_CLOSE_GRACE = 2.0
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
@@ -63,6 +67,39 @@ class Pipe:
     error: BaseException | None = None
 
 
+class SocketConnection:
+    """Our end of the private unix socket.
+
+    asyncio's transport-based streams, not anyio's unix streams: anyio waits for readability with
+    a bare future that the selector may still try to resolve after a cancelled read (an
+    ``InvalidStateError`` in the loop), and re-registers the fd on every read.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> SocketConnection:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=4 * READ_CHUNK_SIZE)
+        return cls(reader, writer)
+
+    async def receive(self) -> bytes:
+        """Up to ``READ_CHUNK_SIZE`` bytes; ``b""`` at end of stream."""
+        return await self.reader.read(READ_CHUNK_SIZE)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def aclose(self) -> None:
+        if self.writer.is_closing():
+            return
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
 @contextlib.contextmanager
 def private_socket_path(prefix: str) -> Iterator[str]:
     """A unix socket path in a fresh directory only we can enter; the directory is removed on exit."""
@@ -73,7 +110,7 @@ def private_socket_path(prefix: str) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def splice(sock: anyio.abc.SocketStream, incoming: AsyncIterable[bytes],
+async def splice(sock: SocketConnection, incoming: AsyncIterable[bytes],
                  outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> None:
     """Copy ``incoming`` into ``sock`` and ``sock`` into ``outgoing`` until either side ends.
 
@@ -86,7 +123,7 @@ async def splice(sock: anyio.abc.SocketStream, incoming: AsyncIterable[bytes],
             async for data in incoming:
                 if data:
                     await sock.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except OSError:
             pass  # the local gRPC end went away
         except Exception as exc:  # noqa: BLE001 - a failing pipe ends the session, never the process
             pipe.error = pipe.error or exc
@@ -95,11 +132,10 @@ async def splice(sock: anyio.abc.SocketStream, incoming: AsyncIterable[bytes],
 
     async def socket_to_pipe(scope: anyio.CancelScope) -> None:
         try:
-            while True:
-                data = await sock.receive(READ_CHUNK_SIZE)
+            while data := await sock.receive():
                 await outgoing.send(data)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # our socket or the consumer of `outgoing` went away
         except Exception as exc:  # noqa: BLE001
             pipe.error = pipe.error or exc
         finally:
@@ -122,23 +158,26 @@ async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObje
     """
     pipe = Pipe()
     channel: grpc.aio.Channel | None = None
-    sock: anyio.abc.SocketStream | None = None
+    sock: SocketConnection | None = None
     try:
         with private_socket_path("buildkitpy-session-") as path:
-            listener = await anyio.create_unix_listener(path)
-            async with listener:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.setblocking(False)
+                listener.bind(path)
+                listener.listen(1)
                 channel = grpc.aio.insecure_channel(f"unix:{path}", options=CHANNEL_OPTIONS)
                 channel.get_state(try_to_connect=True)
                 with anyio.fail_after(connect_timeout):
-                    sock = await listener.accept()
+                    accepted, _ = await asyncio.get_running_loop().sock_accept(listener)
+                try:
+                    sock = await SocketConnection.open(accepted)
+                except BaseException:
+                    accepted.close()
+                    raise
         # The socket file and its directory are gone now: nobody, including a reconnecting
         # channel, can reach the other end of `sock` any more.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_splice_then_mark_closed, sock, incoming, outgoing, pipe)
-            try:
-                yield channel, pipe
-            finally:
-                tg.cancel_scope.cancel()
+        async with _splicing(sock, incoming, outgoing, pipe):
+            yield channel, pipe
     finally:
         pipe.closed.set()
         outgoing.close()
@@ -146,7 +185,7 @@ async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObje
             if sock is not None:
                 await sock.aclose()
             if channel is not None:
-                await channel.close(grace=None)
+                await channel.close(grace=CHANNEL_CLOSE_GRACE)
 
 
 @contextlib.asynccontextmanager
@@ -155,7 +194,7 @@ async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes
     """Client side: start ``server`` (not yet started, services added) with the pipe as its only
     connection. Yields the :class:`Pipe`; on exit the splice stops and the server is stopped."""
     pipe = Pipe()
-    sock: anyio.abc.SocketStream | None = None
+    sock: SocketConnection | None = None
     started = False
     try:
         with private_socket_path("buildkitpy-attach-") as path:
@@ -163,13 +202,16 @@ async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes
                 raise OSError(f"grpc could not bind the session socket {path}")
             await server.start()
             started = True
-            sock = await anyio.connect_unix(path)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_splice_then_mark_closed, sock, incoming, outgoing, pipe)
+            connecting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                yield pipe
-            finally:
-                tg.cancel_scope.cancel()
+                connecting.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(connecting, path)
+                sock = await SocketConnection.open(connecting)
+            except BaseException:
+                connecting.close()
+                raise
+        async with _splicing(sock, incoming, outgoing, pipe):
+            yield pipe
     finally:
         pipe.closed.set()
         outgoing.close()
@@ -180,7 +222,28 @@ async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes
                 await server.stop(grace=None)
 
 
-async def _splice_then_mark_closed(sock: anyio.abc.SocketStream, incoming: AsyncIterable[bytes],
+@contextlib.asynccontextmanager
+async def _splicing(sock: SocketConnection, incoming: AsyncIterable[bytes],
+                    outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> AsyncIterator[None]:
+    """Splice in the background while the body runs; stop when it exits.
+
+    An error raised by the body comes out as itself, not wrapped in an exception group (the
+    splice never raises, so there is nothing to group it with).
+    """
+    body_error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_splice_then_mark_closed, sock, incoming, outgoing, pipe)
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+            body_error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+
+
+async def _splice_then_mark_closed(sock: SocketConnection, incoming: AsyncIterable[bytes],
                                    outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> None:
     try:
         await splice(sock, incoming, outgoing, pipe)

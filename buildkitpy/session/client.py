@@ -149,6 +149,11 @@ class ClientSession:
 
             async def requests() -> AsyncIterator[control_pb2.BytesMessage]:
                 async with to_daemon_queue:
+                    # Write nothing before the daemon has answered: a write racing a refusal
+                    # makes grpc.aio report INTERNAL instead of the daemon's status.
+                    await call.initial_metadata()
+                    if call.done():
+                        return
                     async for chunk in to_daemon_queue:
                         yield control_pb2.BytesMessage(data=chunk)
 

@@ -118,8 +118,10 @@ class Session:
     """One live client session as seen by the daemon.
 
     ``channel`` reaches the client's attachables. ``closed`` is an ``anyio.Event`` set when the
-    session ends for any reason (client gone, failed health checks, :meth:`close`); after that,
-    calls on ``channel`` fail and ``close_reason`` says why.
+    session ends for any reason (client gone, failed health checks, :meth:`close`) and
+    ``close_reason`` says why. Calls in flight then fail with UNAVAILABLE/CANCELLED, and the channel
+    is closed right after (new calls raise grpc's ``UsageError: Channel is closed``), so check
+    ``closed`` before calling.
     """
 
     def __init__(self, header: SessionHeader, channel: grpc.aio.Channel) -> None:

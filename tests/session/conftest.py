@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -53,8 +54,18 @@ async def stop_daemon(daemon: Daemon) -> None:
 
 
 @pytest.fixture
-async def daemon(tmp_path) -> AsyncIterator[Daemon]:
-    d = await start_daemon(os.fspath(tmp_path / "buildkitd.sock"))
+def short_dir():
+    """A short temp dir (unix socket paths are limited to 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="bkpy-t")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def daemon(short_dir) -> AsyncIterator[Daemon]:
+    d = await start_daemon(f"{short_dir}/buildkitd.sock")
     try:
         yield d
     finally:
