@@ -1,0 +1,131 @@
+"""The ``dockerfile.v0`` frontend: read the Dockerfile (and ``.dockerignore``) through the gateway
+bridge, convert it, solve the result and return it with its image config.
+
+Register it with :func:`register` (the daemon calls it; importing this module changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from buildkitpy import llb
+from buildkitpy.api import ops_pb2
+from buildkitpy.caps import EXEC_LLB_CAPS, LLB_CAPS
+from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound, SolveError, SourceLocation
+from buildkitpy.frontend.dockerignore import read_ignore_file
+
+from .convert import ConvertError, NamedContext, convert
+from .convert_opts import ConvertOptions, OptionError
+
+FRONTEND_NAME = "dockerfile.v0"
+DOCKERFILE_LOCAL = "dockerfile"
+CONTEXT_LOCAL = "context"
+DOCKERIGNORE = ".dockerignore"
+
+
+def register() -> None:
+    """Make ``dockerfile.v0`` available to ``LLBBridge.Solve`` / ``Control.Solve``."""
+    from buildkitpy.gateway import bridge
+
+    bridge.FRONTENDS[FRONTEND_NAME] = build
+
+
+def _daemon_caps() -> frozenset[str]:
+    return frozenset(LLB_CAPS) | frozenset(EXEC_LLB_CAPS)
+
+
+async def _solve_ref(bridge: Any, state: llb.State) -> Any:
+    result = await bridge.solve(definition=llb.marshal(state, caps=_daemon_caps()))
+    return result.ref
+
+
+async def _read_optional(bridge: Any, ref: Any, path: str) -> bytes | None:
+    if ref is None:
+        return None
+    try:
+        return await bridge.read_file(ref.id, path)
+    except (NotFound, InvalidArgument):
+        return None
+
+
+async def _read_ignore(bridge: Any, session_id: str, local: str, shared_key: str, name: str) -> list[str]:
+    st = llb.local(local, session_id=session_id or None, follow_paths=[DOCKERIGNORE], shared_key_hint=shared_key,
+                   differ="none", custom_name=name)
+    data = await _read_optional(bridge, await _solve_ref(bridge, st), DOCKERIGNORE)
+    return read_ignore_file(data) if data else []
+
+
+async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Definition]) -> Any:
+    from buildkitpy.gateway.bridge import FrontendResult
+
+    try:
+        options = ConvertOptions.parse(opts)
+    except OptionError as e:
+        raise InvalidArgument(str(e)) from None
+    session_id = bridge.job.session_id or ""
+    filename = options.filename
+    follow = [filename, filename + ".dockerignore"]
+    if posixpath.basename(filename) == "Dockerfile":
+        follow.append(posixpath.join(posixpath.dirname(filename), "dockerfile"))
+    source = llb.local(DOCKERFILE_LOCAL, session_id=session_id or None, follow_paths=follow,
+                       shared_key_hint=DOCKERFILE_LOCAL, differ="none",
+                       custom_name=f"[internal] load build definition from {filename}")
+    ref = await _solve_ref(bridge, source)
+    dockerfile = await _read_optional(bridge, ref, filename)
+    if dockerfile is None and posixpath.basename(filename) == "Dockerfile":
+        dockerfile = await _read_optional(bridge, ref, follow[-1])
+    if dockerfile is None:
+        raise NotFound(f"failed to read dockerfile: open {filename}: no such file or directory")
+
+    ignore_data = await _read_optional(bridge, ref, filename + ".dockerignore")
+    if ignore_data is not None:
+        excludes = read_ignore_file(ignore_data)
+    else:
+        excludes = await _read_ignore(bridge, session_id, CONTEXT_LOCAL, f"{CONTEXT_LOCAL}-{DOCKERIGNORE}",
+                                      f"[internal] load {DOCKERIGNORE}")
+    named: dict[str, NamedContext] = {}
+    for name, spec in options.named_contexts.items():
+        kind, _, value = spec.partition(":")
+        if kind != "local":
+            raise InvalidArgument(f"unsupported context source {kind} for {name} (only local: is supported yet)")
+        named[name] = NamedContext(spec, await _read_ignore(
+            bridge, session_id, value, f"context:{name}-{DOCKERIGNORE}", f"[context {name}] load {DOCKERIGNORE}"))
+
+    resolver = getattr(bridge, "resolve_image_config", None)
+    try:
+        converted = await convert(dockerfile, opts=opts, resolve_image=resolver, context_ignore=excludes,
+                                  session_id=session_id, named_contexts=named, llb_caps=_daemon_caps(),
+                                  dockerfile_source=source, filename=filename)
+    except ConvertError as e:
+        sources = []
+        if e.lines:
+            sources = [SourceLocation(filename, dockerfile, [(e.lines[0], 0, e.lines[1], 0)])]
+        raise SolveError(str(e), sources=sources) from None
+    except BuildkitpyError:
+        raise
+
+    if not converted.multi_platform:
+        one = converted.single
+        metadata = {"containerimage.config": one.image_config}
+        if one.base_config is not None:
+            metadata["containerimage.base.config"] = one.base_config
+        res = await bridge.solve(definition=one.definition)
+        return FrontendResult(ref=res.ref, metadata=metadata)
+
+    refs: dict[str, Any] = {}
+    metadata = {}
+    platforms = []
+    for one in converted.results:
+        key = str(one.platform)
+        res = await bridge.solve(definition=one.definition)
+        refs[key] = res.ref
+        metadata[f"containerimage.config/{key}"] = one.image_config
+        if one.base_config is not None:
+            metadata[f"containerimage.base.config/{key}"] = one.base_config
+        p = one.platform
+        platforms.append({"id": key, "platform": {"architecture": p.architecture, "os": p.os,
+                                                  **({"variant": p.variant} if p.variant else {})}})
+    metadata["refs.platforms"] = json.dumps({"platforms": platforms}, separators=(",", ":")).encode()
+    return FrontendResult(refs=refs, metadata=metadata)
