@@ -11,6 +11,7 @@ import base64
 import glob
 import json
 import os
+from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pool, json_format
@@ -1058,7 +1059,8 @@ def test_key_method_paths() -> None:
 
 # ---------------------------------------------------------------------------- LLB JSON corpus
 
-CORPUS = sorted(glob.glob("/work/shared/conformance/llb/*.json"))
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CORPUS = sorted(glob.glob(str(SHARED / "conformance/llb/*.json")))
 LOCAL_SAMPLE = {
     # Go encoding/json form of a Definition: proto field names, bytes as base64.
     "definition": {

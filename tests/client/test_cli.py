@@ -25,7 +25,7 @@ from buildkitpy.client.textformat import (
     parse_go_duration,
 )
 
-TRANSCRIPT = Path("/work/shared/reference/transcripts/buildctl.jsonl")
+TRANSCRIPT = Path(__file__).resolve().parents[2].parent / "shared" / "reference/transcripts/buildctl.jsonl"
 
 
 def _recorded(method: str, message):

@@ -10,7 +10,7 @@ import pytest
 
 from buildkitpy.frontend.dockerignore import DockerIgnore, PatternError, clean_path, read_ignore_file
 
-CONFORMANCE = Path("/work/shared/conformance")
+CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 
 
 def ignored(patterns: list[str], path: str) -> bool:

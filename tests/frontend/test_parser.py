@@ -20,7 +20,7 @@ from buildkitpy.frontend.dockerfile.parser import (
     parse_heredoc,
 )
 
-CONFORMANCE = Path("/work/shared/conformance")
+CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 
 
 def nodes(src: str | bytes) -> list[Node]:

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
 
-RECORDINGS = Path("/work/shared/conformance/llb")
+RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance/llb"
 BUSYBOX = "busybox:latest@sha256:3b1efa85b9d44689801e27a43cf5393658337c15f2387e5f0f46c2afe990ccbb"
 BUSYBOX_FULL = "docker.io/library/" + BUSYBOX
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

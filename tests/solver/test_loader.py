@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -14,7 +15,8 @@ from buildkitpy.errors import InvalidArgument
 from buildkitpy.solver import load_definition
 from tests.solver.llbutil import LLB, copy, mkfile
 
-CONFORMANCE = sorted(glob.glob("/work/shared/conformance/llb/*.json"))
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+CONFORMANCE = sorted(glob.glob(str(SHARED / "conformance/llb/*.json")))
 
 
 @pytest.mark.parametrize("path", CONFORMANCE, ids=lambda p: p.rsplit("/", 1)[-1])
