@@ -51,8 +51,14 @@ async def _read_optional(bridge: Any, ref: Any, path: str) -> bytes | None:
 
 
 async def _read_ignore(bridge: Any, session_id: str, local: str, shared_key: str, name: str) -> list[str]:
-    st = llb.local(local, session_id=session_id or None, follow_paths=[DOCKERIGNORE], shared_key_hint=shared_key,
-                   differ="none", custom_name=name)
+    st = llb.local(
+        local,
+        session_id=session_id or None,
+        follow_paths=[DOCKERIGNORE],
+        shared_key_hint=shared_key,
+        differ="none",
+        custom_name=name,
+    )
     data = await _read_optional(bridge, await _solve_ref(bridge, st), DOCKERIGNORE)
     return read_ignore_file(data) if data else []
 
@@ -69,9 +75,14 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
     follow = [filename, filename + ".dockerignore"]
     if posixpath.basename(filename) == "Dockerfile":
         follow.append(posixpath.join(posixpath.dirname(filename), "dockerfile"))
-    source = llb.local(DOCKERFILE_LOCAL, session_id=session_id or None, follow_paths=follow,
-                       shared_key_hint=DOCKERFILE_LOCAL, differ="none",
-                       custom_name=f"[internal] load build definition from {filename}")
+    source = llb.local(
+        DOCKERFILE_LOCAL,
+        session_id=session_id or None,
+        follow_paths=follow,
+        shared_key_hint=DOCKERFILE_LOCAL,
+        differ="none",
+        custom_name=f"[internal] load build definition from {filename}",
+    )
     ref = await _solve_ref(bridge, source)
     dockerfile = await _read_optional(bridge, ref, filename)
     if dockerfile is None and posixpath.basename(filename) == "Dockerfile":
@@ -83,21 +94,44 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
     if ignore_data is not None:
         excludes = read_ignore_file(ignore_data)
     else:
-        excludes = await _read_ignore(bridge, session_id, CONTEXT_LOCAL, f"{CONTEXT_LOCAL}-{DOCKERIGNORE}",
-                                      f"[internal] load {DOCKERIGNORE}")
+        excludes = await _read_ignore(
+            bridge,
+            session_id,
+            CONTEXT_LOCAL,
+            f"{CONTEXT_LOCAL}-{DOCKERIGNORE}",
+            f"[internal] load {DOCKERIGNORE}",
+        )
     named: dict[str, NamedContext] = {}
     for name, spec in options.named_contexts.items():
         kind, _, value = spec.partition(":")
         if kind != "local":
-            raise InvalidArgument(f"unsupported context source {kind} for {name} (only local: is supported yet)")
-        named[name] = NamedContext(spec, await _read_ignore(
-            bridge, session_id, value, f"context:{name}-{DOCKERIGNORE}", f"[context {name}] load {DOCKERIGNORE}"))
+            raise InvalidArgument(
+                f"unsupported context source {kind} for {name} (only local: is supported yet)"
+            )
+        named[name] = NamedContext(
+            spec,
+            await _read_ignore(
+                bridge,
+                session_id,
+                value,
+                f"context:{name}-{DOCKERIGNORE}",
+                f"[context {name}] load {DOCKERIGNORE}",
+            ),
+        )
 
     resolver = getattr(bridge, "resolve_image_config", None)
     try:
-        converted = await convert(dockerfile, opts=opts, resolve_image=resolver, context_ignore=excludes,
-                                  session_id=session_id, named_contexts=named, llb_caps=_daemon_caps(),
-                                  dockerfile_source=source, filename=filename)
+        converted = await convert(
+            dockerfile,
+            opts=opts,
+            resolve_image=resolver,
+            context_ignore=excludes,
+            session_id=session_id,
+            named_contexts=named,
+            llb_caps=_daemon_caps(),
+            dockerfile_source=source,
+            filename=filename,
+        )
     except ConvertError as e:
         sources = []
         if e.lines:
@@ -125,7 +159,15 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         if one.base_config is not None:
             metadata[f"containerimage.base.config/{key}"] = one.base_config
         p = one.platform
-        platforms.append({"id": key, "platform": {"architecture": p.architecture, "os": p.os,
-                                                  **({"variant": p.variant} if p.variant else {})}})
+        platforms.append(
+            {
+                "id": key,
+                "platform": {
+                    "architecture": p.architecture,
+                    "os": p.os,
+                    **({"variant": p.variant} if p.variant else {}),
+                },
+            }
+        )
     metadata["refs.platforms"] = json.dumps({"platforms": platforms}, separators=(",", ":")).encode()
     return FrontendResult(refs=refs, metadata=metadata)

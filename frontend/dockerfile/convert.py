@@ -67,12 +67,19 @@ class ConvertResult:
         return self.results[0]
 
 
-async def convert(dockerfile: bytes, *, opts: Mapping[str, str], resolve_image: ImageResolver | None = None,
-                  context_ignore: list[str] | None = None, session_id: str = "",
-                  named_contexts: Mapping[str, NamedContext] | None = None,
-                  llb_caps: set[str] | frozenset[str] | None = None,
-                  dockerfile_source: llb.State | None = None, filename: str = "Dockerfile",
-                  build_platform: Platform | None = None) -> ConvertResult:
+async def convert(
+    dockerfile: bytes,
+    *,
+    opts: Mapping[str, str],
+    resolve_image: ImageResolver | None = None,
+    context_ignore: list[str] | None = None,
+    session_id: str = "",
+    named_contexts: Mapping[str, NamedContext] | None = None,
+    llb_caps: set[str] | frozenset[str] | None = None,
+    dockerfile_source: llb.State | None = None,
+    filename: str = "Dockerfile",
+    build_platform: Platform | None = None,
+) -> ConvertResult:
     """Convert ``dockerfile`` for every target platform in ``opts["platform"]`` (the build platform when
     none is given). ``dockerfile_source`` is the state the file was read from (goes into the
     definition's source map). Raises :class:`ConvertError` naming the line at fault."""
@@ -83,23 +90,51 @@ async def convert(dockerfile: bytes, *, opts: Mapping[str, str], resolve_image: 
     source_map = llb.SourceMap(filename, dockerfile, "Dockerfile", state=dockerfile_source)
     results = []
     for target in targets:
-        results.append(await _convert_one(dockerfile, options, target, build_platform, multi, source_map,
-                                          resolve_image, context_ignore, session_id,
-                                          dict(named_contexts or {}), llb_caps))
+        results.append(
+            await _convert_one(
+                dockerfile,
+                options,
+                target,
+                build_platform,
+                multi,
+                source_map,
+                resolve_image,
+                context_ignore,
+                session_id,
+                dict(named_contexts or {}),
+                llb_caps,
+            )
+        )
     return ConvertResult(results, multi)
 
 
-async def _convert_one(dockerfile: bytes, options: ConvertOptions, target: Platform | None,
-                       build_platform: Platform, multi: bool, source_map: llb.SourceMap,
-                       resolve_image: ImageResolver | None, context_ignore: list[str] | None,
-                       session_id: str, named_contexts: dict[str, NamedContext],
-                       llb_caps: set[str] | frozenset[str] | None) -> PlatformResult:
+async def _convert_one(
+    dockerfile: bytes,
+    options: ConvertOptions,
+    target: Platform | None,
+    build_platform: Platform,
+    multi: bool,
+    source_map: llb.SourceMap,
+    resolve_image: ImageResolver | None,
+    context_ignore: list[str] | None,
+    session_id: str,
+    named_contexts: dict[str, NamedContext],
+    llb_caps: set[str] | frozenset[str] | None,
+) -> PlatformResult:
     context_output = Output(_PendingContext(), 0)
-    dctx = DispatchContext(options=options, target_platform=target or build_platform,
-                           implicit_target=target is None, build_platforms=[build_platform],
-                           multi_platform=multi, source_map=source_map, resolve_image=resolve_image,
-                           session_id=session_id, named_contexts=named_contexts, llb_caps=llb_caps,
-                           build_context=llb.State.from_output(context_output))
+    dctx = DispatchContext(
+        options=options,
+        target_platform=target or build_platform,
+        implicit_target=target is None,
+        build_platforms=[build_platform],
+        multi_platform=multi,
+        source_map=source_map,
+        resolve_image=resolve_image,
+        session_id=session_id,
+        named_contexts=named_contexts,
+        llb_caps=llb_caps,
+        build_context=llb.State.from_output(context_output),
+    )
     try:
         target_state = await dctx.run(dockerfile)
     except ConvertError:
@@ -112,9 +147,14 @@ async def _convert_one(dockerfile: bytes, options: ConvertOptions, target: Platf
 
     # the build context: a session local restricted to the paths the build reads from it
     paths = _follow_paths(dctx.context_paths)
-    context = llb.local("context", session_id=session_id or None, exclude_patterns=context_ignore or None,
-                        shared_key_hint="context", follow_paths=paths or None,
-                        custom_name="[internal] load build context")
+    context = llb.local(
+        "context",
+        session_id=session_id or None,
+        exclude_patterns=context_ignore or None,
+        shared_key_hint="context",
+        follow_paths=paths or None,
+        custom_name="[internal] load build context",
+    )
     context_output.vertex = context.output.vertex
 
     img = target_state.image
@@ -159,5 +199,12 @@ class _PendingContext(Vertex):
         raise llb.LLBError("the build context was used before it was created")
 
 
-__all__ = ["ConvertError", "ConvertResult", "ImageResolver", "NamedContext", "PlatformResult", "StageState",
-           "convert"]
+__all__ = [
+    "ConvertError",
+    "ConvertResult",
+    "ImageResolver",
+    "NamedContext",
+    "PlatformResult",
+    "StageState",
+    "convert",
+]

@@ -49,8 +49,13 @@ if TYPE_CHECKING:
 
 SCRATCH = "scratch"
 NON_ENV_ARGS = frozenset({"BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"})
-_COPY_LOCAL = dict(follow_symlinks=True, copy_dir_contents=True, create_dest_path=True, allow_wildcard=True,
-                   allow_empty_wildcard=True)
+_COPY_LOCAL = dict(
+    follow_symlinks=True,
+    copy_dir_contents=True,
+    create_dest_path=True,
+    allow_wildcard=True,
+    allow_empty_wildcard=True,
+)
 
 
 class DispatchError(ValueError):
@@ -129,11 +134,21 @@ def _with_lines(err: Exception, lines: tuple[int, int]) -> DispatchError:
 
 
 class DispatchContext:
-    def __init__(self, *, options: ConvertOptions, target_platform: Platform, implicit_target: bool,
-                 build_platforms: list[Platform], multi_platform: bool, source_map: llb.SourceMap,
-                 resolve_image: ImageResolver | None, session_id: str,
-                 named_contexts: dict[str, NamedContext], llb_caps: set[str] | frozenset[str] | None,
-                 build_context: llb.State) -> None:
+    def __init__(
+        self,
+        *,
+        options: ConvertOptions,
+        target_platform: Platform,
+        implicit_target: bool,
+        build_platforms: list[Platform],
+        multi_platform: bool,
+        source_map: llb.SourceMap,
+        resolve_image: ImageResolver | None,
+        session_id: str,
+        named_contexts: dict[str, NamedContext],
+        llb_caps: set[str] | frozenset[str] | None,
+        build_context: llb.State,
+    ) -> None:
         self.opt = options
         self.target_platform = target_platform.normalized()
         self.implicit_target = implicit_target
@@ -173,11 +188,19 @@ class DispatchContext:
 
     def _default_args(self, target: str) -> dict[str, str]:
         bp, tp = self.build_platforms[0], self.target_platform
-        values = [("BUILDPLATFORM", str(bp)), ("BUILDOS", bp.os), ("BUILDOSVERSION", bp.os_version),
-                  ("BUILDARCH", bp.architecture), ("BUILDVARIANT", bp.variant),
-                  ("TARGETPLATFORM", _format_all(tp)), ("TARGETOS", tp.os),
-                  ("TARGETOSVERSION", tp.os_version), ("TARGETARCH", tp.architecture),
-                  ("TARGETVARIANT", tp.variant), ("TARGETSTAGE", target or "default")]
+        values = [
+            ("BUILDPLATFORM", str(bp)),
+            ("BUILDOS", bp.os),
+            ("BUILDOSVERSION", bp.os_version),
+            ("BUILDARCH", bp.architecture),
+            ("BUILDVARIANT", bp.variant),
+            ("TARGETPLATFORM", _format_all(tp)),
+            ("TARGETOS", tp.os),
+            ("TARGETOSVERSION", tp.os_version),
+            ("TARGETARCH", tp.architecture),
+            ("TARGETVARIANT", tp.variant),
+            ("TARGETSTAGE", target or "default"),
+        ]
         return {k: self.opt.build_args.get(k, v) for k, v in values}
 
     def _build_meta_args(self, arg_cmds: list[ArgCommand]) -> None:
@@ -211,8 +234,9 @@ class DispatchContext:
             except ValueError as e:
                 raise _with_lines(e, (st.start_line, st.end_line)) from None
             if not base_name:
-                raise DispatchError(f"base name ({st.base_name}) should not be blank",
-                                    (st.start_line, st.end_line))
+                raise DispatchError(
+                    f"base name ({st.base_name}) should not be blank", (st.start_line, st.end_line)
+                )
             d = StageState(stage=st, base_name=base_name, stage_name=st.name)
             if st.platform:
                 try:
@@ -221,8 +245,9 @@ class DispatchContext:
                         raise ValueError(f"empty platform value from expression {st.platform}")
                     d.platform = Platform.parse(value)
                 except ValueError as e:
-                    raise DispatchError(f"failed to parse platform {st.platform}: {e}",
-                                        (st.start_line, st.end_line)) from None
+                    raise DispatchError(
+                        f"failed to parse platform {st.platform}: {e}", (st.start_line, st.end_line)
+                    ) from None
             if st.name and st.name in self.named_contexts:
                 d.named_context = self.named_contexts[st.name]
                 self._add_state(d)
@@ -232,8 +257,9 @@ class DispatchContext:
                 d.stage_name = f"stage-{i}"
             self._add_state(d)
             total = 1 if d.base_name != SCRATCH and d.base is None else 0
-            total += sum(isinstance(c, AddCommand | CopyCommand | RunCommand | WorkdirCommand)
-                         for c in st.commands)
+            total += sum(
+                isinstance(c, AddCommand | CopyCommand | RunCommand | WorkdirCommand) for c in st.commands
+            )
             d.cmd_total = total
             d.ignore_cache = self.opt.stage_no_cache(st.name)
 
@@ -256,8 +282,11 @@ class DispatchContext:
         cmd = Command(ins)
         if isinstance(ins, CopyCommand) and ins.from_:
             if Lex(self.lex.escape_token).process_word(ins.from_, {}) != ins.from_:
-                raise DispatchError("variable expansion is not supported for --from, define a new stage "
-                                    "with FROM using ARG from global scope as a workaround", _ins_lines(ins))
+                raise DispatchError(
+                    "variable expansion is not supported for --from, define a new stage "
+                    "with FROM using ARG from global scope as a workaround",
+                    _ins_lines(ins),
+                )
             if ins.from_.isdigit() or (ins.from_.startswith("-") and ins.from_[1:].isdigit()):
                 index = int(ins.from_)
                 if index < 0 or index >= len(self.states):
@@ -350,7 +379,9 @@ class DispatchContext:
                 d.init()
                 onbuilds = list(d.image.get("config", {}).get("OnBuild") or [])
                 if d.base is not None and not d.onbuild_init:
-                    onbuilds += [c.ins.expression for c in d.base.commands if isinstance(c.ins, OnbuildCommand)]
+                    onbuilds += [
+                        c.ins.expression for c in d.base.commands if isinstance(c.ins, OnbuildCommand)
+                    ]
                     d.onbuild_init = True
                 if onbuilds:
                     if self._init_onbuild_triggers(d, onbuilds):
@@ -415,9 +446,14 @@ class DispatchContext:
         else:
             cmd_name = self._prefix(d, "FROM " + d.base_name, platform, {})
             mode = self.opt.image_resolve_mode
-            d.state = llb.image(d.base_name, platform=platform, resolve_mode=mode if mode != "default" else None,
-                                description={"com.docker.dockerfile.v1.command": d.stage.source_code},
-                                custom_name=cmd_name, locations=[self._location(d.lines)])
+            d.state = llb.image(
+                d.base_name,
+                platform=platform,
+                resolve_mode=mode if mode != "default" else None,
+                description={"com.docker.dockerfile.v1.command": d.stage.source_code},
+                custom_name=cmd_name,
+                locations=[self._location(d.lines)],
+            )
         d.platform = platform
         if d.unregistered:
             d.dispatched = True
@@ -433,8 +469,14 @@ class DispatchContext:
 
                 return _follow_paths(paths_of.paths)
 
-            d.state = _lazy_local(value, self.session_id, f"context:{name}-", named.excludes,
-                                  f"[context {name}] load from client", follow)
+            d.state = _lazy_local(
+                value,
+                self.session_id,
+                f"context:{name}-",
+                named.excludes,
+                f"[context {name}] load from client",
+                follow,
+            )
         else:
             raise ValueError(f"unsupported context source {kind} for {name}")
         d.image = ic.empty_image(platform)
@@ -450,7 +492,10 @@ class DispatchContext:
         if not d.image:
             d.image = ic.empty_image(d.platform)
         cfg = d.image.setdefault("config", {})
-        if not any(e.partition("=")[0] == "PATH" for e in cfg.get("Env") or ()) and d.platform.os != "windows":
+        if (
+            not any(e.partition("=")[0] == "PATH" for e in cfg.get("Env") or ())
+            and d.platform.os != "windows"
+        ):
             cfg["Env"] = [*(cfg.get("Env") or []), "PATH=" + ic.DEFAULT_PATH]
         for entry in cfg.get("Env") or ():
             k, _, v = entry.partition("=")
@@ -501,8 +546,10 @@ class DispatchContext:
                 src_state = cmd.sources[0]
                 assert src_state is not None
                 if not src_state.dispatched:
-                    raise ValueError(f'cannot copy from stage "{ins.from_}", it needs to be defined before '
-                                     f'current stage "{d.stage_name}"')
+                    raise ValueError(
+                        f'cannot copy from stage "{ins.from_}", it needs to be defined before '
+                        f'current stage "{d.stage_name}"'
+                    )
                 source = src_state.state
             self._copy(d, ins, source, is_add=False, ignore=not cmd.sources)
             target_paths = d.ctx_paths if not cmd.sources else cmd.sources[0].paths  # type: ignore[union-attr]
@@ -535,12 +582,19 @@ class DispatchContext:
             ic.commit_to_history(img, f"ENTRYPOINT {go_quoted_list(args)}", with_layer=False)
         elif isinstance(ins, HealthCheckCommand):
             h = ins.health
-            cfg["Healthcheck"] = {"Test": h.test, "Interval": h.interval, "Timeout": h.timeout,
-                                  "StartPeriod": h.start_period, "StartInterval": h.start_interval,
-                                  "Retries": h.retries}
-            text = (f"{{Test:{go_list(h.test)} Interval:{go_duration(h.interval)} "
-                    f"Timeout:{go_duration(h.timeout)} StartPeriod:{go_duration(h.start_period)} "
-                    f"StartInterval:{go_duration(h.start_interval)} Retries:{h.retries}}}")
+            cfg["Healthcheck"] = {
+                "Test": h.test,
+                "Interval": h.interval,
+                "Timeout": h.timeout,
+                "StartPeriod": h.start_period,
+                "StartInterval": h.start_interval,
+                "Retries": h.retries,
+            }
+            text = (
+                f"{{Test:{go_list(h.test)} Interval:{go_duration(h.interval)} "
+                f"Timeout:{go_duration(h.timeout)} StartPeriod:{go_duration(h.start_period)} "
+                f"StartInterval:{go_duration(h.start_interval)} Retries:{h.retries}}}"
+            )
             ic.commit_to_history(img, f"HEALTHCHECK {text}", with_layer=False)
         elif isinstance(ins, ExposeCommand):
             ports = [p for raw in ins.ports for p in _parse_port(raw)]
@@ -611,9 +665,13 @@ class DispatchContext:
             env = d.env()
             name = self._prefix(d, self._display(ins.code, env), d.platform, env)
             user = cfg.get("User") or None
-            d.state = d.state.file(llb.mkdir(wd, 0o755, make_parents=True, chown=user),
-                                   custom_name=name, locations=[self._location(_ins_lines(ins))],
-                                   platform=d.platform, **self._cache_opts(d))
+            d.state = d.state.file(
+                llb.mkdir(wd, 0o755, make_parents=True, chown=user),
+                custom_name=name,
+                locations=[self._location(_ins_lines(ins))],
+                platform=d.platform,
+                **self._cache_opts(d),
+            )
             with_layer = True
         ic.commit_to_history(d.image, "WORKDIR " + wd, with_layer=with_layer)
 
@@ -654,9 +712,15 @@ class DispatchContext:
                 f = ins.files[0]
                 data = chomp_heredoc_content(f.data) if f.chomp else f.data
                 if d.image.get("os") != "windows" and data.startswith("#!"):
-                    script = llb.scratch().dir("/").file(
-                        llb.mkfile(f.name, 0o755, data.encode()),
-                        custom_name="[internal] preparing inline document", platform=d.platform)
+                    script = (
+                        llb.scratch()
+                        .dir("/")
+                        .file(
+                            llb.mkfile(f.name, 0o755, data.encode()),
+                            custom_name="[internal] preparing inline document",
+                            platform=d.platform,
+                        )
+                    )
                     mounts.append(llb.bind("/dev/pipes/", script, selector="/", readonly=True))
                     args = [posixpath.join("/dev/pipes/", f.name)]
                 else:
@@ -670,8 +734,11 @@ class DispatchContext:
         if ins.prepend_shell:
             args = _with_shell(d.image, args)
 
-        opts: dict[str, Any] = {"description": {"com.docker.dockerfile.v1.command": ins.code},
-                                "locations": [self._location(_ins_lines(ins))], **self._cache_opts(d)}
+        opts: dict[str, Any] = {
+            "description": {"com.docker.dockerfile.v1.command": ins.code},
+            "locations": [self._location(_ins_lines(ins))],
+            **self._cache_opts(d),
+        }
         proxy = _proxy_env(self.opt.build_args)
         if proxy is not None:
             opts["proxy_env"] = proxy
@@ -697,8 +764,9 @@ class DispatchContext:
         if self.supports("exec.meta.cgroup.parent") and self.opt.cgroup_parent:
             opts["cgroup_parent"] = self.opt.cgroup_parent
         d.state = d.state.run(args, mounts=mounts, **opts).root()
-        ic.commit_to_history(d.image, "RUN " + _run_command_string(args, d.build_args, env),
-                             with_layer=True, built=True)
+        ic.commit_to_history(
+            d.image, "RUN " + _run_command_string(args, d.build_args, env), with_layer=True, built=True
+        )
 
     def _run_mounts(self, d: StageState, ins: RunCommand, sources: list[StageState | None]) -> list[Any]:
         out: list[Any] = []
@@ -710,15 +778,25 @@ class DispatchContext:
             src_state = sources[i] if i < len(sources) else None
             if frm:
                 if src_state is None or not src_state.dispatched:
-                    raise ValueError(f'cannot mount from stage "{frm}" to "{m.target}", stage needs to be '
-                                     "defined before current command")
+                    raise ValueError(
+                        f'cannot mount from stage "{frm}" to "{m.target}", stage needs to be '
+                        "defined before current command"
+                    )
                 st = src_state.state
             if m.type == "secret":
                 out.append(_secret_mount(m))
                 continue
             if m.type == "ssh":
-                out.append(llb.ssh(id=m.cache_id or "default", target=m.target, mode=0o600 if m.mode is None
-                                   else m.mode, uid=m.uid or 0, gid=m.gid or 0, optional=not m.required))
+                out.append(
+                    llb.ssh(
+                        id=m.cache_id or "default",
+                        target=m.target,
+                        mode=0o600 if m.mode is None else m.mode,
+                        uid=m.uid or 0,
+                        gid=m.gid or 0,
+                        optional=not m.required,
+                    )
+                )
                 continue
             target = m.target
             if not posixpath.isabs(posixpath.normpath(target or ".")):
@@ -731,28 +809,40 @@ class DispatchContext:
             if src != "/":
                 selector = src
             elif m.type == "cache" and (m.uid is not None or m.gid is not None or m.mode is not None):
-                st = st.file(llb.mkdir("/cache", 0o755 if m.mode is None else m.mode,
-                                       chown=(m.uid or 0, m.gid or 0)),
-                             custom_name="[internal] setting cache mount permissions")
+                st = st.file(
+                    llb.mkdir("/cache", 0o755 if m.mode is None else m.mode, chown=(m.uid or 0, m.gid or 0)),
+                    custom_name="[internal] setting cache mount permissions",
+                )
                 selector = "/cache"
             if m.type == "tmpfs":
                 out.append(llb.tmpfs(target, size=m.size_limit))
             elif m.type == "cache":
                 sharing = m.cache_sharing or "shared"
                 cache_id = m.cache_id or posixpath.normpath(m.target)
-                out.append(llb.Mount(target, st, selector=selector, readonly=m.read_only,
-                                     cache_id="/" + cache_id, cache_sharing=sharing))  # type: ignore[arg-type]
+                out.append(
+                    llb.Mount(
+                        target,
+                        st,
+                        selector=selector,
+                        readonly=m.read_only,
+                        cache_id="/" + cache_id,
+                        cache_sharing=sharing,
+                    )
+                )  # type: ignore[arg-type]
             else:
                 no_output = not m.read_only and self.supports("exec.mount.bind.readwrite-nooutput")
-                out.append(llb.bind(target, st, selector=selector, readonly=m.read_only, output=not no_output))
+                out.append(
+                    llb.bind(target, st, selector=selector, readonly=m.read_only, output=not no_output)
+                )
             if not frm:
                 d.ctx_paths.add(_clean_abs(m.source))
             elif src_state is not None:
                 src_state.paths.add(_clean_abs(m.source))
         return out
 
-    def _copy(self, d: StageState, ins: AddCommand | CopyCommand, source: llb.State, *, is_add: bool,
-              ignore: bool) -> None:
+    def _copy(
+        self, d: StageState, ins: AddCommand | CopyCommand, source: llb.State, *, is_add: bool, ignore: bool
+    ) -> None:
         assert d.platform is not None
         dest = _dest_path(d.state.get_dir() or "/", ins.dest_path)
         chown = ins.chown or None
@@ -763,13 +853,17 @@ class DispatchContext:
             except ValueError:
                 value = None
                 if ins.chmod.isdigit():
-                    raise ValueError(f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
-                                     "between 0 and 07777") from None
+                    raise ValueError(
+                        f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
+                        "between 0 and 07777"
+                    ) from None
                 mode = ins.chmod
             if value is not None:
                 if value > 0o7777:
-                    raise ValueError(f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
-                                     "between 0 and 07777")
+                    raise ValueError(
+                        f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
+                        "between 0 and 07777"
+                    )
                 mode = value
         checksum = getattr(ins, "checksum", "")
         if checksum:
@@ -795,14 +889,20 @@ class DispatchContext:
         def add(src_state: llb.State, src: str, **kw: Any) -> None:
             nonlocal action
             kw = {**kw, **extra, "mode": mode}
-            action = llb.copy(src_state, src, dest, **kw) if action is None else action.copy(
-                src_state, src, dest, **kw)
+            action = (
+                llb.copy(src_state, src, dest, **kw)
+                if action is None
+                else action.copy(src_state, src, dest, **kw)
+            )
 
         for src in ins.source_paths:
             msg += " " + src
             if _is_git(src):
-                raise ValueError("git sources for ADD are not supported yet" if is_add
-                                 else "source can't be a git ref for COPY")
+                raise ValueError(
+                    "git sources for ADD are not supported yet"
+                    if is_add
+                    else "source can't be a git ref for COPY"
+                )
             if _is_http(src):
                 if not is_add:
                     raise ValueError("source can't be a URL for COPY")
@@ -810,8 +910,13 @@ class DispatchContext:
 
                 base = posixpath.basename(urlsplit(src).path)
                 fname = base if base not in ("", ".", "/") else "__unnamed__"
-                st = llb.http(src, filename=fname, checksum=checksum or None, custom_name=pg_name,
-                              description={"com.docker.dockerfile.v1.command": ""})
+                st = llb.http(
+                    src,
+                    filename=fname,
+                    checksum=checksum or None,
+                    custom_name=pg_name,
+                    description={"com.docker.dockerfile.v1.command": ""},
+                )
                 unpack = bool(getattr(ins, "unpack", None))
                 add(st, fname, create_dest_path=True, attempt_unpack=unpack)
                 continue
@@ -828,28 +933,54 @@ class DispatchContext:
                     required = [_clean_abs(posixpath.join(src, pattern))]
             src = _clean_abs(src)
             unpack = is_add if getattr(ins, "unpack", None) is None else bool(ins.unpack)  # type: ignore[union-attr]
-            add(source, src, include_patterns=patterns, required_paths=required, attempt_unpack=unpack,
-                **_COPY_LOCAL)
+            add(
+                source,
+                src,
+                include_patterns=patterns,
+                required_paths=required,
+                attempt_unpack=unpack,
+                **_COPY_LOCAL,
+            )
         for content in ins.source_contents:
             msg += " <<" + content.path
-            st = llb.scratch().file(llb.mkfile(content.path, 0o644, content.data.encode()),
-                                    custom_name="[internal] preparing inline document", platform=d.platform)
+            st = llb.scratch().file(
+                llb.mkfile(content.path, 0o644, content.data.encode()),
+                custom_name="[internal] preparing inline document",
+                platform=d.platform,
+            )
             add(st, content.path, create_dest_path=True)
         msg += " " + ins.dest_path
         assert action is not None
-        file_opts: dict[str, Any] = {"custom_name": pg_name, "locations": [self._location(_ins_lines(ins))],
-                                     **self._cache_opts(d)}
+        file_opts: dict[str, Any] = {
+            "custom_name": pg_name,
+            "locations": [self._location(_ins_lines(ins))],
+            **self._cache_opts(d),
+        }
         if self.supports("mergeop") and ins.link and not ins.chmod:
             pg_id = secrets.token_hex(12)
             d.cmd_index -= 1
             pg_name = self._prefix(d, name, d.platform, env)
-            layer = llb.scratch().file(action, platform=d.platform, **{
-                **file_opts, "custom_name": pg_name, "progress_group": llb.ProgressGroup(pg_id, pg_name, True)})
+            layer = llb.scratch().file(
+                action,
+                platform=d.platform,
+                **{
+                    **file_opts,
+                    "custom_name": pg_name,
+                    "progress_group": llb.ProgressGroup(pg_id, pg_name, True),
+                },
+            )
             d.cmd_index -= 1
             merge_name = self._prefix(d, "LINK " + name, d.platform, env)
-            d.state = d.state.with_output(llb.merge([d.state, layer], **{
-                **file_opts, "custom_name": merge_name,
-                "progress_group": llb.ProgressGroup(pg_id, pg_name, False)}).output)
+            d.state = d.state.with_output(
+                llb.merge(
+                    [d.state, layer],
+                    **{
+                        **file_opts,
+                        "custom_name": merge_name,
+                        "progress_group": llb.ProgressGroup(pg_id, pg_name, False),
+                    },
+                ).output
+            )
         else:
             d.state = d.state.file(action, **file_opts)
         ic.commit_to_history(d.image, msg, with_layer=True, built=True)
@@ -897,8 +1028,13 @@ def _run_command_string(args: list[str], build_args: list[KeyValuePairOptional],
 def _proxy_env(build_args: dict[str, str]) -> Any:
     from buildkitpy.api import ops_pb2
 
-    fields = {"http_proxy": "http_proxy", "https_proxy": "https_proxy", "ftp_proxy": "ftp_proxy",
-              "no_proxy": "no_proxy", "all_proxy": "all_proxy"}
+    fields = {
+        "http_proxy": "http_proxy",
+        "https_proxy": "https_proxy",
+        "ftp_proxy": "ftp_proxy",
+        "no_proxy": "no_proxy",
+        "all_proxy": "all_proxy",
+    }
     values: dict[str, str] = {}
     for key in sorted(build_args):
         if key.lower() in fields:
@@ -916,8 +1052,9 @@ def _secret_mount(m: Any) -> llb.Secret:
     if m.env is None:
         target = m.target or "/run/secrets/" + posixpath.basename(sid)
     mode = 0o400 if m.mode is None else m.mode
-    return llb.secret(sid, target=target, env=m.env, mode=mode, uid=m.uid or 0, gid=m.gid or 0,
-                      optional=not m.required)
+    return llb.secret(
+        sid, target=target, env=m.env, mode=mode, uid=m.uid or 0, gid=m.gid or 0, optional=not m.required
+    )
 
 
 def _is_http(src: str) -> bool:
@@ -925,8 +1062,11 @@ def _is_http(src: str) -> bool:
 
 
 def _is_git(src: str) -> bool:
-    return src.startswith("git@") or src.startswith("git://") or (
-        src.startswith(("http://", "https://")) and (".git#" in src or src.endswith(".git")))
+    return (
+        src.startswith("git@")
+        or src.startswith("git://")
+        or (src.startswith(("http://", "https://")) and (".git#" in src or src.endswith(".git")))
+    )
 
 
 def _has_wildcards(name: str) -> bool:
@@ -954,8 +1094,11 @@ def _format_target_platform(base: Platform, env: dict[str, str]) -> str:
         except ValueError:
             target = None
     elif any(k in env for k in ("TARGETOS", "TARGETARCH", "TARGETVARIANT")):
-        target = Platform(env.get("TARGETOS") or base.os, env.get("TARGETARCH") or base.architecture,
-                          env.get("TARGETVARIANT", "")).normalized()
+        target = Platform(
+            env.get("TARGETOS") or base.os,
+            env.get("TARGETARCH") or base.architecture,
+            env.get("TARGETVARIANT", ""),
+        ).normalized()
     if target is None:
         return ""
     if target.os == base.os and target.architecture != base.architecture:
@@ -975,9 +1118,42 @@ def _auto_detect_platform(img: ic.Image, target: Platform, supported: list[Platf
     return target
 
 
-_SIGNALS = {"ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
-            "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
-            "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ"}
+_SIGNALS = {
+    "ABRT",
+    "ALRM",
+    "BUS",
+    "CHLD",
+    "CLD",
+    "CONT",
+    "FPE",
+    "HUP",
+    "ILL",
+    "INT",
+    "IO",
+    "IOT",
+    "KILL",
+    "PIPE",
+    "POLL",
+    "PROF",
+    "PWR",
+    "QUIT",
+    "SEGV",
+    "STKFLT",
+    "STOP",
+    "SYS",
+    "TERM",
+    "TRAP",
+    "TSTP",
+    "TTIN",
+    "TTOU",
+    "URG",
+    "USR1",
+    "USR2",
+    "VTALRM",
+    "WINCH",
+    "XCPU",
+    "XFSZ",
+}
 
 
 def _check_signal(sig: str) -> None:
@@ -1007,8 +1183,9 @@ def _parse_port(raw: str) -> list[str]:
     return [f"{p}/{proto.lower()}" for p in range(start, end + 1)]
 
 
-def _lazy_local(name: str, session_id: str, shared_key: str, excludes: list[str], custom_name: str,
-                follow: Any) -> llb.State:
+def _lazy_local(
+    name: str, session_id: str, shared_key: str, excludes: list[str], custom_name: str, follow: Any
+) -> llb.State:
     """A local source whose follow paths are computed when first marshalled (the paths the build reads
     from a named context are only known after every stage was dispatched)."""
     from buildkitpy.llb.vertex import Output
@@ -1016,8 +1193,13 @@ def _lazy_local(name: str, session_id: str, shared_key: str, excludes: list[str]
     from .convert_lazy import LazyVertex
 
     def build() -> llb.State:
-        return llb.local(name, session_id=session_id or None, shared_key_hint=shared_key,
-                         exclude_patterns=excludes or None, follow_paths=follow() or None,
-                         custom_name=custom_name)
+        return llb.local(
+            name,
+            session_id=session_id or None,
+            shared_key_hint=shared_key,
+            exclude_patterns=excludes or None,
+            follow_paths=follow() or None,
+            custom_name=custom_name,
+        )
 
     return llb.State.from_output(Output(LazyVertex(build), 0))

@@ -14,8 +14,23 @@ class OptionError(ValueError):
     """A frontend option with a bad value."""
 
 
-_ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
-                 "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+_ULIMIT_NAMES = (
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+)
 
 
 @dataclass
@@ -41,11 +56,11 @@ class ConvertOptions:
         o = cls()
         for key, value in opts.items():
             if key.startswith("build-arg:"):
-                o.build_args[key[len("build-arg:"):]] = value
+                o.build_args[key[len("build-arg:") :]] = value
             elif key.startswith("label:"):
-                o.labels[key[len("label:"):]] = value
+                o.labels[key[len("label:") :]] = value
             elif key.startswith("context:"):
-                o.named_contexts[key[len("context:"):]] = value
+                o.named_contexts[key[len("context:") :]] = value
         o.filename = opts.get("filename") or "Dockerfile"
         o.target = opts.get("target", "")
         if opts.get("platform"):

@@ -19,11 +19,34 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 Image = dict[str, Any]
 
 # Go struct order: the embedded ocispec Image fields, then the outer (Docker) config.
-_IMAGE_KEYS = ("created", "author", "architecture", "os", "os.version", "os.features", "variant",
-               "rootfs", "history", "config")
+_IMAGE_KEYS = (
+    "created",
+    "author",
+    "architecture",
+    "os",
+    "os.version",
+    "os.features",
+    "variant",
+    "rootfs",
+    "history",
+    "config",
+)
 _ALWAYS = {"architecture", "os", "rootfs", "config"}
-_CONFIG_KEYS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
-                "StopSignal", "ArgsEscaped", "Healthcheck", "OnBuild", "Shell")
+_CONFIG_KEYS = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "ArgsEscaped",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+)
 _HEALTH_KEYS = ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")
 _HISTORY_KEYS = ("created", "created_by", "author", "comment", "empty_layer")
 
@@ -34,9 +57,12 @@ class ImageConfigError(ValueError):
 
 def empty_image(platform: Platform) -> Image:
     """The config of ``FROM scratch``."""
-    img: Image = {"architecture": platform.architecture, "os": platform.os,
-                  "rootfs": {"type": "layers", "diff_ids": None},
-                  "config": {"WorkingDir": "/"}}
+    img: Image = {
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "rootfs": {"type": "layers", "diff_ids": None},
+        "config": {"WorkingDir": "/"},
+    }
     if platform.os_version:
         img["os.version"] = platform.os_version
     if platform.os_features:
@@ -71,8 +97,13 @@ def parse_image(data: bytes | str) -> Image:
 def platform_of(img: Image) -> Platform | None:
     if not img.get("architecture") or not img.get("os"):
         return None
-    return Platform(img["os"], img["architecture"], img.get("variant", ""), img.get("os.version", ""),
-                    tuple(img.get("os.features") or ()))
+    return Platform(
+        img["os"],
+        img["architecture"],
+        img.get("variant", ""),
+        img.get("os.version", ""),
+        tuple(img.get("os.features") or ()),
+    )
 
 
 def is_scratch(img: Image) -> bool:
@@ -115,8 +146,13 @@ def _ordered(obj: dict[str, Any], keys: tuple[str, ...], always: set[str] = froz
 def to_go_json(value: Any) -> bytes:
     """Compact JSON with Go's HTML-safe escapes and sorted map keys."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text.encode()
 

@@ -14,23 +14,38 @@ from google.protobuf import json_format
 
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
-from buildkitpy.llb import caps as capids
 from buildkitpy.frontend.dockerfile.convert import ConvertError, NamedContext, convert
 from buildkitpy.frontend.dockerignore import read_ignore_file
+from buildkitpy.llb import caps as capids
 
 CONFORMANCE = Path("/work/shared/conformance")
 CASES = sorted(p.stem for p in (CONFORMANCE / "llb").glob("*.json")) if CONFORMANCE.is_dir() else []
 GOLDEN = json.loads((CONFORMANCE / "golden.json").read_text()) if CONFORMANCE.is_dir() else {}
-BUSYBOX_CONFIG = json.dumps({
-    "architecture": "amd64", "os": "linux",
-    "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
-    "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "busybox-static rootfs"}],
-    "created": "1970-01-01T00:00:00Z"}, sort_keys=True).encode()
+BUSYBOX_CONFIG = json.dumps(
+    {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "busybox-static rootfs"}],
+        "created": "1970-01-01T00:00:00Z",
+    },
+    sort_keys=True,
+).encode()
 # what a BuildKit daemon advertises (Pong.LLBCaps) as far as the Dockerfile frontend looks at it
-FULL_CAPS = frozenset({v for k, v in vars(capids).items() if k.isupper() and isinstance(v, str)}
-                      | {"exec.mount.bind.readwrite-nooutput", "mergeop", "exec.meta.ulimit",
-                         "exec.mount.tmpfs.size", "exec.meta.cgroup.parent"})
+FULL_CAPS = frozenset(
+    {v for k, v in vars(capids).items() if k.isupper() and isinstance(v, str)}
+    | {
+        "exec.mount.bind.readwrite-nooutput",
+        "mergeop",
+        "exec.meta.ulimit",
+        "exec.mount.tmpfs.size",
+        "exec.meta.cgroup.parent",
+    }
+)
 PLATFORM = llb.Platform("linux", "amd64")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(not CASES, reason="conformance corpus not present")]
@@ -84,12 +99,25 @@ async def convert_case(case: str, expected: ops_pb2.Definition | None = None):
             local = value.split(":", 1)[1]
             named[key.split(":", 1)[1]] = NamedContext(value, ignore_of(folder / spec["locals"][local]) or [])
     dockerfile = (folder / "Dockerfile").read_bytes()
-    source = llb.local("dockerfile", session_id=session, shared_key_hint="dockerfile", differ="none",
-                       follow_paths=["Dockerfile", "Dockerfile.dockerignore", "dockerfile"],
-                       custom_name="[internal] load build definition from Dockerfile")
-    return await convert(dockerfile, opts=opts, resolve_image=resolve, context_ignore=ignore_of(folder / "context"),
-                         session_id=session, named_contexts=named, llb_caps=FULL_CAPS, dockerfile_source=source,
-                         build_platform=PLATFORM)
+    source = llb.local(
+        "dockerfile",
+        session_id=session,
+        shared_key_hint="dockerfile",
+        differ="none",
+        follow_paths=["Dockerfile", "Dockerfile.dockerignore", "dockerfile"],
+        custom_name="[internal] load build definition from Dockerfile",
+    )
+    return await convert(
+        dockerfile,
+        opts=opts,
+        resolve_image=resolve,
+        context_ignore=ignore_of(folder / "context"),
+        session_id=session,
+        named_contexts=named,
+        llb_caps=FULL_CAPS,
+        dockerfile_source=source,
+        build_platform=PLATFORM,
+    )
 
 
 def describe(definition: ops_pb2.Definition) -> list[str]:
@@ -97,8 +125,9 @@ def describe(definition: ops_pb2.Definition) -> list[str]:
     for data in getattr(definition, "def"):
         dgst = "sha256:" + hashlib.sha256(data).hexdigest()
         md = definition.metadata[dgst]
-        out.append(f"{dgst[:19]} {dict(md.description)} caps={sorted(md.caps)}\n"
-                   f"{ops_pb2.Op.FromString(data)}")
+        out.append(
+            f"{dgst[:19]} {dict(md.description)} caps={sorted(md.caps)}\n{ops_pb2.Op.FromString(data)}"
+        )
     return out
 
 
@@ -118,12 +147,26 @@ async def test_definition_is_identical_to_buildkits(case: str) -> None:
 @pytest.mark.parametrize("case", [c for c in CASES if GOLDEN.get(c, {}).get("ok")])
 async def test_image_config_and_history_match_golden(case: str) -> None:
     golden = GOLDEN[case]
-    golden_keys = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes", "Labels",
-                   "StopSignal", "Healthcheck", "Shell", "OnBuild")  # what the golden run recorded
+    golden_keys = (
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+        "Volumes",
+        "Labels",
+        "StopSignal",
+        "Healthcheck",
+        "Shell",
+        "OnBuild",
+    )  # what the golden run recorded
     result = await convert_case(case)
     img = json.loads(result.single.image_config)
     assert {k: v for k, v in img["config"].items() if k in golden_keys} == golden["config"]
-    assert [[h.get("created_by", ""), bool(h.get("empty_layer"))] for h in img["history"]] == golden["history"]
+    assert [[h.get("created_by", ""), bool(h.get("empty_layer"))] for h in img["history"]] == golden[
+        "history"
+    ]
     assert [img["os"], img["architecture"], img.get("variant")] == golden["platform"]
 
 
