@@ -87,14 +87,19 @@ class AuthAttachable(auth_pb2_grpc.AuthServicer):
             config = load_docker_config(self.config_path)
         else:
             self.config_path = None
-        auths = config.get("auths") or {}
-        helpers = config.get("credHelpers") or {}
+        auths = config.get("auths")
+        auths = {} if auths is None else auths
+        helpers = config.get("credHelpers")
+        helpers = {} if helpers is None else helpers
         if not isinstance(auths, dict) or not isinstance(helpers, dict):
             raise DockerConfigError(f"docker config {self.config_path or '(given)'}: 'auths' and "
                                     "'credHelpers' must be JSON objects")
         self._auths: dict[str, Any] = auths
         self._helpers: dict[str, str] = helpers
-        self._store: str = config.get("credsStore") or ""
+        self._store = config.get("credsStore") or ""
+        if not isinstance(self._store, str):
+            raise DockerConfigError(f"docker config {self.config_path or '(given)'}: 'credsStore' "
+                                    "must be a string")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         auth_pb2_grpc.add_AuthServicer_to_server(self, server)
