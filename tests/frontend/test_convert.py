@@ -73,7 +73,8 @@ async def test_unreachable_stages_are_not_resolved() -> None:
         (b"FROM scratch\nCOPY http://example.com/x /x\n", {}, "source can't be a URL for COPY", (2, 2)),
         (b"FROM scratch AS a\n", {"target": "b"}, 'target stage "b" could not be found', None),
         (
-            b"FROM scratch AS first\nRUN --mount=type=bind,from=later,target=/m true\nFROM scratch AS later\n",
+            b"FROM scratch AS first\nRUN --mount=type=bind,from=later,target=/m true\n"
+            b"FROM scratch AS later\n",
             {"target": "first"},
             'cannot mount from stage "later"',
             (2, 2),

@@ -18,7 +18,7 @@ from buildkitpy.frontend.dockerfile.convert import ConvertError, NamedContext, c
 from buildkitpy.frontend.dockerignore import read_ignore_file
 from buildkitpy.llb import caps as capids
 
-CONFORMANCE = Path("/work/shared/conformance")
+CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 CASES = sorted(p.stem for p in (CONFORMANCE / "llb").glob("*.json")) if CONFORMANCE.is_dir() else []
 GOLDEN = json.loads((CONFORMANCE / "golden.json").read_text()) if CONFORMANCE.is_dir() else {}
 BUSYBOX_CONFIG = json.dumps(
