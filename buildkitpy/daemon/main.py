@@ -115,12 +115,14 @@ def _worker_id(root: Path) -> str:
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     from buildkitpy.control.service import ControlService
     from buildkitpy.daemon.workerinfo import worker_record
+    from buildkitpy.frontend.dockerfile import builder as dockerfile_frontend
     from buildkitpy.gateway.service import LLBBridgeService, jobs_resolver
     from buildkitpy.jobs import JobRegistry
     from buildkitpy.session.manager import SessionManager
     from buildkitpy.solver.solver import Solver
     from buildkitpy.worker import open_worker
 
+    dockerfile_frontend.register()
     cfg.root.mkdir(parents=True, exist_ok=True)
     sessions = SessionManager()
     worker = open_worker(cfg, _worker_id(cfg.root), sessions)
