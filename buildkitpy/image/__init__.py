@@ -1,0 +1,1 @@
+"""Container images: references, the OCI distribution client, platform matching and pulls."""

@@ -1,0 +1,282 @@
+"""Pulling an image into a snapshot chain.
+
+Layers download concurrently into the content store (a blob already stored, or being fetched by
+another pull, is not fetched again) and are unpacked bottom-up, one snapshot per layer, each on its
+parent. Every unpacked layer is recorded by its ChainID (``<root>/image/chains.db``), so any later
+image sharing a prefix of layers reuses those snapshots and unpacks only what is new.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from buildkitpy.content.store import ContentStore
+from buildkitpy.errors import InvalidArgument
+from buildkitpy.image import mediatypes
+from buildkitpy.image.reference import Reference
+from buildkitpy.image.registry import Descriptor, RegistryClient
+from buildkitpy.image.resolve import ResolvedImage
+from buildkitpy.image.unpack import apply_layer_blob
+from buildkitpy.snapshot.api import ImmutableSnapshot, SnapshotManager
+
+# (status id, current, total, completed): e.g. ("sha256:ab…", 1024, 4096, False) while downloading
+# and ("extracting sha256:ab…", 0, 0, True) once a layer is unpacked.
+ProgressFn = Callable[[str, int, int, bool], None]
+
+MAX_CONCURRENT_DOWNLOADS = 3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chains (
+    chain_id TEXT PRIMARY KEY,
+    snapshot_id TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class PullResult:
+    snapshot: ImmutableSnapshot | None  # the top layer's snapshot (None for an image without layers)
+    chain_ids: list[str]
+    fetched: list[str] = field(default_factory=list)  # blob digests downloaded by this pull
+    unpacked: list[str] = field(default_factory=list)  # chain IDs unpacked by this pull
+
+
+class ChainIndex:
+    """ChainID → snapshot id, in SQLite (thread-safe, blocking)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def get(self, chain_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT snapshot_id FROM chains WHERE chain_id=?", (chain_id,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, chain_id: str, snapshot_id: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO chains (chain_id, snapshot_id, created) VALUES (?,?,?)",
+                             (chain_id, snapshot_id, time.time()))
+
+    def forget(self, chain_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM chains WHERE chain_id=?", (chain_id,))
+
+    def snapshot_ids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT snapshot_id FROM chains")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _raise_single(group: BaseExceptionGroup) -> None:
+    """Re-raise the one real error of a task group (not the cancellations it caused)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    _, rest = group.split(cancelled)
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    if rest is not None:
+        collect(rest)
+    if len(leaves) == 1:
+        raise leaves[0] from None
+
+
+class _InFlight:
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class ImagePuller:
+    """One per worker: shares in-flight downloads and unpacks between concurrent pulls."""
+
+    def __init__(self, root: Path, store: ContentStore, snapshots: SnapshotManager) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.chains = ChainIndex(Path(root) / "image" / "chains.db")
+        self._downloads: dict[str, _InFlight] = {}
+        self._unpack_locks: dict[str, anyio.Lock] = {}
+        self._download_slots = anyio.Semaphore(MAX_CONCURRENT_DOWNLOADS)
+
+    def lookup_chain(self, chain_id: str) -> ImmutableSnapshot | None:
+        """A handle on the snapshot recorded for ``chain_id`` (blocking); forgets stale records."""
+        snapshot_id = self.chains.get(chain_id)
+        if snapshot_id is None:
+            return None
+        try:
+            return self.snapshots.get(snapshot_id)
+        except KeyError:
+            self.chains.forget(chain_id)
+            return None
+
+    async def pull(self, client: RegistryClient, image: ResolvedImage,
+                   progress: ProgressFn | None = None) -> PullResult:
+        chain_ids = image.chain_ids()
+        result = PullResult(None, chain_ids)
+        if not chain_ids:
+            return result
+        # The deepest layer already unpacked: everything below it exists too.
+        start, parent = len(chain_ids), None
+        while start > 0:
+            parent = await anyio.to_thread.run_sync(self.lookup_chain, chain_ids[start - 1])
+            if parent is not None:
+                break
+            start -= 1
+        if start == len(chain_ids):
+            result.snapshot = parent
+            return result
+        for desc in image.layers[start:]:
+            try:
+                mediatypes.layer_compression(desc.media_type)
+            except ValueError as exc:
+                if parent is not None:
+                    await anyio.to_thread.run_sync(parent.release)
+                raise InvalidArgument(f"{image.ref}: layer {desc.digest}: {exc}") from None
+        try:
+            to_fetch: list[Descriptor] = []
+            for desc in image.layers[start:]:
+                if desc.digest in self._downloads:
+                    continue  # another pull is fetching it; waited for below
+                if await anyio.to_thread.run_sync(self.store.exists, desc.digest):
+                    if progress:
+                        progress(desc.digest, desc.size, desc.size, True)
+                    continue
+                if desc.digest not in self._downloads:
+                    self._downloads[desc.digest] = _InFlight()  # registered before any wait
+                    to_fetch.append(desc)
+            async with anyio.create_task_group() as tg:
+                for desc in to_fetch:
+                    tg.start_soon(self._fetch_registered, client, image.ref, desc, progress, result)
+                mine = {desc.digest for desc in to_fetch}
+                for i in range(start, len(chain_ids)):
+                    await self._wait_blob(image.layers[i].digest, mine)
+                    parent = await self._unpack(image, i, parent, progress, result)
+        except BaseException as exc:
+            if parent is not None:
+                await anyio.to_thread.run_sync(parent.release)
+            if isinstance(exc, BaseExceptionGroup):
+                _raise_single(exc)
+            raise
+        result.snapshot = parent
+        return result
+
+    # ----------------------------------------------------------------- downloads
+
+    async def _fetch_registered(self, client: RegistryClient, ref: Reference, desc: Descriptor,
+                                progress: ProgressFn | None, result: PullResult) -> None:
+        """Fetch a blob whose in-flight entry this pull registered; waiters learn the outcome."""
+        flight = self._downloads[desc.digest]
+        try:
+            async with self._download_slots:
+                await self._download(client, ref, desc, progress)
+            result.fetched.append(desc.digest)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._downloads[desc.digest]
+            flight.done.set()
+
+    async def _wait_blob(self, digest: str, mine: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        while True:
+            flight = self._downloads.get(digest)
+            if flight is None:
+                if not await anyio.to_thread.run_sync(self.store.exists, digest):
+                    raise RuntimeError(f"blob {digest} was not downloaded")  # its fetch failed
+                return
+            await flight.done.wait()
+            if flight.error is not None and digest in mine:
+                await anyio.sleep_forever()  # our own fetch failed: the task group reports it
+            if flight.error is not None and not isinstance(flight.error, anyio.get_cancelled_exc_class()):
+                raise InvalidArgument(f"downloading {digest} failed: {flight.error}")
+
+    async def _download(self, client: RegistryClient, ref: Reference, desc: Descriptor,
+                        progress: ProgressFn | None) -> None:
+        ingest = self.store.ingest(desc.digest, desc.size)
+        writer = await anyio.to_thread.run_sync(ingest.__enter__)
+        try:
+            if writer is not None:
+                last = [0.0]
+
+                def report(done: int) -> None:
+                    now = time.monotonic()
+                    if progress and (now - last[0] > 0.1 or done == desc.size):
+                        last[0] = now
+                        progress(desc.digest, done, desc.size, False)
+
+                if progress:
+                    progress(desc.digest, 0, desc.size, False)
+                await client.fetch_blob(ref, desc, writer.write, report)
+                await anyio.to_thread.run_sync(writer.commit, {"buildkitpy.distribution.source":
+                                                               f"{ref.domain}/{ref.repository}"})
+        except BaseException as exc:
+            await anyio.to_thread.run_sync(ingest.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        await anyio.to_thread.run_sync(ingest.__exit__, None, None, None)
+        if progress:
+            progress(desc.digest, desc.size, desc.size, True)
+
+    # ----------------------------------------------------------------- unpacking
+
+    async def _unpack(self, image: ResolvedImage, index: int, parent: ImmutableSnapshot | None,
+                      progress: ProgressFn | None, result: PullResult) -> ImmutableSnapshot:
+        """The snapshot for layer ``index`` on ``parent`` (consumes the ``parent`` handle)."""
+        chain_id = image.chain_ids()[index]
+        lock = self._unpack_locks.setdefault(chain_id, anyio.Lock())
+        try:
+            async with lock:
+                existing = await anyio.to_thread.run_sync(self.lookup_chain, chain_id)
+                if existing is not None:
+                    return existing
+                desc = image.layers[index]
+                status = f"extracting {desc.digest}"
+                if progress:
+                    progress(status, 0, 0, False)
+                snap = await anyio.to_thread.run_sync(
+                    self._unpack_blocking, desc, image.diff_ids[index], chain_id, parent, str(image.ref))
+                result.unpacked.append(chain_id)
+                if progress:
+                    progress(status, 0, 0, True)
+                return snap
+        finally:
+            if parent is not None:
+                await anyio.to_thread.run_sync(parent.release)
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._unpack_locks.pop(chain_id, None)
+
+    def _unpack_blocking(self, desc: Descriptor, diff_id: str, chain_id: str,
+                         parent: ImmutableSnapshot | None, ref: str) -> ImmutableSnapshot:
+        compression = mediatypes.layer_compression(desc.media_type)
+        mutable = self.snapshots.new_mutable(parent, f"pulled from {ref} (layer {desc.digest})")
+        try:
+            with mutable.mount() as root:
+                apply_layer_blob(self.store.path(desc.digest), compression, root, diff_id)
+            snap = mutable.commit()
+        except BaseException:
+            mutable.release()
+            raise
+        self.chains.put(chain_id, snap.id)
+        return snap
+
+    def close(self) -> None:
+        self.chains.close()
