@@ -250,6 +250,14 @@ class SessionManager:
         """All sessions currently open."""
         return [s for s in self._sessions.values() if not s.closed.is_set()]
 
+    async def close_all(self, reason: str = "the daemon is shutting down") -> None:
+        """Close every open session and wait until they are closed."""
+        sessions = self.active()
+        for session in sessions:
+            session.close(reason)
+        for session in sessions:
+            await session.closed.wait()
+
     # -- internals ---------------------------------------------------------------------------------
 
     def _check_not_active(self, session_id: str) -> None:

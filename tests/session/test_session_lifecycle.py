@@ -86,6 +86,23 @@ async def test_daemon_going_away_ends_the_client_session(short_dir):
         await stop_daemon(daemon)
 
 
+async def test_daemon_closing_sessions_ends_them_on_the_client(daemon):
+    first, second = ClientSession(), ClientSession()
+    async with first.run(daemon.control), second.run(daemon.control):
+        one = await daemon.sessions.get(first.session_id)
+        await daemon.sessions.get(second.session_id)
+        one.close("no longer needed")
+        with anyio.fail_after(5):
+            await one.closed.wait()
+            await first.closed.wait()
+        assert one.close_reason == "no longer needed"
+        assert [s.id for s in daemon.sessions.active()] == [second.session_id]
+        with anyio.fail_after(5):
+            await daemon.sessions.close_all()
+            await second.closed.wait()
+        assert daemon.sessions.active() == []
+
+
 async def test_failing_health_checks_close_the_session(daemon):
     class StuckHealth(health_pb2_grpc.HealthServicer):
         async def Check(self, request, context):
