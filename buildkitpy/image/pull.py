@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -82,6 +83,13 @@ class ChainIndex:
             self._db.close()
 
 
+async def _owned(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` in a thread shielded from cancellation, so a snapshot handle it returns is never
+    dropped on the floor; the cancellation arrives at the caller's next checkpoint."""
+    with anyio.CancelScope(shield=True):
+        return await anyio.to_thread.run_sync(fn, *args)
+
+
 def _raise_single(group: BaseExceptionGroup) -> None:
     """Re-raise the one real error of a task group (not the cancellations it caused)."""
     cancelled = anyio.get_cancelled_exc_class()
@@ -138,7 +146,7 @@ class ImagePuller:
         # The deepest layer already unpacked: everything below it exists too.
         start, parent = len(chain_ids), None
         while start > 0:
-            parent = await anyio.to_thread.run_sync(self.lookup_chain, chain_ids[start - 1])
+            parent = await _owned(self.lookup_chain, chain_ids[start - 1])
             if parent is not None:
                 break
             start -= 1
@@ -245,14 +253,14 @@ class ImagePuller:
         lock = self._unpack_locks.setdefault(chain_id, anyio.Lock())
         try:
             async with lock:
-                existing = await anyio.to_thread.run_sync(self.lookup_chain, chain_id)
+                existing = await _owned(self.lookup_chain, chain_id)
                 if existing is not None:
                     return existing
                 desc = image.layers[index]
                 status = f"extracting {desc.digest}"
                 if progress:
                     progress(status, 0, 0, False)
-                snap = await anyio.to_thread.run_sync(
+                snap = await _owned(
                     self._unpack_blocking, desc, image.diff_ids[index], chain_id, parent, str(image.ref))
                 result.unpacked.append(chain_id)
                 if progress:

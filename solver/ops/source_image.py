@@ -1,0 +1,174 @@
+"""The ``docker-image://`` source: resolve an image for the vertex's platform and pull it into a
+snapshot chain (``buildkitpy.image``).
+
+Cache key: a digest-pinned reference (what the Dockerfile frontend emits after
+``ResolveImageConfig``) is keyed by that digest and the platform, like BuildKit's manifest key, so
+it hits the cache without touching the network. A tag has to be resolved to be keyed, and cache
+maps do no I/O, so a tag reference runs on every build (ephemeral key, like ``local://``); the pull
+itself is then cheap because layers already unpacked are found by ChainID.
+
+Registry credentials come from the build's sessions (``Auth`` attachable); registry settings
+(mirrors, http, insecure, ca) from ``worker.config.registries`` when the worker carries a config.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from buildkitpy.content.store import ContentStore
+from buildkitpy.errors import InvalidArgument, SessionNotFound
+from buildkitpy.image.platforms import Platform, default_platform, from_oci
+from buildkitpy.image.pull import ImagePuller, ProgressFn
+from buildkitpy.image.reference import Reference, parse_reference
+from buildkitpy.image.registry import RegistryClient
+from buildkitpy.image.resolve import ResolvedImage, resolve_image
+from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.solver.asyncutil import blocking
+from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
+from buildkitpy.solver.loader import Vertex
+from buildkitpy.solver.ops.base import OpContext
+from buildkitpy.solver.ops.source import register_source
+
+ATTR_RESOLVE_MODE = "image.resolvemode"
+ATTR_LAYER_LIMIT = "image.layerlimit"
+RESOLVE_MODES = ("default", "pull", "local")
+
+_pullers: dict[Path, ImagePuller] = {}
+_pullers_lock = threading.Lock()
+
+
+def puller_for(worker: Any) -> ImagePuller:
+    """The worker's shared puller (content store under ``<worker root>``)."""
+    root = Path(worker.root).absolute()
+    with _pullers_lock:
+        puller = _pullers.get(root)
+        if puller is None or puller.snapshots is not worker.snapshots:
+            puller = _pullers[root] = ImagePuller(root, ContentStore(root), worker.snapshots)
+        return puller
+
+
+def registry_client(worker: Any, session_ids: list[str]) -> RegistryClient:
+    """A client with the daemon's registry settings and the build sessions' credentials."""
+    config = getattr(worker, "config", None)
+    registries = getattr(config, "registries", None) or {}
+
+    async def credentials(host: str) -> tuple[str, str]:
+        from buildkitpy.session.auth import credentials as session_credentials
+
+        sessions = getattr(worker, "sessions", None)
+        if sessions is None:
+            return "", ""
+        for sid in session_ids:
+            try:
+                session = await sessions.get(sid.split(":", 1)[-1], timeout=0.5)
+            except SessionNotFound:
+                continue
+            return await session_credentials(session, host)
+        return "", ""
+
+    return RegistryClient(registries, credentials)
+
+
+def _platform_of(vertex: Vertex, worker: Any) -> Platform:
+    if vertex.op.HasField("platform"):
+        p = vertex.op.platform
+        return Platform(p.OS, p.Architecture, p.Variant).normalized()
+    platforms = getattr(worker, "platforms", None) or []
+    return (from_oci(platforms[0]) if platforms else None) or default_platform()
+
+
+def _platform_key(platform: Platform) -> dict[str, str]:
+    return {"os": platform.os, "architecture": platform.architecture, "variant": platform.variant}
+
+
+def manifest_cache_key(digest: str, platform: Platform) -> str:
+    return sha256_text("buildkit.source.v0", digest, digest_json(_platform_key(platform)))
+
+
+async def resolve_image_config(worker: Any, ref: str, platform: Platform | None,
+                               session_ids: list[str]) -> ResolvedImage:
+    """For ``ResolveImageConfig``/``ResolveSourceMeta``: ``.digest`` and ``.config_bytes``."""
+    puller = puller_for(worker)
+    client = registry_client(worker, session_ids)
+    return await resolve_image(client, puller.store, parse_reference(ref), platform)
+
+
+async def resolve_and_pull(worker: Any, identifier: str, attrs: Any, platform: Platform | None,
+                           progress: ProgressFn | None, session_ids: list[str] | None = None,
+                           ) -> tuple[str, ImmutableSnapshot]:
+    """Resolve ``docker-image://<ref>`` and pull it; returns (manifest cache key, snapshot)."""
+    ref = _parse_identifier(identifier)
+    mode = attrs.get(ATTR_RESOLVE_MODE, "default") or "default"
+    if mode not in RESOLVE_MODES:
+        raise InvalidArgument(f"{identifier}: unknown {ATTR_RESOLVE_MODE} {mode!r} "
+                              f"(want {', '.join(RESOLVE_MODES)})")
+    platform = (platform or default_platform()).normalized()
+    puller = puller_for(worker)
+    client = registry_client(worker, session_ids or [])
+    resolved = await resolve_image(client, puller.store, ref, platform)
+    limit = _layer_limit(attrs, identifier)
+    if limit is not None:  # only the lowest ``limit`` layers (image.layerlimit)
+        resolved.layers, resolved.diff_ids = resolved.layers[:limit], resolved.diff_ids[:limit]
+    result = await puller.pull(client, resolved, progress)
+    snapshot = result.snapshot
+    if snapshot is None:  # an image without layers is an empty tree
+        mutable = await blocking(worker.snapshots.new_mutable, None, f"empty image {ref}")
+        snapshot = await blocking(mutable.commit)
+    key = manifest_cache_key(resolved.digest, platform)
+    return (key if limit is None else sha256_text(key, f"layerlimit={limit}")), snapshot
+
+
+def _layer_limit(attrs: Any, identifier: str) -> int | None:
+    raw = attrs.get(ATTR_LAYER_LIMIT, "")
+    if not raw:
+        return None
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise InvalidArgument(f"{identifier}: {ATTR_LAYER_LIMIT} must be a non-negative integer, got {raw!r}")
+    return limit
+
+
+def _parse_identifier(identifier: str) -> Reference:
+    scheme, sep, rest = identifier.partition("://")
+    if scheme != "docker-image" or not sep or not rest:
+        raise InvalidArgument(f"invalid image source identifier {identifier!r} (want docker-image://<ref>)")
+    return parse_reference(rest)
+
+
+@register_source("docker-image")
+class ImageSource:
+    def __init__(self, vertex: Vertex) -> None:
+        self.vertex = vertex
+        self.identifier = vertex.op.source.identifier
+        self.ref = _parse_identifier(self.identifier)
+        self.attrs = dict(vertex.op.source.attrs)
+        mode = self.attrs.get(ATTR_RESOLVE_MODE, "default") or "default"
+        if mode not in RESOLVE_MODES:
+            raise InvalidArgument(f"{self.identifier}: unknown {ATTR_RESOLVE_MODE} {mode!r}")
+
+    def cache_map(self, ctx: OpContext) -> CacheMap:
+        platform = _platform_of(self.vertex, ctx.worker)
+        limit = _layer_limit(self.attrs, self.identifier)
+        if self.ref.digest:
+            key = manifest_cache_key(self.ref.digest, platform)
+            return CacheMap(digest=key if limit is None else sha256_text(key, f"layerlimit={limit}"))
+        return CacheMap(digest=sha256_text("buildkit.source.v0", "docker-image", str(self.ref),
+                                           digest_json(_platform_key(platform)), str(limit)),
+                        ephemeral=True, always_run=True)
+
+    async def execute(self, ctx: OpContext,
+                      inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
+        bus, vertex = ctx.job.progress, ctx.vertex.digest
+
+        def progress(status_id: str, current: int, total: int, done: bool) -> None:
+            bus.status(vertex, status_id, name=status_id, current=current, total=total, completed=done)
+
+        platform = _platform_of(self.vertex, ctx.worker)
+        _, snapshot = await resolve_and_pull(ctx.worker, self.identifier, self.attrs, platform, progress,
+                                             ctx.job.session_ids)
+        return [snapshot]
