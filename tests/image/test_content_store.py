@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from buildkitpy.content.store import ContentStore, DigestMismatch, InvalidDigest
+from buildkitpy.errors import NotFound
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_write_read_info_labels_delete(tmp_path):
+    store = ContentStore(tmp_path)
+    data = b"hello blob"
+    d = store.write_bytes(data, labels={"gc.root": "yes"})
+    assert d == digest(data)
+    assert store.path(d) == tmp_path / "content/blobs/sha256" / d[7:]
+    assert store.read(d) == data and store.exists(d)
+    info = store.info(d)
+    assert (info.size, info.labels) == (len(data), {"gc.root": "yes"})
+    store.set_labels(d, {"gc.root": "", "other": "1"})
+    assert store.info(d).labels == {"other": "1"}
+    assert list(store.walk()) == [d]
+    store.delete(d)
+    assert not store.exists(d)
+    with pytest.raises(NotFound):
+        store.info(d)
+    with pytest.raises(NotFound):
+        store.delete(d)
+    # Labels survive a reopen (SQLite), blobs too.
+    d2 = store.write_bytes(b"x", labels={"k": "v"})
+    store.close()
+    assert ContentStore(tmp_path).info(d2).labels == {"k": "v"}
+
+
+def test_digest_and_size_are_verified_and_nothing_partial_remains(tmp_path):
+    store = ContentStore(tmp_path)
+    with pytest.raises(DigestMismatch, match="does not match"):
+        store.write_bytes(b"actual", digest(b"expected"))
+    with store.ingest(digest(b"abc"), 3) as w:
+        with pytest.raises(DigestMismatch, match="more than the expected"):
+            w.write(b"abcd")
+    with pytest.raises(DigestMismatch, match="got 2 bytes, expected 3"):
+        with store.ingest(digest(b"abc"), 3) as w:
+            w.write(b"ab")
+            w.commit()
+    assert list(store.walk()) == []
+    assert os.listdir(tmp_path / "content/ingest") == []
+
+
+@pytest.mark.parametrize("bad", ["sha256:../../etc/passwd", "md5:abc", "sha256:" + "A" * 64, "", None])
+def test_malformed_digests_are_rejected(tmp_path, bad):
+    store = ContentStore(tmp_path)
+    with pytest.raises(InvalidDigest):
+        store.exists(bad)
+    with pytest.raises(InvalidDigest):
+        store.ingest(bad, 1).__enter__()
+    if bad:
+        with pytest.raises(InvalidDigest):
+            store.write_bytes(b"x", bad)
+
+
+def test_concurrent_writers_of_one_digest_write_once(tmp_path):
+    store = ContentStore(tmp_path)
+    data = os.urandom(1 << 20)
+    d = digest(data)
+    wrote: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def writer():
+        barrier.wait()
+        with store.ingest(d, len(data)) as w:
+            if w is None:
+                wrote.append(False)
+                return
+            for i in range(0, len(data), 65536):
+                w.write(data[i:i + 65536])
+            w.commit()
+            wrote.append(True)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wrote) == [False, False, False, True]
+    assert store.read(d) == data
+
+
+def test_leftover_ingests_are_cleaned_on_open(tmp_path):
+    store = ContentStore(tmp_path)
+    (tmp_path / "content/ingest/partial").write_bytes(b"half")
+    store.close()
+    ContentStore(tmp_path)
+    assert os.listdir(tmp_path / "content/ingest") == []
