@@ -122,3 +122,8 @@ def describe(mode: int) -> str:
     if mode & MODE_IRREGULAR:
         return "irregular file"
     return "regular file"
+
+
+# Short names other packages already use.
+to_go_mode = go_mode_from_posix
+from_go_mode = posix_mode_from_go

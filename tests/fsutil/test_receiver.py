@@ -293,3 +293,21 @@ def test_device_and_owner_need_root(tmp_path):
     r = Receiver(DiskWriter(tmp_path / "d"))
     with pytest.raises(ApplyError, match="needs root"):
         feed(r, stat("null", modes.MODE_DEVICE | modes.MODE_CHAR_DEVICE | 0o666))
+
+
+def test_threaded_sink_round_trip_and_late_errors(tmp_path):
+    from buildkitpy.fsutil.threaded import ThreadedSink
+
+    src = tmp_path / "src"
+    build_rich_tree(src, files=50, big=100_000)
+    sink = ThreadedSink(DiskWriter(tmp_path / "dest"))
+    pump(Sender(walk(src)), Receiver(sink))
+    assert manifest(tmp_path / "dest") == manifest(src)
+
+    # A disk failure in the thread surfaces on a later call, naming the entry.
+    sink = ThreadedSink(DiskWriter(tmp_path / "dest2"))
+    (tmp_path / "dest2" / "f").write_text("planted after the emptiness check")
+    feed(Receiver(sink), stat("f", FILE, size=1))
+    with pytest.raises(ApplyError, match=r"cannot create regular file 'f': File exists"):
+        sink.finish()
+    sink.close()
