@@ -23,9 +23,15 @@ GATEWAY_CAPS = (
     "gateway.solve.evaluate",
     "gateway.evaluate",
     "gateway.warnings",
+    "resolveimage",
+    "resolveimage.resolvemode",
+    "source.metaresolver",
 )
 
 LLB_CAPS = (
+    "source.image",
+    "source.image.resolvemode",
+    "source.image.layerlimit",
     "source.local",
     "source.local.unique",
     "source.local.sessionid",
@@ -53,6 +59,9 @@ LLB_CAPS = (
 
 # Present only when the worker can run containers.
 EXEC_LLB_CAPS = (
+    "source.image",
+    "source.image.resolvemode",
+    "source.image.layerlimit",
     "exec.meta.base",
     "exec.meta.network",
     "exec.meta.proxyenv",

@@ -36,6 +36,7 @@ class Worker:
     labels: dict[str, str] = field(default_factory=dict)
     platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
     insecure_entitlements: frozenset[str] = frozenset()
+    config: Any = None  # buildkitpy.daemon.config.Config (registry settings, ...)
 
     def close(self) -> None:
         close = getattr(self.snapshots, "close", None)
@@ -75,4 +76,4 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
     return Worker(id=worker_id, root=Path(cfg.root), snapshots=OverlaySnapshotManager(Path(cfg.root)),
                   sessions=sessions, executor=executor,
                   max_parallelism=cfg.max_parallelism or os.cpu_count() or 4,
-                  insecure_entitlements=frozenset(cfg.insecure_entitlements))
+                  insecure_entitlements=frozenset(cfg.insecure_entitlements), config=cfg)

@@ -111,6 +111,15 @@ class GatewayBridge:
         except KeyError:
             raise NotFound(f"no such ref {ref_id}") from None
 
+    async def resolve_image_config(self, ref: str, platform: Any = None) -> tuple[str, bytes]:
+        """Manifest digest and raw config of an image (``FROM``), through the worker's registry
+        client with the build's session for credentials."""
+        from buildkitpy.solver.ops.source_image import resolve_image_config
+
+        resolved = await resolve_image_config(self.solver.worker, ref, platform,
+                                              list(self._solver_job.session_ids))
+        return resolved.digest, resolved.config_bytes
+
     # -- file access ---------------------------------------------------------------------------
 
     async def _with_root(self, ref_id: str, fn: Callable[[Path], Any]) -> Any:

@@ -146,13 +146,22 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
 
     @_handled
     async def ResolveImageConfig(self, request, context):
-        await self._resolve(context)
-        raise Unimplemented("image resolution is not supported yet (docker-image sources)")
+        bridge = await self._resolve(context)
+        digest, config = await bridge.resolve_image_config(request.Ref, _platform(request))
+        return gateway_pb2.ResolveImageConfigResponse(Digest=digest, Config=config, Ref=request.Ref)
 
     @_handled
     async def ResolveSourceMeta(self, request, context):
-        await self._resolve(context)
-        raise Unimplemented("source metadata resolution is not supported yet")
+        bridge = await self._resolve(context)
+        identifier = request.Source.identifier
+        if not identifier.startswith("docker-image://"):
+            raise Unimplemented(f"resolving source metadata of {identifier.split(':', 1)[0]!r} sources "
+                                "is not supported yet")
+        ref = identifier[len("docker-image://"):]
+        digest, config = await bridge.resolve_image_config(ref, _platform(request))
+        return gateway_pb2.ResolveSourceMetaResponse(
+            Source=request.Source,
+            Image=gateway_pb2.ResolveSourceImageResponse(Digest=digest, Config=config))
 
     @_handled
     async def NewContainer(self, request, context):
@@ -177,6 +186,16 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
     @_handled
     async def StatFileContainer(self, request, context):
         raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+
+
+def _platform(request):
+    """The request's platform as ours, or None for the worker's default."""
+    if not request.HasField("Platform") or not request.Platform.OS:
+        return None
+    from buildkitpy.llb.platform import Platform
+
+    p = request.Platform
+    return Platform(p.OS, p.Architecture, p.Variant)
 
 
 def _legacy_refs(pb: gateway_pb2.Result) -> gateway_pb2.Result:

@@ -46,7 +46,7 @@ def register_op(kind: str) -> Callable[[Callable[[Vertex], Op]], Callable[[Verte
 
 def op_for(vertex: Vertex) -> Op:
     # Importing the modules registers them.
-    from buildkitpy.solver.ops import diff, exec, file, merge, source  # noqa: F401
+    from buildkitpy.solver.ops import diff, exec, file, merge, source, source_image  # noqa: F401
 
     factory = _FACTORIES.get(vertex.kind)
     if factory is None:

@@ -93,6 +93,6 @@ async def test_fresh_upload_of_unchanged_context_hits_cache(env, short_dir, tmp_
 @pytest.mark.anyio
 async def test_unknown_session_and_scheme_fail_clearly(env, short_dir, tmp_path):
     b = LLB()
-    img = b.add(ops_pb2.Op(source=ops_pb2.SourceOp(identifier="docker-image://busybox")))
-    with pytest.raises(SolveError, match="docker-image:// scheme is not supported"):
+    img = b.add(ops_pb2.Op(source=ops_pb2.SourceOp(identifier="oci-layout://store/x")))
+    with pytest.raises(SolveError, match="oci-layout:// scheme is not supported"):
         await env.solver.solve(b.definition(img), env.job())
