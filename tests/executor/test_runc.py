@@ -202,22 +202,27 @@ def _mountinfo() -> set[str]:
     return {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
 
 
+def _sleepers(token: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", f"sleep {token}"], capture_output=True, text=True).stdout.split()
+
+
 async def test_cancellation_kills_and_cleans_up(executor, rootfs):
     mounts_before = _mountinfo()
     out = Output()
+    token = "4711"  # a duration no other process on the machine is likely to sleep for
     with anyio.move_on_after(1.0) as scope:
-        await executor.run(ExecSpec(rootfs=rootfs, args=["sleep", "100"], mounts=[Mount.tmpfs("/stub/tmp")]),
+        await executor.run(ExecSpec(rootfs=rootfs, args=["sleep", token], mounts=[Mount.tmpfs("/stub/tmp")]),
                            stdout=out.out, stderr=out.err)
     assert scope.cancelled_caught
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (_runc_containers(executor) or _mountinfo() != mounts_before):
+    while time.monotonic() < deadline and (_runc_containers(executor) or _mountinfo() != mounts_before
+                                           or _sleepers(token)):
         await anyio.sleep(0.1)
     assert _runc_containers(executor) == []
     assert _mountinfo() == mounts_before
     assert not (rootfs / "stub").exists()
     assert list((executor.root / "bundles").iterdir()) == []
-    procs = subprocess.run(["pgrep", "-f", "sleep 100"], capture_output=True, text=True).stdout.split()
-    assert procs == []
+    assert _sleepers(token) == []
 
 
 async def test_concurrent_runs_overlap(executor, busybox_snapshots):
