@@ -138,3 +138,23 @@ async def abort_for(context, err: BaseException, where: str) -> None:
         raise err
     logging.getLogger("buildkitpy").error("%s failed", where, exc_info=err)
     await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+
+
+def unary_handler(service: str):
+    """Decorator for a unary servicer method: our errors become rich statuses, anything
+    unexpected is logged and reported as INTERNAL (one bad call never takes the daemon down)."""
+    import functools
+
+    def decorate(method):
+        @functools.wraps(method)
+        async def wrapper(self, request, context):
+            try:
+                return await method(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - last line of defence for one RPC
+                await abort_for(context, exc, f"{service}.{method.__name__}")
+
+        return wrapper
+
+    return decorate

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
 
 import anyio
@@ -20,6 +19,7 @@ from buildkitpy.errors import (
     Unimplemented,
     abort_for,
     abort_with,
+    unary_handler,
 )
 from buildkitpy.gateway.bridge import GatewayBridge
 from buildkitpy.jobs import Job, JobRegistry
@@ -32,17 +32,7 @@ STATUS_WAIT_SECONDS = 6.0
 INSECURE_ENTITLEMENTS = {"network.host", "security.insecure", "device"}
 
 
-def _handled(method):
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - one bad call never takes the daemon down
-            await abort_for(context, exc, f"Control.{method.__name__}")
-
-    return wrapper
+_handled = unary_handler("Control")
 
 
 def version_pb() -> worker_pb2.BuildkitVersion:

@@ -7,7 +7,6 @@ service is bound to one bridge directly.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -15,7 +14,7 @@ import grpc
 
 from buildkitpy import caps
 from buildkitpy.api import gateway_pb2, gateway_pb2_grpc
-from buildkitpy.errors import NotFound, Unimplemented, abort_for
+from buildkitpy.errors import NotFound, Unimplemented, unary_handler
 from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge, ReturnedError
 
 log = logging.getLogger(__name__)
@@ -27,20 +26,7 @@ BUILD_ID_WAIT_SECONDS = 3.0
 BridgeResolver = Callable[[grpc.aio.ServicerContext], Awaitable[GatewayBridge]]
 
 
-def _handled(method):
-    """Map our errors to gRPC statuses; anything unexpected is logged and reported as INTERNAL
-    (the daemon never goes down for one bad call)."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - last line of defence for one RPC
-            await abort_for(context, exc, f"LLBBridge.{method.__name__}")
-
-    return wrapper
+_handled = unary_handler("LLBBridge")
 
 
 def jobs_resolver(jobs) -> BridgeResolver:
