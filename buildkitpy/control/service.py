@@ -105,24 +105,25 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     @_handled
     async def Solve(self, request, context):
-        exporters = list(request.Exporters)
-        if not exporters and request.ExporterDeprecated:
-            exporters = [control_pb2.Exporter(Type=request.ExporterDeprecated,
-                                              Attrs=request.ExporterAttrsDeprecated)]
-        resolved = [exporter.resolve(e.Type) for e in exporters]  # unknown types fail before work
-        if request.Cache.Exports or request.Cache.Imports or request.Cache.ExportRefDeprecated:
-            raise Unimplemented("cache import/export is not supported yet")
         entitlements = frozenset(request.Entitlements)
-        for ent in sorted(entitlements & INSECURE_ENTITLEMENTS):
-            if ent not in self.worker.insecure_entitlements:
-                raise PermissionDenied(
-                    f"granting entitlement {ent} is not allowed by build daemon configuration")
-
         job = Job(ref=request.Ref, session_id=request.Session, frontend_attrs=dict(request.FrontendAttrs),
                   entitlements=entitlements)
         job.bridge = GatewayBridge(job, self.solver, frontend_inputs=dict(request.FrontendInputs))
+        # Registered before anything can fail, so Status (started at the same time) finds the job,
+        # sees the error and ends, instead of waiting for a job that never appears.
         await self.jobs.create(job)
         try:
+            exporters = list(request.Exporters)
+            if not exporters and request.ExporterDeprecated:
+                exporters = [control_pb2.Exporter(Type=request.ExporterDeprecated,
+                                                  Attrs=request.ExporterAttrsDeprecated)]
+            resolved = [exporter.resolve(e.Type) for e in exporters]  # unknown types fail before work
+            if request.Cache.Exports or request.Cache.Imports or request.Cache.ExportRefDeprecated:
+                raise Unimplemented("cache import/export is not supported yet")
+            for ent in sorted(entitlements & INSECURE_ENTITLEMENTS):
+                if ent not in self.worker.insecure_entitlements:
+                    raise PermissionDenied(
+                        f"granting entitlement {ent} is not allowed by build daemon configuration")
             session = None
             if request.Session and exporters:
                 try:
