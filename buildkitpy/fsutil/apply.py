@@ -6,6 +6,13 @@ symlink in the destination, whether sent earlier or already there, is therefore 
 File contents are written with ``os.write`` as chunks arrive; metadata (owner, mode, xattrs, mtime)
 is applied when a file is complete, and to directories at the very end (so a read-only directory
 can still be filled, and child creation does not disturb its mtime).
+
+``mode="sync"`` makes the destination equal to the stream, like fsutil's receiver over a previous
+copy: entries of each directory that the stream does not list are deleted when the stream leaves
+that directory, and with ``differ="metadata"`` an existing entry whose type, permissions, owner,
+size, mtime and link target match its Stat is kept as it is (its contents are not requested).
+Replacing an entry always unlinks it first, so files are never modified in place: a previous
+copy shared as an overlay lower layer is never touched.
 """
 
 from __future__ import annotations
@@ -25,14 +32,20 @@ from buildkitpy.api import fsutil_stat_pb2
 from buildkitpy.fsutil import modes
 from buildkitpy.fsutil.errors import ApplyError
 
-ApplyMode = Literal["fresh", "merge"]
-# Called once per applied entry: its Stat and, for regular files, the sha256 hex digest of the data.
+ApplyMode = Literal["fresh", "merge", "sync"]
+# "metadata": keep existing entries whose metadata matches (fsutil's DiffMetadata); "none": rewrite all.
+Differ = Literal["none", "metadata"]
+# Called once per applied entry: its Stat and, for regular files written in this transfer, the sha256
+# hex digest of the data (None for other entries and for files kept unchanged from a previous copy).
 EntryCallback = Callable[[fsutil_stat_pb2.Stat, str | None], None]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_CACHED_DIR_FDS = 128
 _MAX_OPEN_FILES = 128
+# Go mode bits a Stat may carry that we reproduce on disk (and so can compare).
+_COMPARED_MODE_BITS = (modes.MODE_TYPE | modes.MODE_PERM | modes.MODE_SETUID | modes.MODE_SETGID
+                       | modes.MODE_STICKY)
 
 
 @dataclass(slots=True)
@@ -42,22 +55,37 @@ class _PendingFile:
     hasher: object | None  # hashlib sha256 when a callback wants digests
 
 
+@dataclass(slots=True)
+class _Listing:
+    """Sync mode: a directory the stream is inside of, with its existing entries not yet streamed."""
+
+    path: str
+    leftover: dict[str, os.stat_result]
+
+
 class DiskWriter:
     """Applies entries under ``dest``.
 
     ``mode="fresh"``: ``dest`` must be empty (created if missing); the daemon receives contexts so.
     ``mode="merge"``: existing entries that are not in the stream are kept; a streamed entry
     replaces what is at its path (a directory over a directory keeps its contents).
+    ``mode="sync"``: like merge, but existing entries the stream does not list are deleted.
+    ``differ="metadata"`` (merge and sync): an existing entry whose metadata matches is kept and its
+    contents are not requested.
     ``owner``: force this uid/gid on everything (the client side writes files as its own user);
     otherwise the uid/gid from the stream are applied.
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, mode: ApplyMode = "fresh",
-                 owner: tuple[int, int] | None = None, on_entry: EntryCallback | None = None) -> None:
-        if mode not in ("fresh", "merge"):
+                 owner: tuple[int, int] | None = None, on_entry: EntryCallback | None = None,
+                 differ: Differ = "none") -> None:
+        if mode not in ("fresh", "merge", "sync"):
             raise ValueError(f"unknown apply mode {mode!r}")
+        if differ not in ("none", "metadata"):
+            raise ValueError(f"unknown differ {differ!r}")
         self.dest = Path(dest)
         self.mode = mode
+        self.differ = differ
         self.owner = owner
         self.on_entry = on_entry
         self._is_root = os.geteuid() == 0
@@ -74,8 +102,13 @@ class DiskWriter:
         self._pending: dict[int, _PendingFile] = {}
         self._open_files = 0
         self._dirs: list[fsutil_stat_pb2.Stat] = []
+        self._listings: list[_Listing] = []
+        if mode == "sync":
+            self._listings.append(_Listing("", self._list(self._root_fd)))
         self.files_written = 0
         self.bytes_written = 0
+        self.entries_kept = 0  # existing entries left as they were (differ="metadata")
+        self.entries_deleted = 0  # existing entries the stream did not list (sync mode)
 
     # -- entries ---------------------------------------------------------------------------------
 
@@ -86,18 +119,19 @@ class DiskWriter:
         parent, _, name = path.rpartition("/")
         mode = stat.mode
         try:
+            if self._listings:
+                self._leave_listings_until(parent)
             pfd = self._dir_fd(parent)
-            reuse_dir = self.mode == "merge" and self._prepare_merge(pfd, name, mode)
+            existing = self._existing(pfd, name)
             if modes.is_dir(mode):
-                if not reuse_dir:
-                    os.mkdir(name, 0o700, dir_fd=pfd)
-                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-                self._dir_fds[path] = fd
-                self._set_owner_fd(fd, stat)
-                self._set_xattrs_fd(fd, stat)
-                self._dirs.append(stat)
-                self._notify(stat, None)
+                self._directory(pfd, name, stat, existing)
                 return False
+            if existing is not None:
+                if self.differ == "metadata" and self._unchanged(pfd, name, stat, existing):
+                    self.entries_kept += 1
+                    self._notify(stat, None)
+                    return False
+                self._remove(pfd, name, existing)
             if modes.is_symlink(mode):
                 os.symlink(stat.linkname, name, dir_fd=pfd)
                 self._finish_special(pfd, name, stat, chmod=False)
@@ -175,14 +209,24 @@ class DiskWriter:
         self._notify(stat, pf.hasher.hexdigest() if pf.hasher is not None else None)  # type: ignore
 
     def finish(self) -> None:
-        """Everything arrived: give directories their final mode and mtime."""
+        """Everything arrived: delete what the stream left out (sync), then give directories their
+        final mode and mtime (only where they differ, so unchanged directories are not touched)."""
         if self._pending:
             raise ApplyError(f"{len(self._pending)} files still incomplete")
+        try:
+            while self._listings:
+                self._leave_listing()
+        except OSError as e:
+            raise ApplyError(f"cannot remove entries the client no longer has: {e.strerror}") from None
         for stat in reversed(self._dirs):
             try:
                 fd = self._dir_fd(stat.path)
-                os.chmod(fd, modes.permission_bits_from_go(stat.mode))
-                os.utime(fd, ns=(stat.modTime, stat.modTime))
+                current = os.fstat(fd)
+                perm = modes.permission_bits_from_go(stat.mode)
+                if st.S_IMODE(current.st_mode) != perm:
+                    os.chmod(fd, perm)
+                if current.st_mtime_ns != stat.modTime:
+                    os.utime(fd, ns=(stat.modTime, stat.modTime))
             except OSError as e:
                 raise ApplyError(f"cannot set metadata of directory {stat.path!r}: {e.strerror}") from None
             self._trim_dir_fds()
@@ -237,19 +281,90 @@ class DiskWriter:
         except OSError as e:
             raise ApplyError(f"cannot reopen {stat.path!r}: {e.strerror}") from None
 
-    def _prepare_merge(self, pfd: int, name: str, mode: int) -> bool:
-        """Clear the way for an entry in merge mode; True if an existing directory is reused."""
+    # -- existing entries (merge and sync) -------------------------------------------------------
+
+    @staticmethod
+    def _list(fd: int) -> dict[str, os.stat_result]:
+        with os.scandir(fd) as it:
+            return {e.name: e.stat(follow_symlinks=False) for e in it}
+
+    def _existing(self, pfd: int, name: str) -> os.stat_result | None:
+        """What is at ``name`` in the parent now (never followed), or None."""
+        if self._listings:
+            return self._listings[-1].leftover.pop(name, None)
+        if self.mode == "fresh":
+            return None
         try:
-            existing = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            return None
+
+    def _leave_listings_until(self, parent: str) -> None:
+        """The stream moved on to a child of ``parent``: every deeper directory is complete."""
+        while self._listings[-1].path != parent:
+            if len(self._listings) == 1:
+                raise ApplyError(f"internal: entry under {parent!r} arrived outside its directory")
+            self._leave_listing()
+
+    def _leave_listing(self) -> None:
+        listing = self._listings.pop()
+        if listing.leftover:
+            fd = self._dir_fd(listing.path)
+            for name, existing in listing.leftover.items():
+                self._remove(fd, name, existing)
+                self.entries_deleted += 1
+
+    @staticmethod
+    def _remove(pfd: int, name: str, existing: os.stat_result) -> None:
         if st.S_ISDIR(existing.st_mode):
-            if modes.is_dir(mode):
-                return True
-            shutil.rmtree(name, dir_fd=pfd)
+            shutil.rmtree(name, dir_fd=pfd)  # fd-based: never follows a symlink inside
         else:
             os.unlink(name, dir_fd=pfd)
-        return False
+
+    def _directory(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat,
+                   existing: os.stat_result | None) -> None:
+        reuse = existing is not None and st.S_ISDIR(existing.st_mode)
+        if existing is not None and not reuse:
+            self._remove(pfd, name, existing)
+        if not reuse:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        self._dir_fds[stat.path] = fd
+        if reuse and self.differ == "metadata":
+            if (existing.st_uid, existing.st_gid) != self._ids(stat):  # type: ignore[union-attr]
+                self._set_owner_fd(fd, stat)
+            if stat.xattrs and any(_xattr_or_none(fd, k) != v for k, v in stat.xattrs.items()):
+                self._set_xattrs_fd(fd, stat)
+        else:
+            self._set_owner_fd(fd, stat)
+            self._set_xattrs_fd(fd, stat)
+        if self._listings:
+            self._listings.append(_Listing(stat.path, self._list(fd) if reuse else {}))
+        self._dirs.append(stat)
+        self._notify(stat, None)
+
+    def _unchanged(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat, existing: os.stat_result) -> bool:
+        """fsutil's metadata differ: same type and permissions, owner, mtime, and by type the size,
+        link target (symlinks), inode (hardlinks) or device numbers. Contents are not compared."""
+        mode = stat.mode
+        if stat.linkname and not modes.is_symlink(mode):  # hardlink: already the same inode?
+            if not st.S_ISREG(existing.st_mode):
+                return False
+            lparent, _, lname = stat.linkname.rpartition("/")
+            try:
+                target = os.stat(lname, dir_fd=self._dir_fd(lparent), follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            return (target.st_dev, target.st_ino) == (existing.st_dev, existing.st_ino)
+        if modes.go_mode_from_posix(existing.st_mode) != mode & _COMPARED_MODE_BITS:
+            return False
+        if (existing.st_uid, existing.st_gid) != self._ids(stat) or existing.st_mtime_ns != stat.modTime:
+            return False
+        if modes.is_symlink(mode):
+            return os.readlink(name, dir_fd=pfd) == stat.linkname
+        if modes.is_device(mode):
+            return (os.major(existing.st_rdev), os.minor(existing.st_rdev)) == (stat.devmajor, stat.devminor)
+        return existing.st_size == stat.size
 
     def _finish_special(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat, *, chmod: bool) -> None:
         uid, gid = self._ids(stat)
@@ -293,3 +408,10 @@ class DiskWriter:
     def _notify(self, stat: fsutil_stat_pb2.Stat, digest: str | None) -> None:
         if self.on_entry is not None:
             self.on_entry(stat, digest)
+
+
+def _xattr_or_none(fd: int, key: str) -> bytes | None:
+    try:
+        return os.getxattr(fd, key)
+    except OSError:
+        return None

@@ -34,7 +34,7 @@ import grpc
 from buildkitpy import errors
 from buildkitpy.api import filesync_pb2, fsutil_wire_pb2
 from buildkitpy.fsutil import packets
-from buildkitpy.fsutil.apply import ApplyMode, DiskWriter, EntryCallback
+from buildkitpy.fsutil.apply import ApplyMode, Differ, DiskWriter, EntryCallback
 from buildkitpy.fsutil.errors import ApplyError, DiffCopyError, RemoteError
 from buildkitpy.fsutil.patterns import PatternError
 from buildkitpy.fsutil.receiver import Receiver
@@ -81,6 +81,8 @@ class TransferStats:
     files: int = 0
     bytes: int = 0  # file content bytes
     seconds: float = 0.0
+    kept: int = 0  # entries already in dest with the same metadata (differ="metadata")
+    deleted: int = 0  # entries in dest the client no longer has (mode="sync")
 
 
 # -- transport adapters ----------------------------------------------------------------------------
@@ -334,10 +336,14 @@ def decode_metadata(md: Iterable[tuple[str, str | bytes]] | None) -> dict[str, l
 async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patterns: Sequence[str] = (),
                       exclude_patterns: Sequence[str] = (), follow_paths: Sequence[str] = (),
                       progress: Callable[[int], None] | None = None, mode: ApplyMode = "fresh",
-                      on_entry: EntryCallback | None = None, disk_thread: bool = False) -> TransferStats:
+                      differ: Differ = "none", on_entry: EntryCallback | None = None,
+                      disk_thread: bool = False) -> TransferStats:
     """Pull the client's directory ``dir_name`` into ``dest`` (FileSync.DiffCopy, we receive).
 
-    ``dest`` must be empty in the default ``fresh`` mode. ``progress(bytes_so_far)`` is called as the
+    ``dest`` must be empty in the default ``fresh`` mode. ``mode="sync"`` turns a previous copy in
+    ``dest`` into the client's current tree (entries it no longer has are deleted); with
+    ``differ="metadata"`` only entries whose metadata changed are requested and rewritten, like
+    BuildKit's incremental context transfer. ``progress(bytes_so_far)`` is called as the
     transfer goes (for "transferring <name>:" statuses); ``on_entry(stat, sha256_hex | None)`` for
     every applied entry. ``disk_thread`` moves file creation off the event loop (``ThreadedSink``);
     it is off by default because on 2 busy cores the GIL hand-offs cost more than they overlap.
@@ -352,7 +358,9 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     })
     if not dir_name.isascii():
         md = [(KEY_DIR_NAME, quote_plus(dir_name, safe="")), (KEY_DIR_NAME + "-encoded", "1")] + md[1:]
-    disk = DiskWriter(dest, mode=mode, on_entry=on_entry)
+    if disk_thread and differ != "none" and mode != "fresh":
+        raise ValueError("disk_thread cannot be combined with a differ: it requests every file up front")
+    disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ)
     writer: DiskWriter | ThreadedSink = ThreadedSink(disk) if disk_thread else disk
     receiver = Receiver(writer)
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)
@@ -364,7 +372,7 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
         call.cancel()
         writer.close()
     return TransferStats(receiver.entry_count, writer.files_written, writer.bytes_written,
-                         time.monotonic() - started)
+                         time.monotonic() - started, disk.entries_kept, disk.entries_deleted)
 
 
 async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",
