@@ -21,7 +21,7 @@ DEFAULT_ADDRESS = "unix:///run/buildkit/buildkitd.sock"
 @dataclass
 class RegistryConfig:
     mirrors: list[str] = field(default_factory=list)
-    http: bool = False
+    http: bool | None = None  # None: not set (loopback registries then default to plain HTTP)
     insecure: bool = False
     ca: list[str] = field(default_factory=list)
 
@@ -150,8 +150,9 @@ def load_config(path: Path | None) -> Config:
     registries = top.table("registry")
     for host in list(registries.data):
         reg = registries.table(host)
+        http = reg.get("http")
         cfg.registries[host] = RegistryConfig(
-            mirrors=list(reg.get("mirrors", [])), http=bool(reg.get("http", False)),
+            mirrors=list(reg.get("mirrors", [])), http=None if http is None else bool(http),
             insecure=bool(reg.get("insecure", False)), ca=list(reg.get("ca", [])))
         reg.finish(("keypair", "tlsconfigdir"))
 

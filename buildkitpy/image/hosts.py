@@ -73,9 +73,6 @@ def _settings(registries: Mapping[str, Any],
     if cfg is None:
         return None, False, (), []
     http = getattr(cfg, "http", None)
-    # The daemon config stores http as a plain bool: False there means "not set" for loopback.
-    if http is False and is_localhost(host):
-        http = None
     return (http, bool(getattr(cfg, "insecure", False)), tuple(getattr(cfg, "ca", ()) or ()),
             list(getattr(cfg, "mirrors", ()) or ()))
 

@@ -7,7 +7,9 @@ a failing mirror falls through to the next one. Authorization follows the regist
 (``auth``). Blob and manifest bytes are checked against their digests by the caller that stores
 them (``ContentStore`` verifies while writing; manifests are hashed here).
 
-Uploads (push) can reuse ``request``: it takes a method and a body.
+Uploads (push) can reuse ``request``: it takes a method and a body (bytes, or a seekable binary
+file that is rewound before each attempt), and a ``path`` starting with ``/`` is used as the URL
+path on the endpoint as it is (an upload ``Location``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -183,7 +185,7 @@ class RegistryClient:
     # ----------------------------------------------------------------- requests with auth and mirrors
 
     async def request(self, ref: Reference, method: str, path: str, *, accept: str | None = None,
-                      body: bytes | None = None, headers: Mapping[str, str] | None = None,
+                      body: bytes | BinaryIO | None = None, headers: Mapping[str, str] | None = None,
                       handle_body: BodyHandler | None = None, actions: str = "pull") -> Response:
         """``method`` on ``<endpoint>/v2/<repository>/<path>`` for each endpoint until one answers
         2xx. 404 becomes ``RegistryNotFound``, a refused authorization ``RegistryUnauthorized``."""
@@ -205,10 +207,11 @@ class RegistryClient:
         raise RegistryError(f"no endpoint for {ref.domain}")  # unreachable: the origin is always last
 
     async def _request_endpoint(self, ep: Endpoint, ref: Reference, method: str, path: str,
-                                accept: str | None, body: bytes | None, headers: Mapping[str, str] | None,
+                                accept: str | None, body: bytes | BinaryIO | None,
+                                headers: Mapping[str, str] | None,
                                 handle_body: BodyHandler | None, actions: str) -> Response:
         scope = repository_scope(ref.repository, actions)
-        url_path = f"{ep.path}/{ref.repository}/{path}"
+        url_path = path if path.startswith("/") else f"{ep.path}/{ref.repository}/{path}"
         authorized_fresh = False
         while True:
             hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
@@ -239,7 +242,7 @@ class RegistryClient:
                                 + (f": {summary}" if summary else ""))
 
     async def _run(self, ep: Endpoint, method: str, url_path: str, headers: dict[str, str],
-                   body: bytes | None, handle_body: BodyHandler | None) -> Response:
+                   body: bytes | BinaryIO | None, handle_body: BodyHandler | None) -> Response:
         cancel = threading.Event()
         try:
             return await anyio.to_thread.run_sync(self._blocking_request, ep, method, url_path, headers,
@@ -322,17 +325,20 @@ class RegistryClient:
 
     def _connection(self, ep: Endpoint, scheme: str, host: str) -> http.client.HTTPConnection:
         if scheme == "https":
-            return http.client.HTTPSConnection(host, timeout=self.timeout, context=ep.ssl_context())
-        return http.client.HTTPConnection(host, timeout=self.timeout)
+            return http.client.HTTPSConnection(host, timeout=self.timeout, context=ep.ssl_context(),
+                                               blocksize=CHUNK)
+        return http.client.HTTPConnection(host, timeout=self.timeout, blocksize=CHUNK)
 
     def _blocking_request(self, ep: Endpoint, method: str, url_path: str, headers: dict[str, str],
-                          body: bytes | None, handle_body: BodyHandler | None,
+                          body: bytes | BinaryIO | None, handle_body: BodyHandler | None,
                           cancel: threading.Event) -> Response:
         scheme = "http" if ep.host in self._plain_http_hosts else ep.scheme
         host = ep.host
         headers = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
             conn = self._connection(ep, scheme, host)
+            if body is not None and hasattr(body, "seek"):
+                body.seek(0)  # a retried or redirected upload sends the whole body again
             try:
                 try:
                     conn.request(method, url_path, body=body, headers=headers)
