@@ -4,17 +4,26 @@ that outlive builds, keyed by cache id, with BuildKit's sharing modes:
 - shared: every concurrent user gets the same directory;
 - locked: one user at a time, others wait;
 - private: concurrent users get a separate directory each (a new one when all are busy).
+
+A cache mount with a source input (``from=``, or the Dockerfile frontend's ``mkdir`` carrying
+``mode/uid/gid``) starts as a copy of that input and, as in BuildKit, is a separate cache per
+source snapshot. A new directory is populated under a temporary name and renamed into place, so a
+concurrent user never sees a half-seeded cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 
 from buildkitpy.api import ops_pb2
+from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.snapshot.fs import copy_tree, remove_tree
 
 
 class CacheMounts:
@@ -23,27 +32,54 @@ class CacheMounts:
         self._locks: dict[str, anyio.Lock] = {}
         self._private_busy: dict[str, set[int]] = {}
 
-    def _dir(self, cache_id: str, slot: int = 0) -> Path:
-        name = hashlib.sha256(cache_id.encode()).hexdigest()[:32]
+    def _dir(self, key: str, slot: int, seed: ImmutableSnapshot | None) -> Path:
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
         path = self.root / (name if slot == 0 else f"{name}.{slot}")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            return path
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+        try:
+            if seed is not None:
+                with seed.mount() as src:
+                    copy_tree(Path(src), tmp)
+                    st = os.lstat(src)
+                    os.chown(tmp, st.st_uid, st.st_gid)
+                    os.chmod(tmp, st.st_mode & 0o7777)
+            else:
+                os.chmod(tmp, 0o755)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not path.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
         return path
 
     @asynccontextmanager
-    async def acquire(self, cache_id: str, sharing: int):  # noqa: ANN201
+    async def acquire(self, cache_id: str, sharing: int, seed: ImmutableSnapshot | None = None):  # noqa: ANN201
+        """Hold the cache directory for ``cache_id`` (seeded from ``seed`` when first created)."""
+        key = cache_id if seed is None else f"{cache_id}:{seed.id}"
+
+        async def get(slot: int = 0) -> Path:
+            async with self._locks.setdefault("create:" + key, anyio.Lock()):
+                return await anyio.to_thread.run_sync(self._dir, key, slot, seed)
+
         if sharing == ops_pb2.LOCKED:
-            lock = self._locks.setdefault(cache_id, anyio.Lock())
+            lock = self._locks.setdefault(key, anyio.Lock())
             async with lock:
-                yield self._dir(cache_id)
+                yield await get()
         elif sharing == ops_pb2.PRIVATE:
-            busy = self._private_busy.setdefault(cache_id, set())
+            busy = self._private_busy.setdefault(key, set())
             slot = 0
             while slot in busy:
                 slot += 1
             busy.add(slot)
             try:
-                yield self._dir(cache_id, slot)
+                yield await get(slot)
             finally:
                 busy.discard(slot)
         else:
-            yield self._dir(cache_id)
+            yield await get()

@@ -13,7 +13,7 @@ import posixpath
 from google.protobuf import json_format
 
 from buildkitpy.api import ops_pb2
-from buildkitpy.errors import InvalidArgument, Unimplemented
+from buildkitpy.errors import InvalidArgument, PermissionDenied, Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.cachekey import CacheMap, Dep, Selector, digest_json, selector_digest
 from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT, Vertex
@@ -37,6 +37,9 @@ class ExecOp:
         self.n_inputs = len(vertex.inputs)
 
     def cache_map(self, ctx: OpContext) -> CacheMap:
+        # Checked before any cache lookup, as BuildKit does when it loads the definition: a cached
+        # result never lets a build skip the entitlement it would have needed.
+        check_entitlements(self.op, ctx.job.entitlements)
         op = ops_pb2.ExecOp()
         op.CopyFrom(self.op)
         for h in op.meta.extraHosts:
@@ -95,6 +98,14 @@ class ExecOp:
         if ctx.worker.executor is None:
             raise Unimplemented("this worker has no executor; exec ops cannot run")
         return await run_exec(ctx, self.op, inputs)
+
+
+def check_entitlements(op: ops_pb2.ExecOp, granted: frozenset[str]) -> None:
+    """BuildKit's texts: "network.host is not allowed" / "security.insecure is not allowed"."""
+    if op.network == ops_pb2.HOST and "network.host" not in granted:
+        raise PermissionDenied("network.host is not allowed")
+    if op.security == ops_pb2.INSECURE and "security.insecure" not in granted:
+        raise PermissionDenied("security.insecure is not allowed")
 
 
 def _dedupe_paths(paths: list[str]) -> list[str]:

@@ -13,9 +13,10 @@ import tempfile
 from pathlib import Path
 
 from buildkitpy.api import ops_pb2
-from buildkitpy.errors import NotFound, PermissionDenied, SessionNotFound, SolveError
+from buildkitpy.errors import NotFound, SessionNotFound, SolveError
 from buildkitpy.executor.spec import DEFAULT_PATH, ExecSpec, HostIP, Mount, NetworkMode, SecurityMode, Ulimit
 from buildkitpy.snapshot.api import ImmutableSnapshot, MutableSnapshot
+from buildkitpy.snapshot.fs import mkdir_all_in_root
 from buildkitpy.solver.asyncutil import blocking, release_all
 from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT
 from buildkitpy.solver.ops.base import OpContext
@@ -45,15 +46,15 @@ async def _secret(ctx: OpContext, secret_id: str, optional: bool) -> bytes | Non
     except (SecretNotFound, SessionNotFound, NotFound) as exc:
         if optional:
             return None
-        raise SolveError(f"secret {secret_id} not found: {exc}") from exc
+        # BuildKit's wording ("secret <id>: not found"); our cause follows for the daemon log reader
+        raise SolveError(f"secret {secret_id}: not found ({exc})") from exc
 
 
 async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
                    inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
-    if op.network == ops_pb2.HOST and "network.host" not in ctx.job.entitlements:
-        raise PermissionDenied("network.host is not allowed (grant the network.host entitlement)")
-    if op.security == ops_pb2.INSECURE and "security.insecure" not in ctx.job.entitlements:
-        raise PermissionDenied("security.insecure is not allowed (grant the security.insecure entitlement)")
+    from buildkitpy.solver.ops.exec import check_entitlements
+
+    check_entitlements(op, ctx.job.entitlements)
     snapshots = ctx.worker.snapshots
     vertex = ctx.vertex
     mutables: dict[int, MutableSnapshot] = {}  # mount index -> writable snapshot
@@ -88,8 +89,11 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
                     extra.append((m.dest, Mount.bind(source, m.dest, readonly=m.readonly)))
                 elif m.mountType == ops_pb2.CACHE:
                     cache_id = m.cacheOpt.ID or m.dest
+                    seed = None if m.input == SCRATCH else inputs[m.input]
                     path = await astack.enter_async_context(
-                        ctx.shared.cache_mounts.acquire(cache_id, m.cacheOpt.sharing))
+                        ctx.shared.cache_mounts.acquire(cache_id, m.cacheOpt.sharing, seed))
+                    if m.selector:  # resolved inside the cache dir: never escapes it (CVE-2024-23651)
+                        path = await blocking(_cache_subdir, path, m.selector)
                     extra.append((m.dest, Mount.bind(path, m.dest, readonly=m.readonly)))
                 elif m.mountType == ops_pb2.TMPFS:
                     extra.append((m.dest, Mount.tmpfs(m.dest, size=m.TmpfsOpt.size or None)))
@@ -143,6 +147,16 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
             with contextlib.suppress(Exception):
                 await blocking(exits.pop().__exit__, None, None, None)
         await release_all([*mutables.values(), *outputs.values()])
+
+
+def _cache_subdir(cache_dir: Path, selector: str) -> Path:
+    """The directory at ``selector`` inside a cache dir, symlinks resolved within it, created if
+    missing."""
+    mkdir_all_in_root(cache_dir, selector)
+    path = secure_join(cache_dir, selector)
+    if path.is_symlink() or not path.is_dir():
+        raise SolveError(f"cache mount selector {selector} is not a directory in the cache")
+    return path
 
 
 def _remove_tree(path: Path) -> None:
