@@ -93,6 +93,9 @@ class Build:
     async def _solve_vertex(self, v: Vertex) -> None:
         ctx = OpContext(worker=self.solver.worker, job=self.job, vertex=v, shared=self.solver)
         op = op_for(v)
+        resolve = getattr(op, "resolve", None)
+        if resolve is not None:  # sources whose cache key needs the network (http, git) look it up here
+            await resolve(ctx)
         cm = op.cache_map(ctx)
         in_keys = [self.outputs[i.digest].keys[i.index] for i in v.inputs]
         in_snaps = [self.outputs[i.digest].snapshots[i.index] for i in v.inputs]

@@ -25,7 +25,9 @@ class OpContext:
 
 class Op(Protocol):
     def cache_map(self, ctx: OpContext) -> CacheMap:
-        """Definition digest and per-input dependencies; pure, no I/O."""
+        """Definition digest and per-input dependencies; pure, no I/O. An op whose key needs I/O
+        (an http download's checksum, a git ref's commit) may also define ``async def
+        resolve(ctx)``, which the scheduler awaits before calling ``cache_map``."""
 
     async def execute(self, ctx: OpContext,
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
@@ -47,6 +49,7 @@ def register_op(kind: str) -> Callable[[Callable[[Vertex], Op]], Callable[[Verte
 def op_for(vertex: Vertex) -> Op:
     # Importing the modules registers them.
     from buildkitpy.solver.ops import diff, exec, file, merge, source, source_image  # noqa: F401
+    from buildkitpy.solver.ops import source_git, source_http  # noqa: F401  # isort: skip
 
     factory = _FACTORIES.get(vertex.kind)
     if factory is None:
