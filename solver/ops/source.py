@@ -2,7 +2,10 @@
 
 ``local://<name>`` pulls a directory from the client over its session's FileSync. Its cache key is
 per session (BuildKit makes it ``random:``): it is never persisted, and the op runs on every build;
-what follows it still hits the cache through content checksums. ``docker-image://``, ``git://`` and
+what follows it still hits the cache through content checksums. The transfer itself is incremental
+like BuildKit's: the previous copy with the same shared key (``local_reuse``) is the parent of the
+new snapshot and only entries whose metadata changed are fetched (``local.differ`` unset or
+``metadata``); ``local.differ=none`` fetches everything. ``docker-image://``, ``git://`` and
 ``http(s)://`` register here when they exist.
 """
 
@@ -10,14 +13,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from buildkitpy.errors import InvalidArgument, SessionNotFound, Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.snapshot.fs import copy_tree
 from buildkitpy.solver.asyncutil import blocking
 from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
+from buildkitpy.solver.ops.local_reuse import SharedKeyIndex, claim
 
 ATTR_SESSION = "local.session"
 ATTR_UNIQUE = "local.unique"
@@ -27,6 +33,10 @@ ATTR_FOLLOW = "local.followpaths"
 ATTR_SHARED_KEY_HINT = "local.sharedkeyhint"
 ATTR_DIFFER = "local.differ"
 ATTR_METADATA_TRANSFER = "local.metadatatransfer"
+
+# A reused copy stacks one overlay layer per transfer; past this depth the previous tree is copied
+# locally into a fresh single-layer snapshot first (still far cheaper than a full transfer).
+MAX_REUSE_LAYERS = 8
 
 SOURCE_SCHEMES: dict[str, Callable[[Vertex], Any]] = {}
 
@@ -83,6 +93,12 @@ class LocalSource:
         differ = attrs.get(ATTR_DIFFER, "")
         if differ not in ("", "none", "metadata"):
             raise InvalidArgument(f"local source {self.name}: unknown {ATTR_DIFFER} {differ!r}")
+        self.differ = differ or "metadata"
+        metadata_only = attrs.get(ATTR_METADATA_TRANSFER, "").lower()
+        if metadata_only not in ("", "0", "1", "t", "f", "true", "false"):
+            raise InvalidArgument(f"local source {self.name}: invalid {ATTR_METADATA_TRANSFER} "
+                                  f"{attrs.get(ATTR_METADATA_TRANSFER)!r} (want true or false)")
+        self.metadata_only = metadata_only in ("1", "t", "true")
 
     def cache_map(self, ctx: OpContext) -> CacheMap:
         ident = digest_json({"SessionID": self.session_id or ",".join(ctx.job.session_ids),
@@ -109,28 +125,74 @@ class LocalSource:
         raise SessionNotFound(f"local source {self.name}: no active session (asked for "
                               f"{self.session_id or 'none'}, build sessions {ctx.job.session_ids})")
 
+    def shared_key(self, session: Any) -> str:
+        """BuildKit's key for the previous copy of this directory from the same client."""
+        suffix = ":metadata" if self.metadata_only else ""
+        return f"{self.name}:{self.shared_key_hint}:{session.shared_key}{suffix}"
+
     async def execute(self, ctx: OpContext,
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
+        session = await self._session(ctx)
+        key = self.shared_key(session)
+        index = SharedKeyIndex(ctx.worker.root)
+        async with claim(ctx.worker.root, key) as owned:
+            previous = await self._previous(ctx, index, key) if owned and self.differ == "metadata" else None
+            try:
+                result = await self._transfer(ctx, session, previous)
+            finally:
+                if previous is not None:
+                    await blocking(previous.release)
+            if owned:
+                try:
+                    await blocking(index.put, key, result.id)
+                except BaseException:
+                    await blocking(result.release)
+                    raise
+        return [result]
+
+    async def _previous(self, ctx: OpContext, index: SharedKeyIndex, key: str) -> ImmutableSnapshot | None:
+        snapshot_id = await blocking(index.get, key)
+        if snapshot_id is None:
+            return None
+        try:
+            return await blocking(ctx.worker.snapshots.get, snapshot_id)
+        except KeyError:  # pruned since: start over
+            await blocking(index.forget, key)
+            return None
+
+    async def _transfer(self, ctx: OpContext, session: Any,
+                        previous: ImmutableSnapshot | None) -> ImmutableSnapshot:
+        """Receive into a new snapshot: on top of ``previous`` (sync, only changes), on a local copy
+        of it when its layer chain is too deep, or from scratch."""
         from buildkitpy.session.filesync import receive_dir
 
-        session = await self._session(ctx)
-        mutable = await blocking(ctx.worker.snapshots.new_mutable, None, f"local source for {self.name}")
+        flatten = previous is not None and len(await blocking(previous.layers)) >= MAX_REUSE_LAYERS
+        parent = previous if previous is not None and not flatten else None
+        mutable = await blocking(ctx.worker.snapshots.new_mutable, parent, f"local source for {self.name}")
         try:
             mount = mutable.mount()
             dest = await blocking(mount.__enter__)
             progress = _TransferProgress(ctx, self.name)
             try:
+                if flatten:
+                    await blocking(_copy_snapshot, previous, dest)
                 await receive_dir(session.channel, dest, dir_name=self.name,
                                   include_patterns=self.include_patterns,
                                   exclude_patterns=self.exclude_patterns, follow_paths=self.follow_paths,
-                                  progress=progress)
+                                  progress=progress, mode="sync" if previous is not None else "fresh",
+                                  differ="metadata")
                 progress(progress.last, done=True)
             finally:
                 await blocking(mount.__exit__, None, None, None)
-            return [await blocking(mutable.commit)]
+            return await blocking(mutable.commit)
         except BaseException:
             await blocking(mutable.release)
             raise
+
+
+def _copy_snapshot(snapshot: ImmutableSnapshot, dest: Path) -> None:
+    with snapshot.mount() as root:
+        copy_tree(root, dest)
 
 
 class _TransferProgress:

@@ -3,16 +3,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
 import pytest
 
 from buildkitpy.api import ops_pb2
+from buildkitpy.control import usage
 from buildkitpy.errors import SolveError
 from buildkitpy.progress import ProgressBus
 from buildkitpy.session.client import ClientSession
 from buildkitpy.session.filesync import FileSyncAttachable
 from buildkitpy.session.secrets import SecretsAttachable
 from buildkitpy.solver import Job
+from buildkitpy.solver.ops import source as source_ops
 from tests.session.conftest import start_daemon, stop_daemon
+from tests.solver.conftest import describe
 from tests.solver.llbutil import LLB, copy
 
 
@@ -96,3 +106,154 @@ async def test_unknown_session_and_scheme_fail_clearly(env, short_dir, tmp_path)
     img = b.add(ops_pb2.Op(source=ops_pb2.SourceOp(identifier="oci-layout://store/x")))
     with pytest.raises(SolveError, match="oci-layout:// scheme is not supported"):
         await env.solver.solve(b.definition(img), env.job())
+
+
+# -- incremental transfers: the previous copy with the same shared key is reused ------------------
+
+
+class Transfers:
+    """One client session serving ``ctx``; ``build`` solves just the local source."""
+
+    def __init__(self, env, session_id: str) -> None:  # noqa: ANN001
+        self.env = env
+        self.session_id = session_id
+
+    async def build(self, **attrs: str):  # noqa: ANN201
+        b = LLB()
+        src = local(b, self.session_id, **attrs)
+        res = await self.env.solver.solve(b.definition(src), Job(id=f"j{attrs}", progress=ProgressBus(),
+                                                                 session_ids=[self.session_id]))
+        try:
+            with res.ref.mount() as root:
+                tree = describe(root)
+            own_layer = res.ref.layers()[-1]
+            fetched = sorted(p.relative_to(own_layer).as_posix() for p in own_layer.rglob("*")
+                             if p.is_file() and not p.is_symlink() and p.stat().st_size)
+            return Built(res.ref.id, res.ref.parent_id, tree, fetched)
+        finally:
+            res.ref.release()
+
+
+@dataclass
+class Built:
+    id: str
+    parent_id: str | None
+    tree: dict
+    fetched: list[str]  # non-empty regular files in the snapshot's own layer (overlay mode)
+
+
+@asynccontextmanager
+async def serving(env, short_dir: str, ctx_dir: Path):  # noqa: ANN001, ANN201
+    daemon = await start_daemon(f"{short_dir}/d.sock")
+    env.worker.sessions = daemon.sessions
+    try:
+        session = ClientSession([FileSyncAttachable({"ctx": ctx_dir})], shared_key="node-1")
+        async with session.run(daemon.control):
+            yield Transfers(env, session.session_id)
+    finally:
+        await stop_daemon(daemon)
+
+
+def make_context(ctx: Path) -> None:
+    for i in range(50):
+        (ctx / f"d{i // 10}").mkdir(parents=True, exist_ok=True)
+        (ctx / f"d{i // 10}" / f"f{i}").write_bytes(b"x" * (100 + i))
+    (ctx / "sub").mkdir()
+    (ctx / "sub" / "inner").write_text("inner")
+
+
+@pytest.mark.anyio
+async def test_unchanged_and_changed_transfers_reuse_the_previous_copy(env, short_dir, tmp_path):
+    ctx = tmp_path / "ctx"
+    make_context(ctx)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("untouched")
+    overlay = env.snapshots.mode == "overlay"
+    async with serving(env, short_dir, ctx) as client:
+        first = await client.build()
+        assert first.parent_id is None and first.tree == describe(ctx)
+        second = await client.build()
+        assert second.parent_id == first.id and second.tree == describe(ctx)
+        if overlay:
+            assert len(first.fetched) == 51 and second.fetched == []
+        (ctx / "d1" / "f13").write_bytes(b"changed")
+        (ctx / "d2" / "f20").unlink()
+        shutil.rmtree(ctx / "sub")
+        os.symlink(outside, ctx / "sub")  # a directory of the previous copy becomes a symlink out
+        (ctx / "new").write_text("new")
+        third = await client.build()
+        assert third.parent_id == second.id and third.tree == describe(ctx)
+        assert third.tree["sub"] == ("link", str(outside))
+        if overlay:
+            assert third.fetched == ["d1/f13", "new"]
+        os.unlink(ctx / "sub")
+        (ctx / "sub").mkdir()
+        (ctx / "sub" / "precious").write_text("from the client")  # would land outside via the link
+        fourth = await client.build()
+        assert fourth.tree == describe(ctx)
+    assert sorted(os.listdir(outside)) == ["precious"] and (outside / "precious").read_text() == "untouched"
+    # results are copy-on-write: the earlier snapshots still hold their own trees
+    with env.snapshots.get(first.id).mount() as root:
+        assert describe(root) == first.tree
+    assert env.mutables() == []
+
+
+@pytest.mark.anyio
+async def test_reuse_survives_a_restart_and_falls_back_after_prune(env, short_dir, tmp_path):
+    ctx = tmp_path / "ctx"
+    make_context(ctx)
+    async with serving(env, short_dir, ctx) as client:
+        first = await client.build()
+    env.restart()
+    async with serving(env, short_dir, ctx) as client:
+        second = await client.build()
+        assert second.parent_id == first.id and second.tree == describe(ctx)
+    env.restart()  # drops the solver's in-memory hold on the last results
+    removed = usage.prune(env.worker, env.solver.cache, all=True, keep_duration=0, filters=[])
+    assert {first.id, second.id} <= {r.id for r in removed}
+    async with serving(env, short_dir, ctx) as client:
+        third = await client.build()
+        assert third.parent_id is None and third.tree == describe(ctx)
+
+
+@pytest.mark.anyio
+async def test_keys_differ_none_and_deep_chains(env, short_dir, tmp_path, monkeypatch):
+    ctx = tmp_path / "ctx"
+    make_context(ctx)
+    monkeypatch.setattr(source_ops, "MAX_REUSE_LAYERS", 2)
+    async with serving(env, short_dir, ctx) as client:
+        a = await client.build()
+        other_hint = await client.build(**{"local.sharedkeyhint": "other"})
+        assert other_hint.parent_id is None  # another key: no previous copy
+        full = await client.build(**{"local.differ": "none"})
+        assert full.parent_id is None and full.tree == describe(ctx)
+        b = await client.build()
+        assert b.parent_id == full.id  # differ=none recorded its copy too
+        (ctx / "d0" / "f1").write_bytes(b"changed")
+        c = await client.build()  # b's chain has 2 layers: flattened into a fresh snapshot first
+        assert c.parent_id is None and c.tree == describe(ctx)
+        if env.snapshots.mode == "overlay":
+            assert a.fetched and len(c.fetched) == 51  # a local copy, not a transfer: the tree is whole
+        with pytest.raises(SolveError, match="local.differ"):
+            await client.build(**{"local.differ": "content"})
+
+
+@pytest.mark.anyio
+async def test_concurrent_transfers_with_one_key_are_serialised(env, short_dir, tmp_path):
+    ctx = tmp_path / "ctx"
+    make_context(ctx)
+    async with serving(env, short_dir, ctx) as client:
+        await client.build()
+        results: list[Built] = []
+
+        async def one(unique: str) -> None:
+            results.append(await client.build(**{"local.unique": unique}))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(one, str(i))
+        assert all(r.tree == describe(ctx) for r in results)
+        ids = {r.id for r in results}
+        assert sum(r.parent_id in ids for r in results) == 2  # each waited for the one before
+    assert env.mutables() == []

@@ -1,0 +1,94 @@
+"""Which committed snapshot holds the previous transfer of a local source, by shared key.
+
+BuildKit keeps the last copy of each client directory under ``name:sharedkeyhint:sessionSharedKey``
+and transfers only what changed against it. We record the committed snapshot of each transfer in
+SQLite (``<worker root>/local-sources.db``, so a daemon restart keeps it); the next transfer with
+the same key starts a new mutable snapshot on top of it and syncs the delta into that, so no
+finished result is ever modified.
+
+Transfers with one key are serialised by ``claim``: the second waits for the first (then only
+fetches what changed since) or, after ``CLAIM_TIMEOUT``, transfers from scratch without recording.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+DB_NAME = "local-sources.db"
+CLAIM_TIMEOUT = 30.0  # seconds a transfer waits for another one with the same key
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS local_sources (shared_key TEXT PRIMARY KEY, "
+           "snapshot_id TEXT NOT NULL, updated REAL NOT NULL)")
+
+
+class SharedKeyIndex:
+    """Blocking SQLite access (call through a worker thread); a connection per call keeps it simple
+    and thread-safe, and it is a handful of calls per transfer."""
+
+    def __init__(self, worker_root: Path) -> None:
+        self.path = Path(worker_root) / DB_NAME
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(_SCHEMA)
+        return db
+
+    def get(self, shared_key: str) -> str | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT snapshot_id FROM local_sources WHERE shared_key=?",
+                             (shared_key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, shared_key: str, snapshot_id: str) -> None:
+        with closing(self._connect()) as db:
+            db.execute("INSERT OR REPLACE INTO local_sources VALUES (?, ?, ?)",
+                       (shared_key, snapshot_id, time.time()))
+
+    def forget(self, shared_key: str) -> None:
+        with closing(self._connect()) as db:
+            db.execute("DELETE FROM local_sources WHERE shared_key=?", (shared_key,))
+
+
+@dataclass
+class _KeyLock:
+    lock: anyio.Lock
+    users: int = 0
+
+
+_LOCKS: dict[str, _KeyLock] = {}
+
+
+@asynccontextmanager
+async def claim(worker_root: Path, shared_key: str) -> AsyncIterator[bool]:
+    """Hold the key while transferring; yields False if another transfer kept it too long.
+
+    Locks live only while someone uses them, so none outlives the event loop it was made on.
+    """
+    name = f"{Path(worker_root).absolute()}\0{shared_key}"
+    entry = _LOCKS.get(name)
+    if entry is None:
+        entry = _LOCKS[name] = _KeyLock(anyio.Lock())
+    entry.users += 1
+    acquired = False
+    try:
+        with anyio.move_on_after(CLAIM_TIMEOUT):
+            await entry.lock.acquire()
+            acquired = True
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                entry.lock.release()
+    finally:
+        entry.users -= 1
+        if not entry.users:
+            del _LOCKS[name]
