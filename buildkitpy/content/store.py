@@ -197,6 +197,30 @@ class ContentStore:
                 self.set_labels(digest, labels)
         return digest
 
+    def ingest_path(self) -> Path:
+        """A fresh temporary file name inside the store, for ``adopt``."""
+        return self._ingest_dir / f"adopt-{secrets.token_hex(8)}"
+
+    def adopt(self, path: Path, digest: str, labels: Mapping[str, str] | None = None) -> BlobInfo:
+        """Move a file written under ``ingest_path()`` into the store as ``digest``; the caller hashed
+        the bytes while writing them (exporters compress and hash in one pass), so they are not read
+        again. If the blob is already stored the file is dropped."""
+        validate_digest(digest)
+        lock = self._acquire_digest_lock(digest)
+        try:
+            if self.exists(digest):
+                os.unlink(path)
+            else:
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+                os.chmod(path, 0o444)
+                os.rename(path, self.path(digest))
+        finally:
+            self._release_digest_lock(digest, lock)
+        if labels:
+            self.set_labels(digest, labels)
+        return self.info(digest)
+
     def set_labels(self, digest: str, labels: Mapping[str, str]) -> None:
         validate_digest(digest)
         with self._lock:

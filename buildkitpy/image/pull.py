@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS chains (
     snapshot_id TEXT NOT NULL,
     created REAL NOT NULL
 );
+-- The blob each pulled layer snapshot was unpacked from: exporters reuse it instead of recompressing.
+CREATE TABLE IF NOT EXISTS layer_blobs (
+    snapshot_id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    diff_id TEXT NOT NULL
+);
 """
 
 
@@ -73,6 +81,19 @@ class ChainIndex:
     def forget(self, chain_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM chains WHERE chain_id=?", (chain_id,))
+
+    def put_layer_blob(self, snapshot_id: str, desc: Descriptor, diff_id: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO layer_blobs (snapshot_id, digest, media_type, size, "
+                             "diff_id) VALUES (?,?,?,?,?)",
+                             (snapshot_id, desc.digest, desc.media_type, desc.size, diff_id))
+
+    def layer_blob(self, snapshot_id: str) -> tuple[str, str, int, str] | None:
+        """(digest, media type, size, diff_id) of the blob a pulled layer snapshot came from."""
+        with self._lock:
+            row = self._db.execute("SELECT digest, media_type, size, diff_id FROM layer_blobs "
+                                   "WHERE snapshot_id=?", (snapshot_id,)).fetchone()
+        return (row[0], row[1], int(row[2]), row[3]) if row else None
 
     def snapshot_ids(self) -> set[str]:
         with self._lock:
@@ -283,6 +304,7 @@ class ImagePuller:
         except BaseException:
             mutable.release()
             raise
+        self.chains.put_layer_blob(snap.id, desc, diff_id)
         self.chains.put(chain_id, snap.id)
         return snap
 

@@ -1,0 +1,350 @@
+"""``assemble_image``: a build result as an OCI image (layers, config, manifest, index) in the
+content store. Shared by the ``oci``, ``docker`` and ``image`` exporters."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from buildkitpy.content.store import ContentStore
+from buildkitpy.errors import InvalidArgument
+from buildkitpy.exporter.imagebuild import config as cfgdoc
+from buildkitpy.exporter.imagebuild.blobs import BlobCache, LayerBlob, compress_layer, layer_key
+from buildkitpy.image import compression as comp
+from buildkitpy.image import mediatypes
+
+EPOCH_METADATA = "source.date.epoch"
+_caches: dict[Path, BlobCache] = {}
+_caches_lock = threading.Lock()
+
+
+def _blob_cache(root: Path) -> BlobCache:
+    root = Path(root).absolute()
+    with _caches_lock:
+        cache = _caches.get(root)
+        if cache is None:
+            cache = _caches[root] = BlobCache(root / "exporter" / "layers.db")
+        return cache
+
+
+def _parse_epoch(value: str, where: str) -> int:
+    try:
+        epoch = int(value.strip())
+    except ValueError:
+        raise InvalidArgument(f"invalid SOURCE_DATE_EPOCH {value!r} ({where}): not an integer") from None
+    if epoch < 0:
+        raise InvalidArgument(f"invalid SOURCE_DATE_EPOCH {value!r} ({where}): negative")
+    return epoch
+
+
+@dataclass
+class ImageOptions:
+    """The exporter attributes that shape the image (BuildKit's image commit options)."""
+
+    oci_mediatypes: bool = True
+    compression: comp.CompressionConfig = field(default_factory=comp.CompressionConfig)
+    rewrite_timestamp: bool = False
+    epoch: int | None = None  # ``source-date-epoch`` attribute; else from the build (metadata/build-arg)
+    manifest_annotations: dict[str, str] = field(default_factory=dict)
+    index_annotations: dict[str, str] = field(default_factory=dict)
+    descriptor_annotations: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, str], *, default_oci: bool) -> ImageOptions:
+        """Parse ``oci-mediatypes``, ``compression*``, ``rewrite-timestamp``, ``source-date-epoch``
+        and ``annotation[-manifest|-index|-manifest-descriptor].KEY`` (other keys are ignored:
+        each exporter checks its own)."""
+        opts = cls(oci_mediatypes=default_oci, compression=comp.parse_options(attrs))
+        if "oci-mediatypes" in attrs:
+            opts.oci_mediatypes = comp.parse_bool(attrs["oci-mediatypes"], "oci-mediatypes")
+        if "rewrite-timestamp" in attrs:
+            opts.rewrite_timestamp = comp.parse_bool(attrs["rewrite-timestamp"], "rewrite-timestamp")
+        if attrs.get("source-date-epoch", "").strip():
+            opts.epoch = _parse_epoch(attrs["source-date-epoch"], "source-date-epoch option")
+        for key, value in attrs.items():
+            if not key.startswith("annotation"):
+                continue
+            kind, _, name = key.partition(".")
+            if not name:
+                raise InvalidArgument(f"invalid annotation option {key!r}: no annotation key")
+            if "[" in kind:
+                raise InvalidArgument(
+                    f"annotation option {key!r}: per-platform annotations are not supported")
+            target = {"annotation": opts.manifest_annotations,
+                      "annotation-manifest": opts.manifest_annotations,
+                      "annotation-index": opts.index_annotations,
+                      "annotation-manifest-descriptor": opts.descriptor_annotations}.get(kind)
+            if target is None:
+                raise InvalidArgument(f"unknown annotation option {key!r}")
+            target[name] = value
+        if opts.index_annotations and not opts.oci_mediatypes:
+            raise InvalidArgument("index annotations need oci-mediatypes=true")
+        return opts
+
+
+@dataclass
+class BuiltManifest:
+    """One platform's image."""
+
+    platform: dict[str, str]
+    descriptor: dict[str, Any]  # the manifest's descriptor (with platform when in an index)
+    manifest: bytes
+    config: bytes
+    config_digest: str
+    layers: list[dict[str, Any]]  # layer descriptors as in the manifest
+
+
+@dataclass
+class AssembledImage:
+    """The result of ``assemble_image``: every blob is in ``store``."""
+
+    descriptor: dict[str, Any]  # the top object: the manifest, or the index for multi-platform
+    config_digest: str  # of the single platform's config ("" for an index)
+    manifests: list[BuiltManifest]
+    index: bytes | None
+    store: ContentStore
+    epoch: int | None = None
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor["digest"]
+
+    def blobs(self) -> list[dict[str, Any]]:
+        """Descriptors of every blob the image references, each once: the index, then per manifest
+        the manifest, its config and its layers."""
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+
+        def add(desc: dict[str, Any]) -> None:
+            if desc["digest"] not in seen:
+                seen.add(desc["digest"])
+                out.append({k: desc[k] for k in ("mediaType", "digest", "size")})
+
+        if self.index is not None:
+            add(self.descriptor)
+        for m in self.manifests:
+            add(m.descriptor)
+            add(json.loads(m.manifest)["config"])
+            for layer in m.layers:
+                add(layer)
+        return out
+
+    def blob_path(self, digest: str) -> Path:
+        return self.store.path(digest)
+
+
+def _worker(ctx: Any) -> Any:
+    return ctx.bridge.solver.worker
+
+
+def _platform_refs(ctx: Any) -> list[tuple[str | None, Any, dict[str, str]]]:
+    """(platform key or None, result ref, platform) for each image to build."""
+    from buildkitpy.worker import host_platform
+
+    result = ctx.result
+    worker = _worker(ctx)
+    platforms = list(getattr(worker, "platforms", None) or [host_platform()])
+    default = dict(platforms[0])
+    raw = result.metadata.get("refs.platforms")
+    if result.refs is None or (raw is None and len(result.refs) <= 1):
+        ref = result.ref if result.refs is None else next(iter(result.refs.values()), None)
+        key = None if result.refs is None else next(iter(result.refs), None)
+        return [(key, ref, default)]
+    if raw is None:
+        raise InvalidArgument("result has several refs but no refs.platforms metadata naming their platforms")
+    try:
+        entries = json.loads(raw)["platforms"]
+        out = []
+        for entry in entries:
+            key = entry["id"]
+            if key not in result.refs:
+                raise InvalidArgument(f"refs.platforms names {key!r}, which is not a result ref")
+            p = entry.get("platform") or {}
+            out.append((key, result.refs[key], {k: str(v) for k, v in p.items() if isinstance(v, str)}))
+        return out
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(f"invalid refs.platforms metadata: {exc}") from None
+
+
+def _metadata(result: Any, name: str, key: str | None) -> bytes | None:
+    md = result.metadata
+    if key is not None and f"{name}/{key}" in md:
+        return md[f"{name}/{key}"]
+    return md.get(name)
+
+
+def _epoch(ctx: Any, options: ImageOptions, key: str | None) -> int | None:
+    if options.epoch is not None:
+        return options.epoch
+    raw = _metadata(ctx.result, EPOCH_METADATA, key)
+    if raw:
+        return _parse_epoch(raw.decode(errors="replace"), f"{EPOCH_METADATA} metadata")
+    attrs = getattr(getattr(ctx.bridge, "job", None), "frontend_attrs", None) or {}
+    value = attrs.get("build-arg:SOURCE_DATE_EPOCH", "")
+    if value.strip():
+        return _parse_epoch(value, "build-arg")
+    return None
+
+
+def _layer_metas(worker: Any, layers: list[Path]) -> list[cfgdoc.LayerMeta]:
+    by_id = {u.id: u for u in worker.snapshots.usage()} if hasattr(worker.snapshots, "usage") else {}
+    out = []
+    for path in layers:
+        usage = by_id.get(path.parent.name)
+        out.append(cfgdoc.LayerMeta(usage.created if usage else os.stat(path).st_mtime,
+                                    usage.description if usage else ""))
+    return out
+
+
+class _LayerExporter:
+    """Produces each distinct layer's blob once per export, several layers at a time."""
+
+    def __init__(self, worker: Any, options: ImageOptions, progress: Any, vertex: str) -> None:
+        from buildkitpy.solver.ops.source_image import puller_for
+
+        puller = puller_for(worker)
+        self.store: ContentStore = puller.store
+        self.chains = puller.chains
+        self.cache = _blob_cache(worker.root)
+        self.options = options
+        self.progress = progress
+        self.vertex = vertex
+        self.limiter = anyio.CapacityLimiter(max(2, min(os.cpu_count() or 2, 8)))
+        self.blobs: dict[tuple[str, int | None], LayerBlob] = {}
+
+    def _reused(self, path: Path) -> LayerBlob | None:
+        pulled = self.chains.layer_blob(path.parent.name) if path.name == "fs" else None
+        if pulled is None:
+            return None
+        digest, media_type, size, diff_id = pulled
+        try:
+            kind = comp.kind_of(media_type)
+        except InvalidArgument:
+            return None
+        wanted = self.options.compression
+        if wanted.force and kind != wanted.kind:
+            return None
+        if not self.store.exists(digest):
+            return None
+        return LayerBlob(digest, size, diff_id, kind, media_type=media_type, reused=True)
+
+    def _blocking(self, path: Path, clamp: int | None) -> LayerBlob:
+        reused = self._reused(path)  # base layers keep their times, as BuildKit leaves them
+        if reused is not None:
+            return reused
+        key = layer_key(path)
+        variant = self.options.compression.variant + (f":clamp={clamp}" if clamp is not None else "")
+        cached = self.cache.get(key, variant)
+        if cached is not None and self.store.exists(cached.digest):
+            return cached
+        blob = compress_layer(path, self.store, self.options.compression, clamp)
+        self.cache.put(key, variant, blob)
+        return blob
+
+    async def one(self, path: Path, clamp: int | None) -> None:
+        name = f"exporting layer {layer_key(path)}"
+        self.progress.status(self.vertex, name, name=name)
+        blob = await anyio.to_thread.run_sync(self._blocking, path, clamp, limiter=self.limiter)
+        self.blobs[(str(path), clamp)] = blob
+        self.progress.status(self.vertex, name, name=name, completed=True)
+
+    async def run(self, wanted: list[tuple[Path, int | None]]) -> None:
+        todo = list(dict.fromkeys((p, c) for p, c in wanted))
+        async with anyio.create_task_group() as tg:
+            for path, clamp in todo:
+                tg.start_soon(self.one, path, clamp)
+
+
+async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *, vertex: str | None = None,
+                         allow_index: bool = True) -> AssembledImage:
+    """Build the image of ``ctx.result`` (an ``ExportContext``) into the worker's content store.
+
+    ``options`` is an ``ImageOptions`` or the exporter attributes to parse into one (then OCI media
+    types are the default).
+
+    Single-platform results give a manifest; results with ``refs`` and ``refs.platforms``
+    metadata give an index of per-platform manifests (``allow_index=False`` rejects them, as the
+    docker exporter does). Layer blobs are compressed in parallel, cached per layer and
+    compression, and pulled base layers are reused as their registry blobs. ``vertex`` is the
+    progress vertex the layer statuses are reported under (a new "exporting layers" vertex when
+    not given).
+    """
+    if not isinstance(options, ImageOptions):
+        options = ImageOptions.from_attrs(options, default_oci=True)
+    if vertex is None:
+        vertex = "sha256:" + secrets.token_hex(32)
+        ctx.progress.vertex(vertex, "exporting layers", started=True)
+        try:
+            image = await assemble_image(ctx, options, vertex=vertex, allow_index=allow_index)
+        except BaseException as exc:
+            ctx.progress.vertex(vertex, error=str(exc) or type(exc).__name__, completed=True)
+            raise
+        ctx.progress.vertex(vertex, completed=True)
+        return image
+    worker = _worker(ctx)
+    targets = _platform_refs(ctx)
+    if len(targets) > 1 and not allow_index:
+        raise InvalidArgument("docker exporter does not currently support exporting manifest lists")
+    layers_per_target: list[list[Path]] = []
+    for _, ref, _ in targets:
+        snapshot = await ctx.bridge.evaluate(ref) if ref is not None else None
+        layers_per_target.append(await anyio.to_thread.run_sync(snapshot.layers) if snapshot else [])
+    epochs = [_epoch(ctx, options, key) for key, _, _ in targets]
+    clamps = [e if options.rewrite_timestamp else None for e in epochs]
+
+    exporter = _LayerExporter(worker, options, ctx.progress, vertex)
+    await exporter.run([(p, clamps[i]) for i, layers in enumerate(layers_per_target) for p in layers])
+    store = exporter.store
+    oci = options.oci_mediatypes
+
+    built: list[BuiltManifest] = []
+    for i, (key, _, platform) in enumerate(targets):
+        layers = layers_per_target[i]
+        blobs = [exporter.blobs[(str(p), clamps[i])] for p in layers]
+        metas = await anyio.to_thread.run_sync(_layer_metas, worker, layers)
+        config = cfgdoc.patch_config(_metadata(ctx.result, "containerimage.config", key),
+                                     [b.diff_id for b in blobs], metas, platform=platform, epoch=epochs[i],
+                                     base_config=_metadata(ctx.result, "containerimage.base.config", key))
+        config_type = mediatypes.OCI_CONFIG if oci else mediatypes.DOCKER_CONFIG
+        config_digest = await anyio.to_thread.run_sync(store.write_bytes, config)
+        config_desc = cfgdoc.descriptor(config_type, config_digest, len(config))
+        layer_descs = [cfgdoc.descriptor(comp.convert_media_type(b.media_type, oci) if b.media_type
+                                         else comp.layer_media_type(b.kind, oci), b.digest, b.size)
+                       for b in blobs]
+        manifest = cfgdoc.manifest_json(config_desc, layer_descs, oci=oci,
+                                        annotations=options.manifest_annotations or None)
+        labels = {"containerd.io/gc.ref.content.0": config_digest}
+        labels.update({f"containerd.io/gc.ref.content.{n + 1}": d["digest"]
+                       for n, d in enumerate(layer_descs)})
+        manifest_digest = await anyio.to_thread.run_sync(store.write_bytes, manifest, None, labels)
+        ctx.progress.status(vertex, f"exporting manifest {manifest_digest}",
+                            name=f"exporting manifest {manifest_digest}", completed=True)
+        ctx.progress.status(vertex, f"exporting config {config_digest}",
+                            name=f"exporting config {config_digest}", completed=True)
+        media_type = mediatypes.OCI_MANIFEST if oci else mediatypes.DOCKER_MANIFEST
+        in_index = len(targets) > 1
+        desc = cfgdoc.descriptor(media_type, manifest_digest, len(manifest),
+                                 annotations=None if in_index else (options.descriptor_annotations or None),
+                                 platform=platform if in_index else None)
+        built.append(BuiltManifest(platform, desc, manifest, config, config_digest, layer_descs))
+
+    if len(built) == 1:
+        return AssembledImage(built[0].descriptor, built[0].config_digest, built, None, store, epochs[0])
+    index = cfgdoc.index_json([m.descriptor for m in built], oci=oci,
+                              annotations=options.index_annotations or None)
+    labels = {f"containerd.io/gc.ref.content.m.{n}": m.descriptor["digest"] for n, m in enumerate(built)}
+    index_digest = await anyio.to_thread.run_sync(store.write_bytes, index, None, labels)
+    ctx.progress.status(vertex, f"exporting manifest list {index_digest}",
+                        name=f"exporting manifest list {index_digest}", completed=True)
+    media_type = mediatypes.OCI_INDEX if oci else mediatypes.DOCKER_MANIFEST_LIST
+    top = cfgdoc.descriptor(media_type, index_digest, len(index),
+                            annotations=options.descriptor_annotations or None)
+    return AssembledImage(top, "", built, index, store, epochs[0] if len(set(epochs)) == 1 else None)
