@@ -98,7 +98,7 @@ def _parallel_pair(script_a: str, script_b: str, mount_a, mount_b) -> llb.State:
     return llb.merge([a, b])
 
 
-WAIT_FOR = ("i=0; while [ ! -e /c/{other} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done;"
+WAIT_FOR = ("i=0; while [ ! -e /c/{other} ] && [ $i -lt 30 ]; do sleep 0.05; i=$((i+1)); done;"
             "if [ -e /c/{other} ]; then echo saw; else echo alone; fi > /{me}.result")
 
 
