@@ -14,8 +14,13 @@ ROOTFS = "rootfs"
 
 
 def base() -> llb.State:
-    """The busybox base image: the client's ``rootfs`` directory as a local source."""
-    return llb.local(ROOTFS)
+    """The busybox base image: the client's ``rootfs`` directory copied out of the local source.
+
+    As in BuildKit, a local source's own cache key names the client session, so steps run directly
+    on it never hit the cache across builds; the copy's key is the content checksum of what it
+    copies, so everything built on it is cached by content (as a Dockerfile's ``COPY . /`` is)."""
+    return llb.scratch().file(llb.copy(llb.local(ROOTFS), "/", "/", copy_dir_contents=True),
+                              custom_name="[base] busybox rootfs")
 
 
 def sh(state: llb.State, script: str, **kw) -> llb.ExecState:
