@@ -8,6 +8,8 @@ Groups that depend on an optional component (runc) are added when it is present.
 
 from __future__ import annotations
 
+import shutil
+
 from buildkitpy.api import caps_pb2
 
 GATEWAY_CAPS = (
@@ -40,6 +42,12 @@ LLB_CAPS = (
     "source.local.excludepatterns",
     "source.local.sharedkeyhint",
     "source.local.differ",
+    "source.http",
+    "source.http.checksum",
+    "source.http.perm",
+    "soruce.http.uidgid",  # sic: BuildKit's cap id
+    "source.http.header",
+    "source.http.auth",
     "file.base",
     "file.rm.wildcard",
     "file.rm.nofollowsymlink",
@@ -55,6 +63,18 @@ LLB_CAPS = (
     "meta.exportcache",
     "mergeop",
     "diffop",
+)
+
+# Present only when the git CLI is installed (the git source runs it).
+GIT_LLB_CAPS = (
+    "source.git",
+    "source.git.keepgitdir",
+    "source.git.fullurl",
+    "source.git.httpauth",
+    "source.git.subdir",
+    "source.git.checksum",
+    "source.git.skipsubmodules",
+    "source.git.mtime",
 )
 
 # Present only when the worker can run containers.
@@ -93,4 +113,6 @@ def llb_caps(*, can_exec: bool) -> list[caps_pb2.APICap]:
     ids = list(LLB_CAPS)
     if can_exec:
         ids += EXEC_LLB_CAPS
+    if shutil.which("git"):
+        ids += GIT_LLB_CAPS
     return _caps(ids)

@@ -31,6 +31,7 @@ class Resource:
     last_modified: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
     redirect: str = ""  # answer 302 to this path instead
+    auth: str = ""  # the Authorization header required (401 otherwise)
 
     @property
     def etag_value(self) -> str:
@@ -61,6 +62,11 @@ class FileServer:
                 res = server.resources.get(self.path)
                 if res is None:
                     self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if res.auth and self.headers.get("Authorization") != res.auth:
+                    self.send_response(401)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
