@@ -261,8 +261,11 @@ class HTTPSource:
         only_etag = next(iter(known)) if len(known) == 1 else ""
         if known:
             headers = {**headers, "If-None-Match": ", ".join(known)}
-            with self._open("HEAD", {**headers, "Accept-Encoding": "gzip"}) as resp:
-                hit = self._match(resp, known, only_etag)
+            try:  # some servers mishandle If-None-Match on GET: compare the ETag of a HEAD first
+                with self._open("HEAD", {**headers, "Accept-Encoding": "gzip"}) as resp:
+                    hit = self._match(resp, known, only_etag)
+            except SolveError:  # HEAD failing is no verdict: the GET decides
+                hit = None
             if hit is not None:
                 return hit
         check_stop(stop)

@@ -15,16 +15,16 @@ from tests.solver.conftest import Env, describe
 from tests.sources.gitfixture import GitServer, Repo, source_definition
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    s = GitServer(tmp_path / "served")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    s = GitServer(tmp_path_factory.mktemp("served"))
     yield s
     s.close()
 
 
 @pytest.fixture
-def repo(server: GitServer) -> Repo:
-    r = server.repo("project.git")
+def repo(server: GitServer, request: pytest.FixtureRequest) -> Repo:
+    r = server.repo(f"{request.node.name}.git")
     r.write("README", "v1\n")
     r.write("src/app/main.py", "print('hi')\n", mode=0o755)
     r.write("docs/index.md", "# docs\n")
@@ -105,7 +105,7 @@ def test_subdir(env: Env, repo: Repo) -> None:
 
 
 def test_subdir_with_dotdot_is_refused(env: Env, repo: Repo) -> None:
-    for subdir in ("..", "../..", "src/../../etc", "../project.git"):
+    for subdir in ("..", "../..", "src/../../etc", "../other.git"):
         defn = source_definition(f"git://127.0.0.1/project.git#main:{subdir}", {"git.fullurl": repo.url})
         with pytest.raises(BuildkitpyError, match="'..' would leave the repository"):
             env.solve(defn)
@@ -156,6 +156,15 @@ def test_keep_git_dir_with_annotated_tag_and_sha(env: Env, repo: Repo) -> None:
             res.ref.release()
 
 
+def test_commit_sha_ref_on_a_fresh_worker(env: Env, repo: Repo) -> None:
+    first = repo.run("rev-parse", "HEAD")
+    repo.write("README", "v2\n")
+    repo.commit("second")
+    # nothing fetched yet: the commit (not the tip of any branch) is fetched by its sha
+    assert tree(env, llb.git(repo.url, first))["README"] == b"v1\n"
+    assert tree(env, llb.git(repo.url, first, keep_git_dir=True))["README"] == b"v1\n"
+
+
 def test_checksum(env: Env, repo: Repo) -> None:
     sha = repo.run("rev-parse", "HEAD")
     assert tree(env, llb.git(repo.url, "main", checksum=sha[:12]))["README"] == b"v1\n"
@@ -187,10 +196,10 @@ def test_unsupported_attrs_and_transports_are_refused(env: Env, repo: Repo) -> N
 
 
 def test_submodules(env: Env, server: GitServer) -> None:
-    lib = server.repo("lib.git")
+    lib = server.repo("submodule-lib.git")
     lib.write("lib.txt", "library\n")
     lib.commit("lib")
-    app = server.repo("app.git")
+    app = server.repo("submodule-app.git")
     app.write("app.txt", "app\n")
     app.run("-c", "protocol.allow=always", "submodule", "add", "--quiet", lib.url, "vendor/lib")
     app.commit("with submodule")
