@@ -32,12 +32,12 @@ Exporter = Callable[[ExportContext], Awaitable[dict[str, str]]]
 
 
 def resolve(kind: str) -> Exporter:
-    from buildkitpy.exporter import docker, local, oci, tar
+    from buildkitpy.exporter import docker, image, local, oci, tar
 
     exporters: dict[str, Exporter] = {"local": local.export, "tar": tar.export, "oci": oci.export,
-                                      "docker": docker.export}
+                                      "docker": docker.export, "image": image.export}
     if kind in exporters:
         return exporters[kind]
-    if kind in ("image", "moby"):
+    if kind == "moby":
         raise Unimplemented(f"exporter {kind!r} is not supported yet")
     raise InvalidArgument(f"unknown exporter type {kind!r}")
