@@ -97,7 +97,9 @@ class _Copier:
         if not stat.S_ISLNK(st.st_mode):
             perm = stat.S_IMODE(st.st_mode)
             if self.o.mode is not None:
-                perm = (perm & 0o7000) | (self.o.mode & 0o777)
+                # An explicit mode replaces all bits, special ones included (``COPY --chmod=4755``);
+                # the source's setuid/setgid/sticky bits do not survive it (fsutil's copy does this).
+                perm = self.o.mode & 0o7777
             elif self.o.mode_set is not None:
                 perm = self.o.mode_set.apply(st.st_mode, stat.S_ISDIR(st.st_mode))
             os.chmod(dst, perm)

@@ -179,10 +179,12 @@ def test_copy_mode_and_mode_string(env, stat_of):
     b = LLB()
     ctx = context(b)
     c = b.file([copy("/a.txt", "/octal", mode=0o750, output=-1),
-                copy("/src/one", "/sym", input=1, modeStr="u+x,g+r,o=r")], inputs=[ctx])
+                copy("/src/one", "/sym", input=1, modeStr="u+x,g+r,o=r", output=-1),
+                copy("/a.txt", "/suid", input=2, mode=0o4755)], inputs=[ctx])
     defn = b.definition(c)
     assert stat.S_IMODE(stat_of(defn, "octal").st_mode) == 0o750
     assert stat.S_IMODE(stat_of(defn, "sym").st_mode) == 0o744
+    assert stat.S_IMODE(stat_of(defn, "suid").st_mode) == 0o4755
 
 
 def test_copy_follow_symlink(env):
