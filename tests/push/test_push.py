@@ -228,3 +228,37 @@ def test_push_registries_drop_mirrors_for_targets():
     out = push_registries(regs, [ref])
     assert out["example.com"].mirrors == [] and out["example.com"].ca == ["/ca.pem"]
     assert out["other.com"].mirrors == ["m2"]
+
+
+async def test_pulled_blob_is_mounted_from_its_source_repository(plain_registry: PushRegistry,
+                                                                 store: ContentStore, tmp_path):
+    """A blob the content store got by pulling ``<host>/<repo>`` is mounted from there, not re-sent."""
+    from image.registryfixture import TarBuilder
+
+    from buildkitpy.image.pull import ImagePuller
+    from buildkitpy.image.resolve import resolve_image
+    from buildkitpy.snapshot.manager import OverlaySnapshotManager
+
+    if os.geteuid() != 0:
+        pytest.skip("pulling unpacks into overlay snapshots (root)")
+    base = TarBuilder().add("base.txt", data=os.urandom(4000)).bytes()
+    plain_registry.push_image("push/pulled-base", "latest", [(base, "gzip")])
+    client = RegistryClient()
+    snapshots = OverlaySnapshotManager(tmp_path / "state")
+    try:
+        base_ref = parse_reference(f"{plain_registry.host}/push/pulled-base")
+        resolved = await resolve_image(client, store, base_ref)
+        pulled = await ImagePuller(tmp_path / "state", store, snapshots).pull(client, resolved)
+        pulled.snapshot.release()
+    finally:
+        snapshots.close()
+    base_layer = resolved.layers[0]
+    manifest = json.loads(store.read(make_image(store, [layer(b"top", 1000)]).digest))
+    manifest["layers"].insert(0, {"mediaType": base_layer.media_type, "digest": base_layer.digest,
+                                  "size": base_layer.size})
+    data = json.dumps(manifest).encode()
+    root = Descriptor(manifest["mediaType"], store.write_bytes(data), len(data))
+    result = await ImagePusher(client, store).push(parse_reference(f"{plain_registry.host}/push/derived:v1"),
+                                                   root)
+    assert result.mounted == [base_layer.digest]
+    await pull_back(client, parse_reference(f"{plain_registry.host}/push/derived:v1"), store, root)
