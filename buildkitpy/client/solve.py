@@ -118,6 +118,17 @@ def local_names_in(definition: ops_pb2.Definition) -> list[str]:
     return names
 
 
+def dirs_shared_key(local_dirs: dict[str, Path]) -> str:
+    """A session shared key naming this machine's local dirs (as buildx sets one): the daemon reuses
+    its previous copy of a directory only for the same key, so unrelated trees are never diffed."""
+    import socket
+
+    names = sorted(f"{name}={Path(path).absolute()}" for name, path in local_dirs.items())
+    if not names:
+        return ""
+    return hashlib.sha256("\0".join([socket.gethostname(), *names]).encode()).hexdigest()
+
+
 def _synced_dirs(definition: ops_pb2.Definition | None, local_dirs: dict[str, Path]) -> dict[str, Path]:
     if definition is None:
         return dict(local_dirs)
@@ -246,7 +257,8 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
     dirs = _synced_dirs(None if gateway else definition, opt.local_dirs)
     outputs = _Outputs(opt.exports)
     try:
-        session = ClientSession(_attachables(opt, dirs, outputs.targets()), shared_key=opt.shared_key)
+        session = ClientSession(_attachables(opt, dirs, outputs.targets()),
+                                shared_key=opt.shared_key or dirs_shared_key(opt.local_dirs))
         request = solve_request(opt, ref=ref, session_id=session.session_id, definition=definition,
                                 gateway=gateway)
         run = _BuildRun(client, ref, on_status)

@@ -5,8 +5,9 @@ per session (BuildKit makes it ``random:``): it is never persisted, and the op r
 what follows it still hits the cache through content checksums. The transfer itself is incremental
 like BuildKit's: the previous copy with the same shared key (``local_reuse``) is the parent of the
 new snapshot and only entries whose metadata changed are fetched (``local.differ`` unset or
-``metadata``); ``local.differ=none`` fetches everything. ``docker-image://``, ``git://`` and
-``http(s)://`` register here when they exist.
+``metadata``); ``local.differ=none`` fetches everything. Unlike BuildKit, a session without a
+shared key (buildctl's) always gets a fresh copy: the key is all that tells client trees apart.
+``docker-image://``, ``git://`` and ``http(s)://`` register here when they exist.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class LocalSource:
     async def execute(self, ctx: OpContext,
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
         session = await self._session(ctx)
+        if not session.shared_key:
+            # An empty session key says nothing about which client directory this is (buildctl
+            # sends none): diffing against another tree could keep its file of equal size and mtime.
+            return [await self._transfer(ctx, session, None)]
         key = self.shared_key(session)
         index = SharedKeyIndex(ctx.worker.root)
         async with claim(ctx.worker.root, key) as owned:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from buildkitpy.api import ops_pb2
+from buildkitpy.client.solve import dirs_shared_key
 from buildkitpy.control import usage
 from buildkitpy.errors import SolveError
 from buildkitpy.progress import ProgressBus
@@ -143,11 +144,11 @@ class Built:
 
 
 @asynccontextmanager
-async def serving(env, short_dir: str, ctx_dir: Path):  # noqa: ANN001, ANN201
+async def serving(env, short_dir: str, ctx_dir: Path, shared_key: str = "node-1"):  # noqa: ANN001, ANN201
     daemon = await start_daemon(f"{short_dir}/d.sock")
     env.worker.sessions = daemon.sessions
     try:
-        session = ClientSession([FileSyncAttachable({"ctx": ctx_dir})], shared_key="node-1")
+        session = ClientSession([FileSyncAttachable({"ctx": ctx_dir})], shared_key=shared_key)
         async with session.run(daemon.control):
             yield Transfers(env, session.session_id)
     finally:
@@ -257,3 +258,23 @@ async def test_concurrent_transfers_with_one_key_are_serialised(env, short_dir, 
         ids = {r.id for r in results}
         assert sum(r.parent_id in ids for r in results) == 2  # each waited for the one before
     assert env.mutables() == []
+
+
+@pytest.mark.anyio
+async def test_no_reuse_without_a_shared_key_and_other_keys_never_mix(env, short_dir, tmp_path):
+    """Same name, size, mode and mtime, other content: only the shared key tells the trees apart."""
+    trees = {}
+    for name, content in (("one", b"AAAA"), ("two", b"BBBB")):
+        ctx = trees[name] = tmp_path / name
+        ctx.mkdir()
+        (ctx / "f").write_bytes(content)
+        os.utime(ctx / "f", ns=(1_600_000_000_000_000_000,) * 2)
+    for key_one, key_two in (("", ""), (dirs_shared_key({"ctx": trees["one"]}),
+                                         dirs_shared_key({"ctx": trees["two"]}))):
+        async with serving(env, short_dir, trees["one"], key_one) as client:
+            one = await client.build()
+        async with serving(env, short_dir, trees["two"], key_two) as client:
+            two = await client.build()
+        assert one.tree == {"f": b"AAAA"} and two.tree == {"f": b"BBBB"}
+        assert two.parent_id is None
+    assert key_one and key_one != key_two and key_one == dirs_shared_key({"ctx": trees["one"]})
