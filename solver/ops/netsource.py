@@ -17,7 +17,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,14 +85,27 @@ def records_for(worker: Any) -> SourceRecords:
 
 
 class KeyedLocks:
-    def __init__(self) -> None:
-        self._locks: dict[object, anyio.Lock] = {}
+    """``async with locks(key):`` serialises work per key; a key's lock lives only while in use."""
 
-    def __call__(self, key: object) -> anyio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = anyio.Lock()
-        return lock
+    def __init__(self) -> None:
+        self._locks: dict[object, tuple[anyio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def __call__(self, key: object) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (anyio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 async def session_secret(worker: Any, session_ids: list[str], name: str) -> bytes | None:

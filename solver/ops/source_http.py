@@ -312,7 +312,7 @@ class HTTPSource:
                 with os.fdopen(fd, "wb") as f:
                     while True:
                         check_stop(stop)
-                        chunk = resp.read(CHUNK)
+                        chunk = resp.read1(CHUNK)
                         if not chunk:
                             break
                         h.update(chunk)

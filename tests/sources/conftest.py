@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -32,6 +33,7 @@ class Resource:
     headers: dict[str, str] = field(default_factory=dict)
     redirect: str = ""  # answer 302 to this path instead
     auth: str = ""  # the Authorization header required (401 otherwise)
+    chunk_delay: float = 0.0  # seconds between 64 KiB chunks of the body (a slow server)
 
     @property
     def etag_value(self) -> str:
@@ -91,10 +93,19 @@ class FileServer:
                 for k, v in res.headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                if body:
-                    self.wfile.write(res.body)
+                if not body:
+                    return
+                try:
+                    for i in range(0, len(res.body), 65536):
+                        self.wfile.write(res.body[i:i + 65536])
+                        if res.chunk_delay:
+                            self.wfile.flush()
+                            time.sleep(res.chunk_delay)
+                except OSError:  # the client went away
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
+import anyio
 import pytest
 
 from buildkitpy import llb
 from buildkitpy.errors import BuildkitpyError
+from buildkitpy.solver.ops import source_http
 from tests.solver.conftest import Env
 from tests.sources.conftest import FileServer, Resource
 
@@ -172,3 +175,48 @@ def test_accept_header_attr_is_sent_others_dropped(env: Env, http_server: FileSe
     (_, _, headers), = [r for r in http_server.requests if r[0] == "GET"]
     assert headers["Accept"] == "text/plain"
     assert "X-Evil" not in headers
+
+
+def test_concurrent_solves_download_once(env: Env, http_server: FileServer) -> None:
+    http_server.resources["/c.bin"] = Resource(b"c" * 300_000, chunk_delay=0.02)
+    defn = llb.marshal(llb.http(http_server.url("/c.bin")))
+    sizes: list[int] = []
+
+    async def one() -> None:
+        res = await env.solver.solve(defn, env.job())
+        try:
+            with res.ref.mount() as root:
+                sizes.append(os.path.getsize(os.path.join(root, "c.bin")))
+        finally:
+            res.ref.release()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+
+    anyio.run(main)
+    assert sizes == [300_000] * 3
+    assert http_server.gets("/c.bin") == 1
+    assert env.live_handles() == {}
+    assert len(source_http._locks) == 0  # per-URL locks do not pile up
+
+
+def test_cancelled_download_stops_promptly_and_leaks_nothing(env: Env, http_server: FileServer) -> None:
+    # 100 chunks, 0.05 s apart: about 5 s to download completely
+    http_server.resources["/slow.bin"] = Resource(b"s" * (65536 * 100), chunk_delay=0.05)
+    defn = llb.marshal(llb.http(http_server.url("/slow.bin")))
+
+    async def main() -> bool:
+        with anyio.move_on_after(0.5) as scope:
+            await env.solver.solve(defn, env.job())
+        return scope.cancelled_caught
+
+    started = time.monotonic()
+    assert anyio.run(main)
+    assert time.monotonic() - started < 2.5
+    assert env.live_handles() == {}
+    assert env.mutables() == []
+    # and the next solve downloads it completely
+    http_server.resources["/slow.bin"].chunk_delay = 0
+    assert env.tree(defn) == {"slow.bin": b"s" * (65536 * 100)}
