@@ -317,7 +317,7 @@ class HTTPSource:
                             break
                         h.update(chunk)
                         f.write(chunk)
-                os.chmod(path, self.perm or 0o600)
+                os.chmod(path, (self.perm & 0o777) or 0o600)  # permission bits only, as BuildKit
                 if self.uid or self.gid:
                     os.chown(path, self.uid, self.gid)
                 mtime = _mtime(last_modified)
