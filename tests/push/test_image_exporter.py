@@ -202,3 +202,20 @@ def test_tls_registry_with_ca_from_daemon_config(make_daemon, tls_registry, tmp_
                                 "registry.insecure=true", files={"a.txt": "x"})
     desc, _ = anyio.run(client.get_manifest, parse_reference(f"{tls_registry.host}/secure/other:v1"))
     assert desc.digest == meta2["containerimage.digest"]
+
+
+def test_push_by_digest_and_annotations(daemon, plain_registry, tmp_path):
+    name = f"{plain_registry.host}/test/bydigest"
+    _, meta = dockerfile_build(daemon, tmp_path, "FROM scratch\nCOPY a.txt /\n",
+                               f"type=image,name={name},push=true,push-by-digest=true,"
+                               "annotation.org.opencontainers.image.title=pushed", files={"a.txt": "d"})
+    digest = meta["containerimage.digest"]
+    desc, data = anyio.run(RegistryClient().get_manifest, parse_reference(f"{name}@{digest}"))
+    assert desc.digest == digest
+    assert json.loads(data)["annotations"] == {"org.opencontainers.image.title": "pushed"}
+    with pytest.raises(Exception, match="not found"):  # no tag was pushed
+        anyio.run(RegistryClient().get_manifest, parse_reference(f"{name}:latest"))
+    res, _ = dockerfile_build(daemon, tmp_path, "FROM scratch\nCOPY a.txt /\n",
+                              f"type=image,name={name}:v1,push=true,push-by-digest=true",
+                              files={"a.txt": "d"}, check=False)
+    assert res.returncode != 0 and "can't push tagged ref" in res.stderr.decode()
