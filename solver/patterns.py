@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from buildkitpy.errors import InvalidArgument
+from buildkitpy.fsutil.patterns import glob_match
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,8 @@ def _compile(text: str, *, double_star: bool = True) -> re.Pattern[str]:
             j = text.find("]", i + 1)
             if j < 0:
                 raise InvalidArgument(f"invalid pattern {text!r}: unterminated character class")
+            # Go negates a class with "^" only; "[!ab]" is the class of "!", "a" and "b".
             body = text[i + 1:j]
-            if body.startswith("^"):
-                body = "!" + body[1:]
-            if body.startswith("!"):
-                body = "^" + body[1:]
             out.append("[" + body.replace("\\", "\\\\") + "]")
             i = j
         elif ch == "\\" and i + 1 < n:
@@ -140,5 +138,6 @@ def contains_wildcards(name: str) -> bool:
 
 
 def path_match(pattern: str, name: str) -> bool:
-    """Go ``filepath.Match``: shell globbing where no wildcard crosses a '/'."""
-    return bool(_compile(pattern, double_star=False).match(name))
+    """Go ``filepath.Match``: shell globbing where no wildcard crosses a '/' (``[!x]`` is not a
+    negation in Go)."""
+    return glob_match(pattern, name)

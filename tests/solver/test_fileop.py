@@ -291,3 +291,13 @@ def test_merge_and_diff(env):
     m = b.merge([other, d])
     assert env.tree(b.definition(d)) == {"top": b"t"}
     assert env.tree(b.definition(m)) == {"other": b"o", "top": b"t"}
+
+
+def test_copy_wildcard_class_bang_is_literal_like_go(env):
+    """Go's filepath.Match negates a class only with "^": "[!ab]" matches "!", "a" or "b"."""
+    b = LLB()
+    ctx = b.file([mkfile("/filea.txt", b"a", output=-1), mkfile("/fileb.txt", b"b", input=0, output=-1),
+                  mkfile("/filec.txt", b"c", input=1)])
+    c = b.file([copy("/file[!ab].txt", "/neg/", allowWildcard=True, createDestPath=True)], inputs=[ctx])
+    tree = env.tree(b.definition(c))
+    assert sorted(k for k in tree if k.startswith("neg/")) == ["neg/filea.txt", "neg/fileb.txt"]
