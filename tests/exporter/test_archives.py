@@ -13,12 +13,17 @@ from buildkitpy import llb
 from .conftest import build, read_layout, sha256, skopeo
 
 DOCKERFILE = "FROM scratch\nCOPY a.txt /a.txt\nENV X=1\nCOPY sub/ /dst/\nLABEL l=v\n"
-FILES = {"a.txt": "hello\n", "sub/s.txt": "s\n"}
+
+
+def files_for(tmp_path) -> dict[str, str]:
+    """Context files unique to the test: the shared daemon's cache must not hand back another
+    test's (or session's) layers with other file times."""
+    return {"a.txt": f"hello from {tmp_path.name}\n", "sub/s.txt": f"s {tmp_path.name}\n"}
 
 
 def test_oci_archive_layout_config_and_response(daemon, tmp_path):
     dest, md = build(daemon, tmp_path, "type=oci,name=example.com/team/app:1.0", dockerfile=DOCKERFILE,
-                     files=FILES)
+                     files=files_for(tmp_path))
     layout = read_layout(dest)
     image = layout.image
     assert image.manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
@@ -63,7 +68,7 @@ def test_oci_archive_layout_config_and_response(daemon, tmp_path):
 
 def test_docker_archive_with_repo_tags(daemon, tmp_path):
     dest, md = build(daemon, tmp_path, 'type=docker,"name=myapp:v2,docker.io/user/other"',
-                     dockerfile=DOCKERFILE, files=FILES)
+                     dockerfile=DOCKERFILE, files=files_for(tmp_path))
     layout = read_layout(dest)
     image = layout.image
     assert image.manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
@@ -83,7 +88,8 @@ def test_docker_archive_with_repo_tags(daemon, tmp_path):
 
 
 def test_docker_archive_with_oci_mediatypes(daemon, tmp_path):
-    dest, _ = build(daemon, tmp_path, "type=docker,oci-mediatypes=true", dockerfile=DOCKERFILE, files=FILES)
+    dest, _ = build(daemon, tmp_path, "type=docker,oci-mediatypes=true", dockerfile=DOCKERFILE,
+                    files=files_for(tmp_path))
     image = read_layout(dest).image
     assert image.manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert json.loads(read_layout(dest).files["manifest.json"])[0]["RepoTags"] is None
@@ -135,8 +141,9 @@ def test_opaque_directory_marker(daemon, tmp_path):
 def test_rebuild_is_byte_identical(daemon, tmp_path):
     out = "type=oci,name=repro:1,rewrite-timestamp=true"
     epoch = ("--opt", "build-arg:SOURCE_DATE_EPOCH=1700000000")
-    first, md1 = build(daemon, tmp_path, out, dockerfile=DOCKERFILE, files=FILES, extra=epoch, name="a")
-    second, md2 = build(daemon, tmp_path, out, dockerfile=DOCKERFILE, files=FILES,
+    first, md1 = build(daemon, tmp_path, out, dockerfile=DOCKERFILE, files=files_for(tmp_path), extra=epoch,
+                       name="a")
+    second, md2 = build(daemon, tmp_path, out, dockerfile=DOCKERFILE, files=files_for(tmp_path),
                         extra=(*epoch, "--no-cache"), name="b")
     assert first.read_bytes() == second.read_bytes()
     assert md1["containerimage.digest"] == md2["containerimage.digest"]
@@ -155,15 +162,15 @@ def test_zstd_and_uncompressed_layers(daemon, tmp_path):
     for compression, media_type in (("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
                                     ("uncompressed", "application/vnd.oci.image.layer.v1.tar")):
         dest, _ = build(daemon, tmp_path, f"type=oci,compression={compression},compression-level=5",
-                        dockerfile=DOCKERFILE, files=FILES, name=compression)
+                        dockerfile=DOCKERFILE, files=files_for(tmp_path), name=compression)
         image = read_layout(dest).image
         assert {d["mediaType"] for d in image.manifest["layers"]} == {media_type}
         if compression == "uncompressed":
             assert [d["digest"] for d in image.manifest["layers"]] == image.config["rootfs"]["diff_ids"]
         skopeo("inspect", f"oci-archive:{dest}")
-    gz, _ = build(daemon, tmp_path, "type=oci", dockerfile=DOCKERFILE, files=FILES, name="gz")
+    gz, _ = build(daemon, tmp_path, "type=oci", dockerfile=DOCKERFILE, files=files_for(tmp_path), name="gz")
     zs, _ = build(daemon, tmp_path, "type=oci,compression=zstd,compression-level=5", dockerfile=DOCKERFILE,
-                  files=FILES, name="zs")
+                  files=files_for(tmp_path), name="zs")
     # same layers, other compression: same diffIDs, other blobs
     a, b = read_layout(gz).image, read_layout(zs).image
     assert a.config["rootfs"] == b.config["rootfs"]
