@@ -31,7 +31,7 @@ from buildkitpy.exporter.imagebuild import AssembledImage, ImageOptions, assembl
 from buildkitpy.exporter.imagebuild.config import go_json
 from buildkitpy.image import mediatypes
 from buildkitpy.llb.errors import LLBError
-from buildkitpy.llb.reference import DEFAULT_DOMAIN, parse_normalized
+from buildkitpy.llb.reference import DEFAULT_DOMAIN, normalize_image_ref, parse_normalized
 from buildkitpy.session import filesync
 
 CHUNK = 1 << 20
@@ -42,14 +42,15 @@ OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
 
 def normalized_names(value: str) -> list[str]:
-    """``name`` option: comma-separated references, fully qualified (no ``:latest`` added)."""
+    """``name`` option: comma-separated references, fully qualified, ``:latest`` when neither tag
+    nor digest is given."""
     names = []
     for raw in value.split(","):
         raw = raw.strip()
         if not raw:
             continue
         try:
-            names.append(str(parse_normalized(raw)))
+            names.append(normalize_image_ref(raw))
         except LLBError as exc:
             raise InvalidArgument(f"invalid image name {raw!r}: {exc}") from None
     return names

@@ -79,7 +79,7 @@ def test_docker_archive_with_repo_tags(daemon, tmp_path):
     assert entry["RepoTags"] == ["myapp:v2", "user/other:latest"]
     assert entry["Config"] == "blobs/sha256/" + image.manifest["config"]["digest"][7:]
     assert entry["Layers"] == ["blobs/sha256/" + d["digest"][7:] for d in image.manifest["layers"]]
-    assert md["image.name"] == "docker.io/library/myapp:v2,docker.io/user/other"
+    assert md["image.name"] == "docker.io/library/myapp:v2,docker.io/user/other:latest"
     assert len(layout.index["manifests"]) == 2
     inspected = json.loads(skopeo("inspect", f"docker-archive:{dest}"))
     # skopeo reads a docker archive's layers as uncompressed tars: it lists their diffIDs
@@ -217,7 +217,8 @@ def test_bad_options_are_clear_errors(daemon, tmp_path):
                             ("type=oci,compression-level=x", "invalid compression-level"),
                             ("type=oci,compression=gzip,compression-level=12", "out of range"),
                             ("type=oci,oci-mediatypes=maybe", "invalid boolean value"),
-                            ("type=docker,name=UPPER/Case", "invalid image name")):
+                            ("type=docker,name=UPPER/Case", "invalid image name"),
+                            ("type=docker,compression=zstd", 'conflicts with "oci-mediatypes=false"')):
         res = daemon.client("build", "--frontend", "dockerfile.v0", "--local", f"context={tmp_path}/ctx",
                             "--local", f"dockerfile={tmp_path}/ctx", "--output",
                             f"{output},dest={tmp_path}/x.tar", check=False)

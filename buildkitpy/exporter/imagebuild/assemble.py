@@ -85,6 +85,9 @@ class ImageOptions:
             if target is None:
                 raise InvalidArgument(f"unknown annotation option {key!r}")
             target[name] = value
+        if opts.compression.kind == comp.ZSTD and not opts.oci_mediatypes:
+            raise InvalidArgument('exporter option "compression=zstd" conflicts with "oci-mediatypes=false" '
+                                  '(Docker media types have no zstd layers)')
         if opts.index_annotations and not opts.oci_mediatypes:
             raise InvalidArgument("index annotations need oci-mediatypes=true")
         return opts
