@@ -4,7 +4,8 @@
 The build client's side (``FileSyncAttachable``, the sender) runs in a child process, as buildctl
 would; this process is the daemon side (``receive_dir``). A context of ``--files`` files totalling
 ``--total-mb`` is generated once, then transferred into a fresh destination twice (the raw
-protocol: the second, unchanged transfer re-fetches everything).
+protocol: the second, unchanged transfer re-fetches everything), then once more into the first copy
+in sync mode with the metadata differ (nothing is fetched).
 
 ``--through-op`` measures the real ``local://`` source op instead: a solver on an overlay-snapshot
 worker, the client's session (``ClientSession`` + ``FileSyncAttachable``) in the child process over
