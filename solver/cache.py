@@ -66,7 +66,9 @@ class CacheStore:
                 if snap.id not in self._held:
                     self._held[snap.id] = snap.clone()
             replaced: set[str] = set()
-            self._db.execute("BEGIN")
+            # IMMEDIATE: a deferred transaction that reads, then writes after another connection to
+            # cache.db (ChecksumStore) wrote, fails at once with "database is locked"
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 for key in keys:
                     replaced.update(r[0] for r in self._db.execute(
