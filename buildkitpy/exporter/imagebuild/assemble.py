@@ -222,9 +222,12 @@ class _LayerExporter:
         self.vertex = vertex
         self.limiter = anyio.CapacityLimiter(max(2, min(os.cpu_count() or 2, 8)))
         self.blobs: dict[tuple[str, int | None], LayerBlob] = {}
+        # Copy-mode snapshots have no per-layer dirs (``layers()`` is the whole tree): a pulled
+        # snapshot's blob then stands for its top layer only and cannot be reused.
+        self.per_layer = getattr(worker.snapshots, "mode", "overlay") == "overlay"
 
     def _reused(self, path: Path) -> LayerBlob | None:
-        pulled = self.chains.layer_blob(path.parent.name) if path.name == "fs" else None
+        pulled = self.chains.layer_blob(path.parent.name) if self.per_layer and path.name == "fs" else None
         if pulled is None:
             return None
         digest, media_type, size, diff_id = pulled
