@@ -152,8 +152,11 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
 def _cache_subdir(cache_dir: Path, selector: str) -> Path:
     """The directory at ``selector`` inside a cache dir, symlinks resolved within it, created if
     missing."""
-    mkdir_all_in_root(cache_dir, selector)
-    path = secure_join(cache_dir, selector)
+    try:
+        mkdir_all_in_root(cache_dir, selector)
+        path = secure_join(cache_dir, selector)
+    except OSError as exc:
+        raise SolveError(f"cache mount selector {selector}: {exc.strerror or exc}") from exc
     if path.is_symlink() or not path.is_dir():
         raise SolveError(f"cache mount selector {selector} is not a directory in the cache")
     return path

@@ -104,3 +104,13 @@ def test_mount_stubs_do_not_land_in_the_layer(bb, tmp_path):
     bb.build(run.root(), out)
     assert not (out / "new").exists()
     assert not (out / "var").exists()
+
+
+def test_cache_selector_on_a_file_fails_clearly(bb, tmp_path):
+    cid = f"selector-file-{uuid.uuid4().hex}"
+    bb.build(sh(base(), "echo data > /c/afile", mounts=[llb.cache("/c", cid)]).root(), None)
+    mount = llb.Mount("/m", llb.scratch(), selector="afile", cache_id=cid, cache_sharing="shared")
+    r = bb.build(sh(base(), f": {cid}; ls /m", mounts=[mount]).root(), None, check=False)
+    assert not r.ok
+    assert "cache mount selector afile" in r.stderr and "not a directory" in r.stderr, r.stderr[-1500:]
+    assert bb.daemon.alive()
