@@ -559,7 +559,7 @@ class FileSendAttachable:
 
     async def _receive_dir(self, target: LocalDirTarget, context: grpc.aio.ServicerContext) -> None:
         try:
-            target.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target.path.mkdir(mode=0o755, parents=True, exist_ok=True)  # buildctl's MkdirAll(dir, 0755)
             writer = DiskWriter(target.path, mode="merge", owner=(os.getuid(), os.getgid()))
         except (OSError, ApplyError) as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"cannot write to {str(target.path)!r}: {exc}")

@@ -192,3 +192,15 @@ async def test_hostile_filesync_sender_gets_clear_error_and_daemon_keeps_serving
     daemon.client("build", "--local", f"context={ctx}", "--output", f"type=local,dest={out}",
                   input=definition_bytes(llb.local("context")))
     assert (out / "fine").read_text() == "ok"
+
+
+def test_local_output_dir_is_created_like_buildctl(daemon, tmp_path):
+    out = tmp_path / "new" / "out"
+    old = os.umask(0o022)
+    try:
+        daemon.client("build", "--output", f"type=local,dest={out}",
+                      input=definition_bytes(llb.scratch().file(llb.mkfile("/f", 0o644, b"x"))))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
+    assert (out / "f").read_bytes() == b"x"
