@@ -111,13 +111,14 @@ class GatewayBridge:
         except KeyError:
             raise NotFound(f"no such ref {ref_id}") from None
 
-    async def resolve_image_config(self, ref: str, platform: Any = None) -> tuple[str, bytes]:
+    async def resolve_image_config(self, ref: str, platform: Any = None,
+                                   resolve_mode: str = "") -> tuple[str, bytes]:
         """Manifest digest and raw config of an image (``FROM``), through the worker's registry
-        client with the build's session for credentials."""
+        client with the build's session for credentials, under ``resolve_mode`` (default/pull/local)."""
         from buildkitpy.solver.ops.source_image import resolve_image_config
 
         resolved = await resolve_image_config(self.solver.worker, ref, platform,
-                                              list(self._solver_job.session_ids))
+                                              list(self._solver_job.session_ids), resolve_mode)
         return resolved.digest, resolved.config_bytes
 
     # -- file access ---------------------------------------------------------------------------

@@ -47,6 +47,16 @@ CREATE TABLE IF NOT EXISTS layer_blobs (
     size INTEGER NOT NULL,
     diff_id TEXT NOT NULL
 );
+-- What a tag resolved to when it was last resolved against its registry, per platform: the
+-- ``local`` and ``default`` resolve modes use it without (or when failing to reach) the registry.
+CREATE TABLE IF NOT EXISTS image_refs (
+    name TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    resolved REAL NOT NULL,
+    PRIMARY KEY (name, platform)
+);
 """
 
 
@@ -94,6 +104,44 @@ class ChainIndex:
             row = self._db.execute("SELECT digest, media_type, size, diff_id FROM layer_blobs "
                                    "WHERE snapshot_id=?", (snapshot_id,)).fetchone()
         return (row[0], row[1], int(row[2]), row[3]) if row else None
+
+    def put_image_ref(self, name: str, platform: str, digest: str, manifest_digest: str) -> None:
+        """Record that ``name`` (``host/repo:tag``) resolved to ``digest`` for ``platform``."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO image_refs (name, platform, digest, manifest_digest, "
+                             "resolved) VALUES (?,?,?,?,?)",
+                             (name, platform, digest, manifest_digest, time.time()))
+
+    def image_ref(self, name: str, platform: str) -> tuple[str, str] | None:
+        """(digest, manifest digest) ``name`` last resolved to for ``platform``."""
+        with self._lock:
+            row = self._db.execute("SELECT digest, manifest_digest FROM image_refs WHERE name=? AND "
+                                   "platform=?", (name, platform)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def image_ref_digests(self) -> set[str]:
+        """Every manifest/index digest a recorded tag points at (kept by garbage collection)."""
+        with self._lock:
+            rows = self._db.execute("SELECT digest, manifest_digest FROM image_refs").fetchall()
+        return {d for row in rows for d in row}
+
+    def layer_blob_records(self) -> list[tuple[str, str]]:
+        """(snapshot id, blob digest) of every pulled layer snapshot."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute("SELECT snapshot_id, digest FROM layer_blobs")]
+
+    def forget_snapshots(self, snapshot_ids: set[str]) -> int:
+        """Drop the chain and layer-blob records of snapshots that no longer exist."""
+        if not snapshot_ids:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            n = 0
+            for sid in snapshot_ids:
+                n += self._db.execute("DELETE FROM chains WHERE snapshot_id=?", (sid,)).rowcount
+                self._db.execute("DELETE FROM layer_blobs WHERE snapshot_id=?", (sid,))
+            self._db.execute("COMMIT")
+        return n
 
     def snapshot_ids(self) -> set[str]:
         with self._lock:

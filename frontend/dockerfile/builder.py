@@ -6,6 +6,7 @@ Register it with :func:`register` (the daemon calls it; importing this module ch
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from typing import Any
@@ -120,6 +121,8 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         )
 
     resolver = getattr(bridge, "resolve_image_config", None)
+    if resolver is not None and options.image_resolve_mode != "default":  # as BuildKit's ResolveMode
+        resolver = functools.partial(resolver, resolve_mode=options.image_resolve_mode)
     try:
         converted = await convert(
             dockerfile,

@@ -1,11 +1,12 @@
 """The ``docker-image://`` source: resolve an image for the vertex's platform and pull it into a
 snapshot chain (``buildkitpy.image``).
 
-Cache key: a digest-pinned reference (what the Dockerfile frontend emits after
-``ResolveImageConfig``) is keyed by that digest and the platform, like BuildKit's manifest key, so
-it hits the cache without touching the network. A tag has to be resolved to be keyed, and cache
-maps do no I/O, so a tag reference runs on every build (ephemeral key, like ``local://``); the pull
-itself is then cheap because layers already unpacked are found by ChainID.
+Cache key: the manifest digest (of what the reference names) and the platform, like BuildKit's
+manifest key. A digest-pinned reference (what the Dockerfile frontend emits after
+``ResolveImageConfig``) is keyed without I/O; a tag is resolved in ``resolve()`` (once per build,
+before ``cache_map``), so a rebuild from a tag that did not move is fully cached and one from a tag
+that moved is not. ``image.resolvemode`` (default, pull, local) decides whether the registry or what
+the tag last resolved to here is asked (``buildkitpy.image.resolvemode``).
 
 Registry credentials come from the build's sessions (``Auth`` attachable); registry settings
 (mirrors, http, insecure, ca) from ``worker.config.registries`` when the worker carries a config.
@@ -13,6 +14,7 @@ Registry credentials come from the build's sessions (``Auth`` attachable); regis
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from buildkitpy.image.platforms import Platform, default_platform, from_oci
 from buildkitpy.image.pull import ImagePuller, ProgressFn
 from buildkitpy.image.reference import Reference, parse_reference
 from buildkitpy.image.registry import RegistryClient
-from buildkitpy.image.resolve import ResolvedImage, resolve_image
+from buildkitpy.image.resolve import ResolvedImage
+from buildkitpy.image.resolvemode import parse_resolve_mode, resolve_with_mode
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking
 from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
@@ -33,7 +36,6 @@ from buildkitpy.solver.ops.source import register_source
 
 ATTR_RESOLVE_MODE = "image.resolvemode"
 ATTR_LAYER_LIMIT = "image.layerlimit"
-RESOLVE_MODES = ("default", "pull", "local")
 
 _pullers: dict[Path, ImagePuller] = {}
 _pullers_lock = threading.Lock()
@@ -88,29 +90,39 @@ def manifest_cache_key(digest: str, platform: Platform) -> str:
 
 
 async def resolve_image_config(worker: Any, ref: str, platform: Platform | None,
-                               session_ids: list[str]) -> ResolvedImage:
+                               session_ids: list[str], resolve_mode: str = "") -> ResolvedImage:
     """For ``ResolveImageConfig``/``ResolveSourceMeta``: ``.digest`` and ``.config_bytes``."""
+    mode = parse_resolve_mode(resolve_mode, "ResolveMode")
+    return await resolve_ref(worker, parse_reference(ref), platform, session_ids, mode)
+
+
+async def resolve_ref(worker: Any, ref: Reference, platform: Platform | None, session_ids: list[str],
+                      mode: str) -> ResolvedImage:
+    """``ref`` resolved under resolve ``mode`` with the worker's store and registry settings."""
     puller = puller_for(worker)
     client = registry_client(worker, session_ids)
-    return await resolve_image(client, puller.store, parse_reference(ref), platform)
+    return await resolve_with_mode(client, puller.store, puller.chains, ref, platform, mode)
 
 
 async def resolve_and_pull(worker: Any, identifier: str, attrs: Any, platform: Platform | None,
                            progress: ProgressFn | None, session_ids: list[str] | None = None,
-                           ) -> tuple[str, ImmutableSnapshot]:
-    """Resolve ``docker-image://<ref>`` and pull it; returns (manifest cache key, snapshot)."""
+                           resolved: ResolvedImage | None = None) -> tuple[str, ImmutableSnapshot]:
+    """Resolve ``docker-image://<ref>`` (unless ``resolved`` is given) and pull it; returns
+    (manifest cache key, snapshot)."""
     ref = _parse_identifier(identifier)
-    mode = attrs.get(ATTR_RESOLVE_MODE, "default") or "default"
-    if mode not in RESOLVE_MODES:
-        raise InvalidArgument(f"{identifier}: unknown {ATTR_RESOLVE_MODE} {mode!r} "
-                              f"(want {', '.join(RESOLVE_MODES)})")
+    mode = _resolve_mode(attrs, identifier)
     platform = (platform or default_platform()).normalized()
     puller = puller_for(worker)
     client = registry_client(worker, session_ids or [])
-    resolved = await resolve_image(client, puller.store, ref, platform)
+    if resolved is None:
+        resolved = await resolve_with_mode(client, puller.store, puller.chains, ref, platform, mode)
     limit = _layer_limit(attrs, identifier)
     if limit is not None:  # only the lowest ``limit`` layers (image.layerlimit)
-        resolved.layers, resolved.diff_ids = resolved.layers[:limit], resolved.diff_ids[:limit]
+        if limit > len(resolved.layers):
+            raise InvalidArgument(f"{identifier}: layer limit {limit} is greater than the number of layers "
+                                  f"in the image ({len(resolved.layers)})")
+        resolved = dataclasses.replace(resolved, layers=resolved.layers[:limit],
+                                       diff_ids=resolved.diff_ids[:limit])
     result = await puller.pull(client, resolved, progress)
     snapshot = result.snapshot
     if snapshot is None:  # an image without layers is an empty tree
@@ -118,6 +130,10 @@ async def resolve_and_pull(worker: Any, identifier: str, attrs: Any, platform: P
         snapshot = await blocking(mutable.commit)
     key = manifest_cache_key(resolved.digest, platform)
     return (key if limit is None else sha256_text(key, f"layerlimit={limit}")), snapshot
+
+
+def _resolve_mode(attrs: Any, identifier: str) -> str:
+    return parse_resolve_mode(attrs.get(ATTR_RESOLVE_MODE, ""), f"{ATTR_RESOLVE_MODE} of {identifier}")
 
 
 def _layer_limit(attrs: Any, identifier: str) -> int | None:
@@ -147,19 +163,24 @@ class ImageSource:
         self.identifier = vertex.op.source.identifier
         self.ref = _parse_identifier(self.identifier)
         self.attrs = dict(vertex.op.source.attrs)
-        mode = self.attrs.get(ATTR_RESOLVE_MODE, "default") or "default"
-        if mode not in RESOLVE_MODES:
-            raise InvalidArgument(f"{self.identifier}: unknown {ATTR_RESOLVE_MODE} {mode!r}")
+        self.mode = _resolve_mode(self.attrs, self.identifier)
+        self.resolved: ResolvedImage | None = None
+
+    async def resolve(self, ctx: OpContext) -> None:
+        """A tag is resolved here, once per build, so that its cache key is its manifest digest."""
+        if self.ref.digest or self.resolved is not None:
+            return
+        platform = _platform_of(self.vertex, ctx.worker)
+        self.resolved = await resolve_ref(ctx.worker, self.ref, platform, ctx.job.session_ids, self.mode)
 
     def cache_map(self, ctx: OpContext) -> CacheMap:
         platform = _platform_of(self.vertex, ctx.worker)
         limit = _layer_limit(self.attrs, self.identifier)
-        if self.ref.digest:
-            key = manifest_cache_key(self.ref.digest, platform)
-            return CacheMap(digest=key if limit is None else sha256_text(key, f"layerlimit={limit}"))
-        return CacheMap(digest=sha256_text("buildkit.source.v0", "docker-image", str(self.ref),
-                                           digest_json(_platform_key(platform)), str(limit)),
-                        ephemeral=True, always_run=True)
+        digest = self.ref.digest or (self.resolved.digest if self.resolved is not None else "")
+        if not digest:
+            raise InvalidArgument(f"{self.identifier}: tag not resolved before its cache key was needed")
+        key = manifest_cache_key(digest, platform)
+        return CacheMap(digest=key if limit is None else sha256_text(key, f"layerlimit={limit}"))
 
     async def execute(self, ctx: OpContext,
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
@@ -170,5 +191,5 @@ class ImageSource:
 
         platform = _platform_of(self.vertex, ctx.worker)
         _, snapshot = await resolve_and_pull(ctx.worker, self.identifier, self.attrs, platform, progress,
-                                             ctx.job.session_ids)
+                                             ctx.job.session_ids, self.resolved)
         return [snapshot]
