@@ -96,6 +96,7 @@ EXEC_LLB_CAPS = (
     "exec.mount.tmpfs",
     "exec.mount.tmpfs.size",
     "exec.mount.secret",
+    "exec.mount.ssh",
     "exec.secretenv",
     "exec.validexitcode",
 )

@@ -323,7 +323,7 @@ async def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
 
 def _refuse_unsupported_build_flags(args: argparse.Namespace) -> None:
     refused = [
-        ("--ssh", args.ssh), ("--oci-layout", args.oci_layout), ("--trace", args.trace),
+        ("--oci-layout", args.oci_layout), ("--trace", args.trace),
         ("--source-policy-file", args.source_policy_file),
         ("--registry-auth-tlscontext", args.registry_auth_tlscontext),
         ("--debug-json-cache-metrics", args.debug_json_cache_metrics),
@@ -337,8 +337,7 @@ def parse_build_options(args: argparse.Namespace) -> SolveOpt:
     """All of ``build``'s flags → SolveOpt (parse errors first, then unsupported features)."""
     if args.progress not in MODES:
         raise OptionError(f"invalid progress mode {args.progress}")
-    if args.ssh:
-        options.parse_ssh(args.ssh)
+    ssh = options.parse_ssh(args.ssh)
     secrets = options.load_secrets([options.parse_secret(s) for s in args.secret])
     entitlements = options.validate_allow(args.allow)
     exports = options.parse_outputs(args.output)
@@ -357,7 +356,7 @@ def parse_build_options(args: argparse.Namespace) -> SolveOpt:
         frontend_attrs["no-cache"] = ""
     return SolveOpt(exports=exports, local_dirs=local_dirs, frontend=args.frontend,
                     frontend_attrs=frontend_attrs, cache_exports=cache_exports, cache_imports=cache_imports,
-                    secrets=secrets, entitlements=entitlements, proxy_network=args.proxy_network)
+                    secrets=secrets, entitlements=entitlements, proxy_network=args.proxy_network, ssh=ssh)
 
 
 def read_definition(stream, *, no_cache: bool) -> ops_pb2.Definition:

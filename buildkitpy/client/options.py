@@ -337,7 +337,7 @@ class SSHAgentConfig:
 
 
 def parse_ssh(values: list[str]) -> list[SSHAgentConfig]:
-    """``--ssh default|<id>[=<socket>[,raw=false]|<key>[,<key>]]`` (parsed for validation only)."""
+    """``--ssh default|<id>[=<socket>[,raw=false]|<key>[,<key>]]``; no paths means ``$SSH_AUTH_SOCK``."""
     out = []
     for v in values:
         key, val, ok = _cut(v)

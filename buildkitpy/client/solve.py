@@ -80,6 +80,7 @@ class SolveOpt:
     cache_exports: list[CacheOptionsEntry] = field(default_factory=list)
     cache_imports: list[CacheOptionsEntry] = field(default_factory=list)
     secrets: dict[str, bytes] = field(default_factory=dict)
+    ssh: list[Any] = field(default_factory=list)  # agents to forward (options.SSHAgentConfig)
     entitlements: list[str] = field(default_factory=list)
     ref: str = ""
     shared_key: str = ""
@@ -219,6 +220,13 @@ def _attachables(opt: SolveOpt, dirs: dict[str, Path], send_targets: dict[str, A
         out.append(filesync.FileSendAttachable(send_targets))
     if opt.secrets:
         out.append(SecretsAttachable(opt.secrets))
+    if opt.ssh:
+        from buildkitpy.session.sshforward import SSHAttachable, SSHConfigError, configs_from
+
+        try:
+            out.append(SSHAttachable(configs_from(opt.ssh)))
+        except SSHConfigError as exc:
+            raise OptionError(str(exc)) from None
     out.extend(opt.attachables)
     return out
 
@@ -256,9 +264,10 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
     ref = opt.ref or new_build_ref()
     dirs = _synced_dirs(None if gateway else definition, opt.local_dirs)
     outputs = _Outputs(opt.exports)
+    attachables: list[Any] = []
     try:
-        session = ClientSession(_attachables(opt, dirs, outputs.targets()),
-                                shared_key=opt.shared_key or dirs_shared_key(opt.local_dirs))
+        attachables = _attachables(opt, dirs, outputs.targets())
+        session = ClientSession(attachables, shared_key=opt.shared_key or dirs_shared_key(opt.local_dirs))
         request = solve_request(opt, ref=ref, session_id=session.session_id, definition=definition,
                                 gateway=gateway)
         run = _BuildRun(client, ref, on_status)
@@ -283,6 +292,10 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
                 run.solve_done.set()
     finally:
         outputs.close()
+        for attachable in attachables:  # e.g. the private ssh-agent of forwarded key files
+            close = getattr(attachable, "close", None)
+            if callable(close):
+                close()
     error = run.solve_error or run.gateway_error or run.status_error
     if error is not None:
         raise error

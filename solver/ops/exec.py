@@ -92,9 +92,6 @@ class ExecOp:
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
         from buildkitpy.solver.ops.execrun import run_exec
 
-        for m in self.op.mounts:
-            if m.mountType == ops_pb2.SSH:
-                raise Unimplemented(f"ssh mounts ({m.dest}) are not supported yet")
         if ctx.worker.executor is None:
             raise Unimplemented("this worker has no executor; exec ops cannot run")
         return await run_exec(ctx, self.op, inputs)

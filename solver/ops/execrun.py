@@ -2,7 +2,8 @@
 
 Mount kinds: bind mounts of an input (read-only views of the committed snapshot, or a writable
 snapshot on top of it that becomes an output or is discarded), persistent cache mounts, tmpfs, and
-secrets fetched from the client's session into a private tmpfs-backed file.
+secrets fetched from the client's session into a private tmpfs-backed file, and SSH agent sockets
+forwarding to the client's agent (:mod:`buildkitpy.session.sshforward`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,27 @@ async def _secret(ctx: OpContext, secret_id: str, optional: bool) -> bytes | Non
             return None
         # BuildKit's wording ("secret <id>: not found"); our cause follows for the daemon log reader
         raise SolveError(f"secret {secret_id}: not found ({exc})") from exc
+
+
+async def _ssh_agent_socket(ctx: OpContext, astack: contextlib.AsyncExitStack,
+                            opt: ops_pb2.SSHOpt) -> Path | None:
+    """A socket forwarding to the client's agent ``opt.ID``, open until the exec's mounts close;
+    None for an optional mount the client does not forward."""
+    from buildkitpy.session import sshforward
+
+    try:
+        session = await _session(ctx)
+    except SessionNotFound:
+        session = None
+    try:
+        await sshforward.check_agent(session, opt.ID)
+    except sshforward.SSHAgentNotForwarded as exc:
+        if opt.optional:
+            return None
+        raise SolveError(str(exc)) from exc
+    assert session is not None
+    return await astack.enter_async_context(sshforward.agent_socket(
+        session, opt.ID, ctx.worker.root / "ssh-sockets", uid=opt.uid, gid=opt.gid, mode=opt.mode))
 
 
 async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
@@ -106,6 +128,10 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
                     os.chown(f, m.secretOpt.uid, m.secretOpt.gid)
                     os.chmod(f, m.secretOpt.mode or 0o400)
                     extra.append((m.dest, Mount.bind(f, m.dest, readonly=True)))
+                elif m.mountType == ops_pb2.SSH:
+                    sock = await _ssh_agent_socket(ctx, astack, m.SSHOpt)
+                    if sock is not None:
+                        extra.append((m.dest, Mount.bind(sock, m.dest)))
             if rootfs is None:
                 raise SolveError("exec op has no root mount")
             env = list(op.meta.env)
