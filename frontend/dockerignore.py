@@ -6,41 +6,18 @@ number of directories, ``[...]`` is a character class and ``\\`` escapes. A path
 last pattern that matches it, or one of its parent directories, is not an exclusion (``!pattern``).
 
 The frontend sends ``DockerIgnore.patterns`` verbatim as the local source's exclude patterns; the
-matcher is for places that filter files themselves.
+matcher (``buildkitpy.fsutil.patterns``, shared with the daemon) is for places that filter files
+themselves.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from buildkitpy.fsutil.patterns import Pattern, PatternError, PatternMatcher
+from buildkitpy.fsutil.patterns import go_clean as clean_path
 
 from .dockerfile.gocompat import trim_space
 
-
-class PatternError(ValueError):
-    """A pattern Go's ``filepath.Match`` rejects (``syntax error in pattern``) or a lone ``!``."""
-
-
-def clean_path(path: str) -> str:
-    """Go's ``filepath.Clean`` for slash-separated paths (``posixpath.normpath`` keeps ``//``)."""
-    if not path:
-        return "."
-    rooted = path.startswith("/")
-    parts: list[str] = []
-    for comp in path.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(comp)
-    out = "/".join(parts)
-    if rooted:
-        return "/" + out
-    return out or "."
+__all__ = ["DockerIgnore", "PatternError", "clean_path", "read_ignore_file"]
 
 
 def read_ignore_file(data: bytes | str) -> list[str]:
@@ -74,156 +51,18 @@ def read_ignore_file(data: bytes | str) -> list[str]:
     return patterns
 
 
-def _validate(pattern: str) -> None:
-    """Raise ``PatternError`` where ``filepath.Match`` would report ``ErrBadPattern``.
-
-    Bad are a trailing ``\\`` and malformed classes: unclosed, empty (``[]``), or a range missing an
-    end (``[a-]``, ``[-a]``).
-    """
-    bad = PatternError("syntax error in pattern")
-    n = len(pattern)
-
-    def class_char(i: int) -> int:
-        if i >= n or pattern[i] in "-]":
-            raise bad
-        if pattern[i] == "\\":
-            i += 1
-            if i >= n:
-                raise bad
-        i += 1
-        if i >= n:
-            raise bad
-        return i
-
-    i = 0
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            if i + 1 >= n:
-                raise bad
-            i += 2
-        elif ch == "[":
-            i += 1
-            if i < n and pattern[i] == "^":
-                i += 1
-            ranges = 0
-            while True:
-                if i < n and pattern[i] == "]" and ranges > 0:
-                    i += 1
-                    break
-                i = class_char(i)
-                if pattern[i] == "-":
-                    i = class_char(i + 1)
-                ranges += 1
-        else:
-            i += 1
-
-
-# Characters escaped before use in the regexp: regexp syntax with no meaning in filepath.Match.
-_REGEX_ESCAPE = frozenset(".+()|{}$")
-
-
-@dataclass
-class Pattern:
-    """One compiled pattern. Simple shapes skip the regexp, as patternmatcher does: ``exact``,
-    ``prefix`` (``dir/**``), ``suffix`` (``**/name``); anything else is a ``regexp``."""
-
-    text: str
-    exclusion: bool = False
-    kind: str = field(init=False, default="")
-    _regex: re.Pattern[str] | None = field(init=False, default=None, repr=False)
-    _regex_error: bool = field(init=False, default=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._compile()
-
-    def _compile(self) -> None:
-        out = ["^"]
-        kind = "exact"
-        p = self.text
-        i = 0
-        step = 0
-        while i < len(p):
-            ch = p[i]
-            i += 1
-            if ch == "*":
-                if i < len(p) and p[i] == "*":
-                    i += 1
-                    if i < len(p) and p[i] == "/":
-                        i += 1  # "**/" is the same as "**"
-                    if i >= len(p):
-                        # a trailing "**" matches everything below, like .gitignore
-                        if kind == "exact":
-                            kind = "prefix"
-                        else:
-                            out.append(".*")
-                            kind = "regexp"
-                    else:
-                        out.append("(.*/)?")
-                        kind = "regexp"
-                    if step == 0:
-                        kind = "suffix"
-                else:
-                    out.append("[^/]*")
-                    kind = "regexp"
-            elif ch == "?":
-                out.append("[^/]")
-                kind = "regexp"
-            elif ch in _REGEX_ESCAPE:
-                out.append("\\" + ch)
-            elif ch == "\\":
-                if i < len(p):
-                    nxt = p[i]
-                    i += 1
-                    # Go's regexp gives \d, \w ... their class meaning; \z is Python's \Z.
-                    out.append("\\Z" if nxt == "z" else "\\" + nxt if nxt.isalnum() else re.escape(nxt))
-                    kind = "regexp"
-                else:
-                    out.append("\\\\")
-            elif ch in "[]":
-                out.append(ch)
-                kind = "regexp"
-            else:
-                out.append(ch)  # includes "^", an anchor in both regexp dialects
-            step += 1
-        self.kind = kind
-        if kind == "regexp":
-            try:
-                self._regex = re.compile("".join(out) + r"\Z", re.ASCII)
-            except re.error:
-                self._regex_error = True
-
-    def match(self, path: str) -> bool:
-        if self.kind == "exact":
-            return path == self.text
-        if self.kind == "prefix":
-            return path.startswith(self.text[:-2])
-        if self.kind == "suffix":
-            suffix = self.text[2:]
-            return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
-        if self._regex is None:
-            raise PatternError("syntax error in pattern")
-        return self._regex.match(path) is not None
-
-
 class DockerIgnore:
-    """Ordered ignore patterns; later patterns override earlier ones."""
+    """Ordered ignore patterns; later patterns override earlier ones.
+
+    Errors carry BuildKit's own wording (``syntax error in pattern``), as ``docker build`` shows it.
+    """
 
     def __init__(self, patterns: list[str]):
         self.patterns = list(patterns)
-        self.compiled: list[Pattern] = []
-        for raw in patterns:
-            p = trim_space(raw)
-            if not p:
-                continue
-            p = clean_path(p)
-            exclusion = p.startswith("!")
-            if exclusion:
-                if len(p) == 1:
-                    raise PatternError('illegal exclusion pattern: "!"')
-                p = p[1:]
-            _validate(p)
-            self.compiled.append(Pattern(p, exclusion))
+        try:
+            self._matcher = PatternMatcher(self.patterns)
+        except PatternError as e:
+            raise PatternError(e.go_message, e.go_message) from None
 
     @classmethod
     def parse(cls, data: bytes | str) -> DockerIgnore:
@@ -231,26 +70,20 @@ class DockerIgnore:
         return cls(read_ignore_file(data))
 
     @property
+    def compiled(self) -> list[Pattern]:
+        return self._matcher.patterns
+
+    @property
     def exclusions(self) -> bool:
         """Whether any ``!`` pattern exists (a walker cannot skip an ignored directory then)."""
-        return any(p.exclusion for p in self.compiled)
+        return self._matcher.exclusions
 
     def matches(self, path: str) -> bool:
         """Whether ``path`` (slash-separated, relative to the context root) is ignored."""
         file = clean_path(path)
         if file == ".":
             return False  # the context root itself is never ignored
-        parent = file.rpartition("/")[0] if "/" in file else "."
-        parent = clean_path(parent) if parent else "/"
-        parent_dirs = parent.split("/")
-        matched = False
-        for pattern in self.compiled:
-            # Only an inclusion can ignore a path not yet ignored, only an exclusion re-include one.
-            if pattern.exclusion != matched:
-                continue
-            hit = pattern.match(file)
-            if not hit and parent != ".":
-                hit = any(pattern.match("/".join(parent_dirs[: i + 1])) for i in range(len(parent_dirs)))
-            if hit:
-                matched = not pattern.exclusion
-        return matched
+        try:
+            return self._matcher.matches_or_parent_matches(file)
+        except PatternError as e:
+            raise PatternError(e.go_message, e.go_message) from None

@@ -16,9 +16,9 @@ import threading
 from pathlib import Path
 
 from buildkitpy.errors import SolveError
+from buildkitpy.fsutil.patterns import PatternMatcher
 from buildkitpy.solver.cachekey import Selector
 from buildkitpy.solver.pathutil import resolve_wildcards, root_path
-from buildkitpy.solver.patterns import PatternMatcher
 
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
@@ -88,13 +88,13 @@ def _filtered_digest(base: Path, sel: Selector) -> str:
             full = os.path.join(directory, name)
             st = os.lstat(full)
             is_dir = stat.S_ISDIR(st.st_mode)
-            excluded = bool(exclude) and exclude.matches(child_rel)
-            included = (not include or include.matches(child_rel)) and not excluded
+            excluded = bool(exclude) and exclude.matches_or_parent_matches(child_rel)
+            included = (not include or include.matches_or_parent_matches(child_rel)) and not excluded
             if included:
                 digest = "sha256:" + hashlib.sha256(_header(full, st)).hexdigest() if is_dir \
                     else _file_digest(full, st)
                 h.update(child_rel.encode("utf-8", "surrogateescape") + b"\0" + digest.encode() + b"\0")
-            if is_dir and (not excluded or exclude.has_exclusions) and \
+            if is_dir and (not excluded or exclude.exclusions) and \
                     (included or not include or include.could_match_below(child_rel)):
                 visit(full, child_rel)
 

@@ -10,8 +10,8 @@ import os
 import posixpath
 from pathlib import Path
 
+from buildkitpy.fsutil.patterns import contains_wildcards, glob_match
 from buildkitpy.snapshot.fs import secure_join
-from buildkitpy.solver.patterns import contains_wildcards, path_match
 
 __all__ = ["secure_join", "root_path", "resolve_wildcards", "clean_path", "split_wildcards"]
 
@@ -67,7 +67,7 @@ def resolve_wildcards(root: str | os.PathLike[str], src: str, follow_links: bool
             parts = [*rel_parts, entry.name]
             rel = "/".join(parts)
             if len(parts) == depth:
-                if path_match(pattern, rel):
+                if glob_match(pattern, rel):
                     matches.append(posixpath.join(base, rel))
             elif entry.is_dir(follow_symlinks=False):
                 walk(Path(entry.path), parts)

@@ -1,5 +1,8 @@
 """Include/exclude pattern matching with the semantics of moby/patternmatcher (dockerignore syntax).
 
+The one implementation for ``.dockerignore``, local-source include/exclude patterns, COPY
+``--include``/``--exclude`` and content checksums, as BuildKit uses patternmatcher for all of them.
+
 Why not pathspec: patternmatcher's rules differ from gitignore in ways that change what gets sent
 (patterns are anchored at the root, ``*`` never crosses ``/``, a pattern matching a directory
 matches everything below it, later ``!`` exceptions re-include, ``**`` at the start or end is a
@@ -15,14 +18,29 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["PatternError", "Pattern", "PatternMatcher", "go_clean", "MatchInfo"]
+from buildkitpy.errors import InvalidArgument
+from buildkitpy.frontend.dockerfile.gocompat import trim_space
+
+__all__ = ["PatternError", "Pattern", "PatternMatcher", "go_clean", "MatchInfo", "check_glob_syntax",
+           "glob_match", "contains_wildcards"]
+
+# What Go's filepath.Match (and so patternmatcher) says about any malformed pattern.
+GO_SYNTAX_ERROR = "syntax error in pattern"
 
 # Characters that are special in a regexp but plain in a filepath glob.
 _REGEX_ESCAPE = set(".+()|{}$")
 
 
-class PatternError(ValueError):
-    """A malformed include/exclude pattern."""
+class PatternError(InvalidArgument, ValueError):
+    """A malformed include/exclude pattern.
+
+    The message names the pattern and the cause; ``go_message`` is the terser text BuildKit itself
+    reports (``syntax error in pattern`` for every syntax problem), which ``.dockerignore`` users see.
+    """
+
+    def __init__(self, message: str, go_message: str = GO_SYNTAX_ERROR) -> None:
+        super().__init__(message)
+        self.go_message = go_message
 
 
 def go_clean(path: str) -> str:
@@ -92,16 +110,20 @@ def check_glob_syntax(pattern: str) -> None:
 
 @dataclass
 class Pattern:
-    """One cleaned pattern; ``exclusion`` is a ``!`` exception."""
+    """One cleaned pattern; ``exclusion`` is a ``!`` exception.
+
+    Simple shapes skip the regexp, as patternmatcher does: ``exact``, ``prefix`` (``dir/**``),
+    ``suffix`` (``**/name``); anything else is a ``regexp``. A regexp Go would fail to compile is an
+    error only when the pattern is consulted, as in Go (an earlier match can make it moot).
+    """
 
     text: str
     exclusion: bool = False
-    dirs: list[str] = field(default_factory=list)
-    _kind: str = "exact"  # exact | prefix | suffix | regexp
-    _regexp: re.Pattern[str] | None = None
+    kind: str = field(init=False, default="exact")
+    _regexp: re.Pattern[str] | None = field(init=False, default=None, repr=False)
+    _error: str = field(init=False, default="", repr=False)
 
     def __post_init__(self) -> None:
-        self.dirs = self.text.split("/")
         self._compile()
 
     def __str__(self) -> str:
@@ -113,6 +135,7 @@ class Pattern:
         p = self.text
         i, n = 0, len(p)
         iteration = 0
+        error = ""
         while i < n:
             ch = p[i]
             i += 1
@@ -142,7 +165,10 @@ class Pattern:
                 regex += "\\" + ch
             elif ch == "\\":
                 if i < n:
-                    regex += "\\" + p[i]
+                    escaped = _go_escape(p[i])
+                    if escaped is None:
+                        error = error or f"invalid escape sequence \\{p[i]}"
+                    regex += escaped or ""
                     i += 1
                     kind = "regexp"
                 else:
@@ -151,16 +177,18 @@ class Pattern:
                 regex += ch
                 kind = "regexp"
             else:
-                regex += ch
+                regex += ch  # includes "^", an anchor in both regexp dialects
             iteration += 1
-        if kind == "regexp":
+        self.kind = kind
+        if error:
+            self._error = error
+        elif kind == "regexp":
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
-                    self._regexp = re.compile(regex + r"\Z")
+                    self._regexp = re.compile(regex + r"\Z", re.ASCII)
             except re.error as e:
-                raise PatternError(f"invalid pattern {self.text!r}: {e}") from None
-        self._kind = kind
+                self._error = str(e)
 
     def without_trailing_glob(self) -> str:
         """The pattern minus a trailing ``/**`` or ``/*`` (used for directory-skip decisions)."""
@@ -172,7 +200,7 @@ class Pattern:
         return s
 
     def match(self, path: str) -> bool:
-        kind = self._kind
+        kind = self.kind
         if kind == "exact":
             return path == self.text
         if kind == "prefix":
@@ -182,8 +210,25 @@ class Pattern:
             if path.endswith(suffix):
                 return True
             return suffix[:1] == "/" and path == suffix[1:]
-        assert self._regexp is not None
+        if self._regexp is None:
+            raise PatternError(f"invalid pattern {self.text!r}: {self._error}")
         return self._regexp.match(path) is not None
+
+
+# Backslash escapes that mean the same in Go's regexp and Python's re (with re.ASCII).
+_SHARED_ESCAPES = frozenset("dDsSwWbBAaftnrvx")
+
+
+def _go_escape(ch: str) -> str | None:
+    """Python regexp text for Go's regexp ``\\`` + ``ch``; None where Go rejects the escape (or means
+    something re cannot express, like ``\\pL``)."""
+    if ch.isascii() and not ch.isalnum():
+        return re.escape(ch)
+    if ch == "z":
+        return r"\Z"
+    if ch in _SHARED_ESCAPES:
+        return "\\" + ch
+    return None
 
 
 # Per-pattern "did the parent directory match" flags; None = nothing known about the parent.
@@ -197,14 +242,14 @@ class PatternMatcher:
         self.patterns: list[Pattern] = []
         self.exclusions = False
         for raw in patterns:
-            p = raw.strip()
+            p = trim_space(raw)
             if not p:
                 continue
             p = go_clean(p)
             exclusion = False
             if p[0] == "!":
                 if len(p) == 1:
-                    raise PatternError('illegal exclusion pattern: "!"')
+                    raise PatternError('illegal exclusion pattern: "!"', 'illegal exclusion pattern: "!"')
                 exclusion = True
                 p = p[1:]
                 self.exclusions = True
@@ -231,6 +276,23 @@ class PatternMatcher:
             if m:
                 matched = not pattern.exclusion
         return matched
+
+    def could_match_below(self, dir_path: str) -> bool:
+        """Whether an inclusion pattern might match something under ``dir_path`` (which itself is not
+        matched): False lets a walk skip the directory. Conservative: True whenever unsure."""
+        depth = len(dir_path.split("/"))
+        for pattern in self.patterns:
+            if pattern.exclusion:
+                continue
+            if "**" in pattern.text:
+                return True
+            head = Pattern("/".join(pattern.text.split("/")[:depth]))
+            try:
+                if head.match(dir_path):
+                    return True
+            except PatternError:
+                return True  # e.g. a class or escape cut at a "/": cannot rule it out
+        return False
 
     def matches_using_parent_results(self, path: str, parent_info: MatchInfo) -> tuple[bool, list[bool]]:
         """Like ``matches_or_parent_matches`` but reuses the parent directory's per-pattern results.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from buildkitpy.api import ops_pb2
 from buildkitpy.errors import SolveError
+from buildkitpy.fsutil.patterns import PatternMatcher, contains_wildcards
 from buildkitpy.snapshot.api import ImmutableSnapshot, MutableSnapshot
 from buildkitpy.solver.asyncutil import blocking, release_all
 from buildkitpy.solver.cachekey import CacheMap, Dep, Selector, digest_json, selector_digest
@@ -27,7 +28,6 @@ from buildkitpy.solver.ops.modestr import ModeSet
 from buildkitpy.solver.ops.tarunpack import is_archive, unpack
 from buildkitpy.solver.ops.users import lookup_group, lookup_user
 from buildkitpy.solver.pathutil import clean_path, resolve_wildcards, secure_join
-from buildkitpy.solver.patterns import PatternMatcher, contains_wildcards
 
 FILE_CACHE_TYPE = "buildkit.file.v0"
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildkitpy.errors import SolveError
+from buildkitpy.fsutil.patterns import PatternMatcher
 from buildkitpy.solver.ops.modestr import ModeSet
 from buildkitpy.solver.pathutil import root_path, secure_join
-from buildkitpy.solver.patterns import PatternMatcher
 
 DEFAULT_DIR_MODE = 0o755
 
@@ -113,10 +113,10 @@ class _Copier:
         include, excluded = True, False
         if rel:
             if self.o.include:
-                include = self.o.include.matches(rel)
-            if self.o.exclude and self.o.exclude.matches(rel):
+                include = self.o.include.matches_or_parent_matches(rel)
+            if self.o.exclude and self.o.exclude.matches_or_parent_matches(rel):
                 include, excluded = False, True
-            if not include and not self.o.include and not self.o.exclude.has_exclusions:
+            if not include and not self.o.include and not self.o.exclude.exclusions:
                 return
         st = os.lstat(src)
         is_dir = stat.S_ISDIR(st.st_mode)
@@ -168,7 +168,7 @@ class _Copier:
             entry[2] = True
         self.parent_dirs.append(entry)
         try:
-            if excluded and not self.o.exclude.has_exclusions:
+            if excluded and not self.o.exclude.exclusions:
                 return created
             if not include and self.o.include and not self.o.include.could_match_below(rel):
                 return created
