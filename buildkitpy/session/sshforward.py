@@ -196,11 +196,11 @@ class SSHAttachable(ssh_pb2_grpc.SSHServicer):
             for conf in configs:
                 agent_id = conf.id or DEFAULT_ID
                 if agent_id in self._sources:
-                    raise SSHConfigError(f"duplicate agent ID {agent_id!r}")
+                    raise SSHConfigError(f'duplicate agent ID "{agent_id}"')
                 try:
                     self._sources[agent_id] = _source_for(conf)
                 except SSHConfigError as exc:
-                    raise SSHConfigError(f"failed to convert agent config for ID: {agent_id!r}: {exc}") \
+                    raise SSHConfigError(f'failed to convert agent config for ID: "{agent_id}": {exc}') \
                         from None
         except BaseException:
             self.close()
