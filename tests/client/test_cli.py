@@ -210,7 +210,6 @@ def test_metadata_file_inlines_base64_json_objects():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--ssh", "default"], "--ssh is not supported yet"),
     (["--export-cache", "type=local,dest=/tmp/c"], "--export-cache type=local is not supported yet"),
     (["--import-cache", "type=registry,ref=r"], "--import-cache type=registry is not supported yet"),
     (["--oci-layout", "x=/tmp"], "--oci-layout is not supported yet"),

@@ -120,9 +120,13 @@ def test_missing_required_secret_without_session_fails_clearly(xenv):
     xenv.solve(b2.definition(ok)).ref.release()
 
 
-def test_ssh_mount_is_unimplemented(xenv):
+def test_ssh_mount_without_session_fails_unless_optional(xenv):
     b = LLB()
     e = run(b, [rootfs(b)], "true", [ops_pb2.Mount(input=-1, dest="/ssh", mountType=ops_pb2.SSH,
                                                    SSHOpt=ops_pb2.SSHOpt(ID="default"))])
-    with pytest.raises(SolveError, match="ssh mounts"):
+    with pytest.raises(SolveError, match='no SSH key "default" forwarded from the client'):
         xenv.solve(b.definition(e))
+    b2 = LLB()
+    ok = run(b2, [rootfs(b2)], "test ! -e /ssh", [ops_pb2.Mount(
+        input=-1, dest="/ssh", mountType=ops_pb2.SSH, SSHOpt=ops_pb2.SSHOpt(ID="default", optional=True))])
+    xenv.solve(b2.definition(ok)).ref.release()
