@@ -72,7 +72,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
         try:
             removed = await anyio.to_thread.run_sync(
                 lambda: usage.prune(self.worker, self.solver.cache, all=request.all,
-                                    keep_duration=request.keepDuration / 1e9, filters=list(request.filter)))
+                                    keep_duration=request.keepDuration / 1e9, filters=list(request.filter),
+                                    busy=bool(self.jobs.active())))
         except BaseException as exc:  # noqa: BLE001
             await abort_for(context, exc, "Control.Prune")
             return

@@ -1,11 +1,15 @@
-"""Disk usage and pruning (``buildctl du`` / ``buildctl prune``) over snapshots and cache records."""
+"""Disk usage and pruning (``buildctl du`` / ``buildctl prune``) over snapshots and cache records;
+prune then collects the content store's garbage (``buildkitpy.image.gc``)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from buildkitpy.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,9 +68,12 @@ def disk_usage(worker, cache, filters: list[str]) -> list[Usage]:
     return [r for r in _records(worker, cache) if _matches(r, filters)]
 
 
-def prune(worker, cache, *, all: bool, keep_duration: float, filters: list[str]) -> list[Usage]:
+def prune(worker, cache, *, all: bool, keep_duration: float, filters: list[str],
+          busy: bool = True) -> list[Usage]:
     """Drop cache records for snapshots no build is using (older than ``keep_duration``, matching
-    ``filters``), then delete every snapshot nothing needs any more. Returns what was removed."""
+    ``filters``), then delete every snapshot nothing needs any more, then the records and content
+    blobs only those snapshots needed (blobs only when no build is running: ``busy`` false).
+    Returns the snapshots removed."""
     before = {r.id: r for r in _records(worker, cache)}
     cutoff = time.time() - keep_duration if keep_duration > 0 else None
     for record in before.values():
@@ -76,4 +83,16 @@ def prune(worker, cache, *, all: bool, keep_duration: float, filters: list[str])
             continue
         cache.forget_snapshot(record.id)
     removed = worker.snapshots.prune(set())
+    gc = collect_content(worker, busy=busy)
+    if gc is not None and gc.deleted:
+        log.info("prune: deleted %d unreferenced content blobs (%d bytes)", len(gc.deleted), gc.freed)
     return [before[i] for i in removed if i in before]
+
+
+def collect_content(worker, *, busy: bool):
+    """Content-store garbage collection for workers that have a content store (``root``)."""
+    if getattr(worker, "root", None) is None or not hasattr(worker.snapshots, "usage"):
+        return None
+    from buildkitpy.image.gc import collect
+
+    return collect(worker, busy=busy)

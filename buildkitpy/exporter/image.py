@@ -6,12 +6,13 @@ Options as BuildKit's: ``name`` (comma-separated; ``*`` takes the frontend's ``i
 ``dangling-name-prefix``/``dangling-name-empty-only``; everything else (compression, media types,
 annotations, timestamps) is for the image assembly (``buildkitpy.exporter.imagebuild``).
 
-There is no containerd image store here: ``store`` keeps the blobs in the content store (they always
-are) and ``unpack`` has nothing left to do (the result's snapshots are already unpacked), so both
-are accepted as no-ops, and ``name-canonical`` (an extra ``name@digest`` record in that store) only
-matters there. Registry credentials come from the build's client session (its ``Auth``
-attachable), registry settings (mirrors are not pushed to, ``http``, ``insecure``, ``ca``) from the
-daemon config.
+The image store is the pull database's name records (``buildkitpy.image.resolvemode``): with
+``store=true`` (the default) every name is recorded for the image's digest, and ``name-canonical``
+adds ``name:tag@digest``, so a later ``FROM name`` with ``image-resolve-mode=local`` uses the image
+without a registry. ``unpack`` is accepted and does nothing more: the result's snapshots are
+already unpacked, and a build from the named image unpacks its (stored) layer blobs on first use.
+Registry credentials come from the build's client session (its ``Auth`` attachable), registry
+settings (mirrors are not pushed to, ``http``, ``insecure``, ``ca``) from the daemon config.
 
 The response carries ``containerimage.digest``, ``containerimage.config.digest``,
 ``containerimage.descriptor`` (base64 JSON) and ``image.name``.
@@ -24,6 +25,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, SolveError
 from buildkitpy.exporter import ExportContext
@@ -148,9 +151,10 @@ async def export(ctx: ExportContext) -> dict[str, str]:
         image = await assemble_image(ctx, image_opts, vertex=vertex)
         root = Descriptor.from_json(image.descriptor, "assembled image")
         names = target_names(opts, root.digest, ctx.result.metadata or {})
-        for name in names:
-            # No image store: the name is only reported (and pushed); the blobs stay in the content store.
-            progress.status(vertex, f"naming to {name}", name=f"naming to {name}", completed=True)
+        if opts.store and names:
+            await anyio.to_thread.run_sync(_record_names, ctx, names, root.digest, opts.name_canonical)
+            for name in names:
+                progress.status(vertex, f"naming to {name}", name=f"naming to {name}", completed=True)
         if opts.push:
             if not names:
                 raise InvalidArgument("push=true needs an image name (name=...)")
@@ -167,6 +171,21 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     if names:
         response[RESP_NAME] = ",".join(names)
     return response
+
+
+def _record_names(ctx: ExportContext, names: list[str], digest: str, canonical: bool) -> list[str]:
+    """Give the image its names in the worker's image records (blocking): ``image-resolve-mode=local``
+    (and ``default`` when the registry fails) then finds it by name."""
+    from buildkitpy.image.resolvemode import record_exported_names
+    from buildkitpy.solver.ops.source_image import puller_for
+
+    refs = []
+    for name in names:
+        try:
+            refs.append(parse_reference(name))
+        except InvalidArgument:
+            continue  # e.g. a dangling-name prefix that is no reference: reported, not recorded
+    return record_exported_names(puller_for(_worker(ctx)).chains, refs, digest, canonical)
 
 
 async def push_names(ctx: ExportContext, store: Any, root: Descriptor, refs: list[Reference],

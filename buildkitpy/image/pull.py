@@ -113,16 +113,20 @@ class ChainIndex:
                              (name, platform, digest, manifest_digest, time.time()))
 
     def image_ref(self, name: str, platform: str) -> tuple[str, str] | None:
-        """(digest, manifest digest) ``name`` last resolved to for ``platform``."""
+        """(digest, manifest digest) ``name`` last resolved to for ``platform``, or was last given
+        to by the image exporter (recorded for every platform as ``""``), whichever is newer."""
         with self._lock:
             row = self._db.execute("SELECT digest, manifest_digest FROM image_refs WHERE name=? AND "
-                                   "platform=?", (name, platform)).fetchone()
+                                   "platform IN (?, '') ORDER BY resolved DESC LIMIT 1",
+                                   (name, platform)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def image_ref_digests(self) -> set[str]:
-        """Every manifest/index digest a recorded tag points at (kept by garbage collection)."""
+    def image_ref_digests(self, *, named: bool) -> set[str]:
+        """The digests recorded tags point at: ``named=True`` for the image exporter's names
+        (platform ``""``), ``False`` for tags resolved against registries."""
         with self._lock:
-            rows = self._db.execute("SELECT digest, manifest_digest FROM image_refs").fetchall()
+            rows = self._db.execute("SELECT digest, manifest_digest FROM image_refs WHERE "
+                                    + ("platform=''" if named else "platform!=''")).fetchall()
         return {d for row in rows for d in row}
 
     def layer_blob_records(self) -> list[tuple[str, str]]:

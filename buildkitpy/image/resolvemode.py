@@ -7,7 +7,8 @@
   registry; a tag never resolved here is resolved against the registry.
 
 "What a tag last resolved to" is the pull database's ``image_refs`` record (per platform), written
-whenever a tag is resolved against its registry; BuildKit's equivalent is the worker's image store.
+whenever a tag is resolved against its registry, and also whenever the image exporter names an image
+(``store=true``; for every platform): BuildKit's equivalent is the worker's image store.
 A digest-pinned reference whose manifest is in the content store needs no registry in any mode.
 """
 
@@ -75,6 +76,21 @@ async def resolve_local(store: ContentStore, index: ChainIndex, ref: Reference,
         return await resolve_image(_ContentOnly(ref), store, pinned, platform)  # type: ignore[arg-type]
     except NotFound:
         return None
+
+
+def record_exported_names(index: ChainIndex, names: list[Reference], digest: str,
+                          canonical: bool) -> list[str]:
+    """Record image exporter names for ``digest`` (blocking); with ``canonical`` also
+    ``name:tag@digest``, as BuildKit's ``name-canonical``. Returns the recorded names."""
+    recorded = []
+    for ref in names:
+        if ref.tag:
+            recorded.append(tag_name(ref))
+        if canonical and not ref.digest:
+            recorded.append(f"{tag_name(ref)}@{digest}")
+    for name in recorded:
+        index.put_image_ref(name, "", digest, digest)
+    return recorded
 
 
 async def resolve_with_mode(client: RegistryClient, store: ContentStore, index: ChainIndex, ref: Reference,

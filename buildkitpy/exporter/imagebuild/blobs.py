@@ -78,6 +78,18 @@ class BlobCache:
                              "kind, created) VALUES (?,?,?,?,?,?,?)",
                              (key, variant, blob.digest, blob.size, blob.diff_id, blob.kind, time.time()))
 
+    def entries(self) -> list[tuple[str, str]]:
+        """(layer key, blob digest) of every record (for garbage collection)."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute("SELECT layer_key, digest FROM layer_blobs")]
+
+    def forget_layer_keys(self, keys: set[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for key in keys:
+                self._db.execute("DELETE FROM layer_blobs WHERE layer_key=?", (key,))
+            self._db.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
