@@ -1,7 +1,8 @@
 """Image resolve modes (``image.resolvemode``, the Dockerfile's ``image-resolve-mode``,
 ``ResolveImageConfig``'s ``ResolveMode``), with BuildKit's meaning:
 
-- ``default``: ask the registry; if that fails, fall back to what the tag last resolved to here.
+- ``default``: ask the registry; if it cannot answer (unreachable, not found), fall back to what the
+  tag last resolved to here. A registry that refuses access gets no fallback.
 - ``pull``: always ask the registry; never fall back.
 - ``local`` (BuildKit's "prefer local"): use what the tag last resolved to here without asking the
   registry; a tag never resolved here is resolved against the registry.
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 
 from buildkitpy.content.store import ContentStore
-from buildkitpy.errors import BuildkitpyError, Canceled, InvalidArgument, NotFound
+from buildkitpy.errors import BuildkitpyError, Canceled, InvalidArgument, NotFound, PermissionDenied
 from buildkitpy.image.platforms import Platform, default_platform
 from buildkitpy.image.pull import ChainIndex
 from buildkitpy.image.reference import Reference
@@ -106,7 +107,9 @@ async def resolve_with_mode(client: RegistryClient, store: ContentStore, index: 
     try:
         resolved = await resolve_image(client, store, ref, wanted)
     except BuildkitpyError as exc:
-        if mode != MODE_DEFAULT or isinstance(exc, Canceled):
+        # A registry that refused access is an answer, not an outage: what another session pulled
+        # with its credentials is not handed to one the registry turned away.
+        if mode != MODE_DEFAULT or isinstance(exc, (Canceled, PermissionDenied)):
             raise
         local = await resolve_local(store, index, ref, wanted)
         if local is None:
