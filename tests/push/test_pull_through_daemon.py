@@ -9,9 +9,9 @@ import sqlite3
 import uuid
 from pathlib import Path
 
-from image.registryfixture import TarBuilder
+from image.registryfixture import TarBuilder, sha256
 
-from .test_image_exporter import docker_config, dockerfile_build
+from .test_image_exporter import daemon_blob, docker_config, dockerfile_build
 
 
 def unique_layer(text: str) -> bytes:
@@ -143,3 +143,35 @@ def test_pull_progress_in_rawjson(daemon, plain_registry, tmp_path):
     assert blob[-1]["current"] == total and "completed" in blob[-1]
     assert any(s["id"] == f"extracting {blob[-1]['id']}" and "completed" in s for s in statuses)
     assert (tmp_path / "out" / "version").read_text() == "progress\n"
+
+
+def _blobs(daemon) -> set[str]:
+    return {"sha256:" + p.name for p in daemon.root.glob("state/**/content/blobs/sha256/*")}
+
+
+def test_prune_collects_pulled_layers_and_keeps_named_images(make_daemon, plain_registry, tmp_path):
+    d = make_daemon()
+    repo = f"prune/{uuid.uuid4().hex[:8]}"
+    layer = unique_layer("pruned")
+    plain_registry.push_image(repo, "latest", [(layer, "none")])
+    layer_digest = sha256(layer)
+    manifest_digest = plain_registry.pushed[f"{repo}:latest"]
+    _, dest = build_from(d, tmp_path, f"{plain_registry.host}/{repo}")
+    assert (dest / "version").read_text() == "pruned\n"
+    _, meta = dockerfile_build(d, tmp_path, "FROM scratch\nCOPY a.txt /\n",
+                               "type=image,name=registry.invalid/kept/app:v1", files={"a.txt": "kept\n"})
+    named = json.loads(daemon_blob(d, meta["containerimage.digest"]))
+    named_blobs = {meta["containerimage.digest"], named["config"]["digest"],
+                   *(entry["digest"] for entry in named["layers"])}
+    before = _blobs(d)
+    assert layer_digest in before and manifest_digest in before and named_blobs <= before
+
+    d.client("prune", "--all")
+    after = _blobs(d)
+    assert layer_digest not in after  # its snapshot was pruned: nothing needs the blob
+    assert manifest_digest in after  # what the tag resolved to stays (local resolve mode)
+    assert named_blobs <= after  # a named image keeps everything
+    # The named image still builds, without a registry.
+    _, dest = build_from(d, tmp_path, "registry.invalid/kept/app:v1", "image-resolve-mode=local")
+    assert (dest / "a.txt").read_text() == "kept\n"
+    assert d.alive()
