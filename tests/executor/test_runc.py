@@ -198,8 +198,11 @@ def _runc_containers(executor: RuncExecutor) -> list[str]:
     return out.split()
 
 
-def _mountinfo() -> set[str]:
-    return {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+def _mountinfo(*under: Path) -> set[str]:
+    """Mount points below the given folders (other work on the machine may mount elsewhere)."""
+    prefixes = tuple(str(p.resolve()) for p in under)
+    return {point for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if (point := line.split()[4]).startswith(prefixes)}
 
 
 def _sleepers(token: str) -> list[str]:
@@ -207,7 +210,7 @@ def _sleepers(token: str) -> list[str]:
 
 
 async def test_cancellation_kills_and_cleans_up(executor, rootfs):
-    mounts_before = _mountinfo()
+    mounts_before = _mountinfo(executor.root, rootfs)
     out = Output()
     token = "4711"  # a duration no other process on the machine is likely to sleep for
     with anyio.move_on_after(1.0) as scope:
@@ -215,11 +218,14 @@ async def test_cancellation_kills_and_cleans_up(executor, rootfs):
                            stdout=out.out, stderr=out.err)
     assert scope.cancelled_caught
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (_runc_containers(executor) or _mountinfo() != mounts_before
-                                           or _sleepers(token)):
+    def leftovers() -> bool:
+        return bool(_runc_containers(executor) or _mountinfo(executor.root, rootfs) != mounts_before
+                    or _sleepers(token))
+
+    while time.monotonic() < deadline and leftovers():
         await anyio.sleep(0.1)
     assert _runc_containers(executor) == []
-    assert _mountinfo() == mounts_before
+    assert _mountinfo(executor.root, rootfs) == mounts_before
     assert not (rootfs / "stub").exists()
     assert list((executor.root / "bundles").iterdir()) == []
     assert _sleepers(token) == []
