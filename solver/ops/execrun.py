@@ -22,6 +22,7 @@ from buildkitpy.solver.asyncutil import blocking, release_all
 from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT
 from buildkitpy.solver.ops.base import OpContext
 from buildkitpy.solver.pathutil import secure_join
+from buildkitpy.solver.steplog import StepLog, log_path
 
 _SECRET_BASE = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 
@@ -153,9 +154,13 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
             if op.meta.hostname:
                 spec.hostname = op.meta.hostname
             progress = ctx.job.progress
-            code = await ctx.worker.executor.run(
-                spec, stdout=lambda data: progress.log(vertex.digest, 1, data),
-                stderr=lambda data: progress.log(vertex.digest, 2, data))
+            step_log = StepLog(lambda stream, data: progress.log(vertex.digest, stream, data),
+                               log_path(ctx.worker.root, ctx.job.id, vertex.digest))
+            try:
+                code = await ctx.worker.executor.run(spec, stdout=step_log.writer(1),
+                                                     stderr=step_log.writer(2))
+            finally:
+                step_log.close()
             valid = list(op.meta.validExitCodes) or [0]
             if code not in valid:
                 raise SolveError(f"process \"{' '.join(op.meta.args)}\" did not complete successfully: "
