@@ -14,7 +14,14 @@ from typing import Any
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
 from buildkitpy.caps import EXEC_LLB_CAPS, LLB_CAPS
-from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound, SolveError, SourceLocation
+from buildkitpy.errors import (
+    BuildkitpyError,
+    InvalidArgument,
+    NotFound,
+    SolveError,
+    SourceLocation,
+    Unimplemented,
+)
 from buildkitpy.frontend.dockerignore import read_ignore_file
 
 from .convert import ConvertError, NamedContext, convert
@@ -64,6 +71,46 @@ async def _read_ignore(bridge: Any, session_id: str, local: str, shared_key: str
     return read_ignore_file(data) if data else []
 
 
+# Frontend images we can stand in for: the Dockerfile frontend's own releases.
+BUILTIN_SYNTAX_REPOS = ("docker.io/docker/dockerfile", "docker.io/docker/dockerfile-upstream")
+
+
+def _result_vertex(ref: Any) -> str:
+    """The digest of the vertex a solved ref stands for (the terminal op's input)."""
+    ops = getattr(ref.definition, "def") if ref is not None else []
+    return ops_pb2.Op.FromString(ops[-1]).inputs[0].digest if ops else ""
+
+
+def _check_syntax(bridge: Any, opts: dict[str, str], dockerfile: bytes, vertex: str) -> None:
+    """A ``# syntax=`` directive (or ``build-arg:BUILDKIT_SYNTAX``) names a frontend image to run
+    instead of this one. We cannot run frontend images yet, so: for the Dockerfile frontend's own
+    images build with this built-in frontend and say so; for any other image fail clearly rather
+    than silently building with the wrong frontend."""
+    from .parser import DockerfileParseError, parse
+
+    syntax = opts.get("build-arg:BUILDKIT_SYNTAX", "")
+    if not syntax:
+        try:
+            syntax = parse(dockerfile).directive("syntax") or ""
+        except DockerfileParseError:
+            return  # the converter reports parse errors with their line
+    image = syntax.split()[0] if syntax.strip() else ""
+    if not image or opts.get("cmdline"):
+        return
+    try:
+        repo = llb.reference.parse_normalized(image).name
+    except InvalidArgument as e:
+        raise InvalidArgument(f"invalid syntax directive {syntax!r}: {e}") from None
+    if repo in BUILTIN_SYNTAX_REPOS:
+        bridge.job.progress.warning(
+            vertex, f"syntax {image}: frontend images are not supported yet; "
+                "building with buildkitpy's built-in Dockerfile frontend")
+        return
+    raise Unimplemented(f"frontend image {image} (from the syntax directive) is not supported yet: "
+                        "buildkitpy cannot run frontend images; remove the directive to use the built-in "
+                        "Dockerfile frontend")
+
+
 async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Definition]) -> Any:
     from buildkitpy.gateway.bridge import FrontendResult
 
@@ -90,6 +137,8 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         dockerfile = await _read_optional(bridge, ref, follow[-1])
     if dockerfile is None:
         raise NotFound(f"failed to read dockerfile: open {filename}: no such file or directory")
+
+    _check_syntax(bridge, opts, dockerfile, _result_vertex(ref))
 
     ignore_data = await _read_optional(bridge, ref, filename + ".dockerignore")
     if ignore_data is not None:

@@ -39,3 +39,22 @@ def test_dockerfile_errors_name_the_line(daemon, tmp_path):
     assert res.returncode == 1
     assert "unknown instruction: FROBNICATE" in err, err
     assert daemon.alive()
+
+
+def test_syntax_directive(daemon, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("# syntax=docker/dockerfile:1.7\nFROM scratch\nCOPY Dockerfile /\n")
+    out = tmp_path / "out"
+    res = daemon.client("build", "--progress", "plain", "--frontend", "dockerfile.v0", "--local",
+                        f"context={ctx}", "--local", f"dockerfile={ctx}",
+                        "--output", f"type=local,dest={out}")
+    assert (out / "Dockerfile").exists()
+    assert "built-in Dockerfile frontend" in res.stderr.decode()
+
+    (ctx / "Dockerfile").write_text("# syntax=example.com/my/frontend:2\nFROM scratch\n")
+    res = daemon.client("build", "--frontend", "dockerfile.v0", "--local", f"context={ctx}",
+                        "--local", f"dockerfile={ctx}", check=False)
+    err = res.stderr.decode()
+    assert res.returncode == 1
+    assert "frontend image example.com/my/frontend:2" in err and "not supported yet" in err, err
