@@ -39,26 +39,7 @@ class Worker:
     config: Any = None  # buildkitpy.daemon.config.Config (registry settings, ...)
 
     def close(self) -> None:
-        close = getattr(self.snapshots, "close", None)
-        if close is not None:
-            close()
-
-
-@dataclass
-class Usage:
-    """A disk-usage record (``UsageRecord`` on the wire)."""
-
-    id: str
-    size: int = 0
-    mutable: bool = False
-    in_use: bool = False
-    usage_count: int = 0
-    description: str = ""
-    record_type: str = "regular"
-    shared: bool = False
-    parents: list[str] = field(default_factory=list)
-    created_at: float = 0.0
-    last_used_at: float = 0.0
+        self.snapshots.close()
 
 
 def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:

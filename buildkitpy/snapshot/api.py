@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class ImmutableSnapshot(Protocol):
@@ -69,3 +69,17 @@ class SnapshotManager(Protocol):
 
     def walk_ids(self) -> Iterator[str]:
         """Every committed snapshot id (for disk usage and prune)."""
+
+    def usage(self) -> list[Any]:
+        """One record per snapshot: id, parent, mutable, in_use, size, description, created,
+        last_used (``buildkitpy.snapshot.manager.SnapshotUsage``)."""
+
+    def delete(self, snapshot_id: str) -> None:
+        """Remove a committed snapshot; an error if it is held, mounted or built upon."""
+
+    def prune(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete every committed snapshot not in ``keep`` that nothing holds or needs; returns
+        the removed ids."""
+
+    def close(self) -> None:
+        """Unmount everything and close the metadata database."""
