@@ -408,3 +408,15 @@ async def test_insecure_mode_has_no_seccomp(rootfs, tmp_path, probe_binary):
     assert code == 0, text
     assert probe_results(text) == {"keyctl": "OK", "unshare-user": "OK", "mount": "OK"}, text
     assert "Seccomp:\t0" in text
+
+
+@pytest.mark.root
+def test_fallback_deny_list_under_runc_refuses_the_same_and_runs_the_smoke_script(rootfs, tmp_path,
+                                                                                   probe_binary):
+    shutil.copy2(probe_binary, rootfs / "bin" / "sysprobe")
+    profile = seccomp._fallback_profile(DEFAULT_CAPABILITIES)
+    code, text = runc_run(tmp_path, rootfs, SMOKE + "/bin/sysprobe " + " ".join(PROBES),
+                          capabilities=list(DEFAULT_CAPABILITIES), seccomp_profile=profile)
+    assert code == 0 and "SMOKE-OK" in text, text
+    assert probe_results(text) == {"fork": "OK", "keyctl": "EPERM", "unshare-user": "EPERM", "mount": "EPERM",
+                                   "clone-newns": "EPERM", "clone3": "ENOSYS"}, text
