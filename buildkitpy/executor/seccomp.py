@@ -16,8 +16,8 @@ Keyrings are refused to any container without CAP_SYS_ADMIN (BuildKit refuses th
 insecure mode has no seccomp at all, so the difference is only seen when CAP_SYS_ADMIN is added to a
 sandbox). Other differences, kept as the file has them: syscalls it does not list (newer ones
 such as ``fchmodat2``, ``futex_waitv``, ``cachestat``) fail with its ``defaultErrnoRet`` ENOSYS
-rather than EPERM, so libcs fall back to the older call, and a few obsolete calls (``nice``,
-``vmsplice``, ``io_pgetevents``) are refused.
+rather than EPERM, so libcs fall back to the older call; and the file refuses a few calls BuildKit
+allows (``vmsplice``, ``io_pgetevents``, the legacy ``nice``).
 
 When the file is missing, :func:`_fallback_profile` (a deny-list of the same rules; unknown syscalls
 allowed) is used and a warning logged once. ``security.insecure`` steps get no seccomp at all
