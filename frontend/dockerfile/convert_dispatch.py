@@ -13,6 +13,7 @@ from buildkitpy.llb import Platform
 
 from . import image_config as ic
 from .convert_format import go_duration, go_list, go_quoted_list, step_width, summarize_heredoc
+from .convert_git import GitRef, GitRefError, parse_git_ref
 from .expand import expand
 from .instructions import (
     AddCommand,
@@ -869,7 +870,7 @@ class DispatchContext:
         if checksum:
             if len(ins.source_paths) != 1:
                 raise ValueError("checksum can't be specified for multiple sources")
-            if not _is_http(ins.source_paths[0]):
+            if not _is_http(ins.source_paths[0]) and not _is_git(ins.source_paths[0]):
                 raise ValueError("checksum requires HTTP(S) or Git sources")
         msg = "ADD" if is_add else "COPY"
         if isinstance(ins, CopyCommand) and ins.parents:
@@ -897,12 +898,12 @@ class DispatchContext:
 
         for src in ins.source_paths:
             msg += " " + src
-            if _is_git(src):
-                raise ValueError(
-                    "git sources for ADD are not supported yet"
-                    if is_add
-                    else "source can't be a git ref for COPY"
-                )
+            git_ref = parse_git_ref(src)
+            if git_ref is not None and not git_ref.indistinguishable_from_local:
+                if not is_add:
+                    raise ValueError("source can't be a git ref for COPY")
+                add(_git_source(git_ref, ins, pg_name), "/", create_dest_path=True)
+                continue
             if _is_http(src):
                 if not is_add:
                     raise ValueError("source can't be a URL for COPY")
@@ -1062,10 +1063,34 @@ def _is_http(src: str) -> bool:
 
 
 def _is_git(src: str) -> bool:
-    return (
-        src.startswith("git@")
-        or src.startswith("git://")
-        or (src.startswith(("http://", "https://")) and (".git#" in src or src.endswith(".git")))
+    """BuildKit's ``isGitSource``: a malformed git reference counts as none here (the copy reports it)."""
+    try:
+        return parse_git_ref(src) is not None
+    except GitRefError:
+        return False
+
+
+def _git_source(ref: GitRef, ins: AddCommand | CopyCommand, custom_name: str) -> llb.State:
+    """``ADD <git ref>``: the flags and the reference's own query must agree where both are given."""
+    keep = getattr(ins, "keep_git_dir", None)
+    if keep is not None and ref.keep_git_dir is not None and keep != ref.keep_git_dir:
+        raise ValueError("inconsistent keep-git-dir configuration")
+    if ref.keep_git_dir is not None:
+        keep = ref.keep_git_dir
+    checksum = getattr(ins, "checksum", "")
+    if checksum and ref.checksum and checksum != ref.checksum:
+        raise ValueError(f'checksum mismatch "{checksum}" != "{ref.checksum}"')
+    checksum = ref.checksum or checksum
+    if ref.fetch_by_commit:
+        raise ValueError("fetch-by-commit git references are not supported yet")
+    return llb.git(
+        ref.remote,
+        ref.ref,
+        keep_git_dir=bool(keep),
+        checksum=checksum or None,
+        subdir=ref.subdir or None,
+        skip_submodules=ref.submodules is False,
+        custom_name=custom_name,
     )
 
 

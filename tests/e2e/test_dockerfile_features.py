@@ -1,0 +1,93 @@
+"""Dockerfile features end to end through the daemon and our buildctl-compatible CLI: ``ADD <git ref>``
+against a real ``git daemon``, named contexts, and the COPY/ADD/RUN flags checked against BuildKit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sources.gitfixture import GitServer, Repo
+
+
+def build(daemon, ctx: Path, out: Path, *extra: str, check: bool = True):  # noqa: ANN001, ANN201
+    return daemon.client("build", "--progress", "plain", "--frontend", "dockerfile.v0", "--local",
+                         f"context={ctx}", "--local", f"dockerfile={ctx}", "--output",
+                         f"type=local,dest={out}", *extra, check=check)
+
+
+def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for rel, data in (files or {}).items():
+        p = ctx / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(data)
+    return ctx
+
+
+# ---- ADD <git ref> ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    s = GitServer(tmp_path_factory.mktemp("served"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def project(git_server: GitServer) -> tuple[Repo, str, str]:
+    repo = git_server.repo("project")
+    repo.write("README", "first\n")
+    repo.write("sub/inner.txt", "inner v1\n")
+    first = repo.commit("first")
+    repo.run("tag", "v1")
+    repo.write("README", "second\n")
+    repo.write("sub/inner.txt", "inner v2\n")
+    second = repo.commit("second")
+    return repo, first, second
+
+
+def test_add_git_ref_subdir_and_keep_git_dir(daemon, tmp_path: Path, project) -> None:  # noqa: ANN001
+    repo, first, _ = project
+    ctx = context(tmp_path, "FROM scratch\n"
+                  f"ADD {repo.url}#v1:sub /tagged/\n"
+                  f"ADD {repo.url} /head/\n"
+                  f"ADD --keep-git-dir {repo.url}#main /withgit\n"
+                  f"ADD --chmod=600 {repo.url}?ref=v1 /mode/\n")
+    out = tmp_path / "out"
+    build(daemon, ctx, out)
+    assert (out / "tagged" / "inner.txt").read_text() == "inner v1\n"
+    assert not (out / "tagged" / "README").exists()
+    assert (out / "head" / "README").read_text() == "second\n"
+    assert not (out / "head" / ".git").exists()
+    assert (out / "withgit" / ".git").is_dir()
+    assert (out / "withgit" / "README").read_text() == "second\n"
+    assert (out / "mode" / "README").read_text() == "first\n"
+    assert (out / "mode" / "README").stat().st_mode & 0o777 == 0o600
+
+
+def test_add_git_checksum_is_verified(daemon, tmp_path: Path, project) -> None:  # noqa: ANN001
+    repo, first, second = project
+    ctx = context(tmp_path, f"FROM scratch\nADD --checksum={first} {repo.url}#v1 /pinned/\n")
+    out = tmp_path / "out"
+    build(daemon, ctx, out)
+    assert (out / "pinned" / "README").read_text() == "first\n"
+
+    ctx = context(tmp_path, f"FROM scratch\nADD --checksum={second} {repo.url}#v1 /pinned/\n")
+    res = build(daemon, ctx, tmp_path / "out2", check=False)
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    assert f"expected checksum to match {second}, got {first}" in err, err
+    assert daemon.alive()
+
+
+def test_copy_from_git_ref_is_refused_with_its_line(daemon, tmp_path: Path, project) -> None:  # noqa: ANN001
+    repo, _, _ = project
+    ctx = context(tmp_path, f"FROM scratch\nCOPY {repo.url} /x\n")
+    res = build(daemon, ctx, tmp_path / "out", check=False)
+    err = res.stderr.decode()
+    assert res.returncode == 1
+    assert "source can't be a git ref for COPY" in err, err
+    assert daemon.alive()
