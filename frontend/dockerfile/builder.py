@@ -25,6 +25,7 @@ from buildkitpy.errors import (
 from buildkitpy.frontend.dockerignore import read_ignore_file
 
 from .convert import ConvertError, NamedContext, convert
+from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
 
 FRONTEND_NAME = "dockerfile.v0"
@@ -69,6 +70,36 @@ async def _read_ignore(bridge: Any, session_id: str, local: str, shared_key: str
     )
     data = await _read_optional(bridge, await _solve_ref(bridge, st), DOCKERIGNORE)
     return read_ignore_file(data) if data else []
+
+
+async def _named_context(
+    bridge: Any, session_id: str, name: str, spec: str, opts: dict[str, str], inputs: dict[str, Any]
+) -> NamedContext:
+    """What ``context:NAME=spec`` needs before conversion: a local directory's ``.dockerignore``,
+    an input's definition and image config (``input-metadata:KEY``)."""
+    nc = NamedContext(spec)
+    kind, sep, value = spec.partition(":")
+    if not sep:
+        raise InvalidArgument(f"invalid context specifier {spec} for {name}")
+    if nc.kind == "local":
+        progress = f"[context {name}] load {DOCKERIGNORE}"
+        key = f"context:{name}-{DOCKERIGNORE}"
+        nc.excludes = await _read_ignore(bridge, session_id, value, key, progress)
+    elif nc.kind == "input":
+        if value not in inputs:
+            raise InvalidArgument(f"invalid input {value} for {name}")
+        nc.definition = inputs[value]
+        metadata = opts.get("input-metadata:" + value)
+        if metadata is not None:
+            try:
+                nc.image_config = input_image_config(metadata)
+            except ValueError as e:
+                raise InvalidArgument(str(e)) from None
+    elif nc.kind in ("oci-layout", "git", "http", "https"):
+        raise Unimplemented(f"{nc.kind} named contexts are not supported yet (context {name}={spec})")
+    elif nc.kind not in SUPPORTED_KINDS:
+        raise InvalidArgument(f"unsupported context source {kind} for {name}")
+    return nc
 
 
 # Frontend images we can stand in for: the Dockerfile frontend's own releases.
@@ -153,21 +184,7 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         )
     named: dict[str, NamedContext] = {}
     for name, spec in options.named_contexts.items():
-        kind, _, value = spec.partition(":")
-        if kind != "local":
-            raise InvalidArgument(
-                f"unsupported context source {kind} for {name} (only local: is supported yet)"
-            )
-        named[name] = NamedContext(
-            spec,
-            await _read_ignore(
-                bridge,
-                session_id,
-                value,
-                f"context:{name}-{DOCKERIGNORE}",
-                f"[context {name}] load {DOCKERIGNORE}",
-            ),
-        )
+        named[name] = await _named_context(bridge, session_id, name, spec, opts, inputs)
 
     resolver = getattr(bridge, "resolve_image_config", None)
     if resolver is not None and options.image_resolve_mode != "default":  # as BuildKit's ResolveMode

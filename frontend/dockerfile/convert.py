@@ -14,7 +14,7 @@ is known (its ``local.followpaths``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
@@ -23,6 +23,7 @@ from buildkitpy.llb.vertex import MarshalContext, MarshalledOp, Output, Vertex
 
 from . import image_config as ic
 from .convert_dispatch import DispatchContext, StageState
+from .convert_named import NamedContext
 from .convert_opts import ConvertOptions
 from .parser import DockerfileParseError
 from .shell import ShellExpansionError
@@ -37,15 +38,6 @@ class ConvertError(ValueError):
     def __init__(self, message: str, lines: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.lines = lines
-
-
-@dataclass
-class NamedContext:
-    """A ``context:NAME=...`` option: ``source`` is ``local:DIR`` or ``docker-image://REF``;
-    ``excludes`` the named local directory's ``.dockerignore`` patterns."""
-
-    source: str
-    excludes: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -14,6 +14,9 @@ from buildkitpy.llb import Platform
 from . import image_config as ic
 from .convert_format import go_duration, go_list, go_quoted_list, step_width, summarize_heredoc
 from .convert_git import GitRef, GitRefError, parse_git_ref
+from .convert_named import NamedContext
+from .convert_named import load as named_load
+from .convert_named import lookup as named_lookup
 from .expand import expand
 from .instructions import (
     AddCommand,
@@ -45,7 +48,7 @@ from .parser import parse_heredoc
 from .shell import Lex
 
 if TYPE_CHECKING:
-    from .convert import ImageResolver, NamedContext
+    from .convert import ImageResolver
     from .convert_opts import ConvertOptions
 
 SCRATCH = "scratch"
@@ -249,8 +252,14 @@ class DispatchContext:
                     raise DispatchError(
                         f"failed to parse platform {st.platform}: {e}", (st.start_line, st.end_line)
                     ) from None
-            if st.name and st.name in self.named_contexts:
-                d.named_context = self.named_contexts[st.name]
+            found = None
+            if st.name:
+                try:
+                    found = named_lookup(self.named_contexts, st.name, d.platform or self.target_platform)
+                except ValueError as e:
+                    raise _with_lines(e, d.lines) from None
+            if found is not None:
+                d.named_context = found
                 self._add_state(d)
                 d.base = None
                 continue
@@ -422,10 +431,13 @@ class DispatchContext:
         platform = d.platform or self.target_platform
         d.base_name = ref
         is_scratch = False
-        named = d.named_context or self.named_contexts.get(d.stage.base_name if d.unregistered else "")
         if reachable:
-            if named is not None:
-                self._load_named_context(d, named, platform)
+            if d.named_context is not None:  # the whole stage is replaced by the named context
+                await self._load_named_stage(d, platform)
+                return
+            found = named_lookup(self.named_contexts, ref, platform)
+            if found is not None:  # FROM NAME / --from=NAME names a context
+                await self._load_named_base(d, found, platform)
                 return
             if self.resolve_image is None:
                 raise ValueError(f"FROM {d.stage.base_name} needs registry support (not available yet)")
@@ -459,30 +471,51 @@ class DispatchContext:
         if d.unregistered:
             d.dispatched = True
 
-    def _load_named_context(self, d: StageState, named: NamedContext, platform: Platform) -> None:
-        kind, _, value = named.source.partition(":")
-        name = d.stage.name or d.stage.base_name
-        if kind == "local":
-            paths_of = d
-
-            def follow() -> list[str]:
-                from .convert import _follow_paths
-
-                return _follow_paths(paths_of.paths)
-
-            d.state = _lazy_local(
-                value,
-                self.session_id,
-                f"context:{name}-",
-                named.excludes,
-                f"[context {name}] load from client",
-                follow,
-            )
-        else:
-            raise ValueError(f"unsupported context source {kind} for {name}")
-        d.image = ic.empty_image(platform)
-        d.platform = platform
+    async def _load_named_stage(self, d: StageState, platform: Platform) -> None:
+        key, nc = d.named_context
+        st, img = await self._named_state(d, key, nc, platform)
+        d.state = st
         d.dispatched = True
+        if img is not None:
+            d.image = img
+            if img.get("architecture") and img.get("os"):
+                d.platform = Platform(img["os"], img["architecture"], img.get("variant", ""),
+                                      img.get("os.version", ""), tuple(img.get("os.features") or ()))
+        else:
+            d.image = ic.empty_image(platform)
+        if d.platform is None:
+            d.platform = platform
+
+    async def _load_named_base(
+        self, d: StageState, found: tuple[str, NamedContext], platform: Platform
+    ) -> None:
+        key, nc = found
+        st, img = await self._named_state(d, key, nc, platform)
+        if img is None:
+            img = ic.empty_image(platform)
+        d.base_img = copy.deepcopy(img)
+        img.pop("created", None)
+        d.image = img
+        d.state = st.with_platform(platform)
+        d.platform = platform
+        if d.unregistered:
+            d.dispatched = True
+
+    async def _named_state(
+        self, d: StageState, key: str, nc: NamedContext, platform: Platform
+    ) -> tuple[llb.State, ic.Image | None]:
+        if nc.kind != "local":
+            return await named_load(nc, key, platform, self.resolve_image)
+        paths_of = d
+
+        def follow() -> list[str]:
+            from .convert import _follow_paths
+
+            return _follow_paths(paths_of.paths)
+
+        value = nc.source.partition(":")[2]
+        name = f"[context {key}] load from client"
+        return _lazy_local(value, self.session_id, f"context:{key}-", nc.excludes, name, follow), None
 
     # ---- dispatch -------------------------------------------------------------------------------------
     def _dispatch_stage(self, d: StageState) -> None:

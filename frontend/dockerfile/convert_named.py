@@ -1,0 +1,201 @@
+"""Named contexts (``--opt context:NAME=…``) as BuildKit's dockerui resolves them: which option a
+stage or base name selects, and the state (and image config) each source kind loads.
+
+Source kinds: ``local:DIR`` (built lazily by the dispatcher, see ``convert_dispatch``),
+``docker-image://REF`` (a registry image with its config), ``input:KEY`` (a definition the caller of
+the frontend passed as an input, with ``input-metadata:KEY`` carrying its image config).
+``oci-layout://`` and git/http contexts are refused with a clear error until their sources exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from buildkitpy import llb
+from buildkitpy.api import ops_pb2
+from buildkitpy.llb import Platform
+from buildkitpy.llb.constraints import Metadata, ProgressGroup
+from buildkitpy.llb.vertex import MarshalContext, MarshalledOp, Output, Vertex
+
+from . import image_config as ic
+
+if TYPE_CHECKING:
+    from .convert import ImageResolver
+
+SUPPORTED_KINDS = ("local", "docker-image", "input")
+IMAGE_CONFIG_KEY = "containerimage.config"
+
+
+@dataclass
+class NamedContext:
+    """A ``context:NAME=...`` option: ``source`` is ``local:DIR``, ``docker-image://REF`` or
+    ``input:KEY``; ``excludes`` the named local directory's ``.dockerignore`` patterns;
+    ``definition``/``image_config`` the frontend input (and its config) an ``input:`` names."""
+
+    source: str
+    excludes: list[str] = field(default_factory=list)
+    definition: ops_pb2.Definition | None = None
+    image_config: bytes | None = None
+
+    @property
+    def kind(self) -> str:
+        kind = self.source.partition(":")[0]
+        return "git" if kind.startswith("git@") else kind
+
+
+def context_name(name: str) -> str:
+    """The name a context option is looked up by: the familiar image name without ``:latest``
+    (``docker.io/library/alpine:latest`` → ``alpine``), as ``dockerui.Client.NamedContext`` does."""
+    try:
+        ref = llb.reference.parse_normalized(name)
+    except (ValueError, llb.LLBError) as e:
+        raise ValueError(f"invalid context name {name}: {e}") from None
+    familiar = ref.name
+    if familiar.startswith("docker.io/"):
+        familiar = familiar[len("docker.io/") :]
+        if familiar.startswith("library/") and familiar.count("/") == 1:
+            familiar = familiar[len("library/") :]
+    out = familiar + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+    return out.removesuffix(":latest")
+
+
+def lookup(
+    contexts: Mapping[str, NamedContext], name: str, platform: Platform
+) -> tuple[str, NamedContext] | None:
+    """``(key, context)`` for ``name`` (``NAME::platform`` wins over ``NAME``); None for ``scratch``
+    and ``context``, which are never named contexts."""
+    if not contexts or name.lower() in ("scratch", "context"):
+        return None
+    short = context_name(name)
+    for key in (f"{short}::{_format_all(platform.normalized())}", short):
+        if key in contexts:
+            return key, contexts[key]
+    return None
+
+
+async def load(
+    nc: NamedContext,
+    key: str,
+    platform: Platform,
+    resolve_image: ImageResolver | None,
+) -> tuple[llb.State, ic.Image | None]:
+    """The state and image config of a non-local named context (``key`` names it in progress)."""
+    kind, _, value = nc.source.partition(":")
+    if nc.kind == "docker-image":
+        return await _load_image(value.removeprefix("//"), key, platform, resolve_image)
+    if nc.kind == "input":
+        return _load_input(nc, value, key)
+    if nc.kind == "oci-layout":
+        raise ValueError(f"oci-layout named contexts are not supported yet (context {key}): "
+                         "buildkitpy has no oci-layout source")
+    if nc.kind in ("git", "http", "https"):
+        raise ValueError(f"{nc.kind} named contexts are not supported yet (context {key})")
+    raise ValueError(f"unsupported context source {kind} for {key}")
+
+
+async def _load_image(
+    ref: str, key: str, platform: Platform, resolve_image: ImageResolver | None
+) -> tuple[llb.State, ic.Image | None]:
+    if ref == "scratch":
+        return llb.scratch(), None
+    try:
+        named = llb.normalize_image_ref(ref)
+    except (ValueError, llb.LLBError) as e:
+        raise ValueError(f"invalid image reference {ref!r} for context {key}: {e}") from None
+    if resolve_image is None:
+        raise ValueError(f"context {key}: docker-image contexts need registry support (not available)")
+    try:
+        _dgst, data = await resolve_image(named, platform)
+    except Exception as e:  # the resolver's own error, named after the context
+        raise ValueError(f"context {key}: {e}") from None
+    img = ic.parse_image(data)
+    img.pop("created", None)
+    st = llb.image(named, platform=platform, custom_name=f"[context {key}] {ref}")
+    return st.with_image_config(data), img
+
+
+def _load_input(nc: NamedContext, name: str, key: str) -> tuple[llb.State, ic.Image | None]:
+    if nc.definition is None:
+        raise ValueError(f"invalid input {name} for {key}")
+    st = definition_state(nc.definition)
+    if nc.image_config is None:
+        return st, None
+    return st.with_image_config(nc.image_config), ic.parse_image(nc.image_config)
+
+
+def input_image_config(metadata_json: str) -> bytes | None:
+    """The image config inside an ``input-metadata:KEY`` option (a JSON map of base64 values)."""
+    try:
+        m = json.loads(metadata_json)
+        value = m.get(IMAGE_CONFIG_KEY) if isinstance(m, dict) else None
+        return base64.b64decode(value, validate=True) if value is not None else None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"failed to parse input metadata {metadata_json}: {e}") from None
+
+
+# ---- a solved definition as a state (client/llb's DefinitionOp) -------------------------------------------
+class _DefinitionVertex(Vertex):
+    """One op of an existing definition, marshalled back to its exact bytes and metadata."""
+
+    def __init__(self, data: bytes, metadata: Metadata, inputs: list[Output]) -> None:
+        self._data = data
+        self._metadata = metadata
+        self._inputs = inputs
+
+    def inputs(self) -> list[Output]:
+        return self._inputs
+
+    def _marshal(self, ctx: MarshalContext) -> MarshalledOp:
+        return MarshalledOp(llb.vertex.digest_of(self._data), self._data, copy.deepcopy(self._metadata), ())
+
+
+def definition_state(definition: ops_pb2.Definition) -> llb.State:
+    """The result of ``definition`` as a state whose ops keep their digests (source maps are dropped)."""
+    raw = list(getattr(definition, "def"))
+    if not raw:
+        return llb.scratch()
+    by_digest = {llb.vertex.digest_of(b): b for b in raw}
+    vertices: dict[str, _DefinitionVertex] = {}
+
+    def vertex(dgst: str) -> _DefinitionVertex:
+        if dgst in vertices:
+            return vertices[dgst]
+        if dgst not in by_digest:
+            raise ValueError(f"invalid input definition: op {dgst} is missing")
+        op = ops_pb2.Op.FromString(by_digest[dgst])
+        inputs = [Output(vertex(i.digest), i.index) for i in op.inputs]
+        vertices[dgst] = _DefinitionVertex(by_digest[dgst], _metadata(definition.metadata.get(dgst)), inputs)
+        return vertices[dgst]
+
+    terminal = ops_pb2.Op.FromString(raw[-1])
+    if not terminal.inputs:
+        raise ValueError("invalid input definition: no terminal op")
+    head = terminal.inputs[0]
+    return llb.State.from_output(Output(vertex(head.digest), head.index))
+
+
+def _metadata(md: ops_pb2.OpMetadata | None) -> Metadata:
+    if md is None:
+        return Metadata()
+    out = Metadata(
+        ignore_cache=md.ignore_cache,
+        description=dict(md.description),
+        caps={c for c, on in md.caps.items() if on},
+    )
+    if md.HasField("export_cache"):
+        out.export_cache = md.export_cache.Value
+    if md.HasField("progress_group"):
+        pg = md.progress_group
+        out.progress_group = ProgressGroup(pg.id, pg.name, pg.weak)
+    if md.HasField("linux_resources"):
+        out.linux_resources = md.linux_resources
+    return out
+
+
+def _format_all(p: Platform) -> str:
+    return str(p) + (f"({p.os_version})" if p.os_version else "")
