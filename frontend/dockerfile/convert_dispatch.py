@@ -477,6 +477,7 @@ class DispatchContext:
         d.state = st
         d.dispatched = True
         if img is not None:
+            img.pop("created", None)
             d.image = img
             if img.get("architecture") and img.get("os"):
                 d.platform = Platform(img["os"], img["architecture"], img.get("variant", ""),

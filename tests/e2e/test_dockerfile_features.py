@@ -3,11 +3,14 @@ against a real ``git daemon``, named contexts, and the COPY/ADD/RUN flags checke
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.image.conftest import _need_registry
+from tests.image.registryfixture import Registry, TarBuilder, busybox_rootfs, start_registry
 from tests.sources.gitfixture import GitServer, Repo
 
 
@@ -90,4 +93,49 @@ def test_copy_from_git_ref_is_refused_with_its_line(daemon, tmp_path: Path, proj
     err = res.stderr.decode()
     assert res.returncode == 1
     assert "source can't be a git ref for COPY" in err, err
+    assert daemon.alive()
+
+
+# ---- named contexts -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    _need_registry()
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    extra = TarBuilder().add("hello.txt", data=b"from the context image\n").bytes()
+    reg.push_image("ctx/base", "v1", [(busybox_rootfs(), "gzip"), (extra, "gzip")])
+    yield reg
+    reg.stop()
+
+
+def test_docker_image_named_context_for_from_and_copy_from(daemon, tmp_path: Path,  # noqa: ANN001
+                                                           registry: Registry) -> None:
+    image = f"docker-image://{registry.host}/ctx/base:v1"
+    ctx = context(tmp_path, "FROM alpine:3 AS replaced\nRUN exit 1\n"
+                  "FROM base\n"
+                  "RUN cat /hello.txt > /ran.txt && echo \"$PATH\" > /path.txt\n"
+                  "COPY --from=other /hello.txt /copied.txt\n"
+                  "COPY --from=replaced /hello.txt /from-stage.txt\n")
+    out = tmp_path / "out"
+    res = build(daemon, ctx, out, "--opt", f"context:base={image}", "--opt", f"context:other={image}",
+                "--opt", f"context:replaced={image}")
+    assert (out / "ran.txt").read_text() == "from the context image\n"
+    assert (out / "path.txt").read_text() == "/bin\n"  # the env of the context image's config
+    assert (out / "copied.txt").read_text() == "from the context image\n"
+    assert (out / "from-stage.txt").read_text() == "from the context image\n"
+    err = res.stderr.decode()
+    # one op for the three contexts (same image, same digest); its name is one of theirs
+    assert re.search(rf"\[context (base|other|replaced)\] {re.escape(registry.host)}/ctx/base:v1", err), err
+
+
+def test_named_context_errors_are_clear(daemon, tmp_path: Path, registry: Registry) -> None:  # noqa: ANN001
+    ctx = context(tmp_path, "FROM base\n")
+    res = build(daemon, ctx, tmp_path / "o1", "--opt", f"context:base=docker-image://{registry.host}/ctx/none:v1",
+                check=False)
+    assert res.returncode == 1 and "context base" in res.stderr.decode(), res.stderr.decode()
+    res = build(daemon, ctx, tmp_path / "o2", "--opt", "context:base=oci-layout://store@sha256:" + "3" * 64,
+                check=False)
+    assert res.returncode == 1
+    assert "oci-layout named contexts are not supported yet" in res.stderr.decode(), res.stderr.decode()
+    res = build(daemon, ctx, tmp_path / "o3", "--opt", "context:base=input:nothing", check=False)
+    assert "invalid input nothing for base" in res.stderr.decode(), res.stderr.decode()
     assert daemon.alive()
