@@ -126,7 +126,9 @@ def describe(definition: ops_pb2.Definition) -> list[str]:
         dgst = "sha256:" + hashlib.sha256(data).hexdigest()
         md = definition.metadata[dgst]
         out.append(
-            f"{dgst[:19]} {dict(md.description)} caps={sorted(md.caps)}\n{ops_pb2.Op.FromString(data)}"
+            # map iteration order is not part of the message (upb's hash order varies per process)
+            f"{dgst[:19]} {dict(sorted(md.description.items()))} caps={sorted(md.caps)}\n"
+            f"{ops_pb2.Op.FromString(data)}"
         )
     return out
 
