@@ -822,9 +822,12 @@ class DispatchContext:
                 out.append(_secret_mount(m))
                 continue
             if m.type == "ssh":
+                if m.source:
+                    raise ValueError("ssh does not support source")
+                # BuildKit sends the id as given: an empty one means "default" to the daemon
                 out.append(
                     llb.ssh(
-                        id=m.cache_id or "default",
+                        id=m.cache_id or "",
                         target=m.target,
                         mode=0o600 if m.mode is None else m.mode,
                         uid=m.uid or 0,
@@ -965,7 +968,7 @@ class DispatchContext:
                 pattern = _clean_abs(pattern)
                 patterns = [pattern.lstrip("/")]
                 if not _has_wildcards(src) and not _has_wildcards(pattern):
-                    required = [_clean_abs(posixpath.join(src, pattern))]
+                    required = [_clean_abs(src + "/" + pattern)]  # filepath.Join: pattern is not a root
             src = _clean_abs(src)
             unpack = is_add if getattr(ins, "unpack", None) is None else bool(ins.unpack)  # type: ignore[union-attr]
             add(
