@@ -124,10 +124,10 @@ def _checksum_one(root: Path, sel: Selector) -> str:
     base = root_path(root, sel.path, sel.follow_links)
     if not os.path.lexists(base):
         raise SolveError(f"failed to calculate checksum of ref: \"{sel.path}\": not found")
-    for req in sel.required_paths:
-        if not os.path.lexists(root_path(base, req, False)):
+    for req in sel.required_paths:  # full paths in the ref, like BuildKit's includedPaths
+        if not os.path.lexists(root_path(root, req, False)):
             raise SolveError(f"failed to calculate checksum of ref: required path \"{req}\" not found "
-                             f"under \"{sel.path}\"")
+                             f"(copying \"{sel.path}\")")
     if sel.include_patterns or sel.exclude_patterns:
         return _filtered_digest(base, sel)
     return tree_digest(str(base))

@@ -308,10 +308,9 @@ class _FileRun:
                 raise SolveError(f"failed to copy: {a.src}: not found")
         else:
             matches = [src]
-        for req in a.required_paths:
-            for m in matches:
-                if not os.path.lexists(secure_join(secure_join(src_root, m), req, follow_final=False)):
-                    raise SolveError(f"failed to copy: required path {req} not found in {a.src}")
+        for req in a.required_paths:  # full paths in the source, like BuildKit's contenthash
+            if not os.path.lexists(secure_join(src_root, req, follow_final=False)):
+                raise SolveError(f"failed to copy: required path {req} not found (copying {a.src})")
         for m in matches:
             if a.attemptUnpackDockerCompatibility:
                 archive = secure_join(src_root, m)

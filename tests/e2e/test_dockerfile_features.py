@@ -139,3 +139,68 @@ def test_named_context_errors_are_clear(daemon, tmp_path: Path, registry: Regist
     res = build(daemon, ctx, tmp_path / "o3", "--opt", "context:base=input:nothing", check=False)
     assert "invalid input nothing for base" in res.stderr.decode(), res.stderr.decode()
     assert daemon.alive()
+
+
+# ---- COPY/ADD/RUN flags -----------------------------------------------------------------------------------
+def test_copy_parents_link_and_exclude(daemon, tmp_path: Path, registry: Registry) -> None:  # noqa: ANN001
+    files = {"a/b/c.txt": "c\n", "x/1.txt": "1\n", "x/2.txt": "2\n", "d/e": "e\n",
+             "tree/keep.txt": "keep\n", "tree/drop.tmp": "drop\n", "tree/sub/also.tmp": "drop\n"}
+    ctx = context(tmp_path, f"FROM {registry.host}/ctx/base:v1\n"
+                  "WORKDIR /w\n"
+                  "COPY --parents a/./b/c.txt x/*.txt d/e /parents/\n"
+                  "COPY --link tree/keep.txt /linked/\n"
+                  "ADD --link --chown=7:8 d/e /linked-add/\n"
+                  "COPY --exclude=*.tmp --exclude=sub tree /excluded/\n"
+                  "RUN cat /hello.txt /linked/keep.txt > proof && stat -c %u:%g /linked-add/e >> proof\n",
+                  files)
+    out = tmp_path / "out"
+    build(daemon, ctx, out)
+    parents = out / "parents"
+    copied = sorted(str(p.relative_to(parents)) for p in parents.rglob("*") if p.is_file())
+    assert copied == ["b/c.txt", "d/e", "x/1.txt", "x/2.txt"]
+    assert (out / "linked" / "keep.txt").read_text() == "keep\n"
+    assert (out / "bin" / "busybox").exists()  # the linked layers were merged onto the base image
+    assert sorted(p.name for p in (out / "excluded").iterdir()) == ["keep.txt"]
+    assert (out / "w" / "proof").read_text() == "from the context image\nkeep\n7:8\n"
+
+
+def test_copy_parents_missing_required_path_fails(daemon, tmp_path: Path) -> None:  # noqa: ANN001
+    ctx = context(tmp_path, "FROM scratch\nCOPY --parents a/./missing.txt /p/\n", {"a/other.txt": "x"})
+    res = build(daemon, ctx, tmp_path / "out", check=False)
+    err = res.stderr.decode()
+    assert res.returncode == 1 and 'required path "/a/missing.txt" not found' in err, err
+    assert daemon.alive()
+
+
+def test_run_network_modes(daemon, make_daemon, tmp_path: Path, registry: Registry) -> None:  # noqa: ANN001
+    df = (f"FROM {registry.host}/ctx/base:v1\n"
+          "RUN --network=none ls /sys/class/net > /none.txt\n"
+          "RUN --network=host ls /sys/class/net > /host.txt\n")
+    ctx = context(tmp_path, df)
+    res = build(daemon, ctx, tmp_path / "refused", check=False)
+    assert res.returncode == 1 and "network.host" in res.stderr.decode(), res.stderr.decode()
+
+    allowed = make_daemon("--allow-insecure-entitlement", "network.host")
+    out = tmp_path / "out"
+    build(allowed, ctx, out, "--allow", "network.host")
+    assert (out / "none.txt").read_text().split() == ["lo"]
+    host_ifaces = sorted(p.name for p in Path("/sys/class/net").iterdir())
+    assert (out / "host.txt").read_text().split() == host_ifaces
+
+
+def test_run_security_insecure_needs_the_entitlement(daemon, make_daemon, tmp_path: Path,  # noqa: ANN001
+                                                     registry: Registry) -> None:
+    df = (f"FROM {registry.host}/ctx/base:v1\n"
+          "RUN grep CapEff /proc/self/status > /sandbox.txt\n"
+          "RUN --security=insecure grep CapEff /proc/self/status > /insecure.txt\n")
+    ctx = context(tmp_path, df)
+    res = build(daemon, ctx, tmp_path / "refused", check=False)
+    assert res.returncode == 1 and "security.insecure" in res.stderr.decode(), res.stderr.decode()
+
+    allowed = make_daemon("--allow-insecure-entitlement", "security.insecure")
+    out = tmp_path / "out"
+    build(allowed, ctx, out, "--allow", "security.insecure")
+    sandbox = int((out / "sandbox.txt").read_text().split()[1], 16)
+    insecure = int((out / "insecure.txt").read_text().split()[1], 16)
+    assert insecure & ~sandbox, (hex(sandbox), hex(insecure))  # e.g. CAP_SYS_ADMIN only when insecure
+    assert insecure & (1 << 21)  # CAP_SYS_ADMIN
