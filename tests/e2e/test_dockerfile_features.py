@@ -165,7 +165,8 @@ def test_copy_parents_link_and_exclude(daemon, tmp_path: Path, registry: Registr
 
 
 def test_copy_parents_missing_required_path_fails(daemon, tmp_path: Path) -> None:  # noqa: ANN001
-    ctx = context(tmp_path, "FROM scratch\nCOPY --parents a/./missing.txt /p/\n", {"a/other.txt": "x"})
+    df = "FROM scratch\nCOPY --parents a/./other.txt a/./missing.txt /p/\n"
+    ctx = context(tmp_path, df, {"a/other.txt": "x"})
     res = build(daemon, ctx, tmp_path / "out", check=False)
     err = res.stderr.decode()
     assert res.returncode == 1 and 'required path "/a/missing.txt" not found' in err, err
