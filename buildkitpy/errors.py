@@ -104,20 +104,18 @@ async def abort_with(context, err: BaseException) -> None:
     await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
 
 
+def leaf_errors(err: BaseException) -> list[BaseException]:
+    """The plain exceptions inside (possibly nested) exception groups, in order."""
+    if not isinstance(err, BaseExceptionGroup):
+        return [err]
+    return [leaf for sub in err.exceptions for leaf in leaf_errors(sub)]
+
+
 def unwrap(err: BaseException) -> BaseException:
     """The error worth reporting inside (possibly nested) exception groups from task groups:
     the first of our own errors, else the first leaf."""
     if isinstance(err, BaseExceptionGroup):
-        leaves = []
-
-        def walk(e: BaseException) -> None:
-            if isinstance(e, BaseExceptionGroup):
-                for sub in e.exceptions:
-                    walk(sub)
-            else:
-                leaves.append(e)
-
-        walk(err)
+        leaves = leaf_errors(err)
         for leaf in leaves:
             if isinstance(leaf, BuildkitpyError):
                 return leaf

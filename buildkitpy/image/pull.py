@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from buildkitpy.content.store import ContentStore
-from buildkitpy.errors import InvalidArgument
+from buildkitpy.errors import InvalidArgument, leaf_errors
 from buildkitpy.image import mediatypes
 from buildkitpy.image.reference import Reference
 from buildkitpy.image.registry import Descriptor, RegistryClient
@@ -167,17 +167,7 @@ def _raise_single(group: BaseExceptionGroup) -> None:
     """Re-raise the one real error of a task group (not the cancellations it caused)."""
     cancelled = anyio.get_cancelled_exc_class()
     _, rest = group.split(cancelled)
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    if rest is not None:
-        collect(rest)
+    leaves = leaf_errors(rest) if rest is not None else []
     if len(leaves) == 1:
         raise leaves[0] from None
 

@@ -19,7 +19,6 @@ challenge exactly as pulls do (``RegistryClient``). Registry mirrors are never p
 
 from __future__ import annotations
 
-import json
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 import anyio
 
 from buildkitpy.content.store import ContentStore
-from buildkitpy.errors import InvalidArgument, NotFound
+from buildkitpy.errors import InvalidArgument, NotFound, leaf_errors
 from buildkitpy.image import mediatypes
 from buildkitpy.image.hosts import HostSettings
 from buildkitpy.image.reference import Reference
@@ -42,6 +41,7 @@ from buildkitpy.image.registry import (
     RegistryUnauthorized,
     Response,
 )
+from buildkitpy.image.resolve import parse_json_object
 
 PUSH_ACTIONS = "pull,push"
 DEFAULT_CHUNK_SIZE = 64 << 20  # blobs above this go up in PATCH chunks of this size
@@ -109,28 +109,9 @@ class _FileSlice:
         self._file.close()
 
 
-def _parse_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"{what} is not a JSON object")
-    return doc
-
-
 def _raise_first(group: BaseExceptionGroup) -> None:
     """Re-raise the first real failure of a task group (siblings were only cancelled)."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
+    leaves = leaf_errors(group)
     cancelled = anyio.get_cancelled_exc_class()
     raise next((e for e in leaves if not isinstance(e, cancelled)), leaves[0]) from None
 
@@ -175,7 +156,7 @@ class ImagePusher:
             if depth > 4:
                 raise InvalidArgument(f"cannot push: indexes nested too deeply at {desc.digest}")
             data = await self._read(desc.digest, "manifest")
-            doc = _parse_json(data, f"manifest {desc.digest}")
+            doc = parse_json_object(data, f"manifest {desc.digest}")
             media_type = desc.media_type or str(doc.get("mediaType") or "")
             try:
                 kind = mediatypes.sniff_kind(media_type, doc)

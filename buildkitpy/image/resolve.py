@@ -50,7 +50,8 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return out
 
 
-def _json(data: bytes, what: str) -> dict[str, Any]:
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, or a clear error naming ``what``."""
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -84,7 +85,7 @@ async def resolve_image(client: RegistryClient, store: ContentStore, ref: Refere
     """Resolve ``ref`` for ``platform`` (default: the host's)."""
     wanted = (platform or default_platform()).normalized()
     top_digest, media_type, data = await _manifest(client, store, ref, ref.object)
-    doc = _json(data, f"manifest of {ref}")
+    doc = parse_json_object(data, f"manifest of {ref}")
     try:
         kind = mediatypes.sniff_kind(media_type, doc)
     except ValueError as exc:
@@ -102,7 +103,7 @@ async def resolve_image(client: RegistryClient, store: ContentStore, ref: Refere
             available = ", ".join(str(c) for c in candidates if c is not None) or "none"
             raise NotFound(f"{ref}: no image for platform {wanted} (available: {available})")
         manifest_digest, media_type, data = await _manifest(client, store, ref, descs[chosen].digest)
-        doc = _json(data, f"manifest {manifest_digest} of {ref}")
+        doc = parse_json_object(data, f"manifest {manifest_digest} of {ref}")
         try:
             if mediatypes.sniff_kind(media_type, doc) != "manifest":
                 raise InvalidArgument(f"{ref}: nested indexes are not supported")
@@ -115,7 +116,7 @@ async def resolve_image(client: RegistryClient, store: ContentStore, ref: Refere
         config_bytes = await _blob(client, store, ref, config_desc)
     except RegistryError as exc:
         raise RegistryError(f"{ref}: fetching image config {config_desc.digest}: {exc}") from exc
-    config = _json(config_bytes, f"image config {config_desc.digest} of {ref}")
+    config = parse_json_object(config_bytes, f"image config {config_desc.digest} of {ref}")
     rootfs = config.get("rootfs") or {}
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
