@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from buildkitpy import __version__
 from buildkitpy.api import control_pb2_grpc, gateway_pb2_grpc
 from buildkitpy.daemon.config import DEFAULT_ADDRESS, Config, load_config
+from buildkitpy.daemon.rootlock import RootLockedError, acquire_root_lock
 
 log = logging.getLogger("buildkitpyd")
 
@@ -124,6 +125,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
 
     dockerfile_frontend.register()
     cfg.root.mkdir(parents=True, exist_ok=True)
+    try:
+        root_lock = acquire_root_lock(cfg.root)  # before anything under the root is touched
+    except RootLockedError as exc:
+        raise SystemExit(f"buildkitpyd: {exc}") from None
     sessions = SessionManager()
     worker = open_worker(cfg, _worker_id(cfg.root), sessions)
     solver = Solver(worker)
@@ -164,6 +169,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         await server.stop(grace=2)
         solver.close()
         worker.close()
+        root_lock.release()
 
 
 def main(argv: list[str] | None = None) -> None:
