@@ -53,8 +53,10 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
     if shutil.which("runc"):
         from buildkitpy.executor.runc import RuncExecutor
 
+        # First: it kills a crashed daemon's containers, which still use their rootfs mounts.
         executor = RuncExecutor(Path(cfg.root) / "executor")
-    return Worker(id=worker_id, root=Path(cfg.root), snapshots=OverlaySnapshotManager(Path(cfg.root)),
+    snapshots = OverlaySnapshotManager(Path(cfg.root))  # unmounts and drops leftover mounts
+    return Worker(id=worker_id, root=Path(cfg.root), snapshots=snapshots,
                   sessions=sessions, executor=executor,
                   max_parallelism=cfg.max_parallelism or os.cpu_count() or 4,
                   insecure_entitlements=frozenset(cfg.insecure_entitlements), config=cfg)

@@ -9,6 +9,7 @@ the cancellation so nothing is left behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -27,6 +28,8 @@ from buildkitpy.executor.stubs import MountStubs
 from buildkitpy.executor.user import resolve_user
 from buildkitpy.snapshot.fs import mkdir_all_in_root, remove_tree, secure_join
 
+log = logging.getLogger(__name__)
+
 OutputCallback = Callable[[bytes], None]
 _CHUNK = 64 * 1024
 _KILL_GRACE_SECONDS = 3.0
@@ -44,9 +47,36 @@ class RuncExecutor:
         self._bundles_dir = self.root / "bundles"
         for d in (self._state_dir, self._bundles_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
-        # bundles of a previous daemon are garbage (their containers died with it)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Kill and delete the containers of a previous daemon on this root, then its bundles.
+
+        A daemon killed with SIGKILL leaves its steps running: ``runc run`` lives in a session of
+        its own and the container's init is not our child. Only the root lock's holder gets here,
+        so everything in our runc state dir is ours and orphaned. This runs before the snapshot
+        manager unmounts leftover rootfs mounts, so nothing still uses them."""
+        for container_id in self._list_containers():
+            log.warning("killing container %s left running by a previous daemon", container_id)
+            proc = subprocess.run([self.runc, "--root", str(self._state_dir), "delete", "--force",
+                                   container_id], capture_output=True, text=True, check=False)
+            if proc.returncode != 0 and (self._state_dir / container_id).exists():
+                log.error("could not delete leftover container %s: %s", container_id,
+                          proc.stderr.strip() or f"runc exited with {proc.returncode}")
         for leftover in self._bundles_dir.iterdir():
             remove_tree(leftover)
+
+    def _list_containers(self) -> list[str]:
+        proc = subprocess.run([self.runc, "--root", str(self._state_dir), "list", "--format", "json"],
+                              capture_output=True, text=True, check=False)
+        try:
+            listed = json.loads(proc.stdout or "null") or [] if proc.returncode == 0 else []
+        except ValueError:
+            listed = []
+        ids = {c["id"] for c in listed if isinstance(c, dict) and c.get("id")}
+        # A container runc cannot load (state written halfway) still has its directory.
+        ids.update(p.name for p in self._state_dir.iterdir() if p.is_dir())
+        return sorted(ids)
 
     async def run(self, spec: ExecSpec, *, stdout: OutputCallback, stderr: OutputCallback,
                   stdin: bytes | None = None) -> int:
