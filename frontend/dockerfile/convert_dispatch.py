@@ -366,6 +366,10 @@ class DispatchContext:
         add(target)
         return seen
 
+    def _in_file_order(self, subset: list[StageState]) -> list[StageState]:
+        wanted = {id(d) for d in subset}
+        return [d for d in self.states if id(d) in wanted]
+
     async def _resolve_stages(self, target: StageState) -> list[StageState]:
         while True:
             reachable = self._reachable(target)
@@ -385,7 +389,9 @@ class DispatchContext:
                     except ValueError as e:
                         raise _with_lines(e, d.lines) from None
             new_deps = False
-            for d in reachable:
+            # file order, so every base stage is initialised before the stages built on it (a base is
+            # always declared earlier); ``reachable`` lists the target first
+            for d in self._in_file_order(reachable):
                 d.init()
                 onbuilds = list(d.image.get("config", {}).get("OnBuild") or [])
                 if d.base is not None and not d.onbuild_init:
