@@ -76,24 +76,88 @@ def detail_any(name: str, payload: dict):
                        value=json.dumps(payload, separators=(",", ":")).encode())
 
 
-def to_rpc_status(err: BaseException):
-    """``google.rpc.Status`` for an exception, with errdefs details where we know them."""
+# gRPC carries a failed call's message (``grpc-message``, percent-encoded) and its rich status
+# (``grpc-status-details-bin``, base64) in HTTP/2 trailers. grpc-core peers (Python, C++, Ruby, Node's
+# native client, ...) refuse trailers over 16 KiB and may refuse anything over 8 KiB, and then the
+# client sees "metadata size exceeds hard limit" instead of the error. So every error leaving the
+# daemon is bounded: the message to MAX_MESSAGE_WIRE_BYTES on the wire (its start and its end kept,
+# the end holding what matters most, such as "exit code: 3"), the status with its details to
+# MAX_STATUS_BYTES (source snippets trimmed to what clients print, then dropped).
+MAX_MESSAGE_WIRE_BYTES = 1536
+MAX_STATUS_BYTES = 4096
+_SOURCE_CONTEXT_LINES = 4  # buildctl prints up to 4 lines around a source range
+_MAX_SOURCE_LINE = 160
+_PRINTABLE = bytes(range(0x20, 0x7F)).replace(b"%", b"")
+
+
+def _wire_cost(text: str) -> int:
+    """Bytes ``text`` takes as a percent-encoded grpc-message."""
+    raw = text.encode("utf-8", "replace")
+    return len(raw) + 2 * len(raw.translate(None, _PRINTABLE))
+
+
+def _take(chars, budget: int) -> int:
+    """How many of ``chars`` fit in ``budget`` wire bytes."""
+    used = taken = 0
+    for ch in chars:
+        used += _wire_cost(ch)
+        if used > budget:
+            break
+        taken += 1
+    return taken
+
+
+def bounded_message(text: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
+    """``text`` as valid UTF-8 that fits ``limit`` wire bytes: if it is longer, its start and its
+    end (twice as much) around a marker saying how much was left out."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) * 12 <= limit or _wire_cost(text) <= limit:
+        return text
+    budget = limit - 48  # the marker
+    head = _take(text[: budget], budget // 3)
+    tail = _take(reversed(text[-budget:]), budget - budget // 3)
+    omitted = len(text) - head - tail
+    return f"{text[:head]} [... {omitted} characters omitted ...] {text[len(text) - tail:]}"
+
+
+def _trimmed_source(src: SourceLocation) -> SourceLocation:
+    """``src`` with only the lines a client prints: the ones before emptied (so line numbers hold),
+    the ones after dropped, long lines clipped."""
+    lines = src.data.decode("utf-8", "replace").split("\n")
+    starts = [r[0] for r in src.ranges] or [1]
+    ends = [r[2] for r in src.ranges] or [1]
+    lo, hi = min(starts) - _SOURCE_CONTEXT_LINES, max(ends) + _SOURCE_CONTEXT_LINES
+    kept = [line[:_MAX_SOURCE_LINE] + (" ..." if len(line) > _MAX_SOURCE_LINE else "")
+            if lo <= number else "" for number, line in enumerate(lines[:hi], 1)]
+    return SourceLocation(src.filename, "\n".join(kept).encode(), src.ranges, src.language)
+
+
+def _source_detail(src: SourceLocation):
     import base64
 
+    return detail_any("errdefs.Source", {
+        "info": {"filename": src.filename, "data": base64.b64encode(src.data).decode(),
+                 "language": src.language},
+        "ranges": [{"start": {"line": a, "character": b}, "end": {"line": c, "character": d}}
+                   for a, b, c, d in src.ranges],
+    })
+
+
+def to_rpc_status(err: BaseException):
+    """``google.rpc.Status`` for an exception, with errdefs details where we know them, bounded
+    to fit any gRPC peer's trailer limit (see MAX_STATUS_BYTES)."""
     from google.rpc import status_pb2
 
     code = getattr(err, "grpc_code", grpc.StatusCode.UNKNOWN)
-    st = status_pb2.Status(code=code.value[0], message=str(err) or type(err).__name__)
+    st = status_pb2.Status(code=code.value[0], message=bounded_message(str(err) or "unknown error"))
     if isinstance(err, SolveError):
         if err.vertex:
             st.details.append(detail_any("errdefs.Vertex", {"digest": err.vertex}))
-        for src in err.sources:
-            st.details.append(detail_any("errdefs.Source", {
-                "info": {"filename": src.filename, "data": base64.b64encode(src.data).decode(),
-                         "language": src.language},
-                "ranges": [{"start": {"line": a, "character": b}, "end": {"line": c, "character": d}}
-                           for a, b, c, d in src.ranges],
-            }))
+        for attempt in (lambda s: s, _trimmed_source):
+            sources = [_source_detail(attempt(src)) for src in err.sources]
+            if st.ByteSize() + sum(d.ByteSize() + 4 for d in sources) <= MAX_STATUS_BYTES:
+                st.details.extend(sources)
+                break
     return st
 
 
@@ -127,15 +191,40 @@ async def abort_for(context, err: BaseException, where: str) -> None:
     """Abort a call for any exception: ours become rich statuses, cancellations CANCELLED, and
     anything unexpected is logged with its traceback and reported as INTERNAL."""
     import asyncio
-    import logging
 
     err = unwrap(err)
     if isinstance(err, BuildkitpyError):
         await abort_with(context, err)
     if isinstance(err, asyncio.CancelledError | Canceled):
         raise err
-    logging.getLogger("buildkitpy").error("%s failed", where, exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+    internal = internal_error(err, where)
+    await abort_with(context, internal)
+
+
+class InternalError(BuildkitpyError):
+    """A bug or an unforeseen failure: the client gets an id to find the traceback in the log."""
+
+    grpc_code = grpc.StatusCode.INTERNAL
+
+
+def internal_error(err: BaseException, where: str) -> BuildkitpyError:
+    """Log ``err`` with its traceback under a fresh id and return the error the client sees.
+
+    An OSError keeps its cause ("no space left on device", ...), which the user can act on; no
+    Python type name or traceback ever reaches the client."""
+    import errno as _errno
+    import logging
+    import secrets
+
+    incident = secrets.token_hex(6)
+    logging.getLogger("buildkitpy").error("%s failed (internal error id %s)", where, incident, exc_info=err)
+    if isinstance(err, OSError) and err.errno:
+        cause = (err.strerror or _errno.errorcode.get(err.errno, str(err.errno))).lower()
+        out: BuildkitpyError = InternalError(f"{cause} (internal error id {incident})")
+        if err.errno == _errno.ENOSPC:
+            out.grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        return out
+    return InternalError(f"internal error (id {incident}), see the daemon log")
 
 
 def unary_handler(service: str):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from buildkitpy.errors import BuildkitpyError, Canceled, SolveError
+from buildkitpy.errors import BuildkitpyError, Canceled, SolveError, internal_error
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking, release_all
 from buildkitpy.solver.cachekey import CacheMap, OutputKeys, VertexKey, compute_keys, output_keys
@@ -209,7 +209,7 @@ def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:
         err = SolveError(f"{v.name}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
                          vertex=v.digest, sources=v.sources)
     else:
-        err = SolveError(f"{v.name}: {type(exc).__name__}: {exc}", vertex=v.digest, sources=v.sources)
+        err = SolveError(f"{v.name}: {internal_error(exc, v.name)}", vertex=v.digest, sources=v.sources)
     err.__cause__ = exc
     return err
 
