@@ -382,6 +382,9 @@ def _validate_file(dgst: str, fo: ops_pb2.FileOp, n_inputs: int) -> int:
                     if uo.byName.input < 0 or uo.byName.input >= limit:
                         raise _bad(dgst, f"{where}: owner {label} reads names from input {uo.byName.input}, "
                                          "which is out of range")
+                    if uo.byName.input >= n_inputs and uo.byName.input - n_inputs >= i:
+                        raise _bad(dgst, f"{where}: owner {label} reads names from action "
+                                         f"{uo.byName.input - n_inputs}, which does not come before it")
     if not outputs:
         raise _bad(dgst, "file op has no outputs")
     for i in range(len(outputs)):

@@ -126,6 +126,10 @@ BAD = {
     "file forward ref": (with_src(file_op(ops_pb2.FileAction(input=1, secondaryInput=-1, output=0,
                                                              mkdir=ops_pb2.FileActionMkDir(path="/x")),
                                           inputs=1)), "does not come before"),
+    "file owner names from itself": (with_src(file_op(ops_pb2.FileAction(
+        input=0, secondaryInput=-1, output=0, mkdir=ops_pb2.FileActionMkDir(path="/x", owner=ops_pb2.ChownOpt(
+            user=ops_pb2.UserOpt(byName=ops_pb2.NamedUserOpt(name="nobody", input=1))))), inputs=1)),
+        "owner user reads names from action 0, which does not come before it"),
     "file secondary on mkdir": (with_src(file_op(ops_pb2.FileAction(input=0, secondaryInput=0, output=0,
                                                                     mkdir=ops_pb2.FileActionMkDir(path="/x")),
                                                  inputs=1)), "only copy takes a secondaryInput"),
