@@ -37,6 +37,8 @@ class Job:
     finished: float | None = None
     # Set for client-side gateway builds: the result the client hands over with LLBBridge.Return.
     bridge: Any = None  # buildkitpy.gateway.bridge.GatewayBridge
+    # The build's history record being filled (None for internal builds or without history).
+    history: Any = None  # buildkitpy.history.recorder.BuildRecording
 
 
 class JobRegistry:

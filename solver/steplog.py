@@ -6,7 +6,9 @@ whichever is lower; ``-1`` disables a limit. When output starts being dropped th
 ``[output clipped, log limit 2MiB reached]`` line (the speed form names the rate), and another if it
 is dropped again after a stretch that fitted. We apply the same limits to the live stream and, unlike
 BuildKit, keep every byte in ``<root>/logs/<build ref>/<vertex digest>.log`` so a clipped step's
-output can still be read in full on the daemon host.
+output can still be read in full on the daemon host. Next to it, ``<vertex digest>.idx`` records each
+write's stream, time and length (``INDEX_ENTRY``), so the build history can replay the complete output
+with its streams and timestamps (``read_full_log``).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DEFAULT_MAX_SIZE = 2 * 1024 * 1024
 DEFAULT_MAX_SPEED = 200 * 1024
 KEEP_BUILDS = 200  # newest build log folders kept under <root>/logs
+INDEX_ENTRY = struct.Struct("<BQI")  # stream, unix time in ns, length of one write
 
 
 def _env_int(name: str, default: int) -> int:
@@ -82,9 +86,11 @@ class StepLog:
         self._lock = threading.Lock()
         self.path = path
         self._file = None
+        self._index = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "ab")  # noqa: SIM115 - closed in close()
+            self._index = open(path.with_suffix(".idx"), "ab")  # noqa: SIM115 - closed in close()
         max_size = _env_int("BUILDKIT_STEP_LOG_MAX_SIZE", DEFAULT_MAX_SIZE) if max_size is None else max_size
         max_speed = _env_int("BUILDKIT_STEP_LOG_MAX_SPEED", DEFAULT_MAX_SPEED) if max_speed is None \
             else max_speed
@@ -99,6 +105,8 @@ class StepLog:
         with self._lock:
             if self._file is not None:
                 self._file.write(data)
+            if self._index is not None:
+                self._index.write(INDEX_ENTRY.pack(stream, time.time_ns(), len(data)))
             limit = self._limits[stream]
             n = limit.allowed(len(data))
             out = data[:n]
@@ -115,16 +123,47 @@ class StepLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+
+
+def read_full_log(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int, int, bytes]]:
+    """``(stream, unix time ns, data)`` pieces of a step's complete output, in write order (at most
+    ``chunk`` bytes each). Without an index the whole file counts as stdout at its mtime."""
+    index = path.with_suffix(".idx")
+    with open(path, "rb") as f:
+        if not index.exists():
+            ts = path.stat().st_mtime_ns
+            while data := f.read(chunk):
+                yield 1, ts, data
+            return
+        with open(index, "rb") as idx:
+            while entry := idx.read(INDEX_ENTRY.size):
+                if len(entry) < INDEX_ENTRY.size:
+                    return
+                stream, ts, length = INDEX_ENTRY.unpack(entry)
+                while length > 0:
+                    data = f.read(min(length, chunk))
+                    if not data:
+                        return
+                    length -= len(data)
+                    yield stream, ts, data
 
 
 def log_path(root: Path, build_ref: str, vertex_digest: str, *, keep_builds: int = KEEP_BUILDS) -> Path:
     """Where a step's full output is kept; old build folders are trimmed as new ones appear."""
     logs = root / "logs"
-    folder = logs / (build_ref.replace("/", "_") or "unnamed")
+    folder = log_folder(root, build_ref)
     if not folder.exists():
         folder.mkdir(parents=True, exist_ok=True)
         _trim(logs, keep_builds)
     return folder / (vertex_digest.removeprefix("sha256:") + ".log")
+
+
+def log_folder(root: Path, build_ref: str) -> Path:
+    """The folder of one build's step logs (``<vertex digest>.log`` files)."""
+    return root / "logs" / (build_ref.replace("/", "_") or "unnamed")
 
 
 def _trim(logs: Path, keep_builds: int) -> None:

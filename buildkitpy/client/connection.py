@@ -201,6 +201,28 @@ class Client:
         finally:
             call.cancel()
 
+    async def build_history(self, *, ref: str = "", active_only: bool = False, early_exit: bool = True,
+                            filters: list[str] | tuple[str, ...] = (),
+                            limit: int = 0) -> AsyncIterator[control_pb2.BuildHistoryEvent]:
+        """``ListenBuildHistory``: active builds, then stored records; live events unless early_exit."""
+        call = self.control.ListenBuildHistory(control_pb2.BuildHistoryRequest(
+            Ref=ref, ActiveOnly=active_only, EarlyExit=early_exit, Filter=list(filters), Limit=limit))
+        try:
+            async for event in call:
+                yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, context="failed to list build history") from None
+        finally:
+            call.cancel()
+
+    async def update_build_history(self, ref: str, *, pinned: bool = False, delete: bool = False,
+                                   finalize: bool = False) -> None:
+        try:
+            await self.control.UpdateBuildHistory(control_pb2.UpdateBuildHistoryRequest(
+                Ref=ref, Pinned=pinned, Delete=delete, Finalize=finalize))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
     async def solve(self, opt, *, definition: ops_pb2.Definition | None = None,
                     on_status: StatusCallback | None = None):
         """``Control.Solve`` alone (definition or ``opt.frontend``), as non-gateway clients do."""

@@ -22,6 +22,8 @@ from buildkitpy.errors import (
     unary_handler,
 )
 from buildkitpy.gateway.bridge import GatewayBridge
+from buildkitpy.history import control as history_api
+from buildkitpy.history.recorder import HistoryRecorder
 from buildkitpy.jobs import Job, JobRegistry
 
 log = logging.getLogger(__name__)
@@ -41,12 +43,14 @@ def version_pb() -> worker_pb2.BuildkitVersion:
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
-    def __init__(self, *, worker, solver, jobs: JobRegistry, sessions, worker_record) -> None:
+    def __init__(self, *, worker, solver, jobs: JobRegistry, sessions, worker_record,
+                 history: HistoryRecorder | None = None) -> None:
         self.worker = worker
         self.solver = solver
         self.jobs = jobs
         self.sessions = sessions
         self._worker_record = worker_record
+        self.history = history
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -81,11 +85,21 @@ class ControlService(control_pb2_grpc.ControlServicer):
             yield _usage_pb(record)
 
     async def ListenBuildHistory(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "build history is not supported yet")
+        if self.history is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "build history is disabled")
+        await context.send_initial_metadata((("buildkit-current-timestamp", _now_rfc3339()),))
+        try:
+            async for event in self.history.store.listen(request):
+                yield event
+        except BaseException as exc:  # noqa: BLE001
+            await abort_for(context, exc, "Control.ListenBuildHistory")
 
     @_handled
     async def UpdateBuildHistory(self, request, context):
-        raise Unimplemented("build history is not supported yet")
+        if self.history is None:
+            raise Unimplemented("build history is disabled")
+        await history_api.update(self.history.store, request)
+        return control_pb2.UpdateBuildHistoryResponse()
 
     # -- sessions and builds ---------------------------------------------------------------------
 
@@ -94,18 +108,29 @@ class ControlService(control_pb2_grpc.ControlServicer):
             yield msg
 
     async def Status(self, request, context):
+        # A finished build replays its history record's logs (complete step output, also after a
+        # restart); a running one streams live.
+        stored = history_api.stored_logs(self.history, request.Ref, self.jobs)
+        if stored is not None:
+            await context.send_initial_metadata((("buildkit-current-timestamp", _now_rfc3339()),))
+            async for msg in stored:
+                yield msg
+            return
         try:
             job = await self.jobs.get(request.Ref, STATUS_WAIT_SECONDS)
         except BuildkitpyError as exc:
             await abort_with(context, exc)
             return
-        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-        await context.send_initial_metadata((("buildkit-current-timestamp", now),))
+        await context.send_initial_metadata((("buildkit-current-timestamp", _now_rfc3339()),))
         async for msg in job.progress.subscribe():
             yield msg
 
     @_handled
     async def Solve(self, request, context):
+        with history_api.solve_span(self.history, request.Ref, context.invocation_metadata()):
+            return await self._solve(request, context)
+
+    async def _solve(self, request, context):
         entitlements = frozenset(request.Entitlements)
         job = Job(ref=request.Ref, session_id=request.Session, frontend_attrs=dict(request.FrontendAttrs),
                   entitlements=entitlements)
@@ -113,11 +138,17 @@ class ControlService(control_pb2_grpc.ControlServicer):
         # Registered before anything can fail, so Status (started at the same time) finds the job,
         # sees the error and ends, instead of waiting for a job that never appears.
         await self.jobs.create(job)
+        exporters = list(request.Exporters)
+        if not exporters and request.ExporterDeprecated:
+            exporters = [control_pb2.Exporter(Type=request.ExporterDeprecated,
+                                              Attrs=request.ExporterAttrsDeprecated)]
+        recording = None
+        failure: BaseException | None = None
         try:
-            exporters = list(request.Exporters)
-            if not exporters and request.ExporterDeprecated:
-                exporters = [control_pb2.Exporter(Type=request.ExporterDeprecated,
-                                                  Attrs=request.ExporterAttrsDeprecated)]
+            if self.history is not None and not request.Internal:
+                recording = job.history = await self.history.start(
+                    ref=request.Ref, frontend=request.Frontend, frontend_attrs=request.FrontendAttrs,
+                    exporters=exporters, progress=job.progress, trace_id=history_api.current_trace_id())
             resolved = [exporter.resolve(e.Type) for e in exporters]  # unknown types fail before work
             if request.Cache.Exports or request.Cache.Imports or request.Cache.ExportRefDeprecated:
                 raise Unimplemented("cache import/export is not supported yet")
@@ -145,15 +176,28 @@ class ControlService(control_pb2_grpc.ControlServicer):
             # and before any exporter starts, as BuildKit does.
             for ref in result.all_refs():
                 await job.bridge.evaluate(ref)
+            if recording is not None:
+                recording.set_result_metadata(result.metadata)
             response: dict[str, str] = {}
             for index, (exp, run) in enumerate(zip(exporters, resolved, strict=True)):
                 response.update(await run(exporter.ExportContext(
                     index=index, attrs=dict(exp.Attrs), result=result, bridge=job.bridge,
                     session=session, progress=job.progress)))
+            if recording is not None:
+                recording.set_exporter_response(response)
             return control_pb2.SolveResponse(ExporterResponse=response)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             job.bridge.close()
             await self.jobs.finish(job)
+            if recording is not None:
+                await history_api.complete(recording, failure)
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _worker_matches(record: worker_pb2.WorkerRecord, flt: str) -> bool:

@@ -44,6 +44,14 @@ class TLSConfig:
 
 
 @dataclass
+class HistoryConfig:
+    """``[history]``: build records are removed once beyond ``max_entries`` *and* older than
+    ``max_age`` (BuildKit's defaults: 48h, 50)."""
+    max_age: int = 48 * 3600  # seconds
+    max_entries: int = 50
+
+
+@dataclass
 class Config:
     root: Path = DEFAULT_ROOT
     debug: bool = False
@@ -55,7 +63,9 @@ class Config:
     gc_policies: list[GCPolicy] = field(default_factory=list)
     insecure_entitlements: list[str] = field(default_factory=list)
     log_format: str = "text"
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     warnings: list[str] = field(default_factory=list)
+
 
 
 _SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -176,5 +186,15 @@ def load_config(path: Path | None) -> Config:
                 "gckeepstorage", "reservedSpace", "maxUsedSpace", "minFreeSpace", "binary",
                 "apparmor-profile", "selinux", "cniPoolSize", "labels"))
     worker.finish(("containerd",))
-    top.finish(("frontend", "history", "otel", "cdi", "dns", "system"))
+    history = top.table("history")
+    try:
+        if "history" in data:  # as in buildkitd, a key left out of a given [history] table is 0
+            cfg.history.max_age = parse_duration(history.get("maxAge", 0) or 0)
+            cfg.history.max_entries = int(history.get("maxEntries", 0))
+        if cfg.history.max_entries < 0 or cfg.history.max_age < 0:
+            raise ValueError("maxAge and maxEntries cannot be negative")
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"buildkitpyd: invalid [history] setting in {path}: {exc}") from None
+    history.finish()
+    top.finish(("frontend", "otel", "cdi", "dns", "system"))
     return cfg

@@ -16,7 +16,6 @@ from urllib.parse import urlparse
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from buildkitpy import __version__
 from buildkitpy.api import control_pb2_grpc, gateway_pb2_grpc
@@ -61,13 +60,6 @@ class _Health(health_pb2_grpc.HealthServicer):
     async def Watch(self, request, context):
         yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
         await asyncio.Event().wait()
-
-
-class _TraceSink(trace_service_pb2_grpc.TraceServiceServicer):
-    """Clients push their spans here after every command; we accept and drop them."""
-
-    async def Export(self, request, context):
-        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 def _add_listener(server: grpc.aio.Server, addr: str, cfg: Config) -> str:
@@ -118,6 +110,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     from buildkitpy.daemon.workerinfo import worker_record
     from buildkitpy.frontend.dockerfile import builder as dockerfile_frontend
     from buildkitpy.gateway.service import LLBBridgeService, jobs_resolver
+    from buildkitpy.history.daemon import open_history
     from buildkitpy.jobs import JobRegistry
     from buildkitpy.session.manager import SessionManager
     from buildkitpy.solver.solver import Solver
@@ -137,15 +130,17 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     def record():
         return worker_record(worker, cfg)
 
+    history = open_history(cfg, worker)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions, worker_record=record),
+        ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions, worker_record=record,
+                       history=history.recorder),
         server)
+    history.serve(server)
     gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
         LLBBridgeService(jobs_resolver(jobs), lambda: [record()], lambda: worker.executor is not None),
         server)
     health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceSink(), server)
 
     listening = [_add_listener(server, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
     await server.start()
@@ -167,6 +162,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("shutting down")
         await server.stop(grace=2)
+        await history.close()
         solver.close()
         worker.close()
         root_lock.release()

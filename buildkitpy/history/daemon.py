@@ -1,0 +1,46 @@
+"""Wiring the history, its Content service and tracing into the daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+from buildkitpy.api import content_pb2_grpc
+from buildkitpy.content.store import ContentStore
+from buildkitpy.history.content_service import ContentService
+from buildkitpy.history.recorder import HistoryRecorder
+from buildkitpy.history.store import HistoryLimits, HistoryStore
+from buildkitpy.history.tracing import BuildSpans, TraceReceiver, TraceRecorder, install
+
+
+class HistoryServices:
+    def __init__(self, cfg, worker) -> None:  # noqa: ANN001 - daemon Config, worker.Worker
+        self.worker = worker
+        limits = HistoryLimits(max_age=cfg.history.max_age, max_entries=cfg.history.max_entries)
+        self.store = HistoryStore(Path(cfg.root), limits)
+        self.traces = TraceRecorder()
+        install(self.traces)
+        self.spans = BuildSpans()
+        self.recorder = HistoryRecorder(self.store, Path(cfg.root), traces=self.traces, spans=self.spans)
+
+    def content_stores(self) -> list[ContentStore]:
+        """History blobs first, then the image content store (exported manifests, pulled blobs)."""
+        from buildkitpy.solver.ops.source_image import puller_for
+
+        return [self.store.blobs, puller_for(self.worker).store]
+
+    def serve(self, server: grpc.aio.Server) -> None:
+        content_pb2_grpc.add_ContentServicer_to_server(ContentService(self.content_stores), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceReceiver(self.traces), server)
+        self.store.start_gc()
+
+    async def close(self) -> None:
+        await self.recorder.wait_background()
+        self.traces.shutdown()
+        self.store.close()
+
+
+def open_history(cfg, worker) -> HistoryServices:  # noqa: ANN001
+    return HistoryServices(cfg, worker)
