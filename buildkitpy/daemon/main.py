@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-insecure-entitlement", action="append", default=[],
                    help="allow an insecure entitlement (network.host, security.insecure)")
     p.add_argument("--max-parallelism", type=int, default=0, help="maximum concurrent vertexes")
+    p.add_argument("--docker-addr", action="append", default=[],
+                   help="also serve the Docker Engine API (docker build, images) on unix:// or tcp:// "
+                        "(repeatable; tcp needs --tlscert/--tlskey unless --docker-addr-insecure)")
+    p.add_argument("--docker-addr-insecure", action="store_true",
+                   help="allow a tcp --docker-addr without TLS (anyone who reaches it is root)")
     p.add_argument("--version", action="version", version=f"buildkitpyd {__version__}")
     return p.parse_args(argv)
 
@@ -105,7 +110,8 @@ def _worker_id(root: Path) -> str:
         return wid
 
 
-async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
+async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs: list[str] | None = None,
+                docker_insecure: bool = False) -> None:
     from buildkitpy.control.service import ControlService
     from buildkitpy.daemon.workerinfo import worker_record
     from buildkitpy.frontend.dockerfile import builder as dockerfile_frontend
@@ -143,10 +149,26 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
 
     listening = [_add_listener(server, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
+    if docker_addrs:
+        from buildkitpy import dockerapi
+
+        dockerapi.state_dir(cfg.root).mkdir(parents=True, exist_ok=True)
+        internal = _add_listener(server, dockerapi.control_address(cfg.root), cfg)
     await server.start()
     for path in listening:
         if path.startswith("/"):
             os.chmod(path, 0o660)
+    docker_api = None
+    if docker_addrs:
+        os.chmod(internal, 0o600)
+        try:
+            docker_api = await dockerapi.start(root=cfg.root, worker=worker, addresses=docker_addrs,
+                                               insecure_tcp=docker_insecure,
+                                               tls=(cfg.tls.cert, cfg.tls.key, cfg.tls.ca))
+        except Exception as exc:
+            await server.stop(grace=0)
+            raise SystemExit(f"buildkitpyd: Engine API: {exc}") from None
+        log.info("Docker Engine API on %s", ", ".join(docker_api.addresses))
     log.info("buildkitpyd %s running on %s (root %s, worker %s, executor %s)", __version__,
              ", ".join(cfg.addresses or [DEFAULT_ADDRESS]), cfg.root, worker.id,
              "runc" if worker.executor is not None else "none (runc not found)")
@@ -161,6 +183,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("shutting down")
+        if docker_api is not None:
+            await docker_api.close()
         await server.stop(grace=2)
         await history.close()
         solver.close()
@@ -192,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("runc") is None:
         log.warning("runc not found: RUN steps (exec ops) are unavailable")
     try:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, docker_addrs=args.docker_addr, docker_insecure=args.docker_addr_insecure))
     except KeyboardInterrupt:
         pass
 

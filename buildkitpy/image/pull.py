@@ -112,6 +112,11 @@ class ChainIndex:
                              "resolved) VALUES (?,?,?,?,?)",
                              (name, platform, digest, manifest_digest, time.time()))
 
+    def forget_image_ref(self, name: str) -> None:
+        """Drop every record of ``name`` (an image removed from the Engine API's store)."""
+        with self._lock:
+            self._db.execute("DELETE FROM image_refs WHERE name=?", (name,))
+
     def image_ref(self, name: str, platform: str) -> tuple[str, str] | None:
         """(digest, manifest digest) ``name`` last resolved to for ``platform``, or was last given
         to by the image exporter (recorded for every platform as ``""``), whichever is newer."""

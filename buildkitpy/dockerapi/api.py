@@ -1,0 +1,247 @@
+"""The Engine API endpoints: system, build, build cache. Image endpoints are in ``images``.
+
+The API is a client of this daemon's own Control API (over a private unix socket), as the Docker
+Engine is of its embedded BuildKit: builds, prune and disk usage go through the same code paths as
+buildctl's, and the image store records what the builds export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from buildkitpy import __version__
+from buildkitpy.dockerapi.classic import BuildFailed, ClassicBuild, tag_names
+from buildkitpy.dockerapi.contexttar import extract, spool
+from buildkitpy.dockerapi.http import ClientGone, HTTPError, Request
+from buildkitpy.dockerapi.imagestore import ImageStore
+from buildkitpy.dockerapi.options import BUILDER_CLASSIC, BuildOptions, bool_arg
+from buildkitpy.dockerapi.server import (
+    API_VERSION,
+    ENGINE_VERSION,
+    MIN_API_VERSION,
+    Router,
+    response_headers,
+)
+from buildkitpy.errors import BuildkitpyError, InvalidArgument, Unimplemented
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningBuild:
+    id: str
+    scope: anyio.CancelScope
+    cancelled: bool = False
+
+
+@dataclass
+class EngineAPI:
+    """What the handlers share: our Control API client, the image store and the running builds."""
+
+    root: Path  # <daemon root>/dockerapi
+    control: Any  # buildkitpy.client.connection.Client
+    images: ImageStore
+    worker: Any
+    builds: dict[str, RunningBuild] = field(default_factory=dict)
+
+    def router(self) -> Router:
+        from buildkitpy.dockerapi import images
+
+        r = Router()
+        r.add("GET", "/_ping", self.ping)
+        r.add("HEAD", "/_ping", self.ping)
+        r.add("GET", "/version", self.version)
+        r.add("GET", "/info", self.info)
+        r.add("POST", "/build", self.build)
+        r.add("POST", "/build/prune", self.build_prune)
+        r.add("POST", "/build/cancel", self.build_cancel)
+        images.add_routes(r, self)
+        return r
+
+    # -- system ------------------------------------------------------------------------------------
+
+    async def ping(self, req: Request) -> None:
+        headers = response_headers(req) + [("Builder-Version", BUILDER_CLASSIC), ("Swarm", "inactive"),
+                                           ("Cache-Control", "no-cache, no-store, must-revalidate"),
+                                           ("Pragma", "no-cache")]
+        if req.method == "HEAD":
+            await req.connection.respond(200, b"", content_type="text/plain; charset=utf-8",
+                                         headers=headers)
+        else:
+            await req.connection.respond(200, b"OK", content_type="text/plain; charset=utf-8",
+                                         headers=headers)
+
+    def _version_info(self) -> dict[str, Any]:
+        uname = platform.uname()
+        return {
+            "Platform": {"Name": "buildkitpy Engine API"},
+            "Components": [{"Name": "Engine", "Version": ENGINE_VERSION,
+                            "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+                                        "Os": "linux", "Arch": _go_arch(), "KernelVersion": uname.release,
+                                        "BuildKitPy": __version__}}],
+            "Version": ENGINE_VERSION, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "buildkitpy", "GoVersion": f"python{platform.python_version()}", "Os": "linux",
+            "Arch": _go_arch(), "KernelVersion": uname.release, "BuildTime": "",
+        }
+
+    async def version(self, req: Request) -> None:
+        await req.connection.respond_json(200, self._version_info(), headers=response_headers(req))
+
+    async def info(self, req: Request) -> None:
+        records = await anyio.to_thread.run_sync(self.images.all)
+        uname = platform.uname()
+        mem = 0
+        try:
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            pass
+        body = {
+            "ID": self.worker.id, "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0,
+            "ContainersStopped": 0, "Images": len(records), "Driver": "overlayfs",
+            "DriverStatus": [["Backing Filesystem", "buildkitpy snapshots"]],
+            "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
+            "MemoryLimit": False, "SwapLimit": False, "CpuCfsPeriod": False, "CpuCfsQuota": False,
+            "CPUShares": False, "CPUSet": False, "PidsLimit": False, "IPv4Forwarding": True,
+            "Debug": False, "NFd": 0, "NGoroutines": 0, "SystemTime": _rfc3339(time.time()),
+            "LoggingDriver": "none", "CgroupDriver": "none", "CgroupVersion": "2", "NEventsListener": 0,
+            "KernelVersion": uname.release, "OperatingSystem": "buildkitpy", "OSVersion": "",
+            "OSType": "linux", "Architecture": uname.machine, "IndexServerAddress":
+                "https://index.docker.io/v1/", "RegistryConfig": None, "NCPU": os.cpu_count() or 1,
+            "MemTotal": mem, "DockerRootDir": str(self.root), "Name": socket.gethostname(), "Labels": [],
+            "ExperimentalBuild": False, "ServerVersion": ENGINE_VERSION,
+            "Runtimes": {"runc": {"path": "runc"}},
+            "DefaultRuntime": "runc", "Swarm": {"LocalNodeState": "inactive"}, "LiveRestoreEnabled": False,
+            "Isolation": "", "InitBinary": "", "SecurityOptions": [], "Warnings": [],
+        }
+        await req.connection.respond_json(200, body, headers=response_headers(req))
+
+    # -- build -------------------------------------------------------------------------------------
+
+    async def build(self, req: Request) -> None:
+        opts = BuildOptions.parse(req)
+        tag_names(opts.tags)
+        if opts.version != BUILDER_CLASSIC:
+            raise Unimplemented("the BuildKit builder (version=2) is not supported by this Engine API yet; "
+                                "build with DOCKER_BUILDKIT=0 (version=1)")
+        if opts.remote:
+            raise Unimplemented(f"remote build contexts ({opts.remote}) are not supported yet: send the "
+                                "context as the request body")
+        if opts.squash:
+            raise Unimplemented("squash is not supported")
+        if opts.outputs:
+            raise Unimplemented("outputs are only supported by the BuildKit builder (version=2)")
+        if opts.memory or opts.memory_swap or opts.cpu_shares or opts.cpu_period or opts.cpu_quota \
+                or opts.cpuset_cpus or opts.cpuset_mems:
+            raise Unimplemented("memory and cpu limits on RUN containers are not supported yet")
+        build_id = opts.build_id or os.urandom(16).hex()
+        if build_id in self.builds:
+            raise InvalidArgument(f"a build with id {build_id} is already running")
+        workdir = self.root / "builds" / os.urandom(12).hex()
+        stream = JSONStream(req)
+        with anyio.CancelScope() as scope:
+            running = RunningBuild(build_id, scope)
+            self.builds[build_id] = running
+            try:
+                workdir.mkdir(parents=True)
+                archive = workdir / "context.tar"
+                await spool(req.body(), archive)
+                context = workdir / "context"
+                await anyio.to_thread.run_sync(extract, archive, context)
+                archive.unlink()
+                await self._run_classic(req, stream, opts, context, workdir)
+            except ClientGone:
+                log.info("build %s: the client went away; build stopped", build_id)
+            finally:
+                self.builds.pop(build_id, None)
+                await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        if running.cancelled:
+            await stream.error("Build cancelled")
+            await stream.close()
+
+    async def _run_classic(self, req: Request, stream: JSONStream, opts: BuildOptions, context: Path,
+                           workdir: Path) -> None:
+        build = ClassicBuild(images=self.images, control=self.control, opts=opts, context=context,
+                             workdir=workdir, emit=stream.send)
+        try:
+            await build.run()
+        except BuildFailed as exc:
+            if not stream.started:
+                raise HTTPError(400, exc.message) from None
+            await stream.error(exc.message, exc.code)
+        except BuildkitpyError as exc:
+            if not stream.started:
+                raise
+            await stream.error(str(exc))
+        await stream.close()
+
+    async def build_cancel(self, req: Request) -> None:
+        build_id = req.arg("id")
+        if not build_id:
+            raise InvalidArgument("build ID not provided")
+        running = self.builds.get(build_id)
+        if running is None:
+            raise HTTPError(404, f"no such build: {build_id}")
+        running.cancelled = True
+        running.scope.cancel()
+        await req.connection.respond(200, b"", content_type="", headers=response_headers(req))
+
+    async def build_prune(self, req: Request) -> None:
+        from buildkitpy.dockerapi.prune import prune_request
+
+        report = await prune_request(self.control, req)
+        await req.connection.respond_json(200, report, headers=response_headers(req))
+
+
+class JSONStream:
+    """The build's response: a chunked stream of JSON messages, started by the first message."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.started = False
+        self.closed = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.started:
+            await self.req.connection.start_response(200, response_headers(self.req) + [
+                ("Content-Type", "application/json")])
+            self.started = True
+        await self.req.connection.send_data((json.dumps(message) + "\r\n").encode())
+
+    async def error(self, message: str, code: int = 0) -> None:
+        detail: dict[str, Any] = {"message": message}
+        if code:
+            detail["code"] = code
+        await self.send({"errorDetail": detail, "error": message})
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.started:
+            await self.req.connection.start_response(200, response_headers(self.req) + [
+                ("Content-Type", "application/json")])
+            self.started = True
+        await self.req.connection.end_response()
+
+
+def _go_arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"
+
+
+__all__ = ["EngineAPI", "bool_arg"]

@@ -1,0 +1,331 @@
+"""The classic builder (``POST /build`` with ``version=1``): one instruction at a time.
+
+Each step is built by our own pipeline, not a second implementation: the Dockerfile cut after the
+step goes through the ``dockerfile.v0`` frontend and the solver (over our Control API, with the
+context served from the unpacked upload), and the result is exported into the content store as an
+image whose parent is the previous step's image. The solver's cache makes the steps already built
+free, so the work of step N is step N's own. Before building a step, the classic cache is asked:
+same parent image and same instruction (for COPY/ADD also the same source content) → the image
+that step made before, printed as `` ---> Using cache``.
+
+The output is the classic builder's: ``Step i/n : <instruction>``, `` ---> Running in <id>`` and the
+command's output for RUN, `` ---> <image id>`` after each step, ``Successfully built``/``tagged``, an
+``aux`` message with each stage's image ID, and ``error`` + ``errorDetail`` when it fails.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from buildkitpy.dockerapi.imagestore import ImageRecord, ImageStore, familiar, normalize_tag
+from buildkitpy.dockerapi.options import BuildOptions, docker_config_auths
+from buildkitpy.errors import InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+_EXIT_CODE = re.compile(r'process "(.*)" did not complete successfully: exit code: (\d+)', re.S)
+
+
+class BuildFailed(Exception):
+    """A build error as the classic builder reports it (``errorDetail.code`` for RUN exit codes)."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class Step:
+    number: int
+    text: str  # the instruction as written (the "Step i/n : ..." line)
+    end_line: int  # the Dockerfile is cut after this line to build the step
+    kind: str  # from, run, copy, add, workdir, arg-meta, other
+    stage_index: int
+    instruction: Any = None
+    extra: str = ""  # a line added after the cut (the --label step)
+    last_in_stage: bool = False
+
+
+def plan(dockerfile: bytes, opts: BuildOptions) -> tuple[list[Step], str]:
+    """The steps of the build, numbered as the classic builder numbers them."""
+    from buildkitpy.frontend.dockerfile.instructions import (
+        AddCommand,
+        CopyCommand,
+        RunCommand,
+        WorkdirCommand,
+        find_stage,
+        parse_dockerfile,
+    )
+    from buildkitpy.frontend.dockerfile.parser import DockerfileParseError
+
+    try:
+        parsed = parse_dockerfile(dockerfile)
+    except DockerfileParseError as exc:
+        raise BuildFailed(str(exc)) from None
+    stages = parsed.stages
+    if opts.target:
+        index = find_stage(stages, opts.target)
+        if index is None:
+            raise BuildFailed(f"target stage {opts.target!r} could not be found")
+        stages = stages[:index + 1]
+    steps: list[Step] = []
+    for meta in parsed.meta_args:
+        steps.append(Step(0, meta.code, meta.end_line, "arg-meta", -1, meta))
+    for si, stage in enumerate(stages):
+        steps.append(Step(0, stage.source_code, stage.end_line, "from", si))
+        for ins in stage.commands:
+            kind = ("run" if isinstance(ins, RunCommand) else "copy" if isinstance(ins, CopyCommand)
+                    else "add" if isinstance(ins, AddCommand) else "workdir"
+                    if isinstance(ins, WorkdirCommand) else "other")
+            steps.append(Step(0, ins.code, ins.end_line, kind, si, ins))
+    if opts.labels:
+        pairs = " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(opts.labels.items()))
+        steps.append(Step(0, f"LABEL {pairs}", steps[-1].end_line, "other", len(stages) - 1,
+                          extra=f"LABEL {pairs}"))
+    for i, step in enumerate(steps):
+        step.number = i + 1
+        following = steps[i + 1] if i + 1 < len(steps) else None
+        step.last_in_stage = step.kind != "arg-meta" and (following is None
+                                                          or following.stage_index != step.stage_index)
+    return steps, parsed.ast.escape_token
+
+
+def _sources_digest(context: Path, instruction: Any) -> str:
+    """What the classic builder's COPY/ADD cache looks at: the content of the sources it copies."""
+    h = hashlib.sha256()
+    if getattr(instruction, "from_", ""):
+        h.update(f"from:{instruction.from_}".encode())
+        return h.hexdigest()
+    for content in getattr(instruction, "source_contents", []) or []:
+        h.update(json.dumps([content.path, content.data, content.expand]).encode())
+    for src in getattr(instruction, "source_paths", []) or []:
+        if "://" in src or src.startswith("git@"):
+            h.update(f"remote:{src}".encode())
+            continue
+        if "$" in src:
+            h.update(_tree_digest(context, context).encode())  # unexpanded: the whole context decides
+            continue
+        for path in _glob(context, src):
+            h.update(_tree_digest(context, path).encode())
+    return h.hexdigest()
+
+
+def _glob(context: Path, pattern: str) -> list[Path]:
+    parts = [p for p in pattern.strip("/").split("/") if p not in ("", ".")]
+    current = [context]
+    for part in parts:
+        following = []
+        for base in current:
+            if not base.is_dir() or base.is_symlink():
+                continue
+            if any(c in part for c in "*?["):
+                following.extend(base / n for n in sorted(os.listdir(base)) if fnmatch.fnmatchcase(n, part))
+            elif part == "..":
+                continue
+            else:
+                following.append(base / part)
+        current = following
+    return [p for p in current if os.path.lexists(p)]
+
+
+def _tree_digest(context: Path, root: Path) -> str:
+    h = hashlib.sha256()
+    entries = [root]
+    if root.is_dir() and not root.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            entries.extend(Path(dirpath) / n for n in sorted(dirnames + filenames))
+    for path in entries:
+        st = os.lstat(path)
+        h.update(f"{os.path.relpath(path, context)}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0".encode())
+        if stat.S_ISLNK(st.st_mode):
+            h.update(os.readlink(path).encode())
+        elif stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+class ClassicBuild:
+    """One ``docker build`` on the classic path."""
+
+    def __init__(self, *, images: ImageStore, control: Any, opts: BuildOptions, context: Path,
+                 workdir: Path, emit: Emit) -> None:
+        self.images = images
+        self.control = control  # buildkitpy.client.connection.Client of our own Control API
+        self.opts = opts
+        self.context = context
+        self.workdir = workdir
+        self.emit = emit
+        self.shared_key = secrets.token_hex(16)
+
+    async def out(self, text: str) -> None:
+        if not self.opts.quiet:
+            await self.emit({"stream": text})
+
+    async def run(self) -> str:
+        dockerfile_path = self._dockerfile_path()
+        try:
+            dockerfile = dockerfile_path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BuildFailed(f"Cannot locate specified Dockerfile: {self.opts.dockerfile}") from None
+        steps, _ = await anyio.to_thread.run_sync(plan, dockerfile, self.opts)
+        lines = dockerfile.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+        total = len(steps)
+        image: ImageRecord | None = None
+        build_args = json.dumps(sorted((k, v) for k, v in self.opts.build_args.items()))
+        for step in steps:
+            await self.out(f"Step {step.number}/{total} : {step.text}\n")
+            if step.kind == "arg-meta":
+                continue
+            parent = "" if step.kind == "from" else (image.id if image else "")
+            key_parts = [parent, step.text, build_args, self.opts.platform, self.opts.network_mode,
+                         ",".join(self.opts.extra_hosts), str(self.opts.shm_size)]
+            if step.kind == "from":
+                key_parts.append(str(step.stage_index))
+                key_parts.append("\n".join(lines[:step.end_line]))  # earlier stages and global ARGs
+            if step.kind in ("copy", "add"):
+                key_parts.append(await anyio.to_thread.run_sync(_sources_digest, self.context,
+                                                                 step.instruction))
+            key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()
+            cached = None
+            if not self.opts.no_cache and not (step.kind == "from" and self.opts.pull):
+                cached = await anyio.to_thread.run_sync(self.images.cached_child, key)
+            if cached is not None and step.kind != "from":
+                await self.out(" ---> Using cache\n")
+                image = cached
+            else:
+                container = secrets.token_hex(32) if step.kind in ("run", "workdir") else ""
+                if container:
+                    await self.out(f" ---> Running in {container[:12]}\n")
+                image = cached or await self._build_step(step, lines, parent)
+                await anyio.to_thread.run_sync(self.images.remember_child, key, image.id)
+                if container and self.opts.remove:
+                    await self.out(f" ---> Removed intermediate container {container[:12]}\n")
+            await self.out(f" ---> {image.short_id}\n")
+            if step.last_in_stage:
+                await self.emit({"aux": {"ID": image.id}})
+        if image is None:
+            raise BuildFailed("No image was generated. Is your Dockerfile empty?")
+        if self.opts.quiet:
+            await self.emit({"stream": image.id + "\n"})
+        else:
+            await self.out(f"Successfully built {image.short_id}\n")
+        for tag in self.opts.tags:
+            full = await anyio.to_thread.run_sync(self.images.tag, image.id, tag)
+            await self.out(f"Successfully tagged {familiar(full)}\n")
+        return image.id
+
+    def _dockerfile_path(self) -> Path:
+        rel = os.path.normpath(self.opts.dockerfile.lstrip("/"))
+        if rel.startswith(".."):
+            raise BuildFailed(f"the Dockerfile ({self.opts.dockerfile}) must be within the build context")
+        return self.context / rel
+
+    async def _build_step(self, step: Step, lines: list[str], parent: str) -> ImageRecord:
+        from buildkitpy.client.options import ExportEntry
+        from buildkitpy.client.rpc_errors import BuildkitError
+        from buildkitpy.client.solve import SolveOpt, solve
+        from buildkitpy.session.auth import AuthAttachable
+
+        step_dir = self.workdir / f"step-{step.number}"
+        step_dir.mkdir(parents=True, exist_ok=True)
+        text = "".join(lines[:step.end_line])
+        if step.extra:
+            text = text.rstrip("\n") + "\n" + step.extra + "\n"
+        (step_dir / "Dockerfile").write_text(text, encoding="utf-8", errors="surrogateescape")
+        ignore = self._dockerfile_path().with_name(self._dockerfile_path().name + ".dockerignore")
+        if ignore.is_file():
+            shutil.copyfile(ignore, step_dir / "Dockerfile.dockerignore")
+        attrs = {"filename": "Dockerfile",
+                 "image-resolve-mode": "pull" if self.opts.pull else "local"}
+        for name, value in self.opts.build_args.items():
+            if value is not None:
+                attrs[f"build-arg:{name}"] = value
+        if self.opts.no_cache:
+            attrs["no-cache"] = ""
+        if self.opts.platform:
+            attrs["platform"] = self.opts.platform
+        if self.opts.network_mode in ("host", "none"):
+            attrs["force-network-mode"] = self.opts.network_mode
+        if self.opts.extra_hosts:
+            attrs["add-hosts"] = ",".join(self.opts.extra_hosts)
+        if self.opts.shm_size:
+            attrs["shm-size"] = str(self.opts.shm_size)
+        if self.opts.ulimits:
+            attrs["ulimit"] = ",".join(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}"
+                                       for u in self.opts.ulimits)
+        auths = docker_config_auths(self.opts.registry_auth)
+        opt = SolveOpt(local_dirs={"context": self.context, "dockerfile": step_dir},
+                       frontend="dockerfile.v0", frontend_attrs=attrs,
+                       exports=[ExportEntry(type="image", attrs={"store": "true"})],
+                       shared_key=self.shared_key, registry_auth=False,
+                       attachables=[AuthAttachable(config={"auths": auths})],
+                       entitlements=["network.host"] if self.opts.network_mode == "host" else [])
+        pending: list[str] = []
+
+        def on_status(msg: Any) -> None:
+            if step.kind != "run":
+                return
+            for entry in msg.logs:
+                pending.append(entry.msg.decode("utf-8", "replace"))
+
+        async def flush_logs() -> None:
+            while True:
+                await anyio.sleep(0.05)
+                while pending:
+                    await self.out(pending.pop(0))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flush_logs)
+                try:
+                    result = await solve(self.control, opt, on_status=on_status)
+                finally:
+                    tg.cancel_scope.cancel()
+        except BuildkitError as exc:
+            while pending:
+                await self.out(pending.pop(0))
+            raise _classic_error(exc.message) from None
+        while pending:
+            await self.out(pending.pop(0))
+        response = result.exporter_response
+        manifest = response.get("containerimage.digest", "")
+        config = response.get("containerimage.config.digest", "")
+        if not manifest or not config:
+            raise BuildFailed("the build produced no image")
+        try:
+            return await anyio.to_thread.run_sync(self.images.add, config, manifest, parent)
+        except (NotFound, InvalidArgument) as exc:
+            raise BuildFailed(f"failed to store the image: {exc}") from None
+
+
+def _classic_error(message: str) -> BuildFailed:
+    found = _EXIT_CODE.search(message)
+    if found:
+        code = int(found.group(2))
+        return BuildFailed(f"The command '{found.group(1)}' returned a non-zero code: {code}", code)
+    return BuildFailed(message)
+
+
+def tag_names(tags: list[str]) -> list[str]:
+    """The tags checked before the build starts (``invalid reference format`` fails early)."""
+    return [normalize_tag(t) for t in tags]

@@ -1,0 +1,82 @@
+"""The build context a ``docker build`` uploads: a tar (plain, gzip, bzip2 or xz) unpacked into a
+private directory, refusing members that would land outside it."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+
+from buildkitpy.dockerapi.http import HTTPError
+
+# A context larger than this is refused (the Engine has no limit; this daemon's disk does).
+MAX_CONTEXT_BYTES = 8 << 30
+
+
+class ContextError(HTTPError):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+async def spool(chunks: AsyncIterator[bytes], dest: Path, limit: int = MAX_CONTEXT_BYTES) -> int:
+    """Write the request body to ``dest``; returns its size."""
+    size = 0
+    with open(dest, "wb") as f:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ContextError(f"build context larger than {limit} bytes")
+            await anyio.to_thread.run_sync(f.write, chunk)
+    return size
+
+
+def _member_path(name: str) -> str:
+    """The member's path relative to the context root, or a ContextError naming it."""
+    if name.startswith("/"):
+        raise ContextError(f"invalid build context: tar member {name!r} has an absolute path")
+    normalized = posixpath.normpath(name)
+    if normalized == ".." or normalized.startswith("../"):
+        raise ContextError(f"invalid build context: tar member {name!r} points outside the context")
+    return normalized
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Unpack ``archive`` (any compression tarfile detects) into ``dest`` (blocking)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive.stat().st_size == 0:
+        return  # an empty body is an empty context
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = []
+            for member in tar:
+                rel = _member_path(member.name)
+                if member.islnk():
+                    _member_path(member.linkname)
+                if member.ischr() or member.isblk() or member.isfifo():
+                    continue  # devices have no place in a build context
+                if rel == ".":
+                    continue
+                member.name = rel
+                members.append(member)
+            for member in members:
+                _refuse_symlinked_parent(dest, member.name)
+                tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+    except ContextError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise ContextError(f"invalid build context: the body is not a readable tar archive "
+                           f"(plain, gzip, bzip2 or xz): {exc}") from None
+
+
+def _refuse_symlinked_parent(dest: Path, rel: str) -> None:
+    """A member must not be written through a symlink an earlier member created."""
+    current = dest
+    for part in rel.split("/")[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise ContextError(f"invalid build context: tar member {rel!r} is below the symlink "
+                               f"{os.path.relpath(current, dest)!r}")
