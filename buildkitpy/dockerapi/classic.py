@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 
+from buildkitpy.dockerapi.http import ClientGone
 from buildkitpy.dockerapi.imagestore import ImageRecord, ImageStore, familiar, normalize_tag
 from buildkitpy.dockerapi.options import BuildOptions, docker_config_auths
 from buildkitpy.errors import InvalidArgument, NotFound
@@ -288,25 +289,35 @@ class ClassicBuild:
             for entry in msg.logs:
                 pending.append(entry.msg.decode("utf-8", "replace"))
 
-        async def flush_logs() -> None:
-            while True:
-                await anyio.sleep(0.05)
-                while pending:
-                    await self.out(pending.pop(0))
+        gone: list[ClientGone] = []
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(flush_logs)
-                try:
-                    result = await solve(self.control, opt, on_status=on_status)
-                finally:
-                    tg.cancel_scope.cancel()
-        except BuildkitError as exc:
-            while pending:
-                await self.out(pending.pop(0))
-            raise _classic_error(exc.message) from None
+        async def flush_logs(scope: anyio.CancelScope) -> None:
+            try:
+                while True:
+                    await anyio.sleep(0.05)
+                    while pending:
+                        await self.out(pending.pop(0))
+            except ClientGone as exc:  # the client hung up: stop the build
+                gone.append(exc)
+                scope.cancel()
+
+        error: BuildkitError | None = None
+        result = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush_logs, tg.cancel_scope)
+            try:
+                result = await solve(self.control, opt, on_status=on_status)
+            except BuildkitError as exc:
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if gone:
+            raise gone[0]
         while pending:
             await self.out(pending.pop(0))
+        if error is not None:
+            raise _classic_error(error.message)
+        assert result is not None
         response = result.exporter_response
         manifest = response.get("containerimage.digest", "")
         config = response.get("containerimage.config.digest", "")

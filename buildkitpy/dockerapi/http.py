@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -139,7 +140,11 @@ class HTTPConnection:
 
     async def start_response(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.response_started = True
-        await self._send(h11.Response(status_code=status, headers=[
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b""
+        await self._send(h11.Response(status_code=status, reason=reason, headers=[
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]))
 
     async def send_data(self, data: bytes) -> None:

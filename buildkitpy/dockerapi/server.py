@@ -216,8 +216,26 @@ async def _reply_raw(conn: HTTPConnection, status: int, message: str) -> None:
         conn.writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         await conn.writer.drain()
+        await _linger(conn)
     except (ConnectionError, OSError):
         pass
+
+
+async def _linger(conn: HTTPConnection, seconds: float = 2.0, limit: int = 8 << 20) -> None:
+    """Close our side, then read and drop what the client is still sending for a moment: closing with
+    unread data resets the connection and the client would lose our answer (Go's server lingers too)."""
+    if conn.writer.can_write_eof():
+        conn.writer.write_eof()
+    drained = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while drained < limit:
+                chunk = await conn.reader.read(1 << 16)
+                if not chunk:
+                    return
+                drained += len(chunk)
+    except TimeoutError:
+        return
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -1,0 +1,114 @@
+"""Build-cache prune and cancellation through the Engine API, and the Python Docker SDK as a client."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from .test_build import _write
+
+
+def test_builder_prune_with_until_keeps_tagged_images(engine, tmp_path):
+    ctx = tmp_path / "prune"
+    _write(ctx, {"Dockerfile": "FROM busybox\nRUN echo prune-me > /p.txt\n"})
+    engine.docker("build", "-t", "prune-kept", str(ctx))
+    out = engine.docker("builder", "prune", "-f", "--filter", "until=1h").stdout.decode()
+    assert "Total reclaimed space" in out  # nothing is older than an hour: nothing goes
+    out = engine.docker("builder", "prune", "-af").stdout.decode()
+    assert re.search(r"Total reclaimed space: [1-9]", out), out
+    # The tagged image's content survives and it still works as a base.
+    child = tmp_path / "after-prune"
+    _write(child, {"Dockerfile": "FROM prune-kept\nRUN cat /p.txt\n"})
+    assert "prune-me" in engine.docker("build", str(child)).stdout.decode()
+    res = engine.raw(b"POST /build/prune?keep-storage=lots HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+    assert res.startswith(b"HTTP/1.1 400") and b"expects an integer" in res
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _runc_containers(engine) -> list[str]:
+    root = engine.daemon.root / "state" / "executor"
+    res = subprocess.run(["runc", "--root", str(root / "runc"), "list", "-q"], capture_output=True)
+    return res.stdout.decode().split() if res.returncode == 0 else []
+
+
+def test_cancel_mid_run(engine):
+    body = _tar_of({"Dockerfile": b"FROM busybox\nRUN echo started && /bin/busybox sleep 120\n"})
+    received = bytearray()
+    done = threading.Event()
+
+    def run_build() -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(90)
+            s.connect(str(engine.socket))
+            s.sendall((f"POST /v1.47/build?buildid=cancel-me&t=never HTTP/1.1\r\nHost: d\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            while b"0\r\n\r\n" not in received:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received.extend(chunk)
+        done.set()
+
+    thread = threading.Thread(target=run_build, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while b"started" not in received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b"started" in received, received.decode(errors="replace")
+    res = engine.raw(b"POST /build/cancel?id=cancel-me HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+    assert res.startswith(b"HTTP/1.1 200"), res
+    cancelled = time.monotonic()
+    assert done.wait(10), "the build stream did not end after the cancel"
+    assert b'"error": "Build cancelled"' in received
+    while _runc_containers(engine) and time.monotonic() - cancelled < 5:
+        time.sleep(0.1)
+    assert _runc_containers(engine) == []
+    assert time.monotonic() - cancelled < 5
+    missing = engine.raw(b"POST /build/cancel?id=cancel-me HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+    assert missing.startswith(b"HTTP/1.1 404")
+
+
+def test_python_docker_sdk(engine, tmp_path):
+    docker = pytest.importorskip("docker", reason="the dev dependency `docker` (Python SDK)")
+    ctx = tmp_path / "sdk"
+    _write(ctx, {"Dockerfile": "FROM busybox\nARG WHO=nobody\nRUN echo hello $WHO\nLABEL via=sdk\n"})
+    client = docker.DockerClient(base_url=engine.host, version="1.47")
+    try:
+        image, stream = client.images.build(path=str(ctx), tag="sdk-image", buildargs={"WHO": "sdk"},
+                                            rm=True)
+        logs = list(stream)
+        text = "".join(entry.get("stream", "") for entry in logs)
+        assert "hello sdk" in text and "Successfully tagged sdk-image:latest" in text
+        assert any("aux" in entry for entry in logs)
+        assert image.labels == {"via": "sdk"}
+        assert "sdk-image:latest" in [t for i in client.images.list() for t in i.tags]
+        with pytest.raises(docker.errors.APIError) as err:
+            client.images.build(path=str(ctx), buildargs={"WHO": "x"}, dockerfile="Missing.Dockerfile")
+        assert "Cannot locate specified Dockerfile" in str(err.value)
+        pruned = client.api.prune_builds()
+        assert set(pruned) >= {"CachesDeleted", "SpaceReclaimed"}
+    finally:
+        client.close()
+    assert json.loads(engine.docker("image", "inspect", "sdk-image").stdout)[0]["Config"]["Labels"] == \
+        {"via": "sdk"}
