@@ -63,6 +63,7 @@ LLB_CAPS = (
     "meta.exportcache",
     "mergeop",
     "diffop",
+    "gc.freespacefilter",  # Prune's max-used-space and min-free-space
 )
 
 # Present only when the git CLI is installed (the git source runs it).

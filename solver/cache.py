@@ -60,6 +60,8 @@ class CacheStore:
 
     def record(self, keys: list[str], outputs: list[ImmutableSnapshot]) -> None:
         """Record ``outputs`` under every key in ``keys`` (replacing older records)."""
+        if not keys:
+            return  # nothing to record (per-session keys): holding a handle would leak it
         with self._lock:
             now = time.time()
             for snap in outputs:

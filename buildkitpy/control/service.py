@@ -11,6 +11,7 @@ import grpc
 from buildkitpy import __version__, exporter
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2, worker_pb2
 from buildkitpy.control import usage
+from buildkitpy.control.gc import GarbageCollector
 from buildkitpy.errors import (
     BuildkitpyError,
     InvalidArgument,
@@ -44,13 +45,14 @@ def version_pb() -> worker_pb2.BuildkitVersion:
 
 class ControlService(control_pb2_grpc.ControlServicer):
     def __init__(self, *, worker, solver, jobs: JobRegistry, sessions, worker_record,
-                 history: HistoryRecorder | None = None) -> None:
+                 history: HistoryRecorder | None = None, gc: GarbageCollector | None = None) -> None:
         self.worker = worker
         self.solver = solver
         self.jobs = jobs
         self.sessions = sessions
         self._worker_record = worker_record
         self.history = history
+        self.gc = gc or GarbageCollector(worker, solver.cache, busy=lambda: bool(jobs.active()))
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -68,16 +70,18 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     @_handled
     async def DiskUsage(self, request, context):
-        records = await anyio.to_thread.run_sync(usage.disk_usage, self.worker, self.solver.cache,
-                                                 list(request.filter))
+        records = await anyio.to_thread.run_sync(
+            lambda: self.gc.disk_usage(list(request.filter), age_limit=request.ageLimit / 1e9))
         return control_pb2.DiskUsageResponse(record=[_usage_pb(u) for u in records])
 
     async def Prune(self, request, context):
         try:
+            options = usage.PruneOptions(
+                all=request.all, filters=tuple(request.filter), keep_duration=request.keepDuration / 1e9,
+                reserved_space=request.reservedSpace, max_used_space=request.maxUsedSpace,
+                min_free_space=request.minFreeSpace)
             removed = await anyio.to_thread.run_sync(
-                lambda: usage.prune(self.worker, self.solver.cache, all=request.all,
-                                    keep_duration=request.keepDuration / 1e9, filters=list(request.filter),
-                                    busy=bool(self.jobs.active())))
+                lambda: self.gc.prune(options, busy=bool(self.jobs.active())))
         except BaseException as exc:  # noqa: BLE001
             await abort_for(context, exc, "Control.Prune")
             return
@@ -192,6 +196,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         finally:
             job.bridge.close()
             await self.jobs.finish(job)
+            self.gc.trigger()
             if recording is not None:
                 await history_api.complete(recording, failure)
 

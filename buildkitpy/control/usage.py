@@ -1,15 +1,43 @@
-"""Disk usage and pruning (``buildctl du`` / ``buildctl prune``) over snapshots and cache records;
-prune then collects the content store's garbage (``buildkitpy.image.gc``)."""
+"""Disk usage and pruning (``buildctl du`` / ``buildctl prune``, ``docker buildx du/prune``, the
+daemon's GC policies) over the build cache, with BuildKit's semantics (``cache/manager.go``).
+
+The records are the snapshots (a snapshot's size counts its own layer plus the content-store blobs
+kept for it: the registry blob it was unpacked from, the blobs it was exported as) and the
+persistent cache mounts (type ``exec.cachemount``). A record is in use while a build holds it or
+a record built on it; only records nothing uses or builds on can go, so prune works from the leaves
+down, as BuildKit does. Filters use containerd's syntax (``buildkitpy.control.filters``).
+
+Prune with ``max-used-space``, ``reserved-space`` or ``min-free-space`` deletes the least recently
+used record first, one at a time, until the total is below the target; without them it deletes
+everything matching. Blobs and cache mount directories are deleted only while no build runs
+(``busy`` false); a later prune or GC pass collects them.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
 
-from buildkitpy.errors import InvalidArgument
+from buildkitpy.control.filters import Filter, parse_all
+from buildkitpy.errors import BuildkitpyError
+from buildkitpy.snapshot.fs import remove_tree
 
 log = logging.getLogger(__name__)
+
+TYPE_REGULAR = "regular"
+TYPE_SOURCE_LOCAL = "source.local"
+TYPE_GIT_CHECKOUT = "source.git.checkout"
+TYPE_CACHE_MOUNT = "exec.cachemount"
+TYPE_INTERNAL = "internal"
+TYPE_FRONTEND = "frontend"
+
+# Snapshot descriptions the ops write, and the BuildKit record type each stands for.
+_TYPE_BY_DESCRIPTION = (("local source for ", TYPE_SOURCE_LOCAL), ("git snapshot for ", TYPE_GIT_CHECKOUT))
 
 
 @dataclass
@@ -22,74 +50,255 @@ class Usage:
     in_use: bool = False
     usage_count: int = 0
     description: str = ""
-    record_type: str = "regular"
+    record_type: str = TYPE_REGULAR
     shared: bool = False
     parents: list[str] = field(default_factory=list)
     created_at: float = 0.0
     last_used_at: float = 0.0
+    dependencies: tuple[str, ...] = ()  # every snapshot it is built on (parents of parents too)
 
 
-def _records(worker, cache) -> list[Usage]:
-    cached = cache.snapshot_ids()
+@dataclass(frozen=True)
+class PruneOptions:
+    """One prune pass (a ``PruneRequest`` or a ``[[worker.oci.gcpolicy]]``)."""
+
+    all: bool = False
+    filters: tuple[str, ...] = ()
+    keep_duration: float = 0.0  # seconds: keep records used more recently than this
+    reserved_space: int = 0  # never prune below this many bytes
+    max_used_space: int = 0  # prune down to this many bytes
+    min_free_space: int = 0  # prune until the disk has this much free
+
+
+class SnapshotStore(Protocol):
+    def usage(self) -> list[Any]: ...  # buildkitpy.snapshot.manager.SnapshotUsage
+    def delete(self, snapshot_id: str) -> None: ...
+
+
+class CacheRecords(Protocol):
+    def snapshot_ids(self) -> set[str]: ...
+    def forget_snapshot(self, snapshot_id: str) -> None: ...
+
+
+class UsageWorker(Protocol):
+    root: Path
+    snapshots: SnapshotStore
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+def _record_type(description: str) -> str:
+    for prefix, kind in _TYPE_BY_DESCRIPTION:
+        if description.startswith(prefix):
+            return kind
+    return TYPE_REGULAR
+
+
+def _blob_sizes(worker: UsageWorker) -> dict[str, int]:
+    """Snapshot id -> bytes of the content-store blobs kept for it (pulled and exported layers)."""
+    from buildkitpy.exporter.imagebuild.assemble import _blob_cache
+    from buildkitpy.solver.ops.source_image import puller_for
+
+    store = puller_for(worker).store
+    pairs = list(puller_for(worker).chains.layer_blob_records())
+    pairs += [(key.split("/", 1)[0], digest) for key, digest in _blob_cache(worker.root).entries()]
+    sizes: dict[str, int] = {}
+    counted: set[str] = set()
+    for sid, digest in pairs:
+        if digest in counted:
+            continue
+        try:
+            size = store.info(digest).size
+        except BuildkitpyError:
+            continue
+        counted.add(digest)
+        sizes[sid] = sizes.get(sid, 0) + size
+    return sizes
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _cache_mount_records(root: Path | None) -> list[Usage]:
+    if root is None or not root.is_dir():
+        return []
     out = []
-    for u in worker.snapshots.usage():
-        # The cache's own handle on a snapshot does not make it "in use" (a running build's would,
-        # but the snapshot manager counts handles without owners; prune never deletes held ones).
-        in_use = u.in_use and (u.mutable or u.id not in cached)
-        out.append(Usage(id=u.id, size=u.size, mutable=u.mutable, in_use=in_use,
-                         usage_count=1, description=u.description,
-                         parents=[u.parent] if u.parent else [], created_at=u.created,
-                         last_used_at=u.last_used))
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        st = entry.stat()
+        out.append(Usage(id=entry.name, size=_tree_size(entry), mutable=True, usage_count=1,
+                         description=f"cached mount {entry.name}", record_type=TYPE_CACHE_MOUNT,
+                         created_at=st.st_ctime, last_used_at=st.st_mtime))
     return out
 
 
-def _matches(record: Usage, filters: list[str]) -> bool:
-    for flt in filters:
-        key, op, value = _parse_filter(flt)
-        actual = {"id": record.id, "type": record.record_type, "description": record.description,
-                  "inuse": str(record.in_use).lower(), "mutable": str(record.mutable).lower()}.get(key)
-        if actual is None:
-            raise InvalidArgument(f"unsupported filter key {key!r} in {flt!r}")
-        ok = {"==": actual == value, "!=": actual != value, "~=": value in actual}[op]
-        if not ok:
-            return False
-    return True
+def records(worker: UsageWorker, cache: CacheRecords, cache_mounts: Path | None = None) -> list[Usage]:
+    """Every record, in use or not, with BuildKit's in-use rule: held by a build, or under a record
+    that is."""
+    cached = cache.snapshot_ids()
+    snaps = worker.snapshots.usage()
+    blobs = _blob_sizes(worker) if hasattr(worker, "root") else {}
+    out: dict[str, Usage] = {}
+    held: set[str] = set()
+    for u in snaps:
+        # The cache's own handle on a snapshot does not put it in use (a build's would; the
+        # snapshot manager counts handles without owners, so a cached snapshot held by a running
+        # build shows as free here; deleting it then fails and is skipped).
+        if u.in_use and (u.mutable or u.id not in cached):
+            held.add(u.id)
+        deps = tuple(getattr(u, "dependencies", ()) or ((u.parent,) if u.parent else ()))
+        out[u.id] = Usage(
+            id=u.id, size=u.size + blobs.get(u.id, 0), mutable=u.mutable,
+            usage_count=max(1, getattr(u, "usage_count", 0)), description=u.description,
+            record_type=_record_type(u.description),
+            parents=[u.parent] if u.parent else list(deps), created_at=u.created,
+            last_used_at=u.last_used, dependencies=deps)
+    for sid in held:
+        for dep in (sid, *out[sid].dependencies):
+            if dep in out:
+                out[dep].in_use = True
+    return list(out.values()) + _cache_mount_records(cache_mounts)
 
 
-def _parse_filter(flt: str) -> tuple[str, str, str]:
-    for op in ("==", "!=", "~="):
-        if op in flt:
-            key, value = flt.split(op, 1)
-            return key.strip(), op, value.strip()
-    raise InvalidArgument(f"invalid filter {flt!r} (want key==value, key!=value or key~=value)")
+def _adaptor(record: Usage):
+    def field_of(path: list[str]) -> tuple[str, bool]:
+        key = path[0] if path else ""
+        if key == "id":
+            return record.id, bool(record.id)
+        if key == "parents":
+            return ";".join(record.parents), bool(record.parents)
+        if key == "description":
+            return record.description, bool(record.description)
+        if key == "type":
+            return record.record_type, bool(record.record_type)
+        if key in ("inuse", "mutable", "immutable", "shared", "private"):
+            present = {"inuse": record.in_use, "mutable": record.mutable, "immutable": not record.mutable,
+                       "shared": record.shared, "private": not record.shared}[key]
+            return "", present
+        return "", False  # unknown fields are absent, as in BuildKit
+
+    return field_of
 
 
-def disk_usage(worker, cache, filters: list[str]) -> list[Usage]:
-    return [r for r in _records(worker, cache) if _matches(r, filters)]
+def _matches(flt: Filter, record: Usage) -> bool:
+    return flt.match(_adaptor(record))
 
 
-def prune(worker, cache, *, all: bool, keep_duration: float, filters: list[str],
-          busy: bool = True) -> list[Usage]:
-    """Drop cache records for snapshots no build is using (older than ``keep_duration``, matching
-    ``filters``), then delete every snapshot nothing needs any more, then the records and content
-    blobs only those snapshots needed (blobs only when no build is running: ``busy`` false).
-    Returns the snapshots removed."""
-    before = {r.id: r for r in _records(worker, cache)}
-    cutoff = time.time() - keep_duration if keep_duration > 0 else None
-    for record in before.values():
-        if record.in_use or not _matches(record, filters):
-            continue
-        if cutoff is not None and record.last_used_at > cutoff:
-            continue
-        cache.forget_snapshot(record.id)
-    removed = worker.snapshots.prune(set())
+def disk_usage(worker: UsageWorker, cache: CacheRecords, filters: Sequence[str], *,
+               age_limit: float = 0.0, cache_mounts: Path | None = None) -> list[Usage]:
+    """The records matching ``filters``; with ``age_limit`` (seconds) only those not used within it."""
+    flt = parse_all(list(filters))
+    now = time.time()
+    out = [r for r in records(worker, cache, cache_mounts) if _matches(flt, r)]
+    if age_limit > 0:
+        out = [r for r in out if not r.last_used_at or r.last_used_at <= now - age_limit]
+    return sorted(out, key=lambda r: (r.created_at, r.id))
+
+
+# -- prune -----------------------------------------------------------------------------------------
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def keep_bytes(total: int, free: int, opts: PruneOptions) -> int:
+    """How many bytes of cache a pass may leave (0: no size limit), as BuildKit computes it."""
+    if not (opts.max_used_space or opts.reserved_space or opts.min_free_space):
+        return 0
+    keep = opts.max_used_space
+    excess = opts.min_free_space - free
+    if opts.min_free_space and excess > 0:
+        keep = total - excess if keep == 0 else min(keep, total - excess)
+    elif opts.min_free_space and keep == 0:
+        keep = total  # enough free space: nothing to do
+    return max(keep, opts.reserved_space)
+
+
+def prune(worker: UsageWorker, cache: CacheRecords, options: PruneOptions = PruneOptions(), *,
+          busy: bool = True, cache_mounts: Path | None = None) -> list[Usage]:
+    """One prune pass, then content-store collection. Returns the records removed."""
+    return prune_passes(worker, cache, [options], busy=busy, cache_mounts=cache_mounts)
+
+
+def prune_passes(worker: UsageWorker, cache: CacheRecords, passes: Iterable[PruneOptions], *,
+                 busy: bool, cache_mounts: Path | None = None) -> list[Usage]:
+    """Every pass in order (BuildKit applies all GC policies this way), then content collection."""
+    removed: list[Usage] = []
+    for opts in passes:
+        removed += _prune_once(worker, cache, opts, busy=busy, cache_mounts=cache_mounts)
     gc = collect_content(worker, busy=busy)
     if gc is not None and gc.deleted:
         log.info("prune: deleted %d unreferenced content blobs (%d bytes)", len(gc.deleted), gc.freed)
-    return [before[i] for i in removed if i in before]
+    return removed
 
 
-def collect_content(worker, *, busy: bool):
+def _prune_once(worker: UsageWorker, cache: CacheRecords, opts: PruneOptions, *, busy: bool,
+                cache_mounts: Path | None) -> list[Usage]:
+    flt = parse_all(list(opts.filters))
+    now = time.time()
+    live = {r.id: r for r in records(worker, cache, cache_mounts)}
+    total = sum(r.size for r in live.values() if not r.shared)
+    limit = keep_bytes(total, free_bytes(worker.root) if opts.min_free_space else 0, opts)
+    cutoff = now - opts.keep_duration if opts.keep_duration > 0 else None
+    removed: list[Usage] = []
+    failed: set[str] = set()
+    while True:
+        # (BuildKit stops only below the limit, so "enough free space" still deletes one record)
+        if limit and total <= limit:
+            break
+        needed = {dep for r in live.values() for dep in r.dependencies}
+        candidates = []
+        for r in live.values():
+            if r.in_use or r.id in needed or r.id in failed:
+                continue
+            if not opts.all and (r.record_type in (TYPE_INTERNAL, TYPE_FRONTEND) or r.shared):
+                continue
+            if cutoff is not None and r.last_used_at and r.last_used_at > cutoff:
+                continue
+            if r.record_type == TYPE_CACHE_MOUNT and busy:
+                continue  # a running build may be using the directory
+            if _matches(flt, r):
+                candidates.append(r)
+        if not candidates:
+            break
+        if limit:  # GC mode: the least recently (and least often) used first, one at a time
+            candidates = [min(candidates, key=lambda r: (r.last_used_at, r.usage_count))]
+        for r in candidates:
+            if _remove(worker, cache, r, cache_mounts):
+                removed.append(replace(r, in_use=False))
+                total -= r.size
+                del live[r.id]
+            else:
+                failed.add(r.id)
+    return removed
+
+
+def _remove(worker: UsageWorker, cache: CacheRecords, record: Usage, cache_mounts: Path | None) -> bool:
+    if record.record_type == TYPE_CACHE_MOUNT:
+        if cache_mounts is None:
+            return False
+        remove_tree(cache_mounts / record.id)
+        return True
+    cache.forget_snapshot(record.id)
+    try:
+        worker.snapshots.delete(record.id)
+    except (KeyError, RuntimeError) as exc:  # gone meanwhile, or a build took it (SnapshotInUseError)
+        log.debug("prune: keeping %s: %s", record.id, exc)
+        return False
+    return True
+
+
+def collect_content(worker: UsageWorker, *, busy: bool):
     """Content-store garbage collection for workers that have a content store (``root``)."""
     if getattr(worker, "root", None) is None or not hasattr(worker.snapshots, "usage"):
         return None

@@ -112,8 +112,9 @@ def _worker_id(root: Path) -> str:
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs: list[str] | None = None,
                 docker_insecure: bool = False) -> None:
+    from buildkitpy.control.gc import GarbageCollector, passes_from_policies
     from buildkitpy.control.service import ControlService
-    from buildkitpy.daemon.workerinfo import worker_record
+    from buildkitpy.daemon.workerinfo import default_gc_policies, worker_record
     from buildkitpy.frontend.dockerfile import builder as dockerfile_frontend
     from buildkitpy.gateway.service import LLBBridgeService, jobs_resolver
     from buildkitpy.history.daemon import open_history
@@ -137,10 +138,13 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         return worker_record(worker, cfg)
 
     history = open_history(cfg, worker)
+    gc = GarbageCollector(worker, solver.cache, cache_mounts=solver.cache_mounts.root,
+                          passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
+                          busy=lambda: bool(jobs.active()))
     server = grpc.aio.server(options=GRPC_OPTIONS)
     control_pb2_grpc.add_ControlServicer_to_server(
         ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions, worker_record=record,
-                       history=history.recorder),
+                       history=history.recorder, gc=gc),
         server)
     history.serve(server)
     gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
@@ -174,6 +178,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
              "runc" if worker.executor is not None else "none (runc not found)")
     if ready is not None:
         ready.set()
+    gc.trigger()  # a store left above the policies' limits (a changed config) shrinks at once
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,6 +191,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         if docker_api is not None:
             await docker_api.close()
         await server.stop(grace=2)
+        await gc.wait_idle()
         await history.close()
         solver.close()
         worker.close()

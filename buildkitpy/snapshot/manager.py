@@ -79,6 +79,8 @@ class SnapshotUsage:
     description: str
     created: float
     last_used: float
+    dependencies: tuple[str, ...] = ()  # the snapshots it is built on (its parent, merged layers)
+    usage_count: int = 0  # handles taken on it (cache hits included)
 
 
 @dataclass
@@ -224,6 +226,9 @@ class OverlaySnapshotManager:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(snapshots)")}
+        if "usage_count" not in columns:  # roots made before usage counts were kept
+            self._db.execute("ALTER TABLE snapshots ADD COLUMN usage_count INTEGER NOT NULL DEFAULT 0")
         self.mode = self._choose_mode(mode)
         self._recover()
 
@@ -253,7 +258,8 @@ class OverlaySnapshotManager:
             if rec is None or rec.kind != "committed":
                 raise KeyError(f"no committed snapshot {snapshot_id!r}")
             self._refs[snapshot_id] = self._refs.get(snapshot_id, 0) + 1
-            self._db.execute("UPDATE snapshots SET last_used=? WHERE id=?", (time.time(), snapshot_id))
+            self._db.execute("UPDATE snapshots SET last_used=?, usage_count=usage_count+1 WHERE id=?",
+                             (time.time(), snapshot_id))
             return ImmutableRef(self, rec)
 
     def merge(self, inputs: list[ImmutableRef], description: str = "") -> ImmutableRef:
@@ -313,9 +319,11 @@ class OverlaySnapshotManager:
     def usage(self) -> list[SnapshotUsage]:
         with self._lock:
             records = self._all_records()
+            counts = dict(self._db.execute("SELECT id, usage_count FROM snapshots").fetchall())
             return [SnapshotUsage(r.id, r.parent, r.kind == "active",
                                   r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
-                                  r.size, r.description, r.created, r.last_used) for r in records]
+                                  r.size, r.description, r.created, r.last_used,
+                                  tuple(sorted(r.dependencies())), counts.get(r.id, 0)) for r in records]
 
     def close(self) -> None:
         """Unmount everything this manager mounted and close the database."""

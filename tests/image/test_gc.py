@@ -47,7 +47,7 @@ def image_blobs(registry, repo_tag: str) -> tuple[str, str, list[str]]:
 
 
 def prune(solver, busy: bool = False):
-    return usage.prune(solver.worker, solver.cache, all=True, keep_duration=0, filters=[], busy=busy)
+    return usage.prune(solver.worker, solver.cache, usage.PruneOptions(all=True), busy=busy)
 
 
 def test_prune_drops_blobs_and_records_of_gone_snapshots_keeps_tag_metadata(env, registry):

@@ -211,7 +211,7 @@ async def test_reuse_survives_a_restart_and_falls_back_after_prune(env, short_di
         second = await client.build()
         assert second.parent_id == first.id and second.tree == describe(ctx)
     env.restart()  # drops the solver's in-memory hold on the last results
-    removed = usage.prune(env.worker, env.solver.cache, all=True, keep_duration=0, filters=[])
+    removed = usage.prune(env.worker, env.solver.cache, usage.PruneOptions(all=True))
     assert {first.id, second.id} <= {r.id for r in removed}
     async with serving(env, short_dir, ctx) as client:
         third = await client.build()
