@@ -49,6 +49,7 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
 
     from buildkitpy.snapshot.manager import OverlaySnapshotManager
 
+    platforms = worker_platforms(cfg.platforms, Path(cfg.root) / "tmp")
     executor = None
     if shutil.which("runc"):
         from buildkitpy.executor.runc import RuncExecutor
@@ -57,6 +58,30 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
         executor = RuncExecutor(Path(cfg.root) / "executor")
     snapshots = OverlaySnapshotManager(Path(cfg.root))  # unmounts and drops leftover mounts
     return Worker(id=worker_id, root=Path(cfg.root), snapshots=snapshots,
-                  sessions=sessions, executor=executor,
+                  sessions=sessions, executor=executor, platforms=platforms,
                   max_parallelism=cfg.max_parallelism or os.cpu_count() or 4,
                   insecure_entitlements=frozenset(cfg.insecure_entitlements), config=cfg)
+
+
+def worker_platforms(configured: list[str], scratch: Path) -> list[dict[str, str]]:
+    """The platforms the worker advertises: ``[worker.oci] platforms`` when given, else the host's
+    and every platform a probe shows this machine runs (binfmt_misc emulation included)."""
+    from buildkitpy.executor.emulation import supported_platforms
+    from buildkitpy.llb.errors import LLBError
+    from buildkitpy.llb.platform import Platform
+
+    host = host_platform()
+    names = configured or supported_platforms(str(Platform(host["os"], host["architecture"],
+                                                           host.get("variant", "")).normalized()), scratch)
+    out: list[dict[str, str]] = []
+    for name in names:
+        try:
+            p = Platform.parse(name)
+        except LLBError as exc:
+            raise SystemExit(f"buildkitpyd: [worker.oci] platforms: {exc}") from None
+        entry = {"os": p.os, "architecture": p.architecture}
+        if p.variant:
+            entry["variant"] = p.variant
+        if entry not in out:
+            out.append(entry)
+    return out

@@ -64,6 +64,7 @@ class Config:
     insecure_entitlements: list[str] = field(default_factory=list)
     log_format: str = "text"
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    platforms: list[str] = field(default_factory=list)  # [worker.oci] platforms; empty: detect
     warnings: list[str] = field(default_factory=list)
 
 
@@ -171,6 +172,7 @@ def load_config(path: Path | None) -> Config:
     try:
         cfg.max_parallelism = int(oci.get("max-parallelism", 0))
         cfg.gc = bool(oci.get("gc", True))
+        cfg.platforms = [str(p) for p in oci.get("platforms", [])]
         for i, pol in enumerate(oci.get("gcpolicy", [])):
             pr = _Reader(pol, f"worker.oci.gcpolicy[{i}].", cfg.warnings)
             cfg.gc_policies.append(GCPolicy(
@@ -182,7 +184,7 @@ def load_config(path: Path | None) -> Config:
             pr.finish()
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"buildkitpyd: invalid [worker.oci] setting in {path}: {exc}") from None
-    oci.finish(("enabled", "platforms", "snapshotter", "rootless", "noProcessSandbox",
+    oci.finish(("enabled", "snapshotter", "rootless", "noProcessSandbox",
                 "gckeepstorage", "reservedSpace", "maxUsedSpace", "minFreeSpace", "binary",
                 "apparmor-profile", "selinux", "cniPoolSize", "labels"))
     worker.finish(("containerd",))
