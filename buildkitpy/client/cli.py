@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--verbose", "-v", action="store_true", help="Verbose output")
     pr.add_argument("--format", default="", help="Format the output using the given Go template")
 
+    sub.add_parser("dial-stdio", help="proxy the stdio stream to the daemon connection (for buildx's "
+                   "docker-container and kubernetes drivers)")
+
     dbg = sub.add_parser("debug", help="debug utilities")
     dsub = dbg.add_subparsers(dest="debug_command", metavar="COMMAND", parser_class=_Parser)
     w = dsub.add_parser("workers", help="list workers")
@@ -489,6 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.log_format not in ("text", "json", ""):
             raise OptionError(f'unsupported log type "{args.log_format}"')
+        if args.command == "dial-stdio":
+            from buildkitpy.client.dialstdio import dial_stdio
+
+            dial_stdio(args.addr, args.timeout)
+            return 0
         return anyio.run(run_command, args, sys.stdout, sys.stderr)
     except (NotSupportedYet, UnsupportedAddress) as exc:
         sys.stdout.flush()
