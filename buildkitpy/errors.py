@@ -68,6 +68,26 @@ class SolveError(BuildkitpyError):
         self.exit_code = exit_code
 
 
+_ERROR_BY_CODE: dict[grpc.StatusCode, type[BuildkitpyError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.CANCELLED: Canceled,
+}
+
+
+def from_rpc_status(status) -> BuildkitpyError:
+    """An error for a ``google.rpc.Status`` another process sent (a frontend's Return, an LLBBridge
+    call's failure): the class follows the code, and :func:`to_rpc_status` gives the same status
+    back, details (vertex, source) included."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    err = _ERROR_BY_CODE.get(code, BuildkitpyError)(status.message)
+    err.grpc_code = code
+    err.rpc_status = status  # type: ignore[attr-defined]
+    return err
+
+
 def detail_any(name: str, payload: dict):
     """An ``Any`` detail in BuildKit's JSON-typed form."""
     from google.protobuf import any_pb2
@@ -148,6 +168,8 @@ def to_rpc_status(err: BaseException):
     to fit any gRPC peer's trailer limit (see MAX_STATUS_BYTES)."""
     from google.rpc import status_pb2
 
+    if getattr(err, "rpc_status", None) is not None:
+        return err.rpc_status  # type: ignore[attr-defined]
     code = getattr(err, "grpc_code", grpc.StatusCode.UNKNOWN)
     st = status_pb2.Status(code=code.value[0], message=bounded_message(str(err) or "unknown error"))
     if isinstance(err, SolveError):

@@ -194,6 +194,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
             failure = exc
             raise
         finally:
+            with anyio.CancelScope(shield=True):
+                await job.bridge.release_containers()
             job.bridge.close()
             await self.jobs.finish(job)
             self.gc.trigger()

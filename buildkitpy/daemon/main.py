@@ -116,6 +116,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
     from buildkitpy.control.service import ControlService
     from buildkitpy.daemon.workerinfo import default_gc_policies, worker_record
     from buildkitpy.frontend.dockerfile import builder as dockerfile_frontend
+    from buildkitpy.gateway import container_frontend
     from buildkitpy.gateway.service import LLBBridgeService, jobs_resolver
     from buildkitpy.history.daemon import open_history
     from buildkitpy.jobs import JobRegistry
@@ -147,6 +148,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
                        history=history.recorder, gc=gc),
         server)
     history.serve(server)
+    container_frontend.register(lambda: [record()])
     gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
         LLBBridgeService(jobs_resolver(jobs), lambda: [record()], lambda: worker.executor is not None),
         server)

@@ -8,13 +8,14 @@ the cancellation so nothing is left behind.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -30,7 +31,10 @@ from buildkitpy.snapshot.fs import mkdir_all_in_root, remove_tree, secure_join
 
 log = logging.getLogger(__name__)
 
-OutputCallback = Callable[[bytes], None]
+# A callback may be a coroutine function: the pump awaits it (backpressure for streamed output).
+OutputCallback = Callable[[bytes], None | Awaitable[None]]
+# Input: all of it up front, or a stream (closed, i.e. EOF for the process, when it ends).
+StdinSource = bytes | AsyncIterable[bytes]
 _CHUNK = 64 * 1024
 _KILL_GRACE_SECONDS = 3.0
 
@@ -79,10 +83,11 @@ class RuncExecutor:
         return sorted(ids)
 
     async def run(self, spec: ExecSpec, *, stdout: OutputCallback, stderr: OutputCallback,
-                  stdin: bytes | None = None) -> int:
-        """Run ``spec`` to completion and return its exit status (128+N if killed by signal N)."""
+                  stdin: StdinSource | None = None, container_id: str = "") -> int:
+        """Run ``spec`` to completion and return its exit status (128+N if killed by signal N).
+        ``container_id`` (default: a random one) is the name :meth:`signal` takes."""
         self._validate(spec)
-        container_id = "buildkitpy-" + secrets.token_hex(8)
+        container_id = container_id or "buildkitpy-" + secrets.token_hex(8)
         bundle = self._bundles_dir / container_id
         bundle.mkdir(mode=0o711)
         stubs: MountStubs | None = None
@@ -163,7 +168,7 @@ class RuncExecutor:
     # ------------------------------------------------------------------ running
 
     async def _run_container(self, container_id: str, bundle: Path, stdout: OutputCallback,
-                             stderr: OutputCallback, stdin: bytes | None) -> int:
+                             stderr: OutputCallback, stdin: StdinSource | None) -> int:
         log_file = bundle / "runc-log.json"
         process = await anyio.open_process(
             [self.runc, "--root", str(self._state_dir), "--log", str(log_file), "--log-format", "json",
@@ -175,9 +180,11 @@ class RuncExecutor:
                 assert process.stdout is not None and process.stderr is not None
                 tg.start_soon(_pump, process.stdout, stdout)
                 tg.start_soon(_pump, process.stderr, stderr)
+                feeding = anyio.CancelScope()
                 if stdin is not None:
-                    tg.start_soon(_feed, process, stdin)
+                    tg.start_soon(_feed_within, feeding, process, stdin)
                 code = await process.wait()
+                feeding.cancel()  # a stream may never end on its own
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._kill(container_id, process)
@@ -187,6 +194,17 @@ class RuncExecutor:
             if failure:
                 raise ContainerStartError(failure)
         return 128 - code if code < 0 else code
+
+    async def signal(self, container_id: str, signal_name: str) -> None:
+        """Send a signal (``INT``, ``SIGTERM``, ``9``, ...) to a running container's process."""
+        name = signal_name.upper()
+        if not name.isdigit() and not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            signal.Signals[name] if not name.isdigit() else signal.Signals(int(name))
+        except (KeyError, ValueError):
+            raise InvalidArgument(f"unknown signal {signal_name!r}") from None
+        await self._runc("kill", container_id, name)
 
     async def _kill(self, container_id: str, process: Process) -> None:
         """Kill the container (or runc itself if it never got that far) and reap runc."""
@@ -212,14 +230,25 @@ async def _pump(stream: ByteReceiveStream, callback: OutputCallback) -> None:
                 chunk = await stream.receive(_CHUNK)
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
-            callback(chunk)
+            result = callback(chunk)
+            if inspect.isawaitable(result):
+                await result
 
 
-async def _feed(process: Process, data: bytes) -> None:
+async def _feed_within(scope: anyio.CancelScope, process: Process, data: StdinSource) -> None:
+    with scope:
+        await _feed(process, data)
+
+
+async def _feed(process: Process, data: StdinSource) -> None:
     assert process.stdin is not None
     try:
         async with process.stdin:
-            await process.stdin.send(data)
+            if isinstance(data, bytes):
+                await process.stdin.send(data)
+            else:
+                async for chunk in data:
+                    await process.stdin.send(chunk)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError):
         pass  # the process exited (or closed stdin) before reading everything
 

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from buildkitpy.api import fsutil_stat_pb2, gateway_pb2, ops_pb2
-from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound, Unimplemented
+from buildkitpy.errors import InvalidArgument, NotFound, Unimplemented
 
 Frontend = Callable[["GatewayBridge", dict[str, str], dict[str, ops_pb2.Definition]],
                     Awaitable["FrontendResult"]]
@@ -49,25 +49,39 @@ class FrontendResult:
         return [self.ref] if self.ref is not None else []
 
 
-class ReturnedError(BuildkitpyError):
-    """The client (or frontend) returned an error instead of a result."""
-
-
 class GatewayBridge:
     def __init__(self, job: Any, solver: Any, *, frontend_inputs: dict[str, ops_pb2.Definition]
-                 | None = None) -> None:
+                 | None = None, shared_refs: dict[str, ResultRef] | None = None) -> None:
         from buildkitpy.solver.solver import Job as SolverJob
 
         self.job = job
         self.solver = solver
         self.frontend_inputs = dict(frontend_inputs or {})
-        self._refs: dict[str, ResultRef] = {}
+        # A child bridge (a frontend image's) shares its parent's refs: what it returns stays valid.
+        self._owns_refs = shared_refs is None
+        self._refs: dict[str, ResultRef] = {} if shared_refs is None else shared_refs
+        # Interactive containers (NewContainer), released with the bridge.
+        self.containers: dict[str, Any] = {}
         self._returned: asyncio.Future[FrontendResult] = asyncio.get_running_loop().create_future()
         self._solver_job = SolverJob(id=job.ref, progress=job.progress,
                                      session_ids=[job.session_id] if job.session_id else [],
                                      no_cache="no-cache" in job.frontend_attrs
                                      and job.frontend_attrs.get("no-cache", "") == "",
                                      entitlements=job.entitlements)
+
+    def child(self, frontend_inputs: dict[str, ops_pb2.Definition] | None = None) -> GatewayBridge:
+        """The bridge a nested frontend (a frontend image) talks to: its own inputs, Return and
+        containers; this build's job, solver and refs."""
+        return GatewayBridge(self.job, self.solver, frontend_inputs=frontend_inputs,
+                             shared_refs=self._refs)
+
+    @property
+    def session_id(self) -> str:
+        return self.job.session_id or ""
+
+    def warn(self, vertex: str, message: str, detail: list[bytes] | None = None, *, level: int = 1,
+             url: str = "") -> None:
+        self.job.progress.warning(vertex, message, list(detail or ()), level=level, url=url)
 
     # -- solving -------------------------------------------------------------------------------
 
@@ -215,12 +229,27 @@ class GatewayBridge:
     async def wait_return(self) -> FrontendResult:
         return await asyncio.shield(self._returned)
 
+    def has_returned(self) -> bool:
+        return self._returned.done()
+
+    async def wait_returned(self) -> None:
+        """Until Return (with a result or an error) has been called."""
+        await asyncio.wait([self._returned])
+
+    async def release_containers(self) -> None:
+        """Stop and release every interactive container this bridge created."""
+        while self.containers:
+            _, container = self.containers.popitem()
+            if container is not None:  # None: still being set up by NewContainer, which cleans up
+                await container.release()
+
     def close(self) -> None:
-        for ref in self._refs.values():
-            if ref.snapshot is not None:
-                ref.snapshot.release()
-                ref.snapshot = None
-        self._refs.clear()
+        if self._owns_refs:
+            for ref in self._refs.values():
+                if ref.snapshot is not None:
+                    ref.snapshot.release()
+                    ref.snapshot = None
+            self._refs.clear()
         if not self._returned.done():
             self._returned.cancel()
         elif not self._returned.cancelled():

@@ -7,6 +7,7 @@ service is bound to one bridge directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,8 +15,9 @@ import grpc
 
 from buildkitpy import caps
 from buildkitpy.api import gateway_pb2, gateway_pb2_grpc
-from buildkitpy.errors import NotFound, Unimplemented, unary_handler
-from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge, ReturnedError
+from buildkitpy.errors import NotFound, Unimplemented, abort_for, from_rpc_status, unary_handler
+from buildkitpy.gateway import containers
+from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
     async def Return(self, request, context):
         bridge = await self._resolve(context)
         if request.HasField("error") and request.error.code != 0:
-            bridge.set_return(error=ReturnedError(request.error.message))
+            bridge.set_return(error=from_rpc_status(request.error))
         else:
             result = bridge.from_pb(request.result) if request.HasField("result") else FrontendResult()
             bridge.set_return(result)
@@ -126,8 +128,8 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
     @_handled
     async def Warn(self, request, context):
         bridge = await self._resolve(context)
-        bridge.job.progress.warning(request.digest, request.short.decode(errors="replace"),
-                                    list(request.detail), level=request.level, url=request.url)
+        bridge.warn(request.digest, request.short.decode(errors="replace"), list(request.detail),
+                    level=request.level, url=request.url)
         return gateway_pb2.WarnResponse()
 
     @_handled
@@ -152,15 +154,40 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
 
     @_handled
     async def NewContainer(self, request, context):
-        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+        bridge = await self._resolve(context)
+        await containers.new_container(bridge, request)
+        return gateway_pb2.NewContainerResponse()
 
     @_handled
     async def ReleaseContainer(self, request, context):
-        raise Unimplemented("interactive containers (gateway.exec) are not supported yet")
+        bridge = await self._resolve(context)
+        await containers.release_container(bridge, request.ContainerID)
+        return gateway_pb2.ReleaseContainerResponse()
 
     async def ExecProcess(self, request_iterator, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "interactive containers (gateway.exec) are not supported yet")
+        try:
+            bridge = await self._resolve(context)
+        except BaseException as exc:  # noqa: BLE001
+            await abort_for(context, exc, "LLBBridge.ExecProcess")
+            return
+        outgoing: asyncio.Queue[gateway_pb2.ExecMessage | None] = asyncio.Queue(maxsize=64)
+
+        async def run() -> None:
+            try:
+                await containers.exec_process(bridge, request_iterator, outgoing.put)
+            finally:
+                await outgoing.put(None)
+
+        task = asyncio.ensure_future(run())
+        try:
+            while (msg := await outgoing.get()) is not None:
+                yield msg
+            await task
+        except BaseException as exc:  # noqa: BLE001
+            task.cancel()
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                raise
+            await abort_for(context, exc, "LLBBridge.ExecProcess")
 
     @_handled
     async def ReadFileContainer(self, request, context):

@@ -1,7 +1,11 @@
-"""The ``dockerfile.v0`` frontend: read the Dockerfile (and ``.dockerignore``) through the gateway
-bridge, convert it, solve the result and return it with its image config.
+"""The ``dockerfile.v0`` frontend: read the Dockerfile (and ``.dockerignore``) through the LLBBridge
+API, convert it, solve the result and return it with its image config.
 
-Register it with :func:`register` (the daemon calls it; importing this module changes nothing).
+It is a gateway client and nothing else: :func:`build` takes a
+:class:`~buildkitpy.gateway.client.FrontendClient`, so the same code runs inside the daemon
+(:func:`register`) and standalone in a frontend image (``python -m buildkitpy.frontend.dockerfile``,
+LLBBridge over stdio). A ``# syntax=`` directive (or ``BUILDKIT_SYNTAX``) forwards the build to that
+frontend image through ``gateway.v0``.
 """
 
 from __future__ import annotations
@@ -9,11 +13,10 @@ from __future__ import annotations
 import functools
 import json
 import posixpath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
-from buildkitpy.caps import EXEC_LLB_CAPS, LLB_CAPS
 from buildkitpy.errors import (
     BuildkitpyError,
     InvalidArgument,
@@ -23,10 +26,15 @@ from buildkitpy.errors import (
     Unimplemented,
 )
 from buildkitpy.frontend.dockerignore import read_ignore_file
+from buildkitpy.gateway.bridge import FrontendResult
 
 from .convert import ConvertError, NamedContext, convert
 from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
+
+if TYPE_CHECKING:
+    from buildkitpy.gateway.bridge import GatewayBridge
+    from buildkitpy.gateway.client import FrontendClient
 
 FRONTEND_NAME = "dockerfile.v0"
 DOCKERFILE_LOCAL = "dockerfile"
@@ -38,28 +46,32 @@ def register() -> None:
     """Make ``dockerfile.v0`` available to ``LLBBridge.Solve`` / ``Control.Solve``."""
     from buildkitpy.gateway import bridge
 
-    bridge.FRONTENDS[FRONTEND_NAME] = build
+    bridge.FRONTENDS[FRONTEND_NAME] = build_in_process
 
 
-def _daemon_caps() -> frozenset[str]:
-    return frozenset(LLB_CAPS) | frozenset(EXEC_LLB_CAPS)
+async def build_in_process(bridge: GatewayBridge, opts: dict[str, str],
+                           inputs: dict[str, ops_pb2.Definition]) -> FrontendResult:
+    from buildkitpy.gateway.client import InProcessClient
+
+    return await build(InProcessClient(bridge, opts, inputs))
 
 
-async def _solve_ref(bridge: Any, state: llb.State) -> Any:
-    result = await bridge.solve(definition=llb.marshal(state, caps=_daemon_caps()))
+async def _solve_ref(client: FrontendClient, state: llb.State) -> Any:
+    result = await client.solve(definition=llb.marshal(state, caps=client.llb_caps))
     return result.ref
 
 
-async def _read_optional(bridge: Any, ref: Any, path: str) -> bytes | None:
+async def _read_optional(client: FrontendClient, ref: Any, path: str) -> bytes | None:
     if ref is None:
         return None
     try:
-        return await bridge.read_file(ref.id, path)
+        return await client.read_file(ref.id, path)
     except (NotFound, InvalidArgument):
         return None
 
 
-async def _read_ignore(bridge: Any, session_id: str, local: str, shared_key: str, name: str) -> list[str]:
+async def _read_ignore(client: FrontendClient, session_id: str, local: str, shared_key: str,
+                       name: str) -> list[str]:
     st = llb.local(
         local,
         session_id=session_id or None,
@@ -68,13 +80,13 @@ async def _read_ignore(bridge: Any, session_id: str, local: str, shared_key: str
         differ="none",
         custom_name=name,
     )
-    data = await _read_optional(bridge, await _solve_ref(bridge, st), DOCKERIGNORE)
+    data = await _read_optional(client, await _solve_ref(client, st), DOCKERIGNORE)
     return read_ignore_file(data) if data else []
 
 
 async def _named_context(
-    bridge: Any, session_id: str, name: str, spec: str, opts: dict[str, str], inputs: dict[str, Any]
-) -> NamedContext:
+    client: FrontendClient, session_id: str, name: str, spec: str, opts: dict[str, str],
+    inputs: dict[str, Any]) -> NamedContext:
     """What ``context:NAME=spec`` needs before conversion: a local directory's ``.dockerignore``,
     an input's definition and image config (``input-metadata:KEY``)."""
     nc = NamedContext(spec)
@@ -84,7 +96,7 @@ async def _named_context(
     if nc.kind == "local":
         progress = f"[context {name}] load {DOCKERIGNORE}"
         key = f"context:{name}-{DOCKERIGNORE}"
-        nc.excludes = await _read_ignore(bridge, session_id, value, key, progress)
+        nc.excludes = await _read_ignore(client, session_id, value, key, progress)
     elif nc.kind == "input":
         if value not in inputs:
             raise InvalidArgument(f"invalid input {value} for {name}")
@@ -112,44 +124,53 @@ def _result_vertex(ref: Any) -> str:
     return ops_pb2.Op.FromString(ops[-1]).inputs[0].digest if ops else ""
 
 
-def _check_syntax(bridge: Any, opts: dict[str, str], dockerfile: bytes, vertex: str) -> None:
-    """A ``# syntax=`` directive (or ``build-arg:BUILDKIT_SYNTAX``) names a frontend image to run
-    instead of this one. We cannot run frontend images yet, so: for the Dockerfile frontend's own
-    images build with this built-in frontend and say so; for any other image fail clearly rather
-    than silently building with the wrong frontend."""
+def _syntax(opts: dict[str, str], dockerfile: bytes) -> tuple[str, str]:
+    """The frontend image a build asks for and its command line (``BUILDKIT_SYNTAX`` first, then
+    the ``# syntax=`` directive), or ("", "") to build here. A build that already is the forwarded
+    one (``cmdline`` set) never forwards again."""
     from .parser import DockerfileParseError, parse
 
-    syntax = opts.get("build-arg:BUILDKIT_SYNTAX", "")
-    if not syntax:
+    if "cmdline" in opts:
+        return "", ""
+    cmdline = opts.get("build-arg:BUILDKIT_SYNTAX", "").strip()
+    if not cmdline:
         try:
-            syntax = parse(dockerfile).directive("syntax") or ""
+            cmdline = (parse(dockerfile).directive("syntax") or "").strip()
         except DockerfileParseError:
-            return  # the converter reports parse errors with their line
-    image = syntax.split()[0] if syntax.strip() else ""
-    if not image or opts.get("cmdline"):
-        return
+            return "", ""  # the converter reports parse errors with their line
+    return (cmdline.split()[0], cmdline) if cmdline else ("", "")
+
+
+async def _forward(client: FrontendClient, image: str, cmdline: str, vertex: str) -> FrontendResult | None:
+    """Build with the frontend image ``image`` (through ``gateway.v0``). For the Dockerfile
+    frontend's own images, a pull that fails (an offline machine) falls back to this frontend,
+    with a warning; None means: build here."""
     try:
         repo = llb.reference.parse_normalized(image).name
     except InvalidArgument as e:
-        raise InvalidArgument(f"invalid syntax directive {syntax!r}: {e}") from None
-    if repo in BUILTIN_SYNTAX_REPOS:
-        bridge.job.progress.warning(
-            vertex, f"syntax {image}: frontend images are not supported yet; "
-                "building with buildkitpy's built-in Dockerfile frontend")
-        return
-    raise Unimplemented(f"frontend image {image} (from the syntax directive) is not supported yet: "
-                        "buildkitpy cannot run frontend images; remove the directive to use the built-in "
-                        "Dockerfile frontend")
+        raise InvalidArgument(f"invalid syntax directive {cmdline!r}: {e}") from None
+    try:
+        await client.resolve_image_config(image)
+    except BuildkitpyError as e:
+        if repo not in BUILTIN_SYNTAX_REPOS:
+            raise InvalidArgument(f"failed to resolve frontend image {image} "
+                                  f"(syntax {cmdline!r}): {e}") from None
+        await client.warn(vertex, f"syntax {image}: the frontend image could not be pulled ({e}); "
+                                  "building with buildkitpy's built-in Dockerfile frontend")
+        return None
+    inputs = await client.inputs() if "frontend.inputs" in client.gateway_caps else {}
+    return await client.solve(frontend="gateway.v0",
+                              frontend_opt={**client.opts, "source": image, "cmdline": cmdline},
+                              frontend_inputs=inputs)
 
 
-async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Definition]) -> Any:
-    from buildkitpy.gateway.bridge import FrontendResult
-
+async def build(client: FrontendClient) -> FrontendResult:
+    opts = client.opts
     try:
         options = ConvertOptions.parse(opts)
     except OptionError as e:
         raise InvalidArgument(str(e)) from None
-    session_id = bridge.job.session_id or ""
+    session_id = client.session_id
     filename = options.filename
     follow = [filename, filename + ".dockerignore"]
     if posixpath.basename(filename) == "Dockerfile":
@@ -162,21 +183,26 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         differ="none",
         custom_name=f"[internal] load build definition from {filename}",
     )
-    ref = await _solve_ref(bridge, source)
-    dockerfile = await _read_optional(bridge, ref, filename)
+    ref = await _solve_ref(client, source)
+    dockerfile = await _read_optional(client, ref, filename)
     if dockerfile is None and posixpath.basename(filename) == "Dockerfile":
-        dockerfile = await _read_optional(bridge, ref, follow[-1])
+        dockerfile = await _read_optional(client, ref, follow[-1])
     if dockerfile is None:
         raise NotFound(f"failed to read dockerfile: open {filename}: no such file or directory")
 
-    _check_syntax(bridge, opts, dockerfile, _result_vertex(ref))
+    image, cmdline = _syntax(opts, dockerfile)
+    if image:
+        forwarded = await _forward(client, image, cmdline, _result_vertex(ref))
+        if forwarded is not None:
+            return forwarded
+    inputs = await client.inputs() if options.named_contexts else {}
 
-    ignore_data = await _read_optional(bridge, ref, filename + ".dockerignore")
+    ignore_data = await _read_optional(client, ref, filename + ".dockerignore")
     if ignore_data is not None:
         excludes = read_ignore_file(ignore_data)
     else:
         excludes = await _read_ignore(
-            bridge,
+            client,
             session_id,
             CONTEXT_LOCAL,
             f"{CONTEXT_LOCAL}-{DOCKERIGNORE}",
@@ -184,10 +210,10 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         )
     named: dict[str, NamedContext] = {}
     for name, spec in options.named_contexts.items():
-        named[name] = await _named_context(bridge, session_id, name, spec, opts, inputs)
+        named[name] = await _named_context(client, session_id, name, spec, opts, inputs)
 
-    resolver = getattr(bridge, "resolve_image_config", None)
-    if resolver is not None and options.image_resolve_mode != "default":  # as BuildKit's ResolveMode
+    resolver: Any = client.resolve_image_config
+    if options.image_resolve_mode != "default":  # as BuildKit's ResolveMode
         resolver = functools.partial(resolver, resolve_mode=options.image_resolve_mode)
     try:
         converted = await convert(
@@ -197,7 +223,7 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
             context_ignore=excludes,
             session_id=session_id,
             named_contexts=named,
-            llb_caps=_daemon_caps(),
+            llb_caps=client.llb_caps,
             dockerfile_source=source,
             filename=filename,
         )
@@ -206,15 +232,13 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
         if e.lines:
             sources = [SourceLocation(filename, dockerfile, [(e.lines[0], 0, e.lines[1], 0)])]
         raise SolveError(str(e), sources=sources) from None
-    except BuildkitpyError:
-        raise
 
     if not converted.multi_platform:
         one = converted.single
         metadata = {"containerimage.config": one.image_config}
         if one.base_config is not None:
             metadata["containerimage.base.config"] = one.base_config
-        res = await bridge.solve(definition=one.definition)
+        res = await client.solve(definition=one.definition)
         return FrontendResult(ref=res.ref, metadata=metadata)
 
     refs: dict[str, Any] = {}
@@ -222,7 +246,7 @@ async def build(bridge: Any, opts: dict[str, str], inputs: dict[str, ops_pb2.Def
     platforms = []
     for one in converted.results:
         key = str(one.platform)
-        res = await bridge.solve(definition=one.definition)
+        res = await client.solve(definition=one.definition)
         refs[key] = res.ref
         metadata[f"containerimage.config/{key}"] = one.image_config
         if one.base_config is not None:
