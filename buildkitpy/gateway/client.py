@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from buildkitpy.api import ops_pb2
 from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge
+from buildkitpy.llb.platform import Platform
 
 
 class FrontendClient(Protocol):
@@ -22,6 +23,8 @@ class FrontendClient(Protocol):
     # The LLB caps the daemon accepts and the LLBBridge caps it serves.
     llb_caps: frozenset[str]
     gateway_caps: frozenset[str]
+    # The worker's platforms, its default first: BUILDPLATFORM (BuildKit's BuildOpts().Workers).
+    build_platforms: list[Platform]
 
     async def solve(self, *, definition: ops_pb2.Definition | None = None, frontend: str = "",
                     frontend_opt: dict[str, str] | None = None,
@@ -53,6 +56,8 @@ class InProcessClient:
         worker = bridge.solver.worker
         self.llb_caps = frozenset(c.ID for c in caps.llb_caps(can_exec=worker.executor is not None))
         self.gateway_caps = frozenset(c.ID for c in caps.gateway_caps())
+        self.build_platforms = [Platform(p["os"], p["architecture"], p.get("variant", ""))
+                                for p in worker.platforms]
 
     async def solve(self, *, definition: ops_pb2.Definition | None = None, frontend: str = "",
                     frontend_opt: dict[str, str] | None = None,

@@ -18,6 +18,7 @@ import grpc
 from buildkitpy.api import gateway_pb2, gateway_pb2_grpc, ops_pb2
 from buildkitpy.errors import BuildkitpyError, from_rpc_status, to_rpc_status
 from buildkitpy.gateway.bridge import FrontendResult, ResultRef
+from buildkitpy.llb.platform import Platform
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class GrpcClient:
         self.llb_caps = frozenset(c.ID for c in pong.LLBCaps if c.Enabled)
         self.gateway_caps = frozenset(c.ID for c in pong.FrontendAPICaps if c.Enabled)
         self.workers = list(pong.Workers)
+        self.build_platforms = [Platform(p.OS, p.Architecture, p.Variant)
+                                for p in (self.workers[0].platforms if self.workers else [])]
 
     @classmethod
     async def connect(cls, channel: grpc.aio.Channel, opts: dict[str, str], session_id: str) -> GrpcClient:

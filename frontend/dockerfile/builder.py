@@ -224,6 +224,7 @@ async def build(client: FrontendClient) -> FrontendResult:
             session_id=session_id,
             named_contexts=named,
             llb_caps=client.llb_caps,
+            build_platform=client.build_platforms[0] if client.build_platforms else None,
             dockerfile_source=source,
             filename=filename,
         )

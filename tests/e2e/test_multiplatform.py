@@ -124,3 +124,16 @@ def test_two_platforms_make_one_index(daemon, registry: Registry, tmp_path: Path
     assert seen["arm64"]["note"] == b"built on amd64 for arm64\n"
     assert seen["amd64"]["machine"] == b"x86_64\n" and seen["arm64"]["machine"] == b"aarch64\n"
     assert elf_machine(seen["arm64"]["bin/busybox"]) == "aarch64"
+
+
+def test_build_platform_is_the_workers_first_platform(make_daemon, registry: Registry,  # noqa: ANN001
+                                                      tmp_path: Path) -> None:
+    """A node configured for arm64 only builds with BUILDPLATFORM=linux/arm64, as BuildKit's does."""
+    config = tmp_path / "buildkitd.toml"
+    config.write_text('[worker.oci]\nplatforms = ["linux/arm64"]\n')
+    node = make_daemon("--config", str(config))
+    out = tmp_path / "out"
+    build(node, tmp_path, f"FROM --platform=$BUILDPLATFORM {registry.host}/multi/busybox:latest\n"
+          "ARG BUILDPLATFORM TARGETPLATFORM\nRUN echo $BUILDPLATFORM $TARGETPLATFORM $(uname -m) > /p\n",
+          f"type=local,dest={out}")
+    assert (out / "p").read_text() == "linux/arm64 linux/arm64 aarch64\n"
