@@ -11,10 +11,11 @@ vertex, never an unhandled exception.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import networkx as nx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from buildkitpy.api import ops_pb2
 from buildkitpy.errors import InvalidArgument, SourceLocation
@@ -26,6 +27,7 @@ _MOUNT_TYPES = frozenset(ops_pb2.MountType.values())
 _SHARING_MODES = frozenset(ops_pb2.CacheSharingOpt.values())
 _NET_MODES = frozenset(ops_pb2.NetMode.values())
 _SECURITY_MODES = frozenset(ops_pb2.SecurityMode.values())
+_PLATFORM_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,48 @@ def _bad(dgst: str, msg: str) -> InvalidArgument:
     return InvalidArgument(f"invalid LLB vertex {dgst}: {msg}")
 
 
+def _nul_field(msg: Message, path: str = "") -> str | None:
+    """The path of the first string field (at any depth) holding a NUL byte: no path, argument,
+    environment entry or name can contain one, and the OS would refuse it much later and less
+    clearly ("embedded null byte")."""
+    for fd, value in msg.ListFields():
+        name = f"{path}.{fd.name}" if path else fd.name
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                for k, v in value.items():
+                    if "\0" in k or (isinstance(v, str) and "\0" in v):
+                        return f"{name}[{k!r}]"
+                    if isinstance(v, Message) and (found := _nul_field(v, f"{name}[{k!r}]")):
+                        return found
+            else:
+                items = value if fd.is_repeated else [value]
+                for i, item in enumerate(items):
+                    where = f"{name}[{i}]" if fd.is_repeated else name
+                    if found := _nul_field(item, where):
+                        return found
+        elif fd.type == fd.TYPE_STRING:
+            items = value if fd.is_repeated else [value]
+            for i, item in enumerate(items):
+                if "\0" in item:
+                    return f"{name}[{i}]" if fd.is_repeated else name
+    return None
+
+
+def _validate_platform(dgst: str, op: ops_pb2.Op) -> None:
+    if not op.HasField("platform"):
+        return
+    p = op.platform
+    for label, value in (("OS", p.OS), ("architecture", p.Architecture), ("variant", p.Variant)):
+        if (value or label == "variant") and not _PLATFORM_COMPONENT.fullmatch(value or "x"):
+            raise _bad(dgst, f"invalid platform {label} {value[:100]!r} (letters, digits, '_', '.' and '-')")
+        if value in (".", ".."):
+            raise _bad(dgst, f"invalid platform {label} {value!r}")
+
+
 def _validate_op(dgst: str, kind: str, op: ops_pb2.Op) -> int:
+    if where := _nul_field(op):
+        raise _bad(dgst, f"{where} contains a NUL byte")
+    _validate_platform(dgst, op)
     n_inputs = len(op.inputs)
     if kind == "source":
         ident = op.source.identifier

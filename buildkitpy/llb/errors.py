@@ -4,4 +4,7 @@ from buildkitpy.errors import InvalidArgument
 
 
 class LLBError(InvalidArgument):
-    """Bad builder input (invalid reference, missing args, tmpfs used as a parent, ...)."""
+    """Bad builder input (invalid reference, missing args, tmpfs used as a parent, ...).
+    ``locations`` (``SourceLocation``s) are those of the op at fault, when it has any."""
+
+    locations: tuple = ()

@@ -7,6 +7,7 @@ action has an output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,14 +56,21 @@ class Chown:
 ChownSpec = str | tuple[int, int] | Chown
 
 
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_id(value: str) -> UserSpec:
+    """client/llb's ``parseUID``: a 32-bit signed decimal (Go's ``ParseInt``, so no spaces or ``_``) is
+    an id, anything else a name. A negative id is sent as Go converts it, modulo 2**32 (-1 is
+    4294967295: chown's "leave unchanged")."""
     if value == "root":
         return 0
-    try:
-        uid = int(value, 10)
-    except ValueError:
+    if not _DECIMAL.fullmatch(value):
         return value
-    return uid if -(2**31) <= uid < 2**31 else value
+    uid = int(value, 10)
+    if not -(2**31) <= uid < 2**31:
+        return value
+    return uid & 0xFFFFFFFF
 
 
 def _timestamp(t: Timestamp | None) -> int:

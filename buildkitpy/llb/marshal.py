@@ -46,12 +46,28 @@ class _Collector:
         raise AssertionError("source map was not collected")
 
 
-def _walk(vertex: Vertex, ctx: MarshalContext, col: _Collector) -> None:
-    """Depth-first over inputs, then the vertex itself: a topological order with inputs first."""
-    if id(vertex) in col.seen_vertices:
+def _walk(root: Vertex, ctx: MarshalContext, col: _Collector) -> None:
+    """Depth-first over inputs, then the vertex itself: a topological order with inputs first.
+    Iterative (chains of thousands of ops are plausible), and every vertex is marshalled after its
+    inputs, so marshalling one never recurses into them."""
+    if id(root) in col.seen_vertices:
         return
-    for out in vertex.inputs():
-        _walk(out.vertex, ctx, col)
+    pending = {id(root)}
+    stack = [(root, iter(root.inputs()))]
+    while stack:
+        vertex, inputs = stack[-1]
+        for out in inputs:
+            child = out.vertex
+            if id(child) not in col.seen_vertices and id(child) not in pending:
+                pending.add(id(child))
+                stack.append((child, iter(child.inputs())))
+                break
+        else:
+            stack.pop()
+            _visit(vertex, ctx, col)
+
+
+def _visit(vertex: Vertex, ctx: MarshalContext, col: _Collector) -> None:
     m = vertex.marshal(ctx)
     col.seen_vertices.add(id(vertex))
     col.metadata[m.digest] = col.metadata.get(m.digest, Metadata()).merged(m.metadata)

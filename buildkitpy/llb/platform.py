@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import platform as _host
+import re
 from dataclasses import dataclass
 
 from buildkitpy.api import ops_pb2
 
 from .errors import LLBError
 
+_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
+_OS_COMPONENT = re.compile(r"([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?")
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "i386": "386", "i686": "386",
                  "aarch64": "arm64", "armhf": "arm", "armel": "arm"}
 
@@ -23,11 +26,23 @@ class Platform:
 
     @classmethod
     def parse(cls, spec: str) -> Platform:
-        """``os/arch[/variant]`` (e.g. ``linux/arm/v7``), normalised."""
+        """``os[(version[+feature…])]/arch[/variant]`` (e.g. ``linux/arm/v7``), normalised. Components
+        are checked as containerd's ``platforms.Parse`` checks them, so no ``..``, NUL or ``/`` gets into
+        a platform (it names directories and goes into image indexes)."""
         parts = spec.split("/")
         if len(parts) < 2 or len(parts) > 3 or not all(parts):
             raise LLBError(f"invalid platform {spec!r}: expected os/arch[/variant]")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "").normalized()
+        os_match = _OS_COMPONENT.fullmatch(parts[0])
+        if os_match is None or os_match.group(1) in (".", ".."):
+            raise LLBError(f"invalid platform {spec!r}: {parts[0]!r} is not a valid OS component "
+                           "(letters, digits, '_' and '-', optionally with a (version))")
+        for part in parts[1:]:
+            if not _COMPONENT.fullmatch(part) or part in (".", ".."):
+                raise LLBError(f"invalid platform {spec!r}: {part!r} is not a valid component "
+                               "(letters, digits, '_', '.' and '-')")
+        features = tuple(f for f in (os_match.group(3) or "").split("+") if f)
+        return cls(os_match.group(1), parts[1], parts[2] if len(parts) == 3 else "",
+                   os_match.group(2) or "", features).normalized()
 
     def normalized(self) -> Platform:
         arch = self.architecture.lower()

@@ -80,7 +80,13 @@ class Vertex(ABC):
     def _marshal(self, ctx: MarshalContext) -> MarshalledOp: ...
 
     def marshal(self, ctx: MarshalContext) -> MarshalledOp:
-        return ctx.cached(self, lambda: self._marshal(ctx))
+        try:
+            return ctx.cached(self, lambda: self._marshal(ctx))
+        except UnicodeEncodeError:  # a str holding bytes that were not UTF-8 (surrogate escapes)
+            err = LLBError("the op contains bytes that are not valid UTF-8 (LLB strings must be UTF-8)")
+            constraints = getattr(self, "constraints", None)
+            err.locations = tuple(constraints.locations) if constraints is not None else ()
+            raise err from None
 
 
 class Output:

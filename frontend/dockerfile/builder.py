@@ -31,6 +31,7 @@ from buildkitpy.gateway.bridge import FrontendResult
 from .convert import ConvertError, NamedContext, convert
 from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
+from .errors import DockerfileError
 
 if TYPE_CHECKING:
     from buildkitpy.gateway.bridge import GatewayBridge
@@ -105,7 +106,7 @@ async def _named_context(
         if metadata is not None:
             try:
                 nc.image_config = input_image_config(metadata)
-            except ValueError as e:
+            except DockerfileError as e:
                 raise InvalidArgument(str(e)) from None
     elif nc.kind in ("oci-layout", "git", "http", "https"):
         raise Unimplemented(f"{nc.kind} named contexts are not supported yet (context {name}={spec})")

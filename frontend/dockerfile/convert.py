@@ -25,14 +25,14 @@ from . import image_config as ic
 from .convert_dispatch import DispatchContext, StageState
 from .convert_named import NamedContext
 from .convert_opts import ConvertOptions
+from .errors import DockerfileError
 from .parser import DockerfileParseError
-from .shell import ShellExpansionError
 
 # (normalized image ref, platform) -> (digest or "", config JSON)
 ImageResolver = Callable[[str, Platform], Awaitable[tuple[str, bytes]]]
 
 
-class ConvertError(ValueError):
+class ConvertError(DockerfileError):
     """A Dockerfile that cannot be converted; ``lines`` are the 1-based Dockerfile lines at fault."""
 
     def __init__(self, message: str, lines: tuple[int, int] | None = None) -> None:
@@ -133,7 +133,7 @@ async def _convert_one(
         raise
     except DockerfileParseError as e:
         raise ConvertError(str(e), (e.line, getattr(e, "end_line", None) or e.line)) from None
-    except (ShellExpansionError, ic.ImageConfigError, llb.LLBError, ValueError) as e:
+    except (DockerfileError, llb.LLBError) as e:  # anything else is a bug, not the Dockerfile's fault
         lines = getattr(e, "dockerfile_lines", None)
         raise ConvertError(_located(str(e), lines), lines) from None
 
@@ -163,9 +163,21 @@ async def _convert_one(
         if platform.os_features:
             img["os.features"] = list(platform.os_features)
 
-    definition = llb.marshal(target_state.state, platform=platform, caps=llb_caps)
+    try:
+        definition = llb.marshal(target_state.state, platform=platform, caps=llb_caps)
+    except llb.LLBError as e:
+        lines = _lines_of(e.locations, source_map)
+        raise ConvertError(_located(str(e), lines), lines) from None
     base = ic.to_json(target_state.base_img) if target_state.base_img is not None else None
     return PlatformResult(platform, definition, ic.to_json(img), base, target_state.state)
+
+
+def _lines_of(locations: tuple[llb.SourceLocation, ...], source_map: llb.SourceMap) -> tuple[int, int] | None:
+    """The Dockerfile lines of an op's source locations (the first range in the Dockerfile)."""
+    for loc in locations:
+        if loc.source_map is source_map and loc.ranges:
+            return (loc.ranges[0].start.line, loc.ranges[-1].end.line)
+    return None
 
 
 def _located(message: str, lines: tuple[int, int] | None) -> str:

@@ -17,6 +17,7 @@ from .convert_git import GitRef, GitRefError, parse_git_ref
 from .convert_named import NamedContext
 from .convert_named import load as named_load
 from .convert_named import lookup as named_lookup
+from .errors import DockerfileError, printable
 from .expand import expand
 from .instructions import (
     AddCommand,
@@ -45,7 +46,7 @@ from .instructions import (
 from .mounts import parse_mount
 from .parser import parse as parse_ast
 from .parser import parse_heredoc
-from .shell import Lex
+from .shell import Lex, ShellExpansionError
 
 if TYPE_CHECKING:
     from .convert import ImageResolver
@@ -62,12 +63,18 @@ _COPY_LOCAL = dict(
 )
 
 
-class DispatchError(ValueError):
-    """An error tied to Dockerfile lines (``dockerfile_lines``)."""
+class DispatchError(DockerfileError):
+    """An instruction the converter refuses, with the Dockerfile lines at fault once they are known."""
 
-    def __init__(self, message: str, lines: tuple[int, int] | None) -> None:
+    def __init__(self, message: str, lines: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.dockerfile_lines = lines
+
+
+# instructions whose text goes into LLB (paths, command lines, user names)
+_LLB_INSTRUCTIONS = (RunCommand, CopyCommand, AddCommand, WorkdirCommand, UserCommand)
+# what the converter reports as a problem in the Dockerfile (anything else is a bug of ours)
+USER_ERRORS = (DockerfileError, llb.LLBError)
 
 
 @dataclass(eq=False)
@@ -125,6 +132,11 @@ class StageState:
 
     def env(self) -> dict[str, str]:
         return dict(self.state.env())
+
+
+def _edges(d: StageState) -> list[StageState]:
+    """The stages ``d`` depends on: its base first, then the ones it copies or mounts from."""
+    return ([d.base] if d.base is not None else []) + d.deps
 
 
 def _ins_lines(ins: Instruction) -> tuple[int, int]:
@@ -215,7 +227,7 @@ class DispatchContext:
                 elif kp.value is not None:
                     try:
                         value = self.lex.process_word(kp.value, self.global_args)
-                    except ValueError as e:
+                    except USER_ERRORS as e:
                         raise _with_lines(e, _ins_lines(cmd)) from None
                 else:
                     value = None
@@ -235,7 +247,7 @@ class DispatchContext:
         for i, st in enumerate(stages):
             try:
                 base_name = self.lex.process_word(st.base_name, self.global_args)
-            except ValueError as e:
+            except USER_ERRORS as e:
                 raise _with_lines(e, (st.start_line, st.end_line)) from None
             if not base_name:
                 raise DispatchError(
@@ -246,9 +258,9 @@ class DispatchContext:
                 try:
                     value = self.lex.process_word(st.platform, self.global_args)
                     if not value:
-                        raise ValueError(f"empty platform value from expression {st.platform}")
+                        raise DispatchError(f"empty platform value from expression {st.platform}")
                     d.platform = Platform.parse(value)
-                except ValueError as e:
+                except USER_ERRORS as e:
                     raise DispatchError(
                         f"failed to parse platform {st.platform}: {e}", (st.start_line, st.end_line)
                     ) from None
@@ -256,7 +268,7 @@ class DispatchContext:
             if st.name:
                 try:
                     found = named_lookup(self.named_contexts, st.name, d.platform or self.target_platform)
-                except ValueError as e:
+                except USER_ERRORS as e:
                     raise _with_lines(e, d.lines) from None
             if found is not None:
                 d.named_context = found
@@ -325,7 +337,7 @@ class DispatchContext:
             for ins in d.stage.commands:
                 try:
                     cmd = self._to_command(ins)
-                except ValueError as e:
+                except USER_ERRORS as e:
                     raise _with_lines(e, _ins_lines(ins)) from None
                 d.commands.append(cmd)
                 self._register_sources(d, cmd)
@@ -334,36 +346,40 @@ class DispatchContext:
             self.states[0].stage_name = ""
 
     def _check_cycles(self) -> None:
-        visiting: set[int] = set()
+        """Iterative depth-first search over base and dependency edges (chains can be long)."""
         done: set[int] = set()
-
-        def visit(d: StageState) -> None:
-            if id(d) in done:
-                return
-            if id(d) in visiting:
-                raise DispatchError(f"circular dependency detected on stage: {d.stage_name}", d.lines)
-            visiting.add(id(d))
-            for dep in d.deps + ([d.base] if d.base else []):
-                visit(dep)
-            visiting.discard(id(d))
-            done.add(id(d))
-
-        for d in self.states:
-            visit(d)
+        for start in self.states:
+            if id(start) in done:
+                continue
+            on_path = {id(start)}
+            stack = [(start, iter(_edges(start)))]
+            while stack:
+                d, edges = stack[-1]
+                for dep in edges:
+                    if id(dep) in on_path:
+                        message = f"circular dependency detected on stage: {dep.stage_name}"
+                        raise DispatchError(message, dep.lines)
+                    if id(dep) not in done:
+                        on_path.add(id(dep))
+                        stack.append((dep, iter(_edges(dep))))
+                        break
+                else:
+                    stack.pop()
+                    on_path.discard(id(d))
+                    done.add(id(d))
 
     def _reachable(self, target: StageState) -> list[StageState]:
+        """``target`` and every stage it builds on or copies from (pre-order, iterative)."""
         seen: list[StageState] = []
-
-        def add(d: StageState) -> None:
-            if any(d is s for s in seen):
-                return
+        seen_ids: set[int] = set()
+        stack = [target]
+        while stack:
+            d = stack.pop()
+            if id(d) in seen_ids:
+                continue
+            seen_ids.add(id(d))
             seen.append(d)
-            if d.base is not None:
-                add(d.base)
-            for dep in d.deps:
-                add(dep)
-
-        add(target)
+            stack.extend(reversed(_edges(d)))
         return seen
 
     def _in_file_order(self, subset: list[StageState]) -> list[StageState]:
@@ -386,7 +402,7 @@ class DispatchContext:
                         continue
                     try:
                         await self._resolve_base_image(d, is_reachable)
-                    except ValueError as e:
+                    except USER_ERRORS as e:
                         raise _with_lines(e, d.lines) from None
             new_deps = False
             # file order, so every base stage is initialised before the stages built on it (a base is
@@ -413,12 +429,12 @@ class DispatchContext:
             try:
                 ast = parse_ast(trigger)
                 if len(ast.nodes) != 1:
-                    raise ValueError("onbuild trigger should be a single expression")
+                    raise DispatchError("onbuild trigger should be a single expression")
                 node = ast.nodes[0]
                 node.start_line, node.end_line = d.stage.start_line, d.stage.end_line
                 ins = parse_instruction(node)
                 cmd = self._to_command(ins)
-            except ValueError as e:
+            except USER_ERRORS as e:
                 raise _with_lines(e, d.lines) from None
             cmd.is_onbuild = True
             if cmd.sources:
@@ -432,8 +448,9 @@ class DispatchContext:
     async def _resolve_base_image(self, d: StageState, reachable: bool) -> None:
         try:
             ref = llb.normalize_image_ref(d.base_name)
-        except ValueError as e:
-            raise ValueError(f'failed to parse stage name "{d.base_name}": {e}') from None
+        except llb.LLBError as e:
+            reason = str(e).removeprefix(f"invalid image reference {d.base_name!r}: ")
+            raise DispatchError(f'failed to parse stage name "{d.base_name}": {reason}') from None
         platform = d.platform or self.target_platform
         d.base_name = ref
         is_scratch = False
@@ -446,11 +463,11 @@ class DispatchContext:
                 await self._load_named_base(d, found, platform)
                 return
             if self.resolve_image is None:
-                raise ValueError(f"FROM {d.stage.base_name} needs registry support (not available yet)")
+                raise DispatchError(f"FROM {d.stage.base_name} needs registry support (not available yet)")
             try:
                 dgst, data = await self.resolve_image(ref, platform)
             except Exception as e:  # the resolver's own error, prefixed with the name as BuildKit does
-                raise ValueError(f"{d.stage.base_name}: {e}") from None
+                raise DispatchError(f"{d.stage.base_name}: {e}") from None
             img = ic.parse_image(data)
             d.base_img = copy.deepcopy(img)
             img.pop("created", None)
@@ -551,13 +568,16 @@ class DispatchContext:
         for cmd in d.commands:
             try:
                 self._dispatch(d, cmd)
-            except ValueError as e:
+            except USER_ERRORS as e:
                 raise _with_lines(e, _ins_lines(cmd.ins)) from None
         self.context_paths |= d.ctx_paths
 
     def _dispatch(self, d: StageState, cmd: Command) -> None:
         d.cmd_is_onbuild = cmd.is_onbuild
         ins = cmd.ins
+        if isinstance(ins, _LLB_INSTRUCTIONS) and "\0" in ins.code:
+            # paths, arguments and user names go into LLB and on to the OS, which cannot take a NUL
+            raise DispatchError(f"{ins.name.upper()} contains a NUL byte")
         if not isinstance(ins, ArgCommand):
             ins = expand(ins, d.env(), escape_token=self.lex.escape_token)
         img = d.image
@@ -587,7 +607,7 @@ class DispatchContext:
                 src_state = cmd.sources[0]
                 assert src_state is not None
                 if not src_state.dispatched:
-                    raise ValueError(
+                    raise DispatchError(
                         f'cannot copy from stage "{ins.from_}", it needs to be defined before '
                         f'current stage "{d.stage_name}"'
                     )
@@ -651,7 +671,7 @@ class DispatchContext:
             volumes = cfg.setdefault("Volumes", {})
             for v in ins.volumes:
                 if not v:
-                    raise ValueError("VOLUME specified can not be an empty string")
+                    raise DispatchError("VOLUME specified can not be an empty string")
                 volumes[v] = {}
             ic.commit_to_history(img, f"VOLUME {go_list(ins.volumes)}", with_layer=False)
         elif isinstance(ins, StopSignalCommand):
@@ -682,7 +702,7 @@ class DispatchContext:
     def _display(self, code: str, env: dict[str, str], lex: Lex | None = None) -> str:
         try:
             text = (lex or self.lex).process_word(code, env)
-        except ValueError:
+        except ShellExpansionError:
             text = code
         head, sep, rest = text.partition(" ")
         return head.upper() + sep + rest
@@ -745,7 +765,7 @@ class DispatchContext:
         mounts: list[Any] = []
         if ins.files:
             if len(args) != 1 or not ins.prepend_shell:
-                raise ValueError(f"parsing produced an invalid run command: {go_list(args)}")
+                raise DispatchError(f"parsing produced an invalid run command: {go_list(args)}")
             doc = parse_heredoc(args[0])
             if doc is not None:
                 from .parser import chomp_heredoc_content
@@ -819,7 +839,7 @@ class DispatchContext:
             src_state = sources[i] if i < len(sources) else None
             if frm:
                 if src_state is None or not src_state.dispatched:
-                    raise ValueError(
+                    raise DispatchError(
                         f'cannot mount from stage "{frm}" to "{m.target}", stage needs to be '
                         "defined before current command"
                     )
@@ -829,7 +849,7 @@ class DispatchContext:
                 continue
             if m.type == "ssh":
                 if m.source:
-                    raise ValueError("ssh does not support source")
+                    raise DispatchError("ssh does not support source")
                 # BuildKit sends the id as given: an empty one means "default" to the daemon
                 out.append(
                     llb.ssh(
@@ -847,7 +867,7 @@ class DispatchContext:
                 target = posixpath.join("/", d.state.get_dir(), target)
             target = posixpath.normpath(target) if target else target
             if target == "/":
-                raise ValueError(f'invalid mount target "{target}"')
+                raise DispatchError(f'invalid mount target "{target}"')
             selector = ""
             src = _clean_abs(m.source)
             if src != "/":
@@ -897,14 +917,14 @@ class DispatchContext:
             except ValueError:
                 value = None
                 if ins.chmod.isdigit():
-                    raise ValueError(
+                    raise DispatchError(
                         f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
                         "between 0 and 07777"
                     ) from None
                 mode = ins.chmod
             if value is not None:
                 if value > 0o7777:
-                    raise ValueError(
+                    raise DispatchError(
                         f"invalid chmod parameter: '{ins.chmod}'. it should be octal string and "
                         "between 0 and 07777"
                     )
@@ -912,9 +932,9 @@ class DispatchContext:
         checksum = getattr(ins, "checksum", "")
         if checksum:
             if len(ins.source_paths) != 1:
-                raise ValueError("checksum can't be specified for multiple sources")
+                raise DispatchError("checksum can't be specified for multiple sources")
             if not _is_http(ins.source_paths[0]) and not _is_git(ins.source_paths[0]):
-                raise ValueError("checksum requires HTTP(S) or Git sources")
+                raise DispatchError("checksum requires HTTP(S) or Git sources")
         msg = "ADD" if is_add else "COPY"
         if isinstance(ins, CopyCommand) and ins.parents:
             msg += " --parents"
@@ -940,16 +960,18 @@ class DispatchContext:
             )
 
         for src in ins.source_paths:
+            if printable(src) != src:  # the context's follow paths go into LLB, which must be UTF-8
+                raise DispatchError(f"source path {printable(src)!r} is not valid UTF-8")
             msg += " " + src
             git_ref = parse_git_ref(src)
             if git_ref is not None and not git_ref.indistinguishable_from_local:
                 if not is_add:
-                    raise ValueError("source can't be a git ref for COPY")
+                    raise DispatchError("source can't be a git ref for COPY")
                 add(_git_source(git_ref, ins, pg_name), "/", create_dest_path=True)
                 continue
             if _is_http(src):
                 if not is_add:
-                    raise ValueError("source can't be a URL for COPY")
+                    raise DispatchError("source can't be a URL for COPY")
                 from urllib.parse import urlsplit
 
                 base = posixpath.basename(urlsplit(src).path)
@@ -1090,7 +1112,7 @@ def _secret_mount(m: Any) -> llb.Secret:
     sid = m.source or m.cache_id
     if not sid:
         if not m.target:
-            raise ValueError("one of source, target required")
+            raise DispatchError("one of source, target required")
         sid = posixpath.basename(m.target)
     target = m.target or None
     if m.env is None:
@@ -1117,15 +1139,15 @@ def _git_source(ref: GitRef, ins: AddCommand | CopyCommand, custom_name: str) ->
     """``ADD <git ref>``: the flags and the reference's own query must agree where both are given."""
     keep = getattr(ins, "keep_git_dir", None)
     if keep is not None and ref.keep_git_dir is not None and keep != ref.keep_git_dir:
-        raise ValueError("inconsistent keep-git-dir configuration")
+        raise DispatchError("inconsistent keep-git-dir configuration")
     if ref.keep_git_dir is not None:
         keep = ref.keep_git_dir
     checksum = getattr(ins, "checksum", "")
     if checksum and ref.checksum and checksum != ref.checksum:
-        raise ValueError(f'checksum mismatch "{checksum}" != "{ref.checksum}"')
+        raise DispatchError(f'checksum mismatch "{checksum}" != "{ref.checksum}"')
     checksum = ref.checksum or checksum
     if ref.fetch_by_commit:
-        raise ValueError("fetch-by-commit git references are not supported yet")
+        raise DispatchError("fetch-by-commit git references are not supported yet")
     return llb.git(
         ref.remote,
         ref.ref,
@@ -1227,12 +1249,12 @@ _SIGNALS = {
 def _check_signal(sig: str) -> None:
     if sig.isdigit():
         if int(sig) == 0:
-            raise ValueError(f"invalid signal: {sig}")
+            raise DispatchError(f"invalid signal: {sig}")
         return
     name = sig.upper().removeprefix("SIG")
     if name in _SIGNALS or name.startswith("RTMIN") or name.startswith("RTMAX"):
         return
-    raise ValueError(f"invalid signal: {sig}")
+    raise DispatchError(f"invalid signal: {sig}")
 
 
 def _parse_port(raw: str) -> list[str]:
@@ -1245,9 +1267,9 @@ def _parse_port(raw: str) -> list[str]:
         start = int(start_s)
         end = int(end_s) if end_s else start
     except ValueError:
-        raise ValueError(f"invalid containerPort: {container}") from None
+        raise DispatchError(f"invalid containerPort: {container}") from None
     if start < 0 or end > 65535 or end < start:
-        raise ValueError(f"invalid containerPort: {container}")
+        raise DispatchError(f"invalid containerPort: {container}")
     return [f"{p}/{proto.lower()}" for p in range(start, end + 1)]
 
 

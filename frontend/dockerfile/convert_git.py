@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from .errors import DockerfileError
 from .gocompat import parse_bool
 
 _PROTO = re.compile(r"^[a-zA-Z0-9]+://")
@@ -20,7 +21,7 @@ _SCP = re.compile(r"^([a-zA-Z0-9-_]+)@([a-zA-Z0-9-.]+):(.*?)(?:\?(.*?))?(?:#(.*)
 _PROTOCOLS = ("http", "https", "ssh", "git")
 
 
-class GitRefError(ValueError):
+class GitRefError(DockerfileError):
     """A source that is a git reference but a malformed one."""
 
 

@@ -23,11 +23,17 @@ from buildkitpy.llb.constraints import Metadata, ProgressGroup
 from buildkitpy.llb.vertex import MarshalContext, MarshalledOp, Output, Vertex
 
 from . import image_config as ic
+from .errors import DockerfileError
 
 if TYPE_CHECKING:
     from .convert import ImageResolver
 
 SUPPORTED_KINDS = ("local", "docker-image", "input")
+
+
+class NamedContextError(DockerfileError):
+    """A named context option that names nothing usable."""
+
 IMAGE_CONFIG_KEY = "containerimage.config"
 
 
@@ -54,7 +60,7 @@ def context_name(name: str) -> str:
     try:
         ref = llb.reference.parse_normalized(name)
     except (ValueError, llb.LLBError) as e:
-        raise ValueError(f"invalid context name {name}: {e}") from None
+        raise NamedContextError(f"invalid context name {name}: {e}") from None
     familiar = ref.name
     if familiar.startswith("docker.io/"):
         familiar = familiar[len("docker.io/") :]
@@ -91,11 +97,11 @@ async def load(
     if nc.kind == "input":
         return _load_input(nc, value, key)
     if nc.kind == "oci-layout":
-        raise ValueError(f"oci-layout named contexts are not supported yet (context {key}): "
+        raise NamedContextError(f"oci-layout named contexts are not supported yet (context {key}): "
                          "buildkitpy has no oci-layout source")
     if nc.kind in ("git", "http", "https"):
-        raise ValueError(f"{nc.kind} named contexts are not supported yet (context {key})")
-    raise ValueError(f"unsupported context source {kind} for {key}")
+        raise NamedContextError(f"{nc.kind} named contexts are not supported yet (context {key})")
+    raise NamedContextError(f"unsupported context source {kind} for {key}")
 
 
 async def _load_image(
@@ -106,13 +112,13 @@ async def _load_image(
     try:
         named = llb.normalize_image_ref(ref)
     except (ValueError, llb.LLBError) as e:
-        raise ValueError(f"invalid image reference {ref!r} for context {key}: {e}") from None
+        raise NamedContextError(f"invalid image reference {ref!r} for context {key}: {e}") from None
     if resolve_image is None:
-        raise ValueError(f"context {key}: docker-image contexts need registry support (not available)")
+        raise NamedContextError(f"context {key}: docker-image contexts need registry support (not available)")
     try:
         _dgst, data = await resolve_image(named, platform)
     except Exception as e:  # the resolver's own error, named after the context
-        raise ValueError(f"context {key}: {e}") from None
+        raise NamedContextError(f"context {key}: {e}") from None
     img = ic.parse_image(data)
     img.pop("created", None)
     st = llb.image(named, platform=platform, custom_name=f"[context {key}] {ref}")
@@ -121,7 +127,7 @@ async def _load_image(
 
 def _load_input(nc: NamedContext, name: str, key: str) -> tuple[llb.State, ic.Image | None]:
     if nc.definition is None:
-        raise ValueError(f"invalid input {name} for {key}")
+        raise NamedContextError(f"invalid input {name} for {key}")
     st = definition_state(nc.definition)
     if nc.image_config is None:
         return st, None
@@ -135,7 +141,7 @@ def input_image_config(metadata_json: str) -> bytes | None:
         value = m.get(IMAGE_CONFIG_KEY) if isinstance(m, dict) else None
         return base64.b64decode(value, validate=True) if value is not None else None
     except (ValueError, TypeError) as e:
-        raise ValueError(f"failed to parse input metadata {metadata_json}: {e}") from None
+        raise NamedContextError(f"failed to parse input metadata {metadata_json}: {e}") from None
 
 
 # ---- a solved definition as a state (client/llb's DefinitionOp) -------------------------------------------
@@ -166,7 +172,7 @@ def definition_state(definition: ops_pb2.Definition) -> llb.State:
         if dgst in vertices:
             return vertices[dgst]
         if dgst not in by_digest:
-            raise ValueError(f"invalid input definition: op {dgst} is missing")
+            raise NamedContextError(f"invalid input definition: op {dgst} is missing")
         op = ops_pb2.Op.FromString(by_digest[dgst])
         inputs = [Output(vertex(i.digest), i.index) for i in op.inputs]
         vertices[dgst] = _DefinitionVertex(by_digest[dgst], _metadata(definition.metadata.get(dgst)), inputs)
@@ -174,7 +180,7 @@ def definition_state(definition: ops_pb2.Definition) -> llb.State:
 
     terminal = ops_pb2.Op.FromString(raw[-1])
     if not terminal.inputs:
-        raise ValueError("invalid input definition: no terminal op")
+        raise NamedContextError("invalid input definition: no terminal op")
     head = terminal.inputs[0]
     return llb.State.from_output(Output(vertex(head.digest), head.index))
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from buildkitpy.llb import Platform
 
+from .errors import DockerfileError
 from .gocompat import parse_bool, ram_in_bytes
 
 
-class OptionError(ValueError):
+class OptionError(DockerfileError):
     """A frontend option with a bad value."""
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .errors import DockerfileError
 from .gocompat import with_suggestion
 
 
-class FlagError(ValueError):
+class FlagError(DockerfileError):
     """A flag the instruction does not accept, or one with a bad value."""
 
 

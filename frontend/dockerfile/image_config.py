@@ -13,6 +13,8 @@ from typing import Any
 
 from buildkitpy.llb import Platform
 
+from .errors import DockerfileError, printable
+
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -51,7 +53,7 @@ _HEALTH_KEYS = ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "
 _HISTORY_KEYS = ("created", "created_by", "author", "comment", "empty_layer")
 
 
-class ImageConfigError(ValueError):
+class ImageConfigError(DockerfileError):
     """A base image config that is not a JSON image config."""
 
 
@@ -145,7 +147,7 @@ def _ordered(obj: dict[str, Any], keys: tuple[str, ...], always: set[str] = froz
 
 def to_go_json(value: Any) -> bytes:
     """Compact JSON with Go's HTML-safe escapes and sorted map keys."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = printable(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
     for char, escaped in (
         ("<", "\\u003c"),
         (">", "\\u003e"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import DockerfileError
 from .gocompat import parse_bool, parse_uint, quote, ram_in_bytes, with_suggestion
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
@@ -23,7 +24,7 @@ _MOUNT_KEYS = [
 Expander = Callable[[str], str]
 
 
-class MountError(ValueError):
+class MountError(DockerfileError):
     """An invalid ``--mount`` or ``--device`` value (message as BuildKit words it)."""
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .errors import DockerfileError
 from .gocompat import is_space, quote, trim_left_space, trim_space
 from .shell import Lex, ShellExpansionError
 
@@ -35,7 +36,7 @@ _HEREDOC_KEYWORDS = frozenset({"add", "copy", "run"})
 _HEREDOC_COMPOUND_KEYWORDS = frozenset({"onbuild"})
 
 
-class DockerfileParseError(ValueError):
+class DockerfileParseError(DockerfileError):
     """A Dockerfile BuildKit would reject before building anything.
 
     ``str()`` is the message BuildKit shows (``dockerfile parse error on line 3: unknown instruction:

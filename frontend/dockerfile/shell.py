@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .errors import DockerfileError
 from .gocompat import is_digit, is_letter, is_space, quote
 
 _EOF = ""
@@ -24,12 +25,17 @@ _EOF = ""
 _EOF_TEXT = "\ufffd"
 
 
-class ShellExpansionError(ValueError):
+class ShellExpansionError(DockerfileError):
     """A word could not be expanded; ``str()`` is BuildKit's message (``failed to process "...": ...``)."""
 
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason or message
+
+
+# ``${A:-${B:-…}}`` nesting is recursive here; bounded well below Python's recursion limit (BuildKit's
+# Go stack takes more; real Dockerfiles nest a few levels)
+MAX_SUBSTITUTION_DEPTH = 100
 
 
 class _Fail(Exception):
@@ -119,6 +125,7 @@ class Lex:
         self._words_buf: list[str] = []
         self._matched: set[str] = set()
         self._unmatched: set[str] = set()
+        self._depth = 0
         try:
             result, words = self._process_stop_on(_EOF, self._raw_esc)
         except _Fail as err:
@@ -245,6 +252,15 @@ class Lex:
             out.append(ch)
 
     def _process_dollar(self) -> str:
+        self._depth += 1
+        try:
+            if self._depth > MAX_SUBSTITUTION_DEPTH:
+                raise _Fail(f"variable substitutions nested more than {MAX_SUBSTITUTION_DEPTH} levels deep")
+            return self._process_dollar_body()
+        finally:
+            self._depth -= 1
+
+    def _process_dollar_body(self) -> str:
         self._next()
         if self._peek() != "{":
             name = self._process_name()

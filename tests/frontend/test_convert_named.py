@@ -11,6 +11,7 @@ from buildkitpy import llb
 from buildkitpy.api import ops_pb2
 from buildkitpy.frontend.dockerfile.convert import ConvertError, NamedContext, convert
 from buildkitpy.frontend.dockerfile.convert_named import context_name, input_image_config
+from buildkitpy.frontend.dockerfile.errors import DockerfileError
 
 pytestmark = pytest.mark.anyio
 AMD64 = llb.Platform("linux", "amd64")
@@ -120,7 +121,7 @@ def test_input_metadata_carries_a_base64_image_config() -> None:
     raw = json.dumps(CONFIG).encode()
     assert input_image_config(json.dumps({"containerimage.config": base64.b64encode(raw).decode()})) == raw
     assert input_image_config("{}") is None
-    with pytest.raises(ValueError, match="failed to parse input metadata"):
+    with pytest.raises(DockerfileError, match="failed to parse input metadata"):
         input_image_config("not json")
 
 

@@ -165,3 +165,22 @@ def test_deep_chain_loads():
         prev = b.file([mkfile(f"/f{i}", b"x", input=0)], inputs=[prev])
     g = load_definition(b.definition(prev))
     assert len(g.order) == 3000 and g.order[-1] == prev
+
+
+@pytest.mark.parametrize("op,message", [
+    (ops_pb2.Op(file=ops_pb2.FileOp(actions=[ops_pb2.FileAction(input=-1, secondaryInput=-1, output=0,
+                                                                mkdir=ops_pb2.FileActionMkDir(path="/a\0b"))])),
+     r"file.actions\[0\].mkdir.path contains a NUL byte"),
+    (ops_pb2.Op(source=ops_pb2.SourceOp(identifier="local://ctx", attrs={"local.followpaths": '["a\0"]'})),
+     r"source.attrs\['local.followpaths'\] contains a NUL byte"),
+    (ops_pb2.Op(source=ops_pb2.SourceOp(identifier="local://ctx"),
+                platform=ops_pb2.Platform(OS="linux", Architecture="../../")),
+     "invalid platform architecture '../../'"),
+    (ops_pb2.Op(source=ops_pb2.SourceOp(identifier="local://ctx"),
+                platform=ops_pb2.Platform(OS="linux", Architecture="amd64", Variant="v\0")),
+     r"platform.Variant contains a NUL byte"),
+])
+def test_nul_bytes_and_bad_platforms_are_refused(op: ops_pb2.Op, message: str) -> None:
+    b = LLB()
+    with pytest.raises(InvalidArgument, match=message):
+        load_definition(b.definition(b.add(op)))

@@ -1,0 +1,52 @@
+"""ADD's archive extraction reports a member it cannot create by its name, kind and reason."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from buildkitpy.errors import SolveError
+from buildkitpy.solver.ops.tarunpack import unpack
+
+
+def archive(path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for info, data in members:
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info
+
+
+def test_hard_link_to_a_missing_member_names_it(tmp_path: Path) -> None:
+    tar = archive(tmp_path / "a.tar", (member("ok.txt"), b"x"),
+                  (member("link", tarfile.LNKTYPE, linkname="missing"), b""))
+    with pytest.raises(SolveError) as err:
+        unpack(tar, tmp_path / "dest", None)
+    assert str(err.value) == "failed to extract a.tar: link 'link': no such file or directory"
+
+
+def test_device_node_without_cap_mknod_says_so(tmp_path: Path) -> None:
+    tar = archive(tmp_path / "d.tar", (member("null", tarfile.CHRTYPE, devmajor=1, devminor=3), b""))
+    (tmp_path / "dest").mkdir()
+    # in a new user namespace root has no CAP_MKNOD over the host's devices: mknod is EPERM there
+    script = ("import sys; from pathlib import Path; from buildkitpy.solver.ops.tarunpack import unpack\n"
+              "try: unpack(Path(sys.argv[1]), Path(sys.argv[2]), None)\n"
+              "except Exception as e: print(type(e).__name__, e)\n")
+    res = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", script,
+                          str(tar), str(tmp_path / "dest")], capture_output=True, text=True, timeout=60)
+    expected = ("SolveError failed to extract d.tar: device node 'null': operation not permitted "
+                "(creating device nodes needs CAP_MKNOD outside a user namespace)")
+    assert res.stdout.strip() == expected, res.stdout + res.stderr
