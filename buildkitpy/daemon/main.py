@@ -168,7 +168,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
     if docker_addrs:
         os.chmod(internal, 0o600)
         try:
-            docker_api = await dockerapi.start(root=cfg.root, worker=worker, addresses=docker_addrs,
+            docker_api = await dockerapi.start(root=cfg.root, worker=worker, sessions=sessions,
+                                               addresses=docker_addrs,
                                                insecure_tcp=docker_insecure,
                                                tls=(cfg.tls.cert, cfg.tls.key, cfg.tls.ca))
         except Exception as exc:

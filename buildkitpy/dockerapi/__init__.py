@@ -33,7 +33,7 @@ class DockerAPIHandle:
         self.api.images.close()
 
 
-async def start(*, root: Path, worker: Any, addresses: list[str], insecure_tcp: bool,
+async def start(*, root: Path, worker: Any, sessions: Any, addresses: list[str], insecure_tcp: bool,
                 tls: tuple[str, str, str] | None) -> DockerAPIHandle:
     """Listen on ``addresses`` (the Control API must already be serving ``control_address``)."""
     import shutil
@@ -50,7 +50,8 @@ async def start(*, root: Path, worker: Any, addresses: list[str], insecure_tcp: 
     puller = puller_for(worker)
     images = ImageStore(base, puller.store, puller.chains)
     control = Client.connect(control_address(root))
-    api = EngineAPI(root=base, control=control, images=images, worker=worker)
+    api = EngineAPI(root=base, control=control, images=images, worker=worker, sessions=sessions,
+                    control_socket=str(base / CONTROL_SOCKET))
     server = EngineAPIServer(api.router())
     context = tls_context(*tls) if tls and tls[0] and tls[1] else None
     try:

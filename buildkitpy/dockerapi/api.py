@@ -25,7 +25,7 @@ from buildkitpy.dockerapi.classic import BuildFailed, ClassicBuild, tag_names
 from buildkitpy.dockerapi.contexttar import extract, spool
 from buildkitpy.dockerapi.http import ClientGone, HTTPError, Request
 from buildkitpy.dockerapi.imagestore import ImageStore
-from buildkitpy.dockerapi.options import BUILDER_CLASSIC, BuildOptions, bool_arg
+from buildkitpy.dockerapi.options import BUILDER_BUILDKIT, BUILDER_CLASSIC, BuildOptions, bool_arg
 from buildkitpy.dockerapi.server import (
     API_VERSION,
     ENGINE_VERSION,
@@ -53,6 +53,8 @@ class EngineAPI:
     control: Any  # buildkitpy.client.connection.Client
     images: ImageStore
     worker: Any
+    sessions: Any  # buildkitpy.session.manager.SessionManager
+    control_socket: str  # path of the Control API's private socket
     builds: dict[str, RunningBuild] = field(default_factory=dict)
 
     def router(self) -> Router:
@@ -66,13 +68,15 @@ class EngineAPI:
         r.add("POST", "/build", self.build)
         r.add("POST", "/build/prune", self.build_prune)
         r.add("POST", "/build/cancel", self.build_cancel)
+        r.add("POST", "/grpc", self.grpc)
+        r.add("POST", "/session", self.session)
         images.add_routes(r, self)
         return r
 
     # -- system ------------------------------------------------------------------------------------
 
     async def ping(self, req: Request) -> None:
-        headers = response_headers(req) + [("Builder-Version", BUILDER_CLASSIC), ("Swarm", "inactive"),
+        headers = response_headers(req) + [("Builder-Version", BUILDER_BUILDKIT), ("Swarm", "inactive"),
                                            ("Cache-Control", "no-cache, no-store, must-revalidate"),
                                            ("Pragma", "no-cache")]
         if req.method == "HEAD":
@@ -184,6 +188,16 @@ class EngineAPI:
                 raise
             await stream.error(str(exc))
         await stream.close()
+
+    async def grpc(self, req: Request) -> None:
+        from buildkitpy.dockerapi.hijack import grpc_proxy
+
+        await grpc_proxy(req, self.control_socket)
+
+    async def session(self, req: Request) -> None:
+        from buildkitpy.dockerapi.hijack import session
+
+        await session(req, self.sessions)
 
     async def build_cancel(self, req: Request) -> None:
         build_id = req.arg("id")

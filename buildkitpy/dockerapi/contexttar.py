@@ -49,6 +49,7 @@ def extract(archive: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if archive.stat().st_size == 0:
         return  # an empty body is an empty context
+    _complete_plain_tar(archive)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             members = []
@@ -70,6 +71,21 @@ def extract(archive: Path, dest: Path) -> None:
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise ContextError(f"invalid build context: the body is not a readable tar archive "
                            f"(plain, gzip, bzip2 or xz): {exc}") from None
+
+
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+def _complete_plain_tar(archive: Path) -> None:
+    """The docker CLI's context tar can end right after the last file's data, without the block
+    padding and end-of-archive blocks (it rewrites the stream to add an out-of-context Dockerfile);
+    Go's reader accepts that, Python's does not. Zero blocks after the data are harmless."""
+    with open(archive, "rb+") as f:
+        head = f.read(6)
+        if any(head.startswith(magic) for magic in _COMPRESSED_MAGIC):
+            return
+        size = f.seek(0, os.SEEK_END)
+        f.write(b"\0" * ((-size) % 512 + 1024))
 
 
 def _refuse_symlinked_parent(dest: Path, rel: str) -> None:

@@ -168,13 +168,18 @@ class HTTPConnection:
                            ) -> None:
         await self.respond(status, (json.dumps(value) + "\n").encode(), headers=headers)
 
-    async def hijack(self, protocol: str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    async def hijack(self, protocol: str) -> bytes:
         """Answer ``101 Switching Protocols`` and hand the raw socket to the caller; returns bytes
-        the client already sent past the request."""
+        the client already sent past the request. The request must have asked for the upgrade."""
+        if self.h11.their_state is h11.SEND_BODY:
+            await self.discard_body()
+        if self.h11.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            raise HTTPError(400, f"this endpoint needs an upgraded connection (Connection: Upgrade, "
+                                 f"Upgrade: {protocol})")
         await self._send(h11.InformationalResponse(status_code=101, headers=[
-            (b"Connection", b"Upgrade"), (b"Upgrade", protocol.encode("latin-1")),
-            *[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers or []]]))
+            (b"Connection", b"Upgrade"), (b"Upgrade", protocol.encode("latin-1"))]))
         self.hijacked = True
+        self.response_started = True
         return bytes(self.h11.trailing_data[0])
 
     async def close(self) -> None:

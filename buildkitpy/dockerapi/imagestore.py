@@ -94,14 +94,28 @@ class ImageStore:
     # -- records -----------------------------------------------------------------------------------
 
     def add(self, image_id: str, manifest_digest: str, parent: str = "") -> ImageRecord:
-        """Record an image whose manifest (and everything it names) is in the content store."""
+        """Record an image whose manifest (and everything it names) is in the content store; given
+        an index (an image with attestations), its image manifest for ``image_id``."""
         manifest = json.loads(self.content.read(manifest_digest))
+        if "manifests" in manifest:
+            manifest_digest = self._image_manifest(manifest, image_id)
+            manifest = json.loads(self.content.read(manifest_digest))
         size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers") or [])
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO images (id, manifest_digest, parent, created, size) "
                              "VALUES (?,?,?,?,?)", (image_id, manifest_digest, parent, time.time(), size))
         self.chains.put_image_ref(INTERNAL_NAME_PREFIX + image_id, "", manifest_digest, manifest_digest)
         return self.get(image_id)
+
+    def _image_manifest(self, index: dict[str, Any], image_id: str) -> str:
+        for entry in index.get("manifests") or []:
+            annotations = entry.get("annotations") or {}
+            if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+                continue
+            doc = json.loads(self.content.read(entry["digest"]))
+            if (doc.get("config") or {}).get("digest") == image_id:
+                return entry["digest"]
+        raise InvalidArgument(f"the index has no image manifest for config {image_id}")
 
     def _row(self, image_id: str) -> ImageRecord | None:
         with self._lock:

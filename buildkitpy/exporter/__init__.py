@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from buildkitpy.errors import InvalidArgument, Unimplemented
+from buildkitpy.errors import InvalidArgument
 
 
 @dataclass
@@ -38,6 +38,8 @@ def resolve(kind: str) -> Exporter:
                                       "docker": docker.export, "image": image.export}
     if kind in exporters:
         return exporters[kind]
-    if kind == "moby":
-        raise Unimplemented(f"exporter {kind!r} is not supported yet")
+    if kind == "moby":  # the Docker Engine's image store (buildx's docker driver)
+        from buildkitpy.dockerapi import mobyexporter
+
+        return mobyexporter.export
     raise InvalidArgument(f"unknown exporter type {kind!r}")

@@ -197,6 +197,13 @@ class SessionManager:
                 err = errors.BuildkitpyError(f"session {header.id} failed: {err}")
             await errors.abort_with(context, err)
 
+    async def attach(self, header: SessionHeader, incoming: AsyncIterable[bytes],
+                     outgoing: MemoryObjectSendStream[bytes]) -> None:
+        """Serve a session whose HTTP/2 bytes arrive some other way than ``Control.Session`` (the
+        Engine API's hijacked ``POST /session``); returns when the session ends."""
+        self._check_not_active(header.id)
+        await self._run(header, incoming, outgoing)
+
     async def _run(self, header: SessionHeader, incoming: AsyncIterable[bytes],
                    outgoing: MemoryObjectSendStream[bytes]) -> None:
         try:

@@ -1,0 +1,46 @@
+"""The ``moby`` exporter (what buildx's docker driver asks for): the image exporter's result, also
+recorded in the Engine API's image store under its names, as the Docker Engine's BuildKit stores
+builds in the engine's images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from buildkitpy.exporter import ExportContext
+
+# Attributes BuildKit's moby exporter takes that mean nothing to our image exporter.
+_MOBY_ONLY = ("prefer-image-digest",)
+
+
+async def export(ctx: ExportContext) -> dict[str, str]:
+    from buildkitpy.dockerapi import state_dir
+    from buildkitpy.dockerapi.imagestore import ImageStore
+    from buildkitpy.exporter import image
+    from buildkitpy.solver.ops.source_image import puller_for
+
+    attrs = {k: v for k, v in ctx.attrs.items() if k not in _MOBY_ONLY}
+    attrs.setdefault("store", "true")
+    response = await image.export(ExportContext(index=ctx.index, attrs=attrs, result=ctx.result,
+                                                bridge=ctx.bridge, session=ctx.session,
+                                                progress=ctx.progress))
+    config = response.get(image.RESP_CONFIG_DIGEST, "")
+    manifest = response.get(image.RESP_DIGEST, "")
+    names = [n for n in response.get(image.RESP_NAME, "").split(",") if n]
+    if config and manifest:
+        worker: Any = ctx.bridge.solver.worker
+
+        def record() -> None:
+            puller = puller_for(worker)
+            store = ImageStore(state_dir(worker.root), puller.store, puller.chains)
+            try:
+                store.add(config, manifest)
+                for name in names:
+                    if "@" not in name:
+                        store.tag(config, name)
+            finally:
+                store.close()
+
+        await anyio.to_thread.run_sync(record)
+    return response
