@@ -169,6 +169,7 @@ class EngineAPIServer:
                 return
 
     async def _handle(self, conn: HTTPConnection, request: Request) -> None:
+        log.debug("Engine API %s %s", request.method, request.target)
         headers = [("Api-Version", API_VERSION), ("Ostype", "linux"),
                    ("Server", f"Docker/{ENGINE_VERSION} (linux)"), ("Docker-Experimental", "false")]
         try:

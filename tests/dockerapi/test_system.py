@@ -34,7 +34,7 @@ def test_ping_headers_and_version_prefix(engine):
     raw = engine.raw(b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
     head = raw.decode("latin-1").lower()
     assert head.startswith("http/1.1 200")
-    assert "api-version: 1.50" in head and "builder-version: 1" in head
+    assert "api-version: 1.50" in head and "builder-version: 2" in head
     status, body = _status_and_body(engine.raw(b"GET /v1.41/version HTTP/1.1\r\nHost: d\r\n"
                                                b"Connection: close\r\n\r\n"))
     assert status == 200 and json.loads(body)["ApiVersion"] == "1.50"
