@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
+PENDING_REPOSITORY = "buildkitpy-internal/classic-step"
 _EXIT_CODE = re.compile(r'process "(.*)" did not complete successfully: exit code: (\d+)', re.S)
 
 
@@ -275,19 +276,22 @@ class ClassicBuild:
             attrs["ulimit"] = ",".join(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}"
                                        for u in self.opts.ulimits)
         auths = docker_config_auths(self.opts.registry_auth)
+        # A name holds the exported blobs until the image store records the image: the daemon
+        # collects unnamed content after every build.
+        pending = f"{PENDING_REPOSITORY}:{secrets.token_hex(16)}"
         opt = SolveOpt(local_dirs={"context": self.context, "dockerfile": step_dir},
                        frontend="dockerfile.v0", frontend_attrs=attrs,
-                       exports=[ExportEntry(type="image", attrs={"store": "true"})],
+                       exports=[ExportEntry(type="image", attrs={"store": "true", "name": pending})],
                        shared_key=self.shared_key, registry_auth=False,
                        attachables=[AuthAttachable(config={"auths": auths})],
                        entitlements=["network.host"] if self.opts.network_mode == "host" else [])
-        pending: list[str] = []
+        logs: list[str] = []
 
         def on_status(msg: Any) -> None:
             if step.kind != "run":
                 return
             for entry in msg.logs:
-                pending.append(entry.msg.decode("utf-8", "replace"))
+                logs.append(entry.msg.decode("utf-8", "replace"))
 
         gone: list[ClientGone] = []
 
@@ -295,8 +299,8 @@ class ClassicBuild:
             try:
                 while True:
                     await anyio.sleep(0.05)
-                    while pending:
-                        await self.out(pending.pop(0))
+                    while logs:
+                        await self.out(logs.pop(0))
             except ClientGone as exc:  # the client hung up: stop the build
                 gone.append(exc)
                 scope.cancel()
@@ -313,8 +317,8 @@ class ClassicBuild:
                 tg.cancel_scope.cancel()
         if gone:
             raise gone[0]
-        while pending:
-            await self.out(pending.pop(0))
+        while logs:
+            await self.out(logs.pop(0))
         if error is not None:
             raise _classic_error(error.message)
         assert result is not None
@@ -327,6 +331,8 @@ class ClassicBuild:
             return await anyio.to_thread.run_sync(self.images.add, config, manifest, parent)
         except (NotFound, InvalidArgument) as exc:
             raise BuildFailed(f"failed to store the image: {exc}") from None
+        finally:
+            await anyio.to_thread.run_sync(self.images.chains.forget_image_ref, f"docker.io/{pending}")
 
 
 def _classic_error(message: str) -> BuildFailed:
