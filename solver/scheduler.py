@@ -12,6 +12,7 @@ in a process-wide in-flight map, the others wait for it and then load its result
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking, release_all
 from buildkitpy.solver.cachekey import CacheMap, OutputKeys, VertexKey, compute_keys, output_keys
 from buildkitpy.solver.loader import LoadedGraph, Vertex
+from buildkitpy.solver.observe import StepFacts
 from buildkitpy.solver.ops import OpContext, op_for
 
 if TYPE_CHECKING:
@@ -77,7 +79,8 @@ class Build:
         for inp in v.inputs:
             await self.done[inp.digest].wait()
         try:
-            await self._solve_vertex(v)
+            with self._observed(v):
+                await self._solve_vertex(v)
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure becomes the build's error
@@ -101,6 +104,7 @@ class Build:
         in_snaps = [self.outputs[i.digest].snapshots[i.index] for i in v.inputs]
         skip_lookup = self.job.no_cache or v.ignore_cache or cm.always_run
         keys = compute_keys(cm, in_keys)
+        content: list[str | None] | None = None
         hit: list[ImmutableSnapshot] | None = None
         if not skip_lookup:
             hit = await self._lookup(keys)
@@ -114,11 +118,13 @@ class Build:
             self.job.progress.vertex(v.digest, v.name, [i.digest for i in v.inputs], cached=True,
                                      started=True, completed=True, progress_group=v.progress_group)
             await blocking(self.solver.cache.record, [k.key for k in keys if not k.ephemeral], hit)
+            await self._settled(v, cm, in_keys, in_snaps, content, cached=True, lookup_skipped=skip_lookup)
             return
         fresh = skip_lookup or any(inp.fresh and not dep.content
                                    for inp, dep in zip(in_keys, cm.deps, strict=True))
         outs, shared = await self._execute_once(v, op, ctx, in_snaps, keys)
         self._publish(v, outs, keys, cached=shared, fresh=fresh)
+        await self._settled(v, cm, in_keys, in_snaps, content, cached=shared, lookup_skipped=skip_lookup)
 
     def _publish(self, v: Vertex, snaps: list[ImmutableSnapshot], keys: list[VertexKey], *, cached: bool,
                  fresh: bool) -> None:
@@ -192,6 +198,23 @@ class Build:
         self.executed.append(v.digest)
         self.job.progress.vertex(v.digest, v.name, inputs, completed=True)
         return outs
+
+    # -- observer hooks (solver/observe.py: tracing spans, why-a-step-rebuilt) --------------------
+
+    def _observed(self, v: Vertex) -> AbstractContextManager[object]:
+        observer = self.solver.observer
+        return nullcontext() if observer is None else observer.vertex_scope(self.job, v)
+
+    async def _settled(self, v: Vertex, cm: CacheMap, in_keys: list[OutputKeys],
+                       in_snaps: list[ImmutableSnapshot], content: list[str | None] | None, *,
+                       cached: bool, lookup_skipped: bool) -> None:
+        observer = self.solver.observer
+        if observer is None:
+            return
+        names = [self.graph.vertices[i.digest].name for i in v.inputs]
+        await observer.settled(StepFacts(job=self.job, vertex=v, input_names=names, cache_map=cm,
+                                         input_keys=in_keys, inputs=in_snaps, content=content,
+                                         cached=cached, lookup_skipped=lookup_skipped))
 
 
 def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:

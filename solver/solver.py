@@ -12,6 +12,7 @@ from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.cache import CacheStore
 from buildkitpy.solver.contenthash import ChecksumStore
 from buildkitpy.solver.loader import load_definition
+from buildkitpy.solver.observe import StepObserver
 from buildkitpy.solver.scheduler import Build
 
 
@@ -44,6 +45,8 @@ class Solver:
         self.cache_mounts = CacheMounts(root / "cachemounts")
         self._limiter: anyio.CapacityLimiter | None = None
         self.last_build: Build | None = None
+        # Told about every vertex (tracing, why-rebuild): buildkitpy.solver.observe.StepObserver.
+        self.observer: StepObserver | None = None
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:

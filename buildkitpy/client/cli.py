@@ -441,8 +441,15 @@ async def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             run = solve if args.direct else build
             try:
                 result = await run(client, opt, definition=definition, on_status=printer.update)
-            finally:
+            except BuildkitError:
                 printer.done()
+                await _print_rebuilds(args, client, opt.ref, err)
+                raise
+            except BaseException:
+                printer.done()
+                raise
+            printer.done()
+            await _print_rebuilds(args, client, opt.ref, err)
     finally:
         if args.ref_file:
             _atomic_write(args.ref_file, opt.ref.encode())
@@ -450,6 +457,14 @@ async def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _atomic_write(args.metadata_file, metadata_json(result.exporter_response).encode())
     print_subrequest_result(result.gateway_metadata, out)
     return 0
+
+
+async def _print_rebuilds(args: argparse.Namespace, client, ref: str, err: TextIO) -> None:  # noqa: ANN001
+    """With ``--progress plain``: why each step that ran did not come from the cache."""
+    if args.progress == "plain":
+        from buildkitpy.client.rebuilds import print_rebuilds
+
+        await print_rebuilds(client, ref, err)
 
 
 def _new_ref() -> str:

@@ -95,7 +95,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         try:
             async for event in self.history.store.listen(request):
                 yield event
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a client going away (GeneratorExit) is not an error
             await abort_for(context, exc, "Control.ListenBuildHistory")
 
     @_handled
@@ -184,9 +184,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 recording.set_result_metadata(result.metadata)
             response: dict[str, str] = {}
             for index, (exp, run) in enumerate(zip(exporters, resolved, strict=True)):
-                response.update(await run(exporter.ExportContext(
-                    index=index, attrs=dict(exp.Attrs), result=result, bridge=job.bridge,
-                    session=session, progress=job.progress)))
+                with history_api.span(f"export {exp.Type}"):
+                    response.update(await run(exporter.ExportContext(
+                        index=index, attrs=dict(exp.Attrs), result=result, bridge=job.bridge,
+                        session=session, progress=job.progress)))
             if recording is not None:
                 recording.set_exporter_response(response)
             return control_pb2.SolveResponse(ExporterResponse=response)

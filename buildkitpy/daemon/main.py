@@ -138,7 +138,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
     def record():
         return worker_record(worker, cfg)
 
-    history = open_history(cfg, worker)
+    history = open_history(cfg, worker, solver)
     gc = GarbageCollector(worker, solver.cache, cache_mounts=solver.cache_mounts.root,
                           passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
                           busy=lambda: bool(jobs.active()))

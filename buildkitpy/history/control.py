@@ -81,6 +81,13 @@ def solve_span(recorder: HistoryRecorder | None, ref: str,
     return recorder.spans.solve(ref, metadata or ())
 
 
+def span(name: str) -> AbstractContextManager:
+    """A child span of the current one (exporters run inside the Solve span)."""
+    from buildkitpy.history.tracing import tracer
+
+    return tracer().start_as_current_span(name)
+
+
 def current_trace_id() -> str:
     """The trace id of the span active in this task (the Solve call's), as 32 hex digits."""
     from opentelemetry import trace

@@ -10,20 +10,29 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from buildkitpy.api import content_pb2_grpc
 from buildkitpy.content.store import ContentStore
 from buildkitpy.history.content_service import ContentService
+from buildkitpy.history.observer import BuildObserver
+from buildkitpy.history.rebuild import RebuildRecorder
 from buildkitpy.history.recorder import HistoryRecorder
 from buildkitpy.history.store import HistoryLimits, HistoryStore
 from buildkitpy.history.tracing import BuildSpans, TraceReceiver, TraceRecorder, install
 
 
 class HistoryServices:
-    def __init__(self, cfg, worker) -> None:  # noqa: ANN001 - daemon Config, worker.Worker
+    def __init__(self, cfg, worker, solver) -> None:  # noqa: ANN001 - daemon Config, Worker, Solver
         self.worker = worker
         limits = HistoryLimits(max_age=cfg.history.max_age, max_entries=cfg.history.max_entries)
         self.store = HistoryStore(Path(cfg.root), limits)
         self.traces = TraceRecorder()
         install(self.traces)
         self.spans = BuildSpans()
-        self.recorder = HistoryRecorder(self.store, Path(cfg.root), traces=self.traces, spans=self.spans)
+        self.rebuilds = RebuildRecorder(Path(cfg.root), self._build_args)
+        self.recorder = HistoryRecorder(self.store, Path(cfg.root), traces=self.traces, spans=self.spans,
+                                        rebuilds=self.rebuilds)
+        solver.observer = BuildObserver(self.spans, self.rebuilds)
+
+    def _build_args(self, ref: str) -> dict[str, str]:
+        rec = self.store.active(ref)
+        return {k: v for k, v in rec.FrontendAttrs.items() if k.startswith("build-arg:")} if rec else {}
 
     def content_stores(self) -> list[ContentStore]:
         """History blobs first, then the image content store (exported manifests, pulled blobs)."""
@@ -40,7 +49,8 @@ class HistoryServices:
         await self.recorder.wait_background()
         self.traces.shutdown()
         self.store.close()
+        self.rebuilds.close()
 
 
-def open_history(cfg, worker) -> HistoryServices:  # noqa: ANN001
-    return HistoryServices(cfg, worker)
+def open_history(cfg, worker, solver) -> HistoryServices:  # noqa: ANN001
+    return HistoryServices(cfg, worker, solver)

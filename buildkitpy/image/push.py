@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+from opentelemetry import trace
 
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import InvalidArgument, NotFound, leaf_errors
@@ -339,4 +340,8 @@ async def push_image(client: RegistryClient, store: ContentStore, refs: list[Ref
                      progress: PushProgress | None = None) -> list[PushResult]:
     """Push ``root`` to each of ``refs`` in turn (later names mount or find the blobs)."""
     pusher = ImagePusher(client, store, progress=progress)
-    return [await pusher.push(ref, root) for ref in refs]
+    results = []
+    for ref in refs:
+        with trace.get_tracer("buildkitpy").start_as_current_span(f"push {ref}"):
+            results.append(await pusher.push(ref, root))
+    return results

@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from opentelemetry import trace
+
 from buildkitpy.api import ops_pb2
 from buildkitpy.errors import NotFound, SessionNotFound, SolveError
 from buildkitpy.executor.spec import DEFAULT_PATH, ExecSpec, HostIP, Mount, NetworkMode, SecurityMode, Ulimit
@@ -157,8 +159,10 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
             step_log = StepLog(lambda stream, data: progress.log(vertex.digest, stream, data),
                                log_path(ctx.worker.root, ctx.job.id, vertex.digest))
             try:
-                code = await ctx.worker.executor.run(spec, stdout=step_log.writer(1),
-                                                     stderr=step_log.writer(2))
+                with trace.get_tracer("buildkitpy").start_as_current_span(
+                        "exec " + " ".join(spec.args)[:200], attributes={"cwd": spec.cwd}):
+                    code = await ctx.worker.executor.run(spec, stdout=step_log.writer(1),
+                                                         stderr=step_log.writer(2))
             finally:
                 step_log.close()
             valid = list(op.meta.validExitCodes) or [0]

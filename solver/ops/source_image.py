@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import InvalidArgument, SessionNotFound
 from buildkitpy.image.platforms import Platform, default_platform, from_oci
@@ -123,7 +125,8 @@ async def resolve_and_pull(worker: Any, identifier: str, attrs: Any, platform: P
                                   f"in the image ({len(resolved.layers)})")
         resolved = dataclasses.replace(resolved, layers=resolved.layers[:limit],
                                        diff_ids=resolved.diff_ids[:limit])
-    result = await puller.pull(client, resolved, progress)
+    with trace.get_tracer("buildkitpy").start_as_current_span(f"pull {ref}"):
+        result = await puller.pull(client, resolved, progress)
     snapshot = result.snapshot
     if snapshot is None:  # an image without layers is an empty tree
         mutable = await blocking(worker.snapshots.new_mutable, None, f"empty image {ref}")

@@ -1,0 +1,34 @@
+"""The solver's observer (``solver.observe.StepObserver``): a span per vertex, why-rebuild reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+
+from buildkitpy.history.rebuild import RebuildRecorder
+from buildkitpy.history.tracing import BuildSpans, tracer
+from buildkitpy.solver.loader import Vertex
+from buildkitpy.solver.observe import StepFacts
+
+
+class BuildObserver:
+    def __init__(self, spans: BuildSpans | None, rebuilds: RebuildRecorder | None) -> None:
+        self.spans = spans
+        self.rebuilds = rebuilds
+
+    @contextmanager
+    def vertex_scope(self, job, vertex: Vertex) -> Iterator[object]:  # noqa: ANN001 - solver.Job
+        """A span named after the vertex, child of its build's Solve span (also when the solver runs
+        for a client-side frontend's LLBBridge call, outside the Solve call's task)."""
+        parent = self.spans.parent_context(job.id) if self.spans is not None else None
+        with tracer().start_as_current_span(vertex.name or vertex.digest, context=parent,
+                                            attributes={"vertex": vertex.digest, "op": vertex.kind}) as span:
+            yield span
+
+    async def settled(self, facts: StepFacts) -> None:
+        span = trace.get_current_span()
+        span.set_attribute("cached", facts.cached)
+        if self.rebuilds is not None:
+            await self.rebuilds.settled(facts)

@@ -1,0 +1,288 @@
+"""Why did this step rebuild? (BuildKit's issue #2567, beyond what BuildKit records.)
+
+For every vertex the solver settles we keep a fingerprint under its name and its place in the
+frontend's file (``step_keys``; ``<root>/history/steps.db``):
+the op as fields, the resolved cache digest, the build args, each input's stable cache key and, for
+inputs whose content feeds the cache key, their checksum and a per-file digest map of the selected
+paths. When a step runs instead of coming from the cache, its fingerprint is compared with the one
+left by the previous build of the same vertex name and the first difference becomes the reason, in
+this order: the cache was disabled (``--no-cache``, ignore-cache); no earlier record; a build arg or
+env var of the command; another op field; the source resolved to other content (an image digest,
+an http checksum, a git commit); an input file's content (the path); an input step that changed
+(with that step's own reason); else the cache record was simply not there (pruned).
+
+Local sources (``[internal] load build context``) transfer on every build and are not reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import anyio
+from google.protobuf import json_format
+
+from buildkitpy.fsutil.patterns import PatternMatcher
+from buildkitpy.solver.cachekey import Selector
+from buildkitpy.solver.contenthash import tree_digest
+from buildkitpy.solver.loader import Vertex
+from buildkitpy.solver.observe import StepFacts
+from buildkitpy.solver.pathutil import resolve_wildcards, root_path
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 20000  # per input: beyond this only the checksum is compared
+MAX_VALUE = 80  # characters of a changed value shown in a reason
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    name TEXT PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    build_ref TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= MAX_VALUE else text[:MAX_VALUE - 1] + "…"
+
+
+def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    if isinstance(obj, dict):
+        for k in sorted(obj):
+            yield from _flatten(obj[k], f"{prefix}.{k}" if prefix else k)
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            yield from _flatten(item, f"{prefix}[{i}]")
+    else:
+        yield prefix, obj
+
+
+def _env(op: dict) -> dict[str, str] | None:
+    env = op.get("exec", {}).get("meta", {}).get("env")
+    if env is None:
+        return None
+    return dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+
+
+def file_digests(root: Path, selectors: list[Selector], limit: int = MAX_FILES) -> dict[str, str] | None:
+    """``{path: digest}`` of every entry the selectors cover (None past ``limit`` entries)."""
+    out: dict[str, str] = {}
+
+    def add(rel: str, full: str) -> bool:
+        st = os.lstat(full)
+        out[rel] = "dir" if stat.S_ISDIR(st.st_mode) else tree_digest(full)
+        return len(out) <= limit
+
+    for sel in selectors:
+        bases = resolve_wildcards(root, sel.path, sel.follow_links) if sel.wildcard else [sel.path]
+        include = PatternMatcher(sel.include_patterns)
+        exclude = PatternMatcher(sel.exclude_patterns)
+        for base_rel in bases:
+            base = root_path(root, base_rel, sel.follow_links)
+            if not os.path.lexists(base):
+                continue
+            top = "/" + base_rel.strip("/")
+            if not base.is_dir() or base.is_symlink():
+                if not add(top, str(base)):
+                    return None
+                continue
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames.sort()
+                for name in sorted(dirnames) + sorted(filenames):
+                    full = os.path.join(dirpath, name)
+                    rel = os.path.relpath(full, base)
+                    if (include and not include.matches_or_parent_matches(rel)) or \
+                            (exclude and exclude.matches_or_parent_matches(rel)):
+                        continue
+                    if not add(os.path.join(top, rel), full):
+                        return None
+    return out
+
+
+class RebuildRecorder:
+    """Thread-safe. ``build_args(ref)`` gives a build's ``build-arg:*`` frontend attributes."""
+
+    def __init__(self, root: Path, build_args: Callable[[str], Mapping[str, str]] | None = None) -> None:
+        path = Path(root) / "history"
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path / "steps.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._build_args = build_args or (lambda ref: {})
+        self._reports: dict[str, list[dict]] = {}
+        self._by_digest: dict[tuple[str, str], dict] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- RebuildSource ---------------------------------------------------------------------------
+
+    def take(self, build_ref: str) -> list[dict]:
+        with self._lock:
+            reports = self._reports.pop(build_ref, [])
+            for key in [k for k in self._by_digest if k[0] == build_ref]:
+                del self._by_digest[key]
+        return reports
+
+    # -- fingerprints ----------------------------------------------------------------------------
+
+    def _load(self, keys: list[str]) -> dict | None:
+        """The newest fingerprint under the first of ``keys`` that has one."""
+        for key in keys:
+            with self._lock:
+                row = self._db.execute("SELECT fingerprint FROM steps WHERE name=?", (key,)).fetchone()
+            if row is None:
+                continue
+            try:
+                return json.loads(zlib.decompress(row[0]))
+            except (zlib.error, ValueError):
+                return None
+        return None
+
+    def _store(self, keys: list[str], fingerprint: dict, build_ref: str) -> None:
+        data = zlib.compress(json.dumps(fingerprint, separators=(",", ":")).encode())
+        with self._lock:
+            for key in keys:
+                self._db.execute("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
+                                 "VALUES (?,?,?,?)", (key, data, build_ref, time.time()))
+
+    async def settled(self, facts: StepFacts) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._settle, facts)
+        except Exception:  # noqa: BLE001 - a report must never fail a build
+            log.warning("cannot record why %s rebuilt", facts.vertex.name, exc_info=True)
+
+    def _fingerprint(self, facts: StepFacts, previous: dict | None) -> dict:
+        v, cm = facts.vertex, facts.cache_map
+        op = json_format.MessageToDict(v.op, preserving_proto_field_name=True)
+        op.pop("inputs", None)
+        args = {k.removeprefix("build-arg:"): val for k, val in self._build_args(facts.job.id).items()
+                if k.startswith("build-arg:")}
+        inputs = []
+        prev_inputs = (previous or {}).get("inputs", [])
+        for i, (name, keys, dep) in enumerate(zip(facts.input_names, facts.input_keys, cm.deps, strict=True)):
+            entry: dict = {"name": name, "key": keys.stable[0]}
+            checksum = facts.content[i] if facts.content is not None else None
+            if checksum is not None and dep.content:
+                entry["checksum"] = checksum
+                prev = prev_inputs[i] if i < len(prev_inputs) else {}
+                if prev.get("checksum") == checksum and "files" in prev:
+                    entry["files"] = prev["files"]
+                else:
+                    snap = facts.inputs[i]
+                    with snap.mount() as root:
+                        entry["files"] = file_digests(Path(root), dep.content)
+            inputs.append(entry)
+        return {"kind": v.kind, "op": op, "cache_digest": cm.digest, "build_args": args, "inputs": inputs}
+
+    def _settle(self, facts: StepFacts) -> None:
+        v = facts.vertex
+        if facts.cache_map.always_run and not facts.job.no_cache and not v.ignore_cache:
+            return  # local sources: synced on every build, nothing to explain
+        keys = step_keys(v)
+        previous = self._load(keys)
+        current = self._fingerprint(facts, previous)
+        if not facts.cached:
+            kind, reason = self._reason(facts, previous, current)
+            report = {"vertex": v.digest, "name": v.name, "kind": kind, "reason": reason}
+            with self._lock:
+                self._reports.setdefault(facts.job.id, []).append(report)
+                self._by_digest[(facts.job.id, v.digest)] = report
+        self._store(keys, current, facts.job.id)
+
+    def _reason(self, facts: StepFacts, prev: dict | None, cur: dict) -> tuple[str, str]:
+        if facts.job.no_cache:
+            return "no-cache", "the cache was disabled for this build (--no-cache)"
+        if facts.vertex.ignore_cache:
+            return "no-cache", "the cache was disabled for this step (ignore-cache / --no-cache-filter)"
+        if prev is None:
+            return "new", "no earlier build of this step"
+        if prev.get("kind") != cur["kind"]:
+            return "op", f"the operation changed from {prev.get('kind')} to {cur['kind']}"
+        old_env, new_env = _env(prev.get("op", {})), _env(cur["op"])
+        if old_env is not None and new_env is not None and old_env != new_env:
+            for key in sorted(set(old_env) | set(new_env)):
+                if old_env.get(key) != new_env.get(key):
+                    what = "build arg" if key in cur["build_args"] or key in prev.get("build_args", {}) \
+                        else "env"
+                    return ("build-arg" if what == "build arg" else "env",
+                            f"{what} {key} changed: {_change(old_env.get(key), new_env.get(key))}")
+        old_fields = dict(_flatten(prev.get("op", {})))
+        new_fields = dict(_flatten(cur["op"]))
+        for path in sorted(set(old_fields) | set(new_fields)):
+            if path.startswith("exec.meta.env["):
+                continue
+            if old_fields.get(path) != new_fields.get(path):
+                return "op-field", f"{path} changed: {_change(old_fields.get(path), new_fields.get(path))}"
+        if prev.get("cache_digest") != cur["cache_digest"]:
+            return "source", "the source resolved to different content than in the earlier build"
+        prev_inputs = prev.get("inputs", [])
+        for i, inp in enumerate(cur["inputs"]):
+            old = prev_inputs[i] if i < len(prev_inputs) else None
+            if old is None:
+                return "input", f"input {i} ({inp['name']}) is new"
+            if "checksum" in inp and old.get("checksum") not in (None, inp["checksum"]):
+                return "file", _file_change(inp, old)
+        for i, inp in enumerate(cur["inputs"]):
+            old = prev_inputs[i]
+            if old.get("key") != inp["key"] and "checksum" not in inp:
+                because = ""
+                src = facts.vertex.inputs[i].digest
+                with self._lock:
+                    upstream = self._by_digest.get((facts.job.id, src))
+                if upstream is not None:
+                    because = f" (it ran because: {upstream['reason']})"
+                return "input", f"input step {inp['name'] or src} changed{because}"
+        if len(prev_inputs) != len(cur["inputs"]):
+            return "input", "the number of inputs changed"
+        return "cache-miss", "nothing differs from the earlier build: its cache record was not found " \
+                             "(pruned or never kept)"
+
+
+def step_keys(v: Vertex) -> list[str]:
+    """The vertex name, then the step's place: frontends put values of build args into names
+    (``RUN echo "hello"``), so a changed arg also changes the name. The place is the name's ``[n/m]``
+    prefix and instruction with the source file and line (``[3/4] RUN @Dockerfile:4``)."""
+    keys = [v.name]
+    if v.name.startswith("[") and "]" in v.name and v.sources and v.sources[0].ranges:
+        prefix, _, rest = v.name.partition("]")
+        instruction = rest.split(None, 1)[0] if rest.strip() else ""
+        src = v.sources[0]
+        keys.append(f"{prefix}] {instruction} @{src.filename}:{src.ranges[0][0]}")
+    return keys
+
+
+def _change(old: object, new: object) -> str:
+    if old is None:
+        return f"(unset) → {_short(new)}"
+    if new is None:
+        return f"{_short(old)} → (unset)"
+    return f"{_short(old)} → {_short(new)}"
+
+
+def _file_change(cur: dict, old: dict) -> str:
+    new_files, old_files = cur.get("files"), old.get("files")
+    where = f" in {cur['name']}" if cur.get("name") else ""
+    if new_files is None or old_files is None:
+        return f"the content of the copied files{where} changed"
+    for path in sorted(set(new_files) | set(old_files)):
+        if path not in old_files:
+            return f"file {path} was added{where}"
+        if path not in new_files:
+            return f"file {path} was removed{where}"
+        if new_files[path] != old_files[path]:
+            return f"file {path} changed{where}"
+    return f"the content of the copied files{where} changed (metadata only)"
