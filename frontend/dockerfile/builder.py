@@ -67,8 +67,8 @@ async def _read_optional(client: FrontendClient, ref: Any, path: str) -> bytes |
         return None
     try:
         return await client.read_file(ref.id, path)
-    except (NotFound, InvalidArgument):
-        return None
+    except BuildkitpyError:  # as BuildKit's dockerui: any failure means "not there" (real
+        return None          # buildkitd reports a missing file with code Unknown)
 
 
 async def _read_ignore(client: FrontendClient, session_id: str, local: str, shared_key: str,
