@@ -30,9 +30,9 @@ class HistoryServices:
                                         rebuilds=self.rebuilds)
         solver.observer = BuildObserver(self.spans, self.rebuilds)
 
-    def _build_args(self, ref: str) -> dict[str, str]:
+    def _build_args(self, ref: str) -> dict[str, str] | None:
         rec = self.store.active(ref)
-        return {k: v for k, v in rec.FrontendAttrs.items() if k.startswith("build-arg:")} if rec else {}
+        return {k: v for k, v in rec.FrontendAttrs.items() if k.startswith("build-arg:")} if rec else None
 
     def content_stores(self) -> list[ContentStore]:
         """History blobs first, then the image content store (exported manifests, pulled blobs)."""

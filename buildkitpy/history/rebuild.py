@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MAX_FILES = 20000  # per input: beyond this only the checksum is compared
 MAX_VALUE = 80  # characters of a changed value shown in a reason
+MAX_STEPS = 10000  # fingerprints kept (newest first)
+
+BuildArgs = Callable[[str], Mapping[str, str] | None]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -111,9 +114,11 @@ def file_digests(root: Path, selectors: list[Selector], limit: int = MAX_FILES) 
 
 
 class RebuildRecorder:
-    """Thread-safe. ``build_args(ref)`` gives a build's ``build-arg:*`` frontend attributes."""
+    """Thread-safe. ``build_args(ref)`` gives a build's ``build-arg:*`` frontend attributes, or None
+    for a build that has no history record (internal solves): its steps update the fingerprints but
+    are not reported."""
 
-    def __init__(self, root: Path, build_args: Callable[[str], Mapping[str, str]] | None = None) -> None:
+    def __init__(self, root: Path, build_args: BuildArgs | None = None) -> None:
         path = Path(root) / "history"
         path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -121,6 +126,7 @@ class RebuildRecorder:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._build_args = build_args or (lambda ref: {})
+        self._stores = 0
         self._reports: dict[str, list[dict]] = {}
         self._by_digest: dict[tuple[str, str], dict] = {}
 
@@ -158,6 +164,10 @@ class RebuildRecorder:
             for key in keys:
                 self._db.execute("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
                                  "VALUES (?,?,?,?)", (key, data, build_ref, time.time()))
+            self._stores += 1
+            if self._stores % 200 == 0:  # keep the newest MAX_STEPS fingerprints
+                self._db.execute("DELETE FROM steps WHERE name NOT IN "
+                                 "(SELECT name FROM steps ORDER BY updated DESC LIMIT ?)", (MAX_STEPS,))
 
     async def settled(self, facts: StepFacts) -> None:
         try:
@@ -169,7 +179,7 @@ class RebuildRecorder:
         v, cm = facts.vertex, facts.cache_map
         op = json_format.MessageToDict(v.op, preserving_proto_field_name=True)
         op.pop("inputs", None)
-        args = {k.removeprefix("build-arg:"): val for k, val in self._build_args(facts.job.id).items()
+        args = {k.removeprefix("build-arg:"): val for k, val in (self._build_args(facts.job.id) or {}).items()
                 if k.startswith("build-arg:")}
         inputs = []
         prev_inputs = (previous or {}).get("inputs", [])
@@ -195,7 +205,7 @@ class RebuildRecorder:
         keys = step_keys(v)
         previous = self._load(keys)
         current = self._fingerprint(facts, previous)
-        if not facts.cached:
+        if not facts.cached and self._build_args(facts.job.id) is not None:
             kind, reason = self._reason(facts, previous, current)
             report = {"vertex": v.digest, "name": v.name, "kind": kind, "reason": reason}
             with self._lock:
