@@ -4,6 +4,7 @@ worker). The solver and the exporters reach snapshots, the executor and client s
 from __future__ import annotations
 
 import platform as _platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class Worker:
     platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
     insecure_entitlements: frozenset[str] = frozenset()
     config: Any = None  # buildkitpy.daemon.config.Config (registry settings, ...)
+    # Content-store digests other parts still point at, kept by content GC (build history results).
+    content_roots: list[Callable[[], set[str]]] = field(default_factory=list)
 
     def close(self) -> None:
         self.snapshots.close()

@@ -185,9 +185,12 @@ class ControlService(control_pb2_grpc.ControlServicer):
             response: dict[str, str] = {}
             for index, (exp, run) in enumerate(zip(exporters, resolved, strict=True)):
                 with history_api.span(f"export {exp.Type}"):
-                    response.update(await run(exporter.ExportContext(
+                    exported = await run(exporter.ExportContext(
                         index=index, attrs=dict(exp.Attrs), result=result, bridge=job.bridge,
-                        session=session, progress=job.progress)))
+                        session=session, progress=job.progress))
+                if recording is not None:
+                    recording.set_exporter_result(index, exported)
+                response.update(exported)
             if recording is not None:
                 recording.set_exporter_response(response)
             return control_pb2.SolveResponse(ExporterResponse=response)

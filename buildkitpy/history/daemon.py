@@ -28,6 +28,8 @@ class HistoryServices:
         self.rebuilds = RebuildRecorder(Path(cfg.root), self._build_args)
         self.recorder = HistoryRecorder(self.store, Path(cfg.root), traces=self.traces, spans=self.spans,
                                         rebuilds=self.rebuilds)
+        self.recorder.content_stores = self.content_stores
+        worker.content_roots.append(self.store.referenced_digests)
         solver.observer = BuildObserver(self.spans, self.rebuilds)
 
     def _build_args(self, ref: str) -> dict[str, str] | None:

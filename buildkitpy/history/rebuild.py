@@ -16,6 +16,7 @@ Local sources (``[internal] load build context``) transfer on every build and ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_FILES = 20000  # per input: beyond this only the checksum is compared
 MAX_VALUE = 80  # characters of a changed value shown in a reason
 MAX_STEPS = 10000  # fingerprints kept (newest first)
+MAX_INLINE = 1024  # longer op strings are fingerprinted by digest
 
 BuildArgs = Callable[[str], Mapping[str, str] | None]
 
@@ -69,6 +71,18 @@ def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield from _flatten(item, f"{prefix}[{i}]")
     else:
         yield prefix, obj
+
+
+def _compact(obj: object) -> object:
+    """``obj`` with long strings (inline file data, ...) replaced by their digest and length, so a
+    fingerprint stays small."""
+    if isinstance(obj, dict):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_compact(v) for v in obj]
+    if isinstance(obj, str) and len(obj) > MAX_INLINE:
+        return f"sha256:{hashlib.sha256(obj.encode()).hexdigest()} ({len(obj)} characters)"
+    return obj
 
 
 def _env(op: dict) -> dict[str, str] | None:
@@ -177,7 +191,7 @@ class RebuildRecorder:
 
     def _fingerprint(self, facts: StepFacts, previous: dict | None) -> dict:
         v, cm = facts.vertex, facts.cache_map
-        op = json_format.MessageToDict(v.op, preserving_proto_field_name=True)
+        op = _compact(json_format.MessageToDict(v.op, preserving_proto_field_name=True))
         op.pop("inputs", None)
         args = {k.removeprefix("build-arg:"): val for k, val in (self._build_args(facts.job.id) or {}).items()
                 if k.startswith("build-arg:")}

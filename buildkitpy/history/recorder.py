@@ -23,6 +23,7 @@ pass.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import Protocol
 import anyio
 
 from buildkitpy.api import control_pb2
+from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import NotFound, to_rpc_status, unwrap
 from buildkitpy.history import statusblob
 from buildkitpy.history.store import HistoryStore
@@ -78,6 +80,19 @@ class HistoryRecorder:
         self.spans = spans
         self._hooks: list[CompletionHook] = []
         self._background: set[asyncio.Task] = set()
+        # Where clients can read blobs from (set by the daemon: history blobs, image content).
+        self.content_stores: Callable[[], list[ContentStore]] | None = None
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether a blob is readable through the Content service (history or image store)."""
+        stores = self.content_stores() if self.content_stores is not None else [self.store.blobs]
+        for store in stores:
+            try:
+                if store.exists(digest):
+                    return True
+            except Exception:  # noqa: BLE001 - a malformed digest is simply not there
+                return False
+        return False
 
     def add_completion_hook(self, hook: CompletionHook) -> None:
         self._hooks.append(hook)
@@ -137,6 +152,23 @@ class BuildRecording:
             res.Results[exporter_index].CopyFrom(desc)
             if not res.ResultDeprecated.digest or exporter_index == min(res.Results):
                 res.ResultDeprecated.CopyFrom(desc)
+
+    def set_exporter_result(self, exporter_index: int, response: Mapping[str, str]) -> None:
+        """The exported image's descriptor (``containerimage.descriptor``) as the exporter's
+        result, when its blob is readable through the Content service (as ``buildx history export``
+        needs)."""
+        raw = response.get("containerimage.descriptor")
+        if not raw:
+            return
+        try:
+            d = json.loads(base64.b64decode(raw))
+            desc = control_pb2.Descriptor(media_type=d["mediaType"], digest=d["digest"], size=int(d["size"]),
+                                          annotations=d.get("annotations") or {})
+        except (ValueError, KeyError, TypeError):
+            log.warning("build %s: exporter %d returned an unreadable descriptor", self.ref, exporter_index)
+            return
+        if self.recorder.has_blob(desc.digest):
+            self.set_result_descriptor(exporter_index, desc)
 
     def set_result_metadata(self, metadata: Mapping[str, bytes | str]) -> None:
         for k, v in metadata.items():

@@ -141,6 +141,14 @@ class HistoryStore:
             rows = self._db.execute("SELECT data FROM records").fetchall()
         return [control_pb2.BuildHistoryRecord.FromString(r[0]) for r in rows]
 
+    def referenced_digests(self) -> set[str]:
+        """Every blob digest a stored or active record points at (image-store GC must keep those it
+        holds, e.g. exported manifests, or ``buildx history export`` of that record fails)."""
+        out: set[str] = set()
+        for rec in [*self.completed(), *self._active.values()]:
+            out |= {d.digest for d in record_descriptors(rec)}
+        return out
+
     # -- events ----------------------------------------------------------------------------------
 
     def _publish(self, ev: control_pb2.BuildHistoryEvent) -> None:
@@ -148,10 +156,9 @@ class HistoryStore:
             q.put_nowait(ev)
 
     async def started(self, rec: control_pb2.BuildHistoryRecord) -> None:
-        copy = control_pb2.BuildHistoryRecord()
-        copy.CopyFrom(rec)
-        self._active[rec.Ref] = copy
-        self._publish(control_pb2.BuildHistoryEvent(type=STARTED, record=copy))
+        """``rec`` is the live record the build keeps filling in (listeners get copies)."""
+        self._active[rec.Ref] = rec
+        self._publish(control_pb2.BuildHistoryEvent(type=STARTED, record=rec))
 
     async def complete(self, rec: control_pb2.BuildHistoryRecord) -> None:
         copy = control_pb2.BuildHistoryRecord()

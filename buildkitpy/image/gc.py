@@ -100,6 +100,8 @@ def collect(worker: Any, *, busy: bool) -> ContentGCResult:
     keep |= {digest for key, digest in exported_entries if key.split("/", 1)[0] in live}
     keep |= reachable(store, chains.image_ref_digests(named=True), layers=True)
     keep |= reachable(store, chains.image_ref_digests(named=False), layers=False)
+    for roots in getattr(worker, "content_roots", ()):  # e.g. images a build history record names
+        keep |= roots()
     if busy:
         result.skipped = True
         return result

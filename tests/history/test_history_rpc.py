@@ -8,6 +8,7 @@ completed build, errors in records, [history] limits, and persistence across a r
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -65,9 +66,9 @@ def read_blob(daemon, digest: str) -> bytes:  # noqa: ANN001
     return data
 
 
-@pytest.fixture
-def hdaemon(tmp_path):
-    d = start_daemon(tmp_path / "daemon")
+@pytest.fixture(scope="module")
+def hdaemon(tmp_path_factory):
+    d = start_daemon(tmp_path_factory.mktemp("history") / "daemon")
     yield d
     stop_daemon(d)
 
@@ -103,6 +104,8 @@ def test_completed_record_blobs_status_and_updates(hdaemon, tmp_path: Path) -> N
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     # Our client: Ref, filters, pin, finalize (then the trace is there), delete.
+    traces: list[str] = []
+
     async def client_side() -> None:
         async with Client.connect(hdaemon.unix_addr) as c:
             got = [ev async for ev in c.build_history(ref=rec.Ref)]
@@ -122,6 +125,7 @@ def test_completed_record_blobs_status_and_updates(hdaemon, tmp_path: Path) -> N
             [final] = [ev.record async for ev in c.build_history(ref=rec.Ref)]
             assert final.trace.media_type == "application/vnd.buildkit.otlp.json.v0"
             assert b"moby.buildkit.v1.Control/Solve" in read_blob(hdaemon, final.trace.digest)
+            traces.append(final.trace.digest)
             with pytest.raises(BuildkitError, match="not found"):
                 await c.update_build_history("no-such-ref", pinned=True)
 
@@ -134,9 +138,29 @@ def test_completed_record_blobs_status_and_updates(hdaemon, tmp_path: Path) -> N
                     pass
             assert ev.record.Ref == rec.Ref
             await live.aclose()
-            assert [ev async for ev in c.build_history()] == []
+            assert rec.Ref not in [ev.record.Ref async for ev in c.build_history()]
 
     anyio.run(client_side)
+    # Its blobs went with it.
+    with unix_channel(hdaemon) as ch, pytest.raises(grpc.RpcError) as exc:
+        content_pb2_grpc.ContentStub(ch).Info(content_pb2.InfoRequest(digest=traces[0]))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_exported_image_is_the_records_result(hdaemon, tmp_path: Path) -> None:
+    ctx = tmp_path / "img"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY f /\n")
+    (ctx / "f").write_text("image\n")
+    meta = tmp_path / "meta.json"
+    hdaemon.client("build", "--frontend", "dockerfile.v0", "--local", f"context={ctx}", "--local",
+                   f"dockerfile={ctx}", "--output", f"type=oci,dest={tmp_path / 'img.tar'}",
+                   "--metadata-file", str(meta))
+    digest = json.loads(meta.read_text())["containerimage.digest"]
+    [rec] = [r for r in records(hdaemon, Limit=1)]
+    assert rec.Result.Results[0].digest == digest == rec.Result.ResultDeprecated.digest
+    assert rec.Result.Results[0].media_type == "application/vnd.oci.image.manifest.v1+json"
+    assert json.loads(read_blob(hdaemon, digest))["schemaVersion"] == 2  # served from the image store
 
 
 def test_failed_build_record_and_live_events(hdaemon, tmp_path: Path) -> None:
@@ -146,7 +170,8 @@ def test_failed_build_record_and_live_events(hdaemon, tmp_path: Path) -> None:
     def listen() -> None:
         with unix_channel(hdaemon) as ch:
             stub = control_pb2_grpc.ControlStub(ch)
-            call = stub.ListenBuildHistory(control_pb2.BuildHistoryRequest(), timeout=60)
+            # ActiveOnly: no stored records, then live events.
+            call = stub.ListenBuildHistory(control_pb2.BuildHistoryRequest(ActiveOnly=True), timeout=60)
             ready.set()
             for ev in call:
                 events.append(ev)
@@ -169,7 +194,7 @@ def test_failed_build_record_and_live_events(hdaemon, tmp_path: Path) -> None:
     full = status_pb2.Status.FromString(read_blob(hdaemon, rec.externalError.digest))
     assert full.message == rec.error.message and full.details
     assert [r.Ref for r in records(hdaemon, Filter=["status==error"])] == [rec.Ref]
-    assert records(hdaemon, Filter=["status==completed"]) == []
+    assert rec.Ref not in [r.Ref for r in records(hdaemon, Filter=["status==completed"])]
 
 
 def test_records_survive_restart_within_limits(tmp_path: Path) -> None:
