@@ -67,6 +67,7 @@ class Step:
 
 def plan(dockerfile: bytes, opts: BuildOptions) -> tuple[list[Step], str]:
     """The steps of the build, numbered as the classic builder numbers them."""
+    from buildkitpy.frontend.dockerfile.errors import DockerfileError
     from buildkitpy.frontend.dockerfile.instructions import (
         AddCommand,
         CopyCommand,
@@ -75,11 +76,10 @@ def plan(dockerfile: bytes, opts: BuildOptions) -> tuple[list[Step], str]:
         find_stage,
         parse_dockerfile,
     )
-    from buildkitpy.frontend.dockerfile.parser import DockerfileParseError
 
     try:
         parsed = parse_dockerfile(dockerfile)
-    except DockerfileParseError as exc:
+    except DockerfileError as exc:
         raise BuildFailed(str(exc)) from None
     stages = parsed.stages
     if opts.target:

@@ -25,6 +25,8 @@ def add_routes(r: Router, api: EngineAPI) -> None:
     r.add("GET", "/images/json", handlers.list)
     r.add("GET", "/images/get", handlers.save_many)
     r.add("POST", "/images/load", handlers.load)
+    r.add("POST", "/images/create", handlers.pull)
+    r.add("POST", "/images/{name:.+}/push", handlers.push)
     r.add("GET", "/images/{name:.+}/json", handlers.inspect)
     r.add("GET", "/images/{name:.+}/history", handlers.history)
     r.add("GET", "/images/{name:.+}/get", handlers.save_one)
@@ -157,6 +159,16 @@ class ImageHandlers:
         prune_parents = not bool_arg(req, "noprune")
         result = await anyio.to_thread.run_sync(remove_image, self.images, name, force, prune_parents)
         await req.connection.respond_json(200, result, headers=response_headers(req))
+
+    async def push(self, req: Request) -> None:
+        from buildkitpy.dockerapi.registry import push
+
+        await push(self.api, req)
+
+    async def pull(self, req: Request) -> None:
+        from buildkitpy.dockerapi.registry import pull
+
+        await pull(self.api, req)
 
     async def save_one(self, req: Request) -> None:
         await self._save(req, [req.route_params["name"]])

@@ -145,3 +145,21 @@ def test_malformed_and_compressed_context(engine, tmp_path):
         assert b'"errorDetail"' not in raw, raw
     labels = json.loads(engine.docker("image", "inspect", "compressed-xz").stdout)[0]["Config"]["Labels"]
     assert labels == {"compressed": "yes"}
+
+
+def test_push_and_pull_through_our_registry_client(engine, busybox_registry, tmp_path):
+    ctx = tmp_path / "push"
+    _write(ctx, {"Dockerfile": "FROM busybox\nRUN echo pushed > /pushed.txt\n"})
+    engine.docker("build", "-t", "to-push", str(ctx))
+    image_id = json.loads(engine.docker("image", "inspect", "to-push").stdout)[0]["Id"]
+    target = f"{busybox_registry.host}/team/pushed:v1"
+    engine.docker("tag", "to-push", target)
+    out = engine.docker("push", target).stdout.decode()
+    assert f"The push refers to repository [{busybox_registry.host}/team/pushed]" in out
+    assert "v1: digest: sha256:" in out
+    engine.docker("rmi", target)
+    out = engine.docker("pull", target).stdout.decode()
+    assert f"Status: Downloaded newer image for {target}" in out
+    assert json.loads(engine.docker("image", "inspect", target).stdout)[0]["Id"] == image_id
+    missing = engine.docker("pull", f"{busybox_registry.host}/team/absent:v1", check=False)
+    assert missing.returncode != 0 and "not found" in missing.stderr.decode()
