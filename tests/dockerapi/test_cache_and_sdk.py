@@ -112,3 +112,18 @@ def test_python_docker_sdk(engine, tmp_path):
         client.close()
     assert json.loads(engine.docker("image", "inspect", "sdk-image").stdout)[0]["Config"]["Labels"] == \
         {"via": "sdk"}
+
+
+@pytest.mark.parametrize("filters", ['{"inuse":["true"]}', '{"private":[]}', '{"shared":["true"]}',
+                                     '{"parent":["nosuchparent"]}', '{"type":["regular"]}',
+                                     '{"id":["nosuchid"]}', '{"until":["2001-01-01T00:00:00Z"]}'])
+def test_build_prune_filters_and_sizes(engine, filters):
+    import urllib.parse
+
+    query = urllib.parse.urlencode({"filters": filters, "reserved-space": "1000000000",
+                                    "max-used-space": "0", "min-free-space": "0"})
+    raw = engine.raw(f"POST /v1.48/build/prune?{query} HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+    assert raw.startswith(b"HTTP/1.1 200"), raw
+    report = json.loads(raw.partition(b"\r\n\r\n")[2])
+    assert isinstance(report["CachesDeleted"], list) and isinstance(report["SpaceReclaimed"], int)
