@@ -259,8 +259,13 @@ async def solve(client: Client, opt: SolveOpt, *, definition: ops_pb2.Definition
 
 async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | None, *, gateway: bool,
                on_status: StatusCallback | None) -> SolveResult:
+    from buildkitpy.client.connection import MAX_MESSAGE_SIZE
     from buildkitpy.session.client import ClientSession
 
+    if definition is not None and definition.ByteSize() > MAX_MESSAGE_SIZE:
+        raise OptionError(f"the LLB definition is {definition.ByteSize() / (1 << 20):.1f} MiB, more than "
+                          f"the {MAX_MESSAGE_SIZE >> 20} MiB one gRPC message to the daemon can carry "
+                          "(buildkitd's limit too)")
     ref = opt.ref or new_build_ref()
     dirs = _synced_dirs(None if gateway else definition, opt.local_dirs)
     outputs = _Outputs(opt.exports)

@@ -15,6 +15,8 @@ import json
 import posixpath
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
 from buildkitpy.errors import (
@@ -28,9 +30,10 @@ from buildkitpy.errors import (
 from buildkitpy.frontend.dockerignore import read_ignore_file
 from buildkitpy.gateway.bridge import FrontendResult
 
-from .convert import ConvertError, NamedContext, convert
+from .convert import ConvertError, NamedContext
 from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
+from .convert_thread import check_size, convert_off_loop
 from .errors import DockerfileError
 
 if TYPE_CHECKING:
@@ -191,7 +194,10 @@ async def build(client: FrontendClient) -> FrontendResult:
     if dockerfile is None:
         raise NotFound(f"failed to read dockerfile: open {filename}: no such file or directory")
 
-    image, cmdline = _syntax(opts, dockerfile)
+    too_big = check_size(len(dockerfile), filename)
+    if too_big is not None:
+        raise InvalidArgument(too_big)
+    image, cmdline = await anyio.to_thread.run_sync(_syntax, opts, dockerfile)
     if image:
         forwarded = await _forward(client, image, cmdline, _result_vertex(ref))
         if forwarded is not None:
@@ -217,7 +223,7 @@ async def build(client: FrontendClient) -> FrontendResult:
     if options.image_resolve_mode != "default":  # as BuildKit's ResolveMode
         resolver = functools.partial(resolver, resolve_mode=options.image_resolve_mode)
     try:
-        converted = await convert(
+        converted = await convert_off_loop(
             dockerfile,
             opts=opts,
             resolve_image=resolver,

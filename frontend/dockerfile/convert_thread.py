@@ -1,0 +1,57 @@
+"""Running the Dockerfile conversion on a worker thread, so a huge or pathological Dockerfile never
+stalls the daemon's event loop (other clients' calls, progress streams, session keepalives).
+
+The conversion gets an event loop of its own in that thread; the one thing it awaits from outside,
+image config resolution, is handed back to the caller's loop, where the bridge and its sessions
+live. Cancelling the build abandons the thread (it finishes in the background, its result dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from .convert import ConvertResult, convert
+
+# Real Dockerfiles are kilobytes; this bounds the memory and CPU one request can take (converting a
+# 2 MiB file of continuation lines takes tens of seconds and hundreds of MB).
+MAX_DOCKERFILE_BYTES = 2 << 20
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop,
+             func: Callable[..., Awaitable[Any]] | None) -> Callable[..., Awaitable[Any]] | None:
+    """``func`` callable from another thread's event loop, running on ``loop``."""
+    if func is None:
+        return None
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(func(*args, **kwargs), loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    return call
+
+
+async def convert_off_loop(dockerfile: bytes, *, resolve_image: Callable[..., Awaitable[Any]] | None,
+                           **kwargs: Any) -> ConvertResult:
+    """:func:`convert` with the same arguments, computed on a worker thread."""
+    resolver = _on_loop(asyncio.get_running_loop(), resolve_image)
+
+    def run() -> ConvertResult:
+        return asyncio.run(convert(dockerfile, resolve_image=resolver, **kwargs))
+
+    return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+
+
+def check_size(dockerfile_size: int, filename: str) -> str | None:
+    """The error for a Dockerfile too large to accept, or None."""
+    if dockerfile_size <= MAX_DOCKERFILE_BYTES:
+        return None
+    return (f"{filename} is {dockerfile_size / (1 << 20):.1f} MiB, more than the "
+            f"{MAX_DOCKERFILE_BYTES >> 20} MiB this daemon accepts for a Dockerfile")
