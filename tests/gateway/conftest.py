@@ -85,6 +85,8 @@ def images(tmp_path_factory) -> Iterator[Images]:
         subprocess.run([sys.executable, str(REPO / "hack" / "frontend-image"), "--layout", str(layout)],
                        check=True, capture_output=True)
         frontend = _push_layout(reg, layout, "buildkitpy/dockerfile", "test")
+        # the daemon mirrors docker.io here: `# syntax=docker/dockerfile:1` pulls our image
+        _push_layout(reg, layout, "docker/dockerfile", "1")
         raw = io.BytesIO()
         with tarfile.open(fileobj=raw, mode="w") as tar:
             tar.add(HERE / "testfrontend.py", arcname="testfrontend.py")
@@ -102,7 +104,8 @@ def images(tmp_path_factory) -> Iterator[Images]:
 def gw_daemon(images: Images, tmp_path_factory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("gateway-daemon")
     config = root / "buildkitd.toml"
-    config.write_text(f'[registry."{images.registry.host}"]\n  http = true\n')
+    config.write_text(f'[registry."docker.io"]\n  mirrors = ["{images.registry.host}"]\n'
+                      f'[registry."{images.registry.host}"]\n  http = true\n')
     d = start_daemon(root / "d", "--config", str(config))
     yield d
     stop_daemon(d)

@@ -153,3 +153,22 @@ def test_frontend_caps_are_checked(gw_daemon, images, tmp_path):
                  "frontend.caps=moby.buildkit.frontend.subrequests", check=False)
     assert res.returncode == 1
     assert "unsupported frontend capability moby.buildkit.frontend.subrequests" in res.stderr.decode()
+
+
+def test_docker_dockerfile_falls_back_only_when_the_pull_fails(gw_daemon, images, tmp_path):
+    ctx = _context(tmp_path, "# syntax=docker/dockerfile:1\nFROM scratch\nCOPY a.txt /a.txt\n",
+                   {"a.txt": "a\n"})
+    out = tmp_path / "out"
+    res = _build(gw_daemon, ctx, out=out, frontend="dockerfile.v0")
+    err = res.stderr.decode()
+    assert (out / "a.txt").read_text() == "a\n"
+    assert "docker-image://docker.io/docker/dockerfile@sha256:" in err, err  # the image ran
+    assert "could not be pulled" not in err
+    # a tag the registry does not have: built here, and the build says so
+    _context(tmp_path, "# syntax=docker/dockerfile:0.0-missing\nFROM scratch\nCOPY a.txt /b.txt\n")
+    res = _build(gw_daemon, ctx, out=tmp_path / "out2", frontend="dockerfile.v0")
+    err = res.stderr.decode()
+    assert (tmp_path / "out2" / "b.txt").read_text() == "a\n"
+    assert "docker-image://docker.io/docker/dockerfile" not in err
+    assert "syntax docker/dockerfile:0.0-missing: the frontend image could not be pulled" in err, err
+    assert "building with buildkitpy's built-in Dockerfile frontend" in err
