@@ -60,6 +60,28 @@ def register(worker_records: Callable[[], list[worker_pb2.WorkerRecord]]) -> Non
     bridge.FRONTENDS[FRONTEND_NAME] = runner.solve
 
 
+def _named_context_override(source: str, opts: dict[str, str]) -> str:
+    """The image a ``context:NAME`` option (``--build-context``) puts in place of the frontend
+    image, looked up as BuildKit does (familiar name, ``::platform`` first)."""
+    from buildkitpy.frontend.dockerfile.convert_named import NamedContextError, context_name
+
+    try:
+        name = context_name(source)
+    except NamedContextError as exc:
+        raise InvalidArgument(str(exc)) from None
+    platform = llb.default_platform().normalized()
+    for key in (f"context:{name}::{platform}", f"context:{name}"):
+        spec = opts.get(key)
+        if spec is None:
+            continue
+        kind, _, value = spec.partition(":")
+        if kind != "docker-image":
+            raise Unimplemented(f"frontend image {source}: only docker-image:// named contexts can replace "
+                                f"a frontend image (got {spec})")
+        return value.removeprefix("//")
+    return source
+
+
 def _caps_set(value: str) -> set[str]:
     return {c.strip() for c in value.split(",") if c.strip()}
 
@@ -82,6 +104,7 @@ class ContainerFrontend:
         source = opts.get("source", "")
         if not source:
             raise InvalidArgument("no source specified for gateway")
+        source = _named_context_override(source, opts)
         worker = bridge.solver.worker
         if worker.executor is None:
             raise Unimplemented(f"frontend image {source}: running frontend images needs runc, which "

@@ -172,3 +172,12 @@ def test_docker_dockerfile_falls_back_only_when_the_pull_fails(gw_daemon, images
     assert "docker-image://docker.io/docker/dockerfile" not in err
     assert "syntax docker/dockerfile:0.0-missing: the frontend image could not be pulled" in err, err
     assert "building with buildkitpy's built-in Dockerfile frontend" in err
+
+
+def test_a_named_context_replaces_the_frontend_image(gw_daemon, images, tmp_path):
+    ctx = _context(tmp_path, "FROM scratch\nCOPY a.txt /c.txt\n", {"a.txt": "c\n"})
+    out = tmp_path / "out"
+    # the source names an image no registry has; the build context for that name supplies it
+    _build(gw_daemon, ctx, "source=registry.invalid/some/frontend:1",
+           f"context:registry.invalid/some/frontend:1=docker-image://{images.frontend}", out=out)
+    assert (out / "c.txt").read_text() == "c\n"
