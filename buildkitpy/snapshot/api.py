@@ -70,6 +70,10 @@ class SnapshotManager(Protocol):
     def walk_ids(self) -> Iterator[str]:
         """Every committed snapshot id (for disk usage and prune)."""
 
+    def lower_layers(self, layer: Path) -> list[Path] | None:
+        """The layers a layer directory (from ``ImmutableSnapshot.layers``) was made on, lowest
+        first, or None when they are unknown (copy mode, computed diffs)."""
+
     def usage(self) -> list[Any]:
         """One record per snapshot: id, parent, mutable, in_use, size, description, created,
         last_used (``buildkitpy.snapshot.manager.SnapshotUsage``)."""

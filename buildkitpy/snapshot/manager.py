@@ -493,6 +493,18 @@ class OverlaySnapshotManager:
             return [self._data_dir(snapshot_id) / "fs"]
         return [self._layer_dir(lid) for lid in rec.layers]
 
+    def lower_layers(self, layer: Path) -> list[Path] | None:
+        """The layers beneath ``layer`` in the chain it was created on (its own snapshot's
+        ``layers`` minus itself): a layer's changes are relative to them even when a merge
+        restacks it."""
+        if self.mode != OVERLAY or layer.name != "fs":
+            return None
+        with self._lock:
+            rec = self._record_or_none(layer.parent.name)
+        if rec is None or rec.computed_diff or not rec.layers or rec.layers[-1] != rec.id:
+            return None
+        return [self._layer_dir(lid) for lid in rec.layers[:-1]]
+
     def _new_view(self, layers: list[str], description: str) -> ImmutableRef:
         """A committed snapshot made of existing layers (a merge, or a diff along one chain)."""
         sid = self._new_id()

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -131,3 +132,67 @@ def test_compression_options():
         "application/vnd.oci.image.layer.v1.tar+gzip"
     assert comp.convert_media_type("application/vnd.oci.image.layer.v1.tar", oci=False) == \
         "application/vnd.docker.image.rootfs.diff.tar"
+
+
+def _names(layer: Path, lowers: list[Path]) -> dict[str, tarfile.TarInfo]:
+    out = io.BytesIO()
+    write_layer_tar(layer, out, None, lowers)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as t:
+        return {m.name: m for m in t.getmembers()}
+
+
+@pytest.fixture
+def chain(tmp_path) -> tuple[Path, Path, Path]:
+    """A base layer, a middle layer on it, and the upper dir of a step on both, as overlayfs
+    leaves them: copied-up parents, a copy-up that changed nothing, mount-point stubs removed."""
+    if os.geteuid() != 0:
+        pytest.fail("layer tar tests need root (mknod, trusted.* xattrs)")
+    base, mid, upper = (tmp_path / n / "fs" for n in ("base", "mid", "upper"))
+    for d in (base, mid, upper):
+        d.mkdir(parents=True)
+    (base / "etc").mkdir()
+    (base / "etc" / "passwd").write_text("root\n")
+    (base / "cfg" / "old").mkdir(parents=True)
+    (base / "cfg" / "one").write_text("1")
+    (base / "cfg" / "old" / "two").write_text("2")
+    (base / "data").mkdir()
+    (base / "data" / "a").write_text("a")
+    (mid / "data").mkdir()
+    (mid / "data" / "b").write_text("b")
+    make_whiteout(mid / "data" / "a")
+    # the step: /etc copied up for an /etc/hosts mount stub (removed again), /etc/passwd copied
+    # up by a no-op chown, /data/new written, /cfg replaced by a fresh directory, /data/a (already
+    # deleted below) deleted again, /nothing created and deleted (a whiteout of nothing)
+    (upper / "etc").mkdir()
+    shutil.copy2(base / "etc" / "passwd", upper / "etc" / "passwd")
+    (upper / "data").mkdir()
+    (upper / "data" / "new").write_text("n")
+    make_whiteout(upper / "data" / "a")
+    make_whiteout(upper / "nothing")
+    (upper / "cfg").mkdir()
+    os.setxattr(upper / "cfg", OPAQUE_XATTR, b"y")
+    (upper / "cfg" / "fresh").write_text("f")
+    return base, mid, upper
+
+
+def test_unchanged_copy_ups_are_left_out_but_parents_of_changes_stay(chain):
+    base, mid, upper = chain
+    names = _names(upper, [base, mid])
+    assert "etc" not in names and "etc/passwd" not in names
+    assert "data" in names and names["data"].isdir() and "data/new" in names
+    assert ".wh.nothing" not in names and "data/.wh.a" not in names
+
+
+def test_opaque_directory_becomes_whiteouts_of_what_it_hides(chain):
+    base, mid, upper = chain
+    names = _names(upper, [base, mid])
+    assert "cfg/.wh..wh..opq" not in names
+    assert {"cfg/.wh.one", "cfg/.wh.old", "cfg/fresh"} <= set(names)
+    assert "cfg/.wh.old/two" not in names
+    assert names["cfg/.wh.one"].uid == 0 and names["cfg/.wh.one"].mode == 0
+
+
+def test_without_lowers_the_upper_dir_is_written_as_is(chain):
+    _, _, upper = chain
+    names = _names(upper, None)  # type: ignore[arg-type]
+    assert {"etc", "etc/passwd", ".wh.nothing", "cfg/.wh..wh..opq"} <= set(names)

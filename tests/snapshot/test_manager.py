@@ -150,6 +150,24 @@ def test_merge_stacks_layers_and_whiteouts(manager):
         ref.release()
 
 
+def test_lower_layers_are_those_a_layer_was_made_on_even_when_restacked(manager):
+    base = commit_with(manager, None, {"a": "1"})
+    top = commit_with(manager, base, {"b": "2"})
+    other = commit_with(manager, None, {"c": "3"})
+    merged = manager.merge([other, top])
+    if manager.mode == "overlay":
+        assert manager.lower_layers(top.layers()[-1]) == base.layers()
+        assert manager.lower_layers(merged.layers()[-1]) == base.layers()
+        assert manager.lower_layers(base.layers()[0]) == []
+        computed = manager.diff(other, top)
+        assert manager.lower_layers(computed.layers()[-1]) is None
+        computed.release()
+    else:
+        assert manager.lower_layers(top.layers()[-1]) is None
+    for ref in (merged, other, top, base):
+        ref.release()
+
+
 def test_diff_along_a_chain_reuses_layers(manager):
     base = commit_with(manager, None, {"a": "1", "d/x": "x"})
     top = commit_with(manager, base, {"b": "2", "d/x": None})

@@ -22,6 +22,9 @@ from buildkitpy.image import compression as comp
 from buildkitpy.image import mediatypes
 
 EPOCH_METADATA = "source.date.epoch"
+# Part of every cached layer blob's variant: blobs written before layers were diffed against
+# their lower layers (see layertar) are not reused.
+LAYER_FORMAT = ":changes=v2"
 _caches: dict[Path, BlobCache] = {}
 _caches_lock = threading.Lock()
 
@@ -225,6 +228,7 @@ class _LayerExporter:
         # Copy-mode snapshots have no per-layer dirs (``layers()`` is the whole tree): a pulled
         # snapshot's blob then stands for its top layer only and cannot be reused.
         self.per_layer = getattr(worker.snapshots, "mode", "overlay") == "overlay"
+        self.snapshots = worker.snapshots
 
     def _reused(self, path: Path) -> LayerBlob | None:
         pulled = self.chains.layer_blob(path.parent.name) if self.per_layer and path.name == "fs" else None
@@ -247,11 +251,13 @@ class _LayerExporter:
         if reused is not None:
             return reused
         key = layer_key(path)
+        lowers = self.snapshots.lower_layers(path) if hasattr(self.snapshots, "lower_layers") else None
         variant = self.options.compression.variant + (f":clamp={clamp}" if clamp is not None else "")
+        variant += LAYER_FORMAT
         cached = self.cache.get(key, variant)
         if cached is not None and self.store.exists(cached.digest):
             return cached
-        blob = compress_layer(path, self.store, self.options.compression, clamp)
+        blob = compress_layer(path, self.store, self.options.compression, clamp, lowers)
         self.cache.put(key, variant, blob)
         return blob
 

@@ -129,8 +129,9 @@ class _ChunkQueue:
 
 
 def compress_layer(layer: Path, store: ContentStore, config: comp.CompressionConfig,
-                   clamp_mtime: int | None = None) -> LayerBlob:
-    """Tar, compress, hash and store one layer directory (blocking; uses one extra thread)."""
+                   clamp_mtime: int | None = None, lowers: list[Path] | None = None) -> LayerBlob:
+    """Tar, compress, hash and store one layer directory (blocking; uses one extra thread).
+    ``lowers``: the layers it was made on (see ``layertar``)."""
     q: queue.Queue = queue.Queue(_QUEUE_DEPTH)
     failed = threading.Event()
     tmp = store.ingest_path()
@@ -167,7 +168,7 @@ def compress_layer(layer: Path, store: ContentStore, config: comp.CompressionCon
     chunks = _ChunkQueue(q, failed)
     try:
         try:
-            write_layer_tar(layer, chunks, clamp_mtime)
+            write_layer_tar(layer, chunks, clamp_mtime, lowers)
             chunks.finish()
         except BaseException as exc:
             result.setdefault("error", exc)

@@ -8,6 +8,13 @@ The tar is deterministic: entries depth-first in byte order of names, owners as 
 user/group names, whole-second mtimes (as containerd writes them), no atime/ctime, PAX records only
 for what ustar cannot hold (long names, xattrs), and Go's end of archive (two zero blocks, no
 record padding). With ``clamp_mtime`` every later mtime becomes that time (``rewrite-timestamp``).
+
+Given the layer's lower layers, the tar holds the layer's changes as BuildKit's overlay differ
+reports them: upper entries equal to the lower ones (directories copied up only because something
+below them changed, mount-point parents, untouched copy-ups) are left out unless they are the
+parent of a change, whiteouts of paths no lower layer has are dropped, and an opaque directory
+becomes one ``.wh.<name>`` per lower entry it hides. Without lower layers (a computed diff) the
+upper dir is written as it is, opaque markers included.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from buildkitpy.snapshot.layer import OPAQUE_XATTR, is_whiteout
+from buildkitpy.snapshot.lowerview import LowerView, same_entry
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -50,16 +58,29 @@ def _opaque(path: str) -> bool:
         return False
 
 
+class _Parent:
+    """A directory on the walk's current path whose header is written only if something below it
+    is (BuildKit includes the parents of every change)."""
+
+    __slots__ = ("name", "st", "written")
+
+    def __init__(self, name: str, st: os.stat_result, written: bool) -> None:
+        self.name, self.st, self.written = name, st, written
+
+
 class LayerTarWriter:
     """Writes one layer directory as a tar into ``out`` (anything with ``write``)."""
 
-    def __init__(self, out: BinaryIO, clamp_mtime: int | None = None) -> None:
+    def __init__(self, out: BinaryIO, clamp_mtime: int | None = None,
+                 lowers: list[Path] | None = None) -> None:
         self._out = out
         self._clamp = clamp_mtime
         self._written = 0
         self._tar = tarfile.TarFile(fileobj=self, mode="w", format=tarfile.PAX_FORMAT,
                                     copybufsize=_COPY_BUFFER)
         self._links: dict[tuple[int, int], str] = {}
+        self._lower = LowerView(lowers) if lowers is not None else None
+        self._root = ""
 
     # file-object face for tarfile
     def write(self, data: bytes) -> int:
@@ -86,37 +107,66 @@ class LayerTarWriter:
 
     def write_layer(self, root: Path) -> None:
         """The whole layer, then the end-of-archive marker."""
-        self._walk(str(root), "")
+        self._root = str(root)
+        self._walk(self._root, (), [], compare=self._lower is not None)
         self.write(b"\0" * (2 * tarfile.BLOCKSIZE))
         self._tar.closed = True  # the end marker is ours: tarfile would pad to a 10 KiB record
 
-    def _walk(self, directory: str, prefix: str) -> None:
-        for name in sorted(os.listdir(directory)):
-            self._entry(os.path.join(directory, name), prefix + name, name)
+    def _parents(self, parents: list[_Parent]) -> None:
+        for parent in parents:
+            if not parent.written:
+                self._dir_header(os.path.join(self._root, parent.name), parent.name, parent.st)
+                parent.written = True
 
-    def _entry(self, path: str, name: str, base: str) -> None:
+    def _dir_header(self, path: str, name: str, st: os.stat_result) -> None:
+        info = self._header(name + "/", st)
+        info.type = tarfile.DIRTYPE
+        info.pax_headers = _xattrs(path)
+        self._tar.addfile(info)
+
+    def _whiteout(self, parts: tuple[str, ...], st: os.stat_result) -> None:
+        info = self._header("/".join(parts[:-1] + (WHITEOUT_PREFIX + parts[-1],)), st)
+        info.mode = info.uid = info.gid = 0
+        self._tar.addfile(info)
+
+    def _walk(self, directory: str, parts: tuple[str, ...], parents: list[_Parent], *,
+              compare: bool, hidden: list[str] | None = None) -> None:
+        """Entries below ``directory`` (``parts`` in the layer). ``compare``: the lower layers may
+        hold these paths; ``hidden``: lower names an opaque ``directory`` hides."""
+        names = sorted(os.listdir(directory))
+        if hidden:
+            present = set(names)
+            gone = [n for n in hidden if n not in present]
+            if gone:
+                self._parents(parents)
+                st = os.lstat(directory)
+                for name in gone:
+                    self._whiteout(parts + (name,), st)
+        for name in names:
+            self._entry(os.path.join(directory, name), parts + (name,), parents, compare)
+
+    def _entry(self, path: str, parts: tuple[str, ...], parents: list[_Parent],
+               compare: bool) -> None:
         st = os.lstat(path)
         mode = st.st_mode
+        name = "/".join(parts)
+        lower = self._lower.lookup(parts) if compare and self._lower is not None else None
         if is_whiteout(st):
-            parent = name[: len(name) - len(base)]
-            info = self._header(parent + WHITEOUT_PREFIX + base, st)
-            info.mode = 0
-            self._tar.addfile(info)
+            if self._lower is not None and lower is None:
+                return  # nothing below to delete
+            self._parents(parents)
+            self._whiteout(parts, st)
             return
         if statmod.S_ISSOCK(mode):
             return  # sockets do not travel in layers
+        if statmod.S_ISDIR(mode):
+            self._directory(path, parts, st, lower, parents)
+            return
+        if lower is not None and same_entry(lower[0], lower[1], path, st):
+            return
+        self._parents(parents)
         info = self._header(name, st)
         info.pax_headers = _xattrs(path)
-        if statmod.S_ISDIR(mode):
-            info.type = tarfile.DIRTYPE
-            info.name = name + "/"
-            self._tar.addfile(info)
-            if _opaque(path):
-                marker = self._header(name + "/" + OPAQUE_MARKER, st)
-                marker.mode = 0
-                self._tar.addfile(marker)
-            self._walk(path, name + "/")
-            return
         if statmod.S_ISREG(mode):
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1:
@@ -140,6 +190,32 @@ class LayerTarWriter:
             info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
             self._tar.addfile(info)
 
+    def _directory(self, path: str, parts: tuple[str, ...], st: os.stat_result,
+                   lower: tuple[str, os.stat_result] | None, parents: list[_Parent]) -> None:
+        name = "/".join(parts)
+        if self._lower is None:  # no lower layers known: the upper dir as it is
+            self._parents(parents)
+            self._dir_header(path, name, st)
+            if _opaque(path):
+                marker = self._header(name + "/" + OPAQUE_MARKER, st)
+                marker.mode = 0
+                self._tar.addfile(marker)
+            self._walk(path, parts, parents, compare=False)
+            return
+        in_lower = lower is not None and statmod.S_ISDIR(lower[1].st_mode)
+        unchanged = in_lower and lower is not None and same_entry(lower[0], lower[1], path, st)
+        if not unchanged:
+            self._parents(parents)
+            self._dir_header(path, name, st)
+        hidden = self._lower.listdir(parts) if in_lower and _opaque(path) else None
+        parents.append(_Parent(name, st, written=not unchanged))
+        try:
+            self._walk(path, parts, parents, compare=in_lower, hidden=hidden)
+        finally:
+            parents.pop()
 
-def write_layer_tar(root: Path, out: BinaryIO, clamp_mtime: int | None = None) -> None:
-    LayerTarWriter(out, clamp_mtime).write_layer(root)
+
+def write_layer_tar(root: Path, out: BinaryIO, clamp_mtime: int | None = None,
+                    lowers: list[Path] | None = None) -> None:
+    """``lowers``: the layers below this one, lowest first (None: unknown, write the dir as is)."""
+    LayerTarWriter(out, clamp_mtime, lowers).write_layer(root)
