@@ -124,8 +124,9 @@ def test_deletions_become_whiteouts(daemon, tmp_path):
     assert image.config["history"][0]["comment"] == "buildkit.exporter.image.v0"
 
 
-def test_opaque_directory_marker(daemon, tmp_path):
-    # rm and mkdir of a lower directory in one file op: overlay marks the upper dir opaque.
+def test_opaque_directory_becomes_whiteouts(daemon, tmp_path):
+    # rm and mkdir of a lower directory in one file op: overlay marks the upper dir opaque; as in
+    # BuildKit's overlay differ, the layer whites out each lower entry it hides instead.
     state = (llb.scratch()
              .file(llb.mkdir("/d", 0o755))
              .file(llb.mkfile("/d/old", 0o644, b"old"))
@@ -133,8 +134,8 @@ def test_opaque_directory_marker(daemon, tmp_path):
     dest, _ = build(daemon, tmp_path, "type=oci", definition=state.marshal().SerializeToString())
     image = read_layout(dest).image
     last = image.layer_names(len(image.layers) - 1)
-    assert last == ["d", "d/.wh..wh..opq", "d/new"]
-    marker = image.layer_members(len(image.layers) - 1)["d/.wh..wh..opq"]
+    assert last == ["d", "d/.wh.old", "d/new"]
+    marker = image.layer_members(len(image.layers) - 1)["d/.wh.old"]
     assert marker.isfile() and marker.size == 0
 
 
