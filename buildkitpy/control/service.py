@@ -154,6 +154,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     ref=request.Ref, frontend=request.Frontend, frontend_attrs=request.FrontendAttrs,
                     exporters=exporters, progress=job.progress, trace_id=history_api.current_trace_id())
             resolved = [exporter.resolve(e.Type) for e in exporters]  # unknown types fail before work
+            for e in exporters:  # and so do bad attrs (a bad --output fails at once)
+                exporter.validate(e.Type, dict(e.Attrs))
             if request.Cache.Exports or request.Cache.Imports or request.Cache.ExportRefDeprecated:
                 raise Unimplemented("cache import/export is not supported yet")
             for ent in sorted(entitlements & INSECURE_ENTITLEMENTS):

@@ -1,7 +1,9 @@
 """Exporters: where a finished build's result goes (``SolveRequest.Exporters``).
 
 Each exporter is ``async def export(ctx: ExportContext) -> dict[str, str]`` returning its part of
-``SolveResponse.ExporterResponse``.
+``SolveResponse.ExporterResponse``. Exporting has two phases: :func:`validate` checks an exporter's
+attrs when the Solve arrives, so a bad ``--output`` fails at once, before anything is built; the
+export itself runs on the result.
 """
 
 from __future__ import annotations
@@ -43,3 +45,14 @@ def resolve(kind: str) -> Exporter:
 
         return mobyexporter.export
     raise InvalidArgument(f"unknown exporter type {kind!r}")
+
+
+def validate(kind: str, attrs: dict[str, str]) -> None:
+    """Raise ``InvalidArgument`` for attrs that exporter ``kind`` would refuse (before the build)."""
+    from buildkitpy.exporter import image, oci
+
+    resolve(kind)
+    if kind == "image":
+        image.validate_attrs(attrs)
+    elif kind in ("oci", "docker"):
+        oci.validate_attrs(attrs, docker=kind == "docker")

@@ -133,17 +133,27 @@ def registry_client(ctx: ExportContext, refs: list[Reference], insecure: bool) -
     return RegistryClient(registries, credentials)
 
 
-async def export(ctx: ExportContext) -> dict[str, str]:
-    from buildkitpy.exporter.imagebuild import ImageOptions, assemble_image
-    from buildkitpy.exporter.imagebuild.config import go_json
+def validate_attrs(attrs: Mapping[str, str]) -> tuple[ImageExportOptions, Any]:
+    """The export options of ``attrs`` (and the image options), or ``InvalidArgument``."""
+    from buildkitpy.exporter.imagebuild import ImageOptions
 
-    opts = ImageExportOptions.parse(ctx.attrs)
-    image_opts = ImageOptions.from_attrs(ctx.attrs, default_oci=True)  # BuildKit 0.31+ default
-    if opts.name and opts.name != "*":  # bad names fail before any work
+    opts = ImageExportOptions.parse(attrs)
+    image_opts = ImageOptions.from_attrs(attrs, default_oci=True)  # BuildKit 0.31+ default
+    if opts.name and opts.name != "*":
         for name in target_names(ImageExportOptions(name=opts.name), "", {}):
             parse_target(name, opts.push_by_digest)
     if opts.unpack and opts.store and opts.name and image_opts.rewrite_timestamp:
         raise InvalidArgument('exporter option "rewrite-timestamp" conflicts with "unpack"')
+    if opts.push and not opts.name and not opts.dangling_prefix:
+        raise InvalidArgument("push=true needs an image name (name=...)")
+    return opts, image_opts
+
+
+async def export(ctx: ExportContext) -> dict[str, str]:
+    from buildkitpy.exporter.imagebuild import assemble_image
+    from buildkitpy.exporter.imagebuild.config import go_json
+
+    opts, image_opts = validate_attrs(ctx.attrs)
     vertex = "sha256:" + secrets.token_hex(32)
     progress = ctx.progress
     progress.vertex(vertex, "exporting to image", started=True)

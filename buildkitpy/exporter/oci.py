@@ -173,13 +173,22 @@ def _created_annotation(image: AssembledImage) -> str:
     return datetime.datetime.fromtimestamp(tm, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def validate_attrs(attrs: dict[str, str], *, docker: bool) -> ImageOptions:
+    """The image options of ``attrs``, or ``InvalidArgument`` (checked before the build)."""
+    kind = "docker" if docker else "oci"
+    if attrs.get("tar", "true").strip().lower() in ("false", "0", "no"):
+        raise InvalidArgument(f"{kind} exporter: tar=false (a directory layout) is not supported")
+    options = ImageOptions.from_attrs(attrs, default_oci=not docker)
+    if attrs.get("name", "") != "*":
+        normalized_names(attrs.get("name", ""))
+    return options
+
+
 async def export_archive(ctx: ExportContext, *, docker: bool) -> dict[str, str]:
     kind = "docker" if docker else "oci"
     attrs = ctx.attrs
-    if attrs.get("tar", "true").strip().lower() in ("false", "0", "no"):
-        raise InvalidArgument(f"{kind} exporter: tar=false (a directory layout) is not supported")
+    options = validate_attrs(attrs, docker=docker)
     session = ctx.require_session(kind)
-    options = ImageOptions.from_attrs(attrs, default_oci=not docker)
     name_attr = attrs.get("name", "")
     if name_attr == "*":
         name_attr = ctx.result.metadata.get("image.name", b"").decode()
