@@ -44,8 +44,8 @@ def test_a_full_disk_fails_the_build_cleanly_and_the_store_stays_usable(small_fs
         runner.build(sh(base(), "true").root(), None)
 
         # a step that fills the disk: it fails with its own exit code
-        res = runner.build(sh(base(), f": {uuid.uuid4().hex}; dd if=/dev/zero of=/big bs=1M count=200").root(),
-                           None, check=False)
+        fill = sh(base(), f": {uuid.uuid4().hex}; dd if=/dev/zero of=/big bs=1M count=200").root()
+        res = runner.build(fill, None, check=False)
         assert not res.ok
         assert b"No space left on device" in res.logs(), res.logs()[-2000:]
         assert res.stderr.strip().endswith("did not complete successfully: exit code: 1"), res.stderr[-2000:]
