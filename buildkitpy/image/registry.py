@@ -201,9 +201,10 @@ class RegistryClient:
                     if failures and isinstance(exc, RegistryError | OSError):
                         raise RegistryError(f"{exc} (mirrors failed too: {'; '.join(failures)})") from exc
                     if isinstance(exc, OSError | http.client.HTTPException):
-                        raise RegistryError(f"{method} {ep}/{ref.repository}/{path}: {exc}") from exc
+                        raise RegistryError(f"{method} {ep}/{ref.repository}/{path}: "
+                                            f"{transport_error(exc, ep.host)}") from exc
                     raise
-                failures.append(f"{ep.host}: {exc}")
+                failures.append(f"{ep.host}: {transport_error(exc, ep.host)}")
         raise RegistryError(f"no endpoint for {ref.domain}")  # unreachable: the origin is always last
 
     async def _request_endpoint(self, ep: Endpoint, ref: Reference, method: str, path: str,
@@ -372,6 +373,28 @@ class RegistryClient:
             finally:
                 conn.close()
         raise RegistryError(f"too many redirects for {ep}{url_path}")
+
+
+def transport_error(exc: BaseException, host: str) -> str:
+    """What went wrong talking to ``host``, in words (no errno numbers, no raw protocol bytes)."""
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        return f"failed to resolve host {host}: {(exc.strerror or str(exc)).lower()}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"failed to connect to {host}: connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {host} failed: {exc.reason or exc.strerror or 'protocol error'}"
+    if isinstance(exc, http.client.BadStatusLine | http.client.LineTooLong | http.client.IncompleteRead):
+        return f"{host} did not answer with HTTP/1.1 (is it a registry, and on this port?)"
+    if isinstance(exc, http.client.HTTPException):
+        return f"{host} broke the HTTP exchange ({type(exc).__name__.lower()})"
+    if isinstance(exc, TimeoutError):
+        return f"{host} did not answer in time"
+    if isinstance(exc, OSError):
+        detail = (exc.strerror or str(exc)).lower()
+        return f"failed to talk to {host}: {detail}"
+    return str(exc)
 
 
 def _read_limited(limit: int) -> BodyHandler:
