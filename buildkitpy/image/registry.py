@@ -383,6 +383,8 @@ def transport_error(exc: BaseException, host: str) -> str:
         return f"failed to resolve host {host}: {(exc.strerror or str(exc)).lower()}"
     if isinstance(exc, ConnectionRefusedError):
         return f"failed to connect to {host}: connection refused"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake with {host} failed: certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake with {host} failed: {exc.reason or exc.strerror or 'protocol error'}"
     if isinstance(exc, http.client.BadStatusLine | http.client.LineTooLong | http.client.IncompleteRead):
