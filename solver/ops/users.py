@@ -17,19 +17,26 @@ def _read_db(root: Path, name: str) -> list[list[str]]:
 
 
 def lookup_user(root: Path | None, name: str) -> tuple[int, int]:
-    """(uid, primary gid) of ``name`` in ``root``'s /etc/passwd; numeric names are ids."""
+    """(uid, primary gid) of ``name`` in ``root``'s /etc/passwd; numeric names are ids. A name the
+    file does not hold is root (0, 0), as BuildKit's file op resolves it (``COPY --chown=ghost``
+    builds); only a missing tree to look in is an error."""
     if name.isdigit():
         return int(name), int(name)
-    for fields in _read_db(root, "/etc/passwd") if root is not None else []:
+    if root is None:
+        raise SolveError(f"unable to find user {name}: no mount to read /etc/passwd from")
+    for fields in _read_db(root, "/etc/passwd"):
         if len(fields) >= 4 and fields[0] == name and fields[2].isdigit() and fields[3].isdigit():
             return int(fields[2]), int(fields[3])
-    raise SolveError(f"unable to find user {name}: no matching entries in passwd file")
+    return 0, 0
 
 
 def lookup_group(root: Path | None, name: str) -> int:
+    """gid of ``name`` in ``root``'s /etc/group; an unknown name is 0, as for users."""
     if name.isdigit():
         return int(name)
-    for fields in _read_db(root, "/etc/group") if root is not None else []:
+    if root is None:
+        raise SolveError(f"unable to find group {name}: no mount to read /etc/group from")
+    for fields in _read_db(root, "/etc/group"):
         if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
             return int(fields[2])
-    raise SolveError(f"unable to find group {name}: no matching entries in group file")
+    return 0
