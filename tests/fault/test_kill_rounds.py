@@ -14,7 +14,7 @@ import pytest
 
 from tests.acceptance.helpers import Runner, base, sh
 from tests.conftest import start_daemon, stop_daemon
-from tests.fault.helpers import mounts_under, runc_containers, start_hanging_run
+from tests.fault.helpers import mounts_under, runc_containers, start_hanging_run, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -29,8 +29,12 @@ def _kill_rounds(tmp_path, busybox_dir, rounds: int, seed: int) -> None:
         assert first.ok
         for round_no in range(rounds):
             # a build that writes, then sleeps: killed somewhere in transfer, mount, run or commit
-            client = start_hanging_run(daemon, busybox_dir, seconds=rng.choice([0, 1, 5]))
-            time.sleep(rng.uniform(0.0, 2.5))
+            seconds = 5 if round_no == 0 else rng.choice([0, 1, 5])
+            client = start_hanging_run(daemon, busybox_dir, seconds=seconds)
+            if round_no == 0:  # the first kill always lands while the step's container runs
+                assert wait_for(lambda: runc_containers(state), 30), "the RUN never started"
+            else:
+                time.sleep(rng.uniform(0.0, 2.5))
             os.kill(daemon.proc.pid, signal.SIGKILL)
             daemon.proc.wait()
             client.kill()
