@@ -140,7 +140,7 @@ def build_config(spec: ExecSpec, user: ResolvedUser, *, hosts_file: Path, resolv
     else:
         linux["seccomp"] = seccomp.default_profile(caps)
 
-    return {
+    config = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": str(rootfs), "readonly": spec.readonly_rootfs},
@@ -148,3 +148,45 @@ def build_config(spec: ExecSpec, user: ResolvedUser, *, hosts_file: Path, resolv
         "mounts": deduped,
         "linux": linux,
     }
+    if running_in_user_namespace():
+        to_rootless(config)
+    return config
+
+
+def running_in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the initial one (rootless mode,
+    e.g. under rootlesskit): then only part of the uid range is mapped."""
+    try:
+        fields = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        return False
+    return fields != ["0", "0", "4294967295"]
+
+
+def to_rootless(config: dict[str, Any]) -> None:
+    """Adjust a config for runc inside a user namespace, as BuildKit's rootless worker does: no
+    ``/sys`` mounts (sysfs of a network namespace we do not own cannot be mounted), no cgroup
+    resources, and bind mounts that keep the flags the kernel locks on their source mount (a
+    remount dropping nosuid, nodev, noexec or ro is refused in a user namespace)."""
+    config["mounts"] = [m for m in config["mounts"]
+                        if m["destination"] != "/sys" and not m["destination"].startswith("/sys/")]
+    for m in config["mounts"]:
+        if "bind" in m["options"] or "rbind" in m["options"]:
+            for flag in locked_mount_flags(m["source"]):
+                if flag not in m["options"]:
+                    m["options"].append(flag)
+    config["linux"].pop("resources", None)
+    config["linux"].pop("cgroupsPath", None)
+
+
+_LOCKED_FLAGS = ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec"),
+                 (os.ST_RDONLY, "ro"))
+
+
+def locked_mount_flags(source: str) -> list[str]:
+    """The nosuid/nodev/noexec/ro flags of the mount ``source`` lives on."""
+    try:
+        flags = os.statvfs(source).f_flag
+    except OSError:
+        return []
+    return [name for bit, name in _LOCKED_FLAGS if flags & bit]
