@@ -35,7 +35,7 @@ class _CorpusRegistry:
 def corpus_engine(tmp_path_factory):
     if not (CORPUS / "conformance.py").exists():
         pytest.fail(f"the conformance corpus is not at {CORPUS}")
-    from conftest import free_port
+    from tests.conftest import free_port
 
     data = tmp_path_factory.mktemp("corpus-registry")
     port = free_port()
