@@ -76,6 +76,46 @@ class VertexKey:
     trusted: bool  # may be looked up: no component is a fresh input's key
 
 
+def root_key_id(digest: str, output: int) -> str:
+    """The id every storage gives a key without inputs (BuildKit's ``rootKey``: sha256 of
+    ``"<digest>@<output>"``), so caches written elsewhere are found by the same id."""
+    return "sha256:" + hashlib.sha256(f"{digest}@{output}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class CacheKey:
+    """One output of an op applied to particular input keys (BuildKit's ``CacheKey``).
+
+    ``deps`` has one ``(input key, selector)`` per op input; a key without deps is a root (a
+    source, or a content checksum standing for an input). ``id`` is the key's id in our own
+    storage: the root id for roots, else a digest of the op digest, the output and the inputs'
+    ids and selectors. ``ephemeral`` keys (per-session local sources and everything derived from
+    them) are never written to a storage."""
+
+    digest: str
+    output: int = 0
+    deps: tuple[tuple[CacheKey, str], ...] = ()
+    ephemeral: bool = False
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.deps:
+            kid = root_key_id(self.digest, self.output)
+        else:
+            kid = digest_json([self.digest, self.output, [[k.id, sel] for k, sel in self.deps]])
+        object.__setattr__(self, "id", kid)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CacheKey) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"CacheKey({self.id[:19]}, digest={self.digest[:19]}, output={self.output}, " \
+               f"deps={len(self.deps)})"
+
+
 def sha256_text(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:

@@ -10,6 +10,7 @@ from buildkitpy.api import ops_pb2
 from buildkitpy.progress import ProgressBus
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.cache import CacheStore
+from buildkitpy.solver.cachestorage import CacheStorage
 from buildkitpy.solver.contenthash import ChecksumStore
 from buildkitpy.solver.loader import load_definition
 from buildkitpy.solver.observe import StepObserver
@@ -23,6 +24,9 @@ class Job:
     session_ids: list[str] = field(default_factory=list)
     no_cache: bool = False
     entitlements: frozenset[str] = frozenset()
+    # Read-only cache layers (cache imports, ``--cache-from``) this build looks keys up in, stacked
+    # over the solver's own store: ``buildkitpy.solver.cachestorage`` describes what a layer provides.
+    cache_layers: list[CacheStorage] = field(default_factory=list)
 
 
 @dataclass
