@@ -14,6 +14,7 @@ import platform
 import shutil
 import socket
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from buildkitpy.dockerapi.classic import BuildFailed, ClassicBuild, tag_names
 from buildkitpy.dockerapi.contexttar import extract, spool
 from buildkitpy.dockerapi.http import ClientGone, HTTPError, Request
 from buildkitpy.dockerapi.imagestore import ImageStore
+from buildkitpy.dockerapi.limits import BuildCgroups
 from buildkitpy.dockerapi.options import BUILDER_BUILDKIT, BUILDER_CLASSIC, BuildOptions, bool_arg
 from buildkitpy.dockerapi.server import (
     API_VERSION,
@@ -56,6 +58,7 @@ class EngineAPI:
     sessions: Any  # buildkitpy.session.manager.SessionManager
     control_socket: str  # path of the Control API's private socket
     builds: dict[str, RunningBuild] = field(default_factory=dict)
+    cgroups: BuildCgroups = field(default_factory=BuildCgroups)
 
     def router(self) -> Router:
         from buildkitpy.dockerapi import images
@@ -145,9 +148,6 @@ class EngineAPI:
             raise Unimplemented("squash is not supported")
         if opts.outputs:
             raise Unimplemented("outputs are only supported by the BuildKit builder (version=2)")
-        if opts.memory or opts.memory_swap or opts.cpu_shares or opts.cpu_period or opts.cpu_quota \
-                or opts.cpuset_cpus or opts.cpuset_mems:
-            raise Unimplemented("memory and cpu limits on RUN containers are not supported yet")
         build_id = opts.build_id or os.urandom(16).hex()
         if build_id in self.builds:
             raise InvalidArgument(f"a build with id {build_id} is already running")
@@ -175,10 +175,11 @@ class EngineAPI:
 
     async def _run_classic(self, req: Request, stream: JSONStream, opts: BuildOptions, context: Path,
                            workdir: Path) -> None:
-        build = ClassicBuild(images=self.images, control=self.control, opts=opts, context=context,
-                             workdir=workdir, emit=stream.send)
         try:
-            await build.run()
+            with self.cgroups.applied(opts.limits) if opts.limits else nullcontext("") as cgroup_parent:
+                build = ClassicBuild(images=self.images, control=self.control, opts=opts, context=context,
+                                     workdir=workdir, emit=stream.send, cgroup_parent=cgroup_parent)
+                await build.run()
         except BuildFailed as exc:
             if not stream.started:
                 raise HTTPError(400, exc.message) from None

@@ -170,13 +170,14 @@ class ClassicBuild:
     """One ``docker build`` on the classic path."""
 
     def __init__(self, *, images: ImageStore, control: Any, opts: BuildOptions, context: Path,
-                 workdir: Path, emit: Emit) -> None:
+                 workdir: Path, emit: Emit, cgroup_parent: str = "") -> None:
         self.images = images
         self.control = control  # buildkitpy.client.connection.Client of our own Control API
         self.opts = opts
         self.context = context
         self.workdir = workdir
         self.emit = emit
+        self.cgroup_parent = cgroup_parent  # where the RUN containers go: the build's limits
         self.shared_key = secrets.token_hex(16)
 
     async def out(self, text: str) -> None:
@@ -272,6 +273,8 @@ class ClassicBuild:
             attrs["add-hosts"] = ",".join(self.opts.extra_hosts)
         if self.opts.shm_size:
             attrs["shm-size"] = str(self.opts.shm_size)
+        if self.cgroup_parent:
+            attrs["cgroup-parent"] = self.cgroup_parent
         if self.opts.ulimits:
             attrs["ulimit"] = ",".join(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}"
                                        for u in self.opts.ulimits)

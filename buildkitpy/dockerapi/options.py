@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildkitpy.dockerapi.http import HTTPError, Request
+from buildkitpy.dockerapi.limits import Limits
 
 BUILDER_CLASSIC = "1"
 BUILDER_BUILDKIT = "2"
@@ -80,6 +81,12 @@ class BuildOptions:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     registry_auth: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(memory=self.memory, memory_swap=self.memory_swap, cpu_shares=self.cpu_shares,
+                      cpu_period=self.cpu_period, cpu_quota=self.cpu_quota, cpuset_cpus=self.cpuset_cpus,
+                      cpuset_mems=self.cpuset_mems)
+
     @classmethod
     def parse(cls, req: Request) -> BuildOptions:
         o = cls()
@@ -124,6 +131,9 @@ class BuildOptions:
                 raise bad(f"invalid value for {name}: must not be negative")
         o.cpuset_cpus = req.arg("cpusetcpus")
         o.cpuset_mems = req.arg("cpusetmems")
+        if o.memory_swap < -1:
+            raise bad("invalid value for memswap: must be -1 (unlimited swap) or more")
+        o.limits.check()
         o.ulimits = json_arg(req, "ulimits", list, "ulimit settings")
         if req.args("securityopt"):
             raise bad("security options are not supported on linux")

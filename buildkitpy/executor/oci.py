@@ -66,7 +66,7 @@ def _with_default_path(env: list[str]) -> list[str]:
 
 
 def build_config(spec: ExecSpec, user: ResolvedUser, *, hosts_file: Path, resolv_conf: Path,
-                 rootfs: Path) -> dict[str, Any]:
+                 rootfs: Path, container_id: str = "") -> dict[str, Any]:
     insecure = spec.security is SecurityMode.INSECURE
     caps = _all_capabilities() if insecure else list(DEFAULT_CAPABILITIES)
     process: dict[str, Any] = {
@@ -139,6 +139,8 @@ def build_config(spec: ExecSpec, user: ResolvedUser, *, hosts_file: Path, resolv
         linux["devices"] = devices
     else:
         linux["seccomp"] = seccomp.default_profile(caps)
+    if spec.cgroup_parent and container_id:
+        linux["cgroupsPath"] = cgroups_path(spec.cgroup_parent, container_id)
 
     config = {
         "ociVersion": OCI_VERSION,
@@ -151,6 +153,14 @@ def build_config(spec: ExecSpec, user: ResolvedUser, *, hosts_file: Path, resolv
     if running_in_user_namespace():
         to_rootless(config)
     return config
+
+
+def cgroups_path(parent: str, container_id: str) -> str:
+    """Where a step's cgroup goes under ``parent``, as BuildKit places it (a systemd slice
+    ``name.slice:`` takes the id directly, any other parent gets ``buildkit/<id>`` below it)."""
+    if parent.endswith(":") and ".slice" in parent:
+        return parent + container_id
+    return os.path.normpath(os.path.join("/", parent, "buildkit", container_id))
 
 
 def running_in_user_namespace() -> bool:

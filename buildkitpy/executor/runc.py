@@ -100,7 +100,8 @@ class RuncExecutor:
             stubs = MountStubs.record(rootfs, ["/etc/resolv.conf", "/etc/hosts",
                                                *(m.destination for m in spec.mounts)],
                                       recursive=spec.remove_mount_stubs_recursive)
-            config = build_config(spec, user, hosts_file=hosts_file, resolv_conf=resolv_conf, rootfs=rootfs)
+            config = build_config(spec, user, hosts_file=hosts_file, resolv_conf=resolv_conf, rootfs=rootfs,
+                                  container_id=container_id)
             (bundle / "config.json").write_text(json.dumps(config))
             return await self._run_container(container_id, bundle, stdout, stderr, stdin)
         finally:

@@ -76,3 +76,6 @@ class ExecSpec:
     no_new_privileges: bool = False
     # Remove every mount-target directory we had to create, not only the deepest one.
     remove_mount_stubs_recursive: bool = True
+    # ExecOp's Meta.cgroupParent: the container's cgroup is <parent>/buildkit/<id>, so limits set
+    # on the parent (the Engine API's memory/cpu build options) apply to it.
+    cgroup_parent: str = ""

@@ -152,7 +152,8 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
                 mounts=[mnt for _, mnt in extra],
                 extra_hosts=[HostIP(h.Host, h.IP) for h in op.meta.extraHosts],
                 ulimits=[Ulimit(u.Name, u.Soft, u.Hard) for u in op.meta.ulimit],
-                remove_mount_stubs_recursive=op.meta.removeMountStubsRecursive)
+                remove_mount_stubs_recursive=op.meta.removeMountStubsRecursive,
+                cgroup_parent=op.meta.cgroupParent)
             if op.meta.hostname:
                 spec.hostname = op.meta.hostname
             progress = ctx.job.progress
