@@ -1,0 +1,1 @@
+"""The Control service (moby.buildkit.v1.Control)."""

@@ -1,0 +1,1 @@
+"""The daemon: flags, buildkitd.toml, serving."""

@@ -1,0 +1,1 @@
+"""The gateway: LLBBridge served to frontends, in-process and in containers."""

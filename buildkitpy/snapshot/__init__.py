@@ -1,0 +1,1 @@
+"""Snapshots: overlayfs layers and mounts under the daemon root."""
