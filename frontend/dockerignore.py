@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from buildkitpy.fsutil.patterns import Pattern, PatternError, PatternMatcher
 from buildkitpy.fsutil.patterns import go_clean as clean_path
-
-from .dockerfile.gocompat import trim_space
+from buildkitpy.gocompat import trim_space
 
 __all__ = ["DockerIgnore", "PatternError", "clean_path", "read_ignore_file"]
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from buildkitpy.errors import InvalidArgument
-from buildkitpy.frontend.dockerfile.gocompat import trim_space
+from buildkitpy.gocompat import trim_space
 
 __all__ = ["PatternError", "Pattern", "PatternMatcher", "go_clean", "MatchInfo", "check_glob_syntax",
            "glob_match", "contains_wildcards"]

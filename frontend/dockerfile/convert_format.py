@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .gocompat import quote
+from buildkitpy.gocompat import quote
 
 
 def go_list(values: list[str]) -> str:

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from buildkitpy.gocompat import parse_bool
+
 from .errors import DockerfileError
-from .gocompat import parse_bool
 
 _PROTO = re.compile(r"^[a-zA-Z0-9]+://")
 _SCP = re.compile(r"^([a-zA-Z0-9-_]+)@([a-zA-Z0-9-.]+):(.*?)(?:\?(.*?))?(?:#(.*))?$")

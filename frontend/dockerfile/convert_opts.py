@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from buildkitpy.gocompat import parse_bool, ram_in_bytes
 from buildkitpy.llb import Platform
 
 from .errors import DockerfileError
-from .gocompat import parse_bool, ram_in_bytes
 
 
 class OptionError(DockerfileError):

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from buildkitpy.gocompat import with_suggestion
+
 from .errors import DockerfileError
-from .gocompat import with_suggestion
 
 
 class FlagError(DockerfileError):

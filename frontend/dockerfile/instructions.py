@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from buildkitpy.gocompat import parse_duration, parse_int, quote, trim_space, with_suggestion
+
 from . import parser as dfparser
 from .flags import BFlags, FlagError
-from .gocompat import parse_duration, parse_int, quote, trim_space, with_suggestion
 from .mounts import Device, Mount, MountError, parse_device, parse_mount
 from .parser import DockerfileParseError, Heredoc, Node, ParseResult
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from buildkitpy.gocompat import parse_bool, parse_uint, quote, ram_in_bytes, with_suggestion
+
 from .errors import DockerfileError
-from .gocompat import parse_bool, parse_uint, quote, ram_in_bytes, with_suggestion
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 SHARING_MODES = ("shared", "private", "locked")

@@ -13,8 +13,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from buildkitpy.gocompat import is_space, quote, trim_left_space, trim_space
+
 from .errors import DockerfileError
-from .gocompat import is_space, quote, trim_left_space, trim_space
 from .shell import Lex, ShellExpansionError
 
 DEFAULT_ESCAPE_TOKEN = "\\"

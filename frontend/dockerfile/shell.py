@@ -16,8 +16,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from buildkitpy.gocompat import is_digit, is_letter, is_space, quote
+
 from .errors import DockerfileError
-from .gocompat import is_digit, is_letter, is_space, quote
 
 _EOF = ""
 # text/scanner reports end of input as rune -1; printing it with %s gives U+FFFD, which is what a user

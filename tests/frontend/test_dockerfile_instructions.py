@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from buildkitpy.frontend.dockerfile.flags import BFlags, FlagError
-from buildkitpy.frontend.dockerfile.gocompat import parse_duration, ram_in_bytes, suggest
 from buildkitpy.frontend.dockerfile.instructions import (
     AddCommand,
     ArgCommand,
@@ -35,6 +34,7 @@ from buildkitpy.frontend.dockerfile.instructions import (
 )
 from buildkitpy.frontend.dockerfile.mounts import MountError, csv_fields, parse_device, parse_mount
 from buildkitpy.frontend.dockerfile.parser import DockerfileParseError, parse
+from buildkitpy.gocompat import parse_duration, ram_in_bytes, suggest
 
 
 def ins(src: str):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from buildkitpy.frontend.dockerfile.expand import COPY_FROM_EXPANSION_ERROR, expand
-from buildkitpy.frontend.dockerfile.gocompat import quote
 from buildkitpy.frontend.dockerfile.instructions import (
     AddCommand,
     ArgCommand,
@@ -33,6 +32,7 @@ from buildkitpy.frontend.dockerfile.shell import (
     process_word_with_matches,
     process_words,
 )
+from buildkitpy.gocompat import quote
 
 ENV = {"HOME": "/root", "NAME": "world", "EMPTY": "", "SP": "a  b", "PATHLIKE": "/usr/local/bin/tool.tar.gz"}
 
