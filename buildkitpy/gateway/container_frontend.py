@@ -63,12 +63,10 @@ def register(worker_records: Callable[[], list[worker_pb2.WorkerRecord]]) -> Non
 def _named_context_override(source: str, opts: dict[str, str]) -> str:
     """The image a ``context:NAME`` option (``--build-context``) puts in place of the frontend
     image, looked up as BuildKit does (familiar name, ``::platform`` first)."""
-    from buildkitpy.frontend.dockerfile.convert_named import NamedContextError, context_name
-
-    try:
-        name = context_name(source)
-    except NamedContextError as exc:
-        raise InvalidArgument(str(exc)) from None
+    try:  # the name dockerui's NamedContext looks up: the familiar name without ":latest"
+        name = llb.reference.parse_normalized(source).familiar().removesuffix(":latest")
+    except (ValueError, llb.LLBError) as exc:
+        raise InvalidArgument(f"invalid context name {source}: {exc}") from None
     platform = llb.default_platform().normalized()
     for key in (f"context:{name}::{platform}", f"context:{name}"):
         spec = opts.get(key)

@@ -33,6 +33,15 @@ class ImageReference:
     def __str__(self) -> str:
         return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
+    def familiar(self) -> str:
+        """distribution/reference's ``FamiliarString``: ``docker.io/library/alpine:3`` → ``alpine:3``."""
+        name = self.name
+        if name.startswith(DEFAULT_DOMAIN + "/"):
+            name = name[len(DEFAULT_DOMAIN) + 1:]
+            if name.startswith("library/") and name.count("/") == 1:
+                name = name[len("library/"):]
+        return name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
 
 def parse_normalized(ref: str) -> ImageReference:
     """Fully qualify ``ref`` (``busybox`` → ``docker.io/library/busybox``); raises ``LLBError``."""

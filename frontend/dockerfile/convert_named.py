@@ -61,13 +61,7 @@ def context_name(name: str) -> str:
         ref = llb.reference.parse_normalized(name)
     except (ValueError, llb.LLBError) as e:
         raise NamedContextError(f"invalid context name {name}: {e}") from None
-    familiar = ref.name
-    if familiar.startswith("docker.io/"):
-        familiar = familiar[len("docker.io/") :]
-        if familiar.startswith("library/") and familiar.count("/") == 1:
-            familiar = familiar[len("library/") :]
-    out = familiar + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
-    return out.removesuffix(":latest")
+    return ref.familiar().removesuffix(":latest")
 
 
 def lookup(
