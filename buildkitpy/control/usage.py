@@ -302,6 +302,11 @@ def collect_content(worker: UsageWorker, *, busy: bool):
     """Content-store garbage collection for workers that have a content store (``root``)."""
     if getattr(worker, "root", None) is None or not hasattr(worker.snapshots, "usage"):
         return None
+    from buildkitpy.exporter.imagebuild.assemble import _blob_cache
     from buildkitpy.image.gc import collect
+    from buildkitpy.solver.ops.source_image import puller_for
 
-    return collect(worker, busy=busy)
+    puller = puller_for(worker)
+    live = {u.id for u in worker.snapshots.usage()}
+    return collect(puller.store, puller.chains, _blob_cache(worker.root), live,
+                   content_roots=getattr(worker, "content_roots", ()), busy=busy)

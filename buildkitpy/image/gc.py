@@ -20,12 +20,14 @@ it and fail (never corrupt anything); BuildKit closes that window with container
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import BuildkitpyError
 from buildkitpy.image import mediatypes
+from buildkitpy.image.pull import ChainIndex
 
 
 @dataclass
@@ -78,17 +80,20 @@ def _well_formed(digest: str) -> bool:
     return digest.startswith("sha256:") and len(digest) == 71
 
 
-def collect(worker: Any, *, busy: bool) -> ContentGCResult:
-    """Drop records of gone snapshots, then (unless ``busy``) unreferenced blobs. Blocking."""
-    from buildkitpy.exporter.imagebuild.assemble import _blob_cache
-    from buildkitpy.solver.ops.source_image import puller_for
+class ExportedLayers(Protocol):
+    """The exporter's layer-blob records (``exporter/layers.db``): ``(snapshot id/variant, digest)``."""
 
-    puller = puller_for(worker)
-    store, chains = puller.store, puller.chains
-    exported = _blob_cache(worker.root)
+    def entries(self) -> list[tuple[str, str]]: ...
+
+    def forget_layer_keys(self, keys: set[str]) -> None: ...
+
+
+def collect(store: ContentStore, chains: ChainIndex, exported: ExportedLayers, live: set[str], *,
+            content_roots: Iterable[Callable[[], set[str]]] = (), busy: bool) -> ContentGCResult:
+    """Drop records of snapshots not in ``live``, then (unless ``busy``) unreferenced blobs. Blocking.
+
+    ``content_roots`` name more blobs to keep (e.g. images a build history record names)."""
     result = ContentGCResult()
-    live = {u.id for u in worker.snapshots.usage()}
-
     pulled = chains.layer_blob_records()
     gone = ({sid for sid, _ in pulled} | chains.snapshot_ids()) - live
     chains.forget_snapshots(gone)
@@ -100,7 +105,7 @@ def collect(worker: Any, *, busy: bool) -> ContentGCResult:
     keep |= {digest for key, digest in exported_entries if key.split("/", 1)[0] in live}
     keep |= reachable(store, chains.image_ref_digests(named=True), layers=True)
     keep |= reachable(store, chains.image_ref_digests(named=False), layers=False)
-    for roots in getattr(worker, "content_roots", ()):  # e.g. images a build history record names
+    for roots in content_roots:
         keep |= roots()
     if busy:
         result.skipped = True
