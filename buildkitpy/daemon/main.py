@@ -156,8 +156,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
 
     listening = [_add_listener(server, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
     if docker_addrs:
-        from buildkitpy import dockerapi
+        from buildkitpy import dockerapi, exporter
+        from buildkitpy.dockerapi import mobyexporter
 
+        exporter.register("moby", mobyexporter.export)
         dockerapi.state_dir(cfg.root).mkdir(parents=True, exist_ok=True)
         internal = _add_listener(server, dockerapi.control_address(cfg.root), cfg)
     await server.start()

@@ -33,17 +33,22 @@ class ExportContext:
 Exporter = Callable[[ExportContext], Awaitable[dict[str, str]]]
 
 
+# Exporters a service of the daemon adds: ``moby`` (the Docker Engine API's image store, what
+# buildx's docker driver asks for) exists only while that API is served, as in dockerd.
+_REGISTERED: dict[str, Exporter] = {}
+
+
+def register(kind: str, exporter: Exporter) -> None:
+    _REGISTERED[kind] = exporter
+
+
 def resolve(kind: str) -> Exporter:
     from buildkitpy.exporter import docker, image, local, oci, tar
 
     exporters: dict[str, Exporter] = {"local": local.export, "tar": tar.export, "oci": oci.export,
-                                      "docker": docker.export, "image": image.export}
+                                      "docker": docker.export, "image": image.export, **_REGISTERED}
     if kind in exporters:
         return exporters[kind]
-    if kind == "moby":  # the Docker Engine's image store (buildx's docker driver)
-        from buildkitpy.dockerapi import mobyexporter
-
-        return mobyexporter.export
     raise InvalidArgument(f"unknown exporter type {kind!r}")
 
 
