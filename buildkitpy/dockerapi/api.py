@@ -22,12 +22,14 @@ from typing import Any
 import anyio
 
 from buildkitpy import __version__
+from buildkitpy.dockerapi import remote
 from buildkitpy.dockerapi.classic import BuildFailed, ClassicBuild, tag_names
 from buildkitpy.dockerapi.contexttar import extract, spool
 from buildkitpy.dockerapi.http import ClientGone, HTTPError, Request
 from buildkitpy.dockerapi.imagestore import ImageStore
 from buildkitpy.dockerapi.limits import BuildCgroups
 from buildkitpy.dockerapi.options import BUILDER_BUILDKIT, BUILDER_CLASSIC, BuildOptions, bool_arg
+from buildkitpy.dockerapi.remote import is_git_url, is_url
 from buildkitpy.dockerapi.server import (
     API_VERSION,
     ENGINE_VERSION,
@@ -141,9 +143,8 @@ class EngineAPI:
         if opts.version != BUILDER_CLASSIC:
             raise Unimplemented("the BuildKit builder (version=2) is not supported by this Engine API yet; "
                                 "build with DOCKER_BUILDKIT=0 (version=1)")
-        if opts.remote:
-            raise Unimplemented(f"remote build contexts ({opts.remote}) are not supported yet: send the "
-                                "context as the request body")
+        if opts.remote and not (is_url(opts.remote) or is_git_url(opts.remote)):
+            raise HTTPError(400, f"remoteURL ({opts.remote}) could not be recognized as URL")
         if opts.squash:
             raise Unimplemented("squash is not supported")
         if opts.outputs:
@@ -161,7 +162,11 @@ class EngineAPI:
                 archive = workdir / "context.tar"
                 await spool(req.body(), archive)
                 context = workdir / "context"
-                await anyio.to_thread.run_sync(extract, archive, context)
+                if opts.remote:  # the body, if any, is not the context
+                    context.mkdir()
+                    await remote.fetch(self.control, opts.remote, opts.dockerfile, context, workdir)
+                else:
+                    await anyio.to_thread.run_sync(extract, archive, context)
                 archive.unlink()
                 await self._run_classic(req, stream, opts, context, workdir)
             except ClientGone:
