@@ -145,8 +145,6 @@ class EngineAPI:
                                 "build with DOCKER_BUILDKIT=0 (version=1)")
         if opts.remote and not (is_url(opts.remote) or is_git_url(opts.remote)):
             raise HTTPError(400, f"remoteURL ({opts.remote}) could not be recognized as URL")
-        if opts.squash:
-            raise Unimplemented("squash is not supported")
         if opts.outputs:
             raise Unimplemented("outputs are only supported by the BuildKit builder (version=2)")
         build_id = opts.build_id or os.urandom(16).hex()

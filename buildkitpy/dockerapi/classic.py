@@ -194,6 +194,7 @@ class ClassicBuild:
         lines = dockerfile.decode("utf-8", "surrogateescape").splitlines(keepends=True)
         total = len(steps)
         image: ImageRecord | None = None
+        stage_bases: dict[int, ImageRecord] = {}  # each stage's FROM image (the squash base)
         build_args = json.dumps(sorted((k, v) for k, v in self.opts.build_args.items()))
         for step in steps:
             await self.out(f"Step {step.number}/{total} : {step.text}\n")
@@ -224,10 +225,16 @@ class ClassicBuild:
                 if container and self.opts.remove:
                     await self.out(f" ---> Removed intermediate container {container[:12]}\n")
             await self.out(f" ---> {image.short_id}\n")
+            if step.kind == "from":
+                stage_bases[step.stage_index] = image
             if step.last_in_stage:
                 await self.emit({"aux": {"ID": image.id}})
         if image is None:
             raise BuildFailed("No image was generated. Is your Dockerfile empty?")
+        if self.opts.squash:
+            base = stage_bases.get(steps[-1].stage_index)
+            image = await anyio.to_thread.run_sync(self._squash, image, base)
+            await self.emit({"aux": {"ID": image.id}})
         if self.opts.quiet:
             await self.emit({"stream": image.id + "\n"})
         else:
@@ -236,6 +243,21 @@ class ClassicBuild:
             full = await anyio.to_thread.run_sync(self.images.tag, image.id, tag)
             await self.out(f"Successfully tagged {familiar(full)}\n")
         return image.id
+
+    def _squash(self, image: ImageRecord, base: ImageRecord | None) -> ImageRecord:
+        from buildkitpy.dockerapi.squash import squash
+
+        base_config: dict[str, Any] = {}
+        base_layers: list[dict[str, Any]] = []
+        if base is not None:
+            base_config = self.images.config(base)
+            base_layers = list(self.images.manifest(base).get("layers") or [])
+            if not base_layers and not base_config.get("history"):
+                base = None  # FROM scratch
+        try:
+            return squash(self.images, image, base, base_config, base_layers, self.workdir / "squash")
+        except (InvalidArgument, OSError, ValueError) as exc:
+            raise BuildFailed(f"failed to squash the image: {exc}") from None
 
     def _dockerfile_path(self) -> Path:
         rel = os.path.normpath(self.opts.dockerfile.lstrip("/"))
