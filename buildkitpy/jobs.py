@@ -39,6 +39,8 @@ class Job:
     bridge: Any = None  # buildkitpy.gateway.bridge.GatewayBridge
     # The build's history record being filled (None for internal builds or without history).
     history: Any = None  # buildkitpy.history.recorder.BuildRecording
+    # What the build used, for its provenance (None for builds nobody captures).
+    provenance: Any = None  # buildkitpy.attest.capture.BuildCapture
 
 
 class JobRegistry:

@@ -31,6 +31,7 @@ class StepFacts:
     content: list[str | None] | None  # per input: content checksum, when it was computed
     cached: bool  # loaded from the cache (or produced by a concurrent build) instead of run
     lookup_skipped: bool  # no-cache, ignore-cache or an always-run op: no cache lookup was made
+    op: object = None  # the vertex's op implementation (sources keep what they resolved: pins)
 
 
 class StepObserver(Protocol):

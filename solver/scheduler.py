@@ -118,13 +118,15 @@ class Build:
             self.job.progress.vertex(v.digest, v.name, [i.digest for i in v.inputs], cached=True,
                                      started=True, completed=True, progress_group=v.progress_group)
             await blocking(self.solver.cache.record, [k.key for k in keys if not k.ephemeral], hit)
-            await self._settled(v, cm, in_keys, in_snaps, content, cached=True, lookup_skipped=skip_lookup)
+            await self._settled(v, cm, in_keys, in_snaps, content, cached=True, lookup_skipped=skip_lookup,
+                                op=op)
             return
         fresh = skip_lookup or any(inp.fresh and not dep.content
                                    for inp, dep in zip(in_keys, cm.deps, strict=True))
         outs, shared = await self._execute_once(v, op, ctx, in_snaps, keys)
         self._publish(v, outs, keys, cached=shared, fresh=fresh)
-        await self._settled(v, cm, in_keys, in_snaps, content, cached=shared, lookup_skipped=skip_lookup)
+        await self._settled(v, cm, in_keys, in_snaps, content, cached=shared, lookup_skipped=skip_lookup,
+                            op=op)
 
     def _publish(self, v: Vertex, snaps: list[ImmutableSnapshot], keys: list[VertexKey], *, cached: bool,
                  fresh: bool) -> None:
@@ -207,14 +209,14 @@ class Build:
 
     async def _settled(self, v: Vertex, cm: CacheMap, in_keys: list[OutputKeys],
                        in_snaps: list[ImmutableSnapshot], content: list[str | None] | None, *,
-                       cached: bool, lookup_skipped: bool) -> None:
+                       cached: bool, lookup_skipped: bool, op: object = None) -> None:
         observer = self.solver.observer
         if observer is None:
             return
         names = [self.graph.vertices[i.digest].name for i in v.inputs]
         await observer.settled(StepFacts(job=self.job, vertex=v, input_names=names, cache_map=cm,
                                          input_keys=in_keys, inputs=in_snaps, content=content,
-                                         cached=cached, lookup_skipped=lookup_skipped))
+                                         cached=cached, lookup_skipped=lookup_skipped, op=op))
 
 
 def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:

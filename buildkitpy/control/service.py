@@ -10,6 +10,7 @@ import grpc
 
 from buildkitpy import __version__, exporter
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2, worker_pb2
+from buildkitpy.attest.build import BuildProvenance
 from buildkitpy.control import usage
 from buildkitpy.control.gc import GarbageCollector
 from buildkitpy.errors import (
@@ -147,12 +148,16 @@ class ControlService(control_pb2_grpc.ControlServicer):
             exporters = [control_pb2.Exporter(Type=request.ExporterDeprecated,
                                               Attrs=request.ExporterAttrsDeprecated)]
         recording = None
+        provenance: BuildProvenance | None = None
         failure: BaseException | None = None
         try:
             if self.history is not None and not request.Internal:
                 recording = job.history = await self.history.start(
                     ref=request.Ref, frontend=request.Frontend, frontend_attrs=request.FrontendAttrs,
                     exporters=exporters, progress=job.progress, trace_id=history_api.current_trace_id())
+            provenance = BuildProvenance(request.Ref, request.Frontend, request.FrontendAttrs,
+                                         getattr(self.history, "provenance", None))
+            job.provenance = provenance.capture
             resolved = [exporter.resolve(e.Type) for e in exporters]  # unknown types fail before work
             for e in exporters:  # and so do bad attrs (a bad --output fails at once)
                 exporter.validate(e.Type, dict(e.Attrs))
@@ -184,17 +189,20 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 await job.bridge.evaluate(ref)
             if recording is not None:
                 recording.set_result_metadata(result.metadata)
+            provenance.result_ready(result)
             response: dict[str, str] = {}
             for index, (exp, run) in enumerate(zip(exporters, resolved, strict=True)):
                 with history_api.span(f"export {exp.Type}"):
                     exported = await run(exporter.ExportContext(
                         index=index, attrs=dict(exp.Attrs), result=result, bridge=job.bridge,
-                        session=session, progress=job.progress))
+                        session=session, progress=job.progress,
+                        provenance=provenance.for_exporter(exp.Type)))
                 if recording is not None:
                     recording.set_exporter_result(index, exported)
                 response.update(exported)
             if recording is not None:
                 recording.set_exporter_response(response)
+                await provenance.record(recording)
             return control_pb2.SolveResponse(ExporterResponse=response)
         except BaseException as exc:
             failure = exc
@@ -203,6 +211,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
             with anyio.CancelScope(shield=True):
                 await job.bridge.release_containers()
             job.bridge.close()
+            if provenance is not None:
+                provenance.close()
             await self.jobs.finish(job)
             self.gc.trigger()
             if recording is not None:

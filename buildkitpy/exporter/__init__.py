@@ -23,6 +23,8 @@ class ExportContext:
     bridge: Any  # buildkitpy.gateway.bridge.GatewayBridge
     session: Any  # buildkitpy.session.manager.Session (None when the build has no session)
     progress: Any  # ProgressBus
+    # Attestations to attach (image, oci, docker): a buildkitpy.attest.manifest.ExportProvenance.
+    provenance: Any = None
 
     def require_session(self, what: str) -> Any:
         if self.session is None:

@@ -35,6 +35,8 @@ class ResultRef:
     definition: ops_pb2.Definition
     snapshot: Any = None  # ImmutableSnapshot once evaluated
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The frontend request (name, options) whose solve returned this ref, for its provenance.
+    request: tuple[str, dict[str, str]] | None = None
 
 
 @dataclass
@@ -101,6 +103,9 @@ class GatewayBridge:
             if impl is None:
                 raise Unimplemented(f"frontend {frontend!r} is not supported")
             result = await impl(self, dict(frontend_opt or {}), dict(frontend_inputs or {}))
+            for ref in result.all_refs():  # the innermost frontend that returned a ref made it
+                if ref.request is None:
+                    ref.request = (frontend, dict(frontend_opt or {}))
         else:
             result = FrontendResult(ref=self.new_ref(definition or ops_pb2.Definition()))
         if evaluate:
@@ -133,6 +138,9 @@ class GatewayBridge:
 
         resolved = await resolve_image_config(self.solver.worker, ref, platform,
                                               list(self._solver_job.session_ids), resolve_mode)
+        capture = getattr(self.job, "provenance", None)
+        if capture is not None:  # the build's provenance lists the images its frontend resolved
+            capture.image_resolved(ref, platform, resolved.digest)
         return resolved.digest, resolved.config_bytes
 
     # -- file access ---------------------------------------------------------------------------

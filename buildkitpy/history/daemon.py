@@ -8,6 +8,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from buildkitpy.api import content_pb2_grpc
+from buildkitpy.attest.capture import ProvenanceCollector
 from buildkitpy.content.store import ContentStore
 from buildkitpy.history.content_service import ContentService
 from buildkitpy.history.observer import BuildObserver
@@ -30,7 +31,9 @@ class HistoryServices:
                                         rebuilds=self.rebuilds)
         self.recorder.content_stores = self.content_stores
         worker.content_roots.append(self.store.referenced_digests)
-        solver.observer = BuildObserver(self.spans, self.rebuilds)
+        self.provenance = ProvenanceCollector()
+        self.recorder.provenance = self.provenance
+        solver.observer = BuildObserver(self.spans, self.rebuilds, self.provenance)
 
     def _build_args(self, ref: str) -> dict[str, str] | None:
         rec = self.store.active(ref)

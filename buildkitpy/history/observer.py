@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import trace
 
+from buildkitpy.attest.capture import ProvenanceCollector
 from buildkitpy.history.rebuild import RebuildRecorder
 from buildkitpy.history.tracing import BuildSpans, tracer
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.observe import StepFacts
 
+log = logging.getLogger(__name__)
+
 
 class BuildObserver:
-    def __init__(self, spans: BuildSpans | None, rebuilds: RebuildRecorder | None) -> None:
+    def __init__(self, spans: BuildSpans | None, rebuilds: RebuildRecorder | None,
+                 provenance: ProvenanceCollector | None = None) -> None:
         self.spans = spans
         self.rebuilds = rebuilds
+        self.provenance = provenance
 
     @contextmanager
     def vertex_scope(self, job, vertex: Vertex) -> Iterator[object]:  # noqa: ANN001 - solver.Job
@@ -30,5 +36,10 @@ class BuildObserver:
     async def settled(self, facts: StepFacts) -> None:
         span = trace.get_current_span()
         span.set_attribute("cached", facts.cached)
+        if self.provenance is not None:
+            try:
+                self.provenance.step_settled(facts.job.id, facts.vertex, facts.op)
+            except Exception:  # noqa: BLE001 - provenance must never fail a step
+                log.exception("provenance capture failed for %s", facts.vertex.digest)
         if self.rebuilds is not None:
             await self.rebuilds.settled(facts)

@@ -82,6 +82,8 @@ class HistoryRecorder:
         self._background: set[asyncio.Task] = set()
         # Where clients can read blobs from (set by the daemon: history blobs, image content).
         self.content_stores: Callable[[], list[ContentStore]] | None = None
+        # The daemon's provenance collector (buildkitpy.attest.capture.ProvenanceCollector), if any.
+        self.provenance = None
 
     def has_blob(self, digest: str) -> bool:
         """Whether a blob is readable through the Content service (history or image store)."""

@@ -59,6 +59,7 @@ class ImageOptions:
     manifest_annotations: dict[str, str] = field(default_factory=dict)
     index_annotations: dict[str, str] = field(default_factory=dict)
     descriptor_annotations: dict[str, str] = field(default_factory=dict)
+    oci_artifact: bool | None = None  # attestation manifests as OCI artifacts (default: with OCI types)
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, str], *, default_oci: bool) -> ImageOptions:
@@ -68,6 +69,11 @@ class ImageOptions:
         opts = cls(oci_mediatypes=default_oci, compression=comp.parse_options(attrs))
         if "oci-mediatypes" in attrs:
             opts.oci_mediatypes = comp.parse_bool(attrs["oci-mediatypes"], "oci-mediatypes")
+        if "oci-artifact" in attrs:
+            opts.oci_artifact = comp.parse_bool(attrs["oci-artifact"], "oci-artifact")
+            if opts.oci_artifact and not opts.oci_mediatypes:
+                raise InvalidArgument(
+                    'exporter option "oci-artifact=true" conflicts with "oci-mediatypes=false"')
         if "rewrite-timestamp" in attrs:
             opts.rewrite_timestamp = comp.parse_bool(attrs["rewrite-timestamp"], "rewrite-timestamp")
         if attrs.get("source-date-epoch", "").strip():
@@ -118,6 +124,7 @@ class AssembledImage:
     index: bytes | None
     store: ContentStore
     epoch: int | None = None
+    attestations: list[dict[str, Any]] = field(default_factory=list)  # attestation manifests in the index
 
     @property
     def digest(self) -> str:
@@ -140,6 +147,12 @@ class AssembledImage:
             add(m.descriptor)
             add(json.loads(m.manifest)["config"])
             for layer in m.layers:
+                add(layer)
+        for desc in self.attestations:
+            add(desc)
+            doc = json.loads(self.store.path(desc["digest"]).read_bytes())
+            add(doc["config"])
+            for layer in doc["layers"]:
                 add(layer)
         return out
 
@@ -316,6 +329,8 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
     await exporter.run([(p, clamps[i]) for i, layers in enumerate(layers_per_target) for p in layers])
     store = exporter.store
     oci = options.oci_mediatypes
+    provenance = getattr(ctx, "provenance", None)
+    attach = provenance is not None and provenance.attach(len(targets) > 1)
 
     built: list[BuiltManifest] = []
     for i, (key, _, platform) in enumerate(targets):
@@ -342,21 +357,43 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
         ctx.progress.status(vertex, f"exporting config {config_digest}",
                             name=f"exporting config {config_digest}", completed=True)
         media_type = mediatypes.OCI_MANIFEST if oci else mediatypes.DOCKER_MANIFEST
-        in_index = len(targets) > 1
+        in_index = len(targets) > 1 or attach
         desc = cfgdoc.descriptor(media_type, manifest_digest, len(manifest),
                                  annotations=None if in_index else (options.descriptor_annotations or None),
                                  platform=platform if in_index else None)
         built.append(BuiltManifest(platform, desc, manifest, config, config_digest, layer_descs))
 
-    if len(built) == 1:
+    if len(built) == 1 and not attach:
         return AssembledImage(built[0].descriptor, built[0].config_digest, built, None, store, epochs[0])
-    index = cfgdoc.index_json([m.descriptor for m in built], oci=oci,
-                              annotations=options.index_annotations or None)
-    labels = {f"containerd.io/gc.ref.content.m.{n}": m.descriptor["digest"] for n, m in enumerate(built)}
+    entries = [m.descriptor for m in built]
+    if attach:
+        entries += await _attestation_manifests(ctx, provenance, options, targets, built, store, vertex)
+    index = cfgdoc.index_json(entries, oci=oci, annotations=options.index_annotations or None)
+    labels = {f"containerd.io/gc.ref.content.m.{n}": m["digest"] for n, m in enumerate(entries)}
     index_digest = await anyio.to_thread.run_sync(store.write_bytes, index, None, labels)
     ctx.progress.status(vertex, f"exporting manifest list {index_digest}",
                         name=f"exporting manifest list {index_digest}", completed=True)
     media_type = mediatypes.OCI_INDEX if oci else mediatypes.DOCKER_MANIFEST_LIST
     top = cfgdoc.descriptor(media_type, index_digest, len(index),
                             annotations=options.descriptor_annotations or None)
-    return AssembledImage(top, "", built, index, store, epochs[0] if len(set(epochs)) == 1 else None)
+    return AssembledImage(top, "", built, index, store,
+                          epochs[0] if len(set(epochs)) == 1 else None, attestations=entries[len(built):])
+
+
+async def _attestation_manifests(ctx: Any, provenance: Any, options: ImageOptions, targets: list,
+                                 built: list[BuiltManifest], store: ContentStore, vertex: str) -> list[dict]:
+    """One attestation manifest per platform manifest (``buildkitpy.attest.manifest``)."""
+    from buildkitpy.attest.manifest import image_names, write_attestation_manifest
+
+    names = image_names(ctx.attrs, ctx.result.metadata or {})
+    artifact = options.oci_artifact if options.oci_artifact is not None else options.oci_mediatypes
+    out = []
+    for (key, _, platform), m in zip(targets, built, strict=True):
+        statements = provenance.maker.statements(key, m.descriptor["digest"], platform, names)
+        desc = await anyio.to_thread.run_sync(
+            lambda s=statements, d=m.descriptor: write_attestation_manifest(
+                store, s, d, oci=options.oci_mediatypes, oci_artifact=artifact))
+        ctx.progress.status(vertex, f"exporting attestation manifest {desc['digest']}",
+                            name=f"exporting attestation manifest {desc['digest']}", completed=True)
+        out.append(desc)
+    return out

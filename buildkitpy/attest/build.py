@@ -1,0 +1,69 @@
+"""One Solve's provenance, from the request's attrs to the exports and the history record."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from buildkitpy.attest import options
+from buildkitpy.attest.capture import BuildCapture, ProvenanceCollector
+from buildkitpy.attest.manifest import ExportProvenance, ProvenanceMaker, history_blob
+from buildkitpy.attest.provenance import BuildInfo, format_platform
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXPORTERS = ("image", "oci", "docker")
+
+
+class BuildProvenance:
+    """Parses ``attest:*`` (raising ``InvalidArgument``/``Unimplemented`` before anything runs),
+    captures what the build uses, and hands provenance to exporters and the history record."""
+
+    def __init__(self, ref: str, frontend: str, frontend_attrs: Mapping[str, str],
+                 collector: ProvenanceCollector | None) -> None:
+        self.request = options.provenance_request(frontend_attrs)
+        self.frontend = frontend
+        self.frontend_attrs = dict(frontend_attrs)
+        self._collector = collector
+        self.capture = collector.begin(ref) if collector is not None else BuildCapture(ref)
+        self.maker: ProvenanceMaker | None = None
+
+    def result_ready(self, result: Any) -> None:
+        from buildkitpy import __version__
+        from buildkitpy.worker import host_platform
+
+        info = BuildInfo(frontend=self.frontend, frontend_attrs=self.frontend_attrs,
+                         invocation_id=self.capture.invocation_id, started=self.capture.started,
+                         builder_platform=format_platform(host_platform()), dockerfile_version=__version__)
+        self.maker = ProvenanceMaker(self.request or options.ProvenanceRequest(), info, self.capture, result)
+
+    def for_exporter(self, kind: str) -> ExportProvenance | None:
+        """What exporter ``kind`` attaches (None: no attestation requested, or not an image)."""
+        if self.request is None or self.maker is None or kind not in IMAGE_EXPORTERS:
+            return None
+        return ExportProvenance(self.maker, force_inline=kind == "image")
+
+    async def record(self, recording: Any) -> None:
+        """Attach a max-mode SLSA v1 predicate per result ref to the history record, as BuildKit
+        always does (buildx's ``--metadata-file`` reads ``buildx.build.provenance`` from it)."""
+        maker = self.maker
+        if maker is None or recording is None:
+            return
+        result = maker.result
+        keys: list[str | None]
+        if result.refs is None:
+            keys = [None] if result.ref is not None else []
+        else:
+            keys = [k for k, r in result.refs.items() if r is not None]
+        for key in keys:
+            try:
+                data, annotations = history_blob(maker, key)
+                desc = await recording.add_blob(data, "application/vnd.in-toto+json", annotations)
+                recording.add_attestation(desc, result_key=key or "")
+            except Exception:  # noqa: BLE001 - the record is kept without it
+                log.exception("cannot record the provenance of build %s", recording.ref)
+
+    def close(self) -> None:
+        if self._collector is not None:
+            self._collector.end(self.capture.ref)

@@ -1,0 +1,142 @@
+"""Provenance for exports and history: in-toto statements and attestation manifests.
+
+A ``ProvenanceMaker`` is made once the build's result is known; each exporter that writes images
+(``image``, ``oci``, ``docker``) asks it, per platform manifest, for the in-toto statements to
+attach (``statements``), and ``write_attestation_manifest`` stores them as BuildKit does: one layer
+per statement (``application/vnd.in-toto+json`` with the ``in-toto.io/predicate-type``
+annotation), as an OCI artifact manifest (``artifactType``
+``application/vnd.docker.attestation.manifest.v1+json``, the empty config, ``subject`` = the image
+manifest) or, with ``oci-artifact=false``, as an image manifest with an ``unknown/unknown`` config.
+The index lists it after the images with platform ``unknown/unknown`` and the annotations
+``vnd.docker.reference.type=attestation-manifest`` and ``vnd.docker.reference.digest``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from buildkitpy.attest import provenance as prov
+from buildkitpy.attest.capture import BuildCapture
+from buildkitpy.attest.options import ProvenanceRequest
+from buildkitpy.errors import InvalidArgument
+from buildkitpy.exporter.imagebuild.config import go_json, go_json_indent
+
+INTOTO_MEDIA_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE_ANNOTATION = "in-toto.io/predicate-type"
+ARTIFACT_TYPE = "application/vnd.docker.attestation.manifest.v1+json"
+REFERENCE_TYPE = "vnd.docker.reference.type"
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+REFERENCE_TYPE_ATTESTATION = "attestation-manifest"
+EMPTY_CONFIG = {"mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                "size": 2, "data": "e30="}
+UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
+
+
+class ProvenanceMaker:
+    """The provenance of one finished build's result refs."""
+
+    def __init__(self, request: ProvenanceRequest, info: prov.BuildInfo, capture: BuildCapture,
+                 result: Any) -> None:
+        self.request = request
+        self.info = info
+        self.capture = capture
+        self.result = result  # buildkitpy.gateway.bridge.FrontendResult
+
+    def _ref(self, key: str | None) -> Any:
+        if self.result.refs is None:
+            return self.result.ref
+        return self.result.refs.get(key) if key is not None else next(iter(self.result.refs.values()), None)
+
+    def predicate(self, key: str | None, *, request: ProvenanceRequest | None = None) -> dict[str, Any]:
+        """The predicate for result ref ``key`` (None: the single ref)."""
+        ref = self._ref(key)
+        definition = ref.definition if ref is not None else None
+        others = [r.definition for r in self.result.all_refs() if r is not ref]
+        capture = self.capture.capture_for(definition, others)
+        ref_request = ref.request if ref is not None else None
+        return prov.predicate(request or self.request, self.info, capture, definition, time.time(),
+                              ref_request)
+
+    def predicate_type(self, request: ProvenanceRequest | None = None) -> str:
+        return prov.predicate_type((request or self.request).version)
+
+    def statements(self, key: str | None, manifest_digest: str, platform: Mapping[str, str],
+                   names: list[str]) -> list[tuple[str, bytes]]:
+        """(predicate type, statement JSON) to attach to the image manifest of ``key``."""
+        subjects = [{"name": prov.image_purl(n, platform), "digest": {"sha256": manifest_digest[7:]}}
+                    for n in names]
+        pred = self.predicate(key)
+        statement = {"_type": STATEMENT_TYPE, "predicateType": self.predicate_type(), "subject": subjects,
+                     "predicate": pred}
+        return [(self.predicate_type(), go_json(statement).encode())]
+
+
+@dataclass
+class ExportProvenance:
+    """What one exporter gets: the maker, and whether it attaches inline-only attestations."""
+
+    maker: ProvenanceMaker
+    force_inline: bool  # the image exporter attaches inline-only attestations too
+
+    def attach(self, multi_platform: bool) -> bool:
+        return self.force_inline or not self.maker.request.inline_only or multi_platform
+
+
+def image_names(attrs: Mapping[str, str], metadata: Mapping[str, bytes]) -> list[str]:
+    """The exporter's image names (``name``, ``*`` = the frontend's ``image.name``) for subjects."""
+    name = attrs.get("name", "")
+    if name == "*" and "image.name" in metadata:
+        name = metadata["image.name"].decode()
+    return [n.strip() for n in name.split(",") if n.strip() and n.strip() != "*"]
+
+
+def write_attestation_manifest(store: Any, statements: list[tuple[str, bytes]], subject: dict[str, Any],
+                               *, oci: bool, oci_artifact: bool) -> dict[str, Any]:
+    """Store the statements and their manifest (blocking); returns the index entry for it."""
+    from buildkitpy.image import mediatypes
+
+    if not oci:
+        raise InvalidArgument('cannot export attestations with "oci-mediatypes=false"')
+    layers = []
+    for ptype, data in statements:
+        digest = store.write_bytes(data)
+        layers.append({"mediaType": INTOTO_MEDIA_TYPE, "digest": digest, "size": len(data),
+                       "annotations": {PREDICATE_TYPE_ANNOTATION: ptype}})
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST}
+    if oci_artifact:
+        doc["artifactType"] = ARTIFACT_TYPE
+        config = dict(EMPTY_CONFIG)
+        config_bytes = b"{}"
+    else:
+        rootfs = {"type": "layers", "diff_ids": [d["digest"] for d in layers]}
+        config_bytes = go_json({"architecture": "unknown", "os": "unknown", "config": {},
+                                "rootfs": rootfs}).encode()
+        config = {"mediaType": mediatypes.OCI_CONFIG, "digest": "", "size": len(config_bytes)}
+    config["digest"] = store.write_bytes(config_bytes)
+    doc["config"] = config
+    doc["layers"] = layers
+    if oci_artifact:
+        doc["subject"] = {k: subject[k] for k in ("mediaType", "digest", "size")}
+    data = go_json_indent(doc)
+    labels = {"containerd.io/gc.ref.content.0": config["digest"]}
+    labels.update({f"containerd.io/gc.ref.content.{i + 1}": d["digest"] for i, d in enumerate(layers)})
+    digest = store.write_bytes(data, None, labels)
+    return {"mediaType": mediatypes.OCI_MANIFEST, "digest": digest, "size": len(data),
+            "annotations": {REFERENCE_DIGEST: subject["digest"], REFERENCE_TYPE: REFERENCE_TYPE_ATTESTATION},
+            "platform": dict(UNKNOWN_PLATFORM)}
+
+
+def history_blob(maker: ProvenanceMaker, key: str | None) -> tuple[bytes, dict[str, str]]:
+    """The predicate a build's history record keeps for result ref ``key`` (BuildKit: always SLSA v1
+    in max mode, indented, with the request's ``builder-id``)."""
+    req = ProvenanceRequest(mode="max", builder_id=maker.request.builder_id)
+    pred = maker.predicate(key, request=req)
+    data = json.dumps(pred, indent=2, ensure_ascii=False)
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return data.encode(), {PREDICATE_TYPE_ANNOTATION: prov.PREDICATE_V1}
