@@ -113,8 +113,14 @@ class Build:
             keys = compute_keys(cm, in_keys, content)
             if not skip_lookup and len(keys) > 1:
                 hit = await self._lookup(keys[1:])
+        remote = self.job.remote_cache
+        nodes = remote.nodes_for(v, cm, content) if remote is not None else []
+        if hit is None and remote is not None and not skip_lookup:
+            hit = await remote.load(v, nodes, self.job.progress)
         if hit is not None:
             self._publish(v, hit, keys, cached=True, fresh=False)
+            if remote is not None:
+                await remote.settled(nodes, hit)
             self.job.progress.vertex(v.digest, v.name, [i.digest for i in v.inputs], cached=True,
                                      started=True, completed=True, progress_group=v.progress_group)
             await blocking(self.solver.cache.record, [k.key for k in keys if not k.ephemeral], hit)
@@ -125,6 +131,8 @@ class Build:
                                    for inp, dep in zip(in_keys, cm.deps, strict=True))
         outs, shared = await self._execute_once(v, op, ctx, in_snaps, keys)
         self._publish(v, outs, keys, cached=shared, fresh=fresh)
+        if remote is not None:
+            await remote.settled(nodes, outs)
         await self._settled(v, cm, in_keys, in_snaps, content, cached=shared, lookup_skipped=skip_lookup,
                             op=op)
 

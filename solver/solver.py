@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -27,6 +28,8 @@ class Job:
     # Read-only cache layers (cache imports, ``--cache-from``) this build looks keys up in, stacked
     # over the solver's own store: ``buildkitpy.solver.cachestorage`` describes what a layer provides.
     cache_layers: list[CacheStorage] = field(default_factory=list)
+    # Remote cache imports/exports of this build (buildkitpy.remotecache.jobcache.JobCache), or None.
+    remote_cache: Any = None
 
 
 @dataclass

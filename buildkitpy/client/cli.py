@@ -46,8 +46,8 @@ EXIT_FAILURE = 1
 EXIT_NOT_SUPPORTED = 2
 
 # Cache exporter/importer types the daemon implements; everything else is refused up front.
-SUPPORTED_CACHE_EXPORTS: frozenset[str] = frozenset()
-SUPPORTED_CACHE_IMPORTS: frozenset[str] = frozenset()
+SUPPORTED_CACHE_EXPORTS: frozenset[str] = frozenset({"registry", "local", "inline", "s3", "gha"})
+SUPPORTED_CACHE_IMPORTS: frozenset[str] = frozenset({"registry", "local", "s3", "gha"})
 
 
 class _Parser(argparse.ArgumentParser):

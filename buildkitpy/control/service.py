@@ -27,6 +27,7 @@ from buildkitpy.gateway.bridge import GatewayBridge
 from buildkitpy.history import control as history_api
 from buildkitpy.history.recorder import HistoryRecorder
 from buildkitpy.jobs import Job, JobRegistry
+from buildkitpy.remotecache.control import CacheRun
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                                               Attrs=request.ExporterAttrsDeprecated)]
         recording = None
         provenance: BuildProvenance | None = None
+        cache: CacheRun | None = None
         failure: BaseException | None = None
         try:
             if self.history is not None and not request.Internal:
@@ -161,8 +163,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             resolved = [exporter.resolve(e.Type) for e in exporters]  # unknown types fail before work
             for e in exporters:  # and so do bad attrs (a bad --output fails at once)
                 exporter.validate(e.Type, dict(e.Attrs))
-            if request.Cache.Exports or request.Cache.Imports or request.Cache.ExportRefDeprecated:
-                raise Unimplemented("cache import/export is not supported yet")
+            cache = CacheRun.from_request(request.Cache, request.FrontendAttrs)  # bad entries fail early
             for ent in sorted(entitlements & INSECURE_ENTITLEMENTS):
                 if ent not in self.worker.insecure_entitlements:
                     raise PermissionDenied(
@@ -173,6 +174,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     session = await self.sessions.get(request.Session, timeout=5.0)
                 except SessionNotFound:
                     session = None
+            if cache.active:
+                cache_session = session
+                if cache_session is None and request.Session:
+                    try:
+                        cache_session = await self.sessions.get(request.Session, timeout=5.0)
+                    except SessionNotFound:
+                        cache_session = None
+                await cache.start(self.worker, cache_session, job.bridge.solver_job, job.progress)
             if request.HasField("Definition") and getattr(request.Definition, "def"):
                 result = await job.bridge.solve(definition=request.Definition)
             elif request.Frontend:
@@ -200,6 +209,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 if recording is not None:
                     recording.set_exporter_result(index, exported)
                 response.update(exported)
+            response.update(await cache.export(result.all_refs(), job.progress))
             if recording is not None:
                 recording.set_exporter_response(response)
                 await provenance.record(recording)
@@ -210,6 +220,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
         finally:
             with anyio.CancelScope(shield=True):
                 await job.bridge.release_containers()
+                if cache is not None:
+                    await cache.close()
             job.bridge.close()
             if provenance is not None:
                 provenance.close()

@@ -78,6 +78,11 @@ class GatewayBridge:
                              shared_refs=self._refs)
 
     @property
+    def solver_job(self) -> Any:
+        """The solver's view of this build (``buildkitpy.solver.solver.Job``)."""
+        return self._solver_job
+
+    @property
     def session_id(self) -> str:
         return self.job.session_id or ""
 

@@ -306,7 +306,10 @@ class ImagePuller:
                 await anyio.to_thread.run_sync(writer.commit, {"buildkitpy.distribution.source":
                                                                f"{ref.domain}/{ref.repository}"})
         except BaseException as exc:
-            await anyio.to_thread.run_sync(ingest.__exit__, type(exc), exc, exc.__traceback__)
+            # Shielded: a cancelled download (a sibling layer failed) must still end its ingest, or
+            # the next writer of this digest waits on it forever.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(ingest.__exit__, type(exc), exc, exc.__traceback__)
             raise
         await anyio.to_thread.run_sync(ingest.__exit__, None, None, None)
         if progress:

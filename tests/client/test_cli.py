@@ -210,8 +210,8 @@ def test_metadata_file_inlines_base64_json_objects():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--export-cache", "type=local,dest=/tmp/c"], "--export-cache type=local is not supported yet"),
-    (["--import-cache", "type=registry,ref=r"], "--import-cache type=registry is not supported yet"),
+    (["--export-cache", "type=azblob,name=c"], "--export-cache type=azblob is not supported yet"),
+    (["--import-cache", "type=azblob,name=r"], "--import-cache type=azblob is not supported yet"),
     (["--oci-layout", "x=/tmp"], "--oci-layout is not supported yet"),
     (["--format", "x"], None),
 ])
