@@ -32,6 +32,7 @@ class StepFacts:
     cached: bool  # loaded from the cache (or produced by a concurrent build) instead of run
     lookup_skipped: bool  # no-cache, ignore-cache or an always-run op: no cache lookup was made
     op: object = None  # the vertex's op implementation (sources keep what they resolved: pins)
+    outputs: list[ImmutableSnapshot] | None = None  # the vertex's results (borrowed, as ``inputs``)
 
 
 class StepObserver(Protocol):

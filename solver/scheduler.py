@@ -125,7 +125,7 @@ class Build:
                                      started=True, completed=True, progress_group=v.progress_group)
             await blocking(self.solver.cache.record, [k.key for k in keys if not k.ephemeral], hit)
             await self._settled(v, cm, in_keys, in_snaps, content, cached=True, lookup_skipped=skip_lookup,
-                                op=op)
+                                op=op, outputs=hit)
             return
         fresh = skip_lookup or any(inp.fresh and not dep.content
                                    for inp, dep in zip(in_keys, cm.deps, strict=True))
@@ -134,7 +134,7 @@ class Build:
         if remote is not None:
             await remote.settled(nodes, outs)
         await self._settled(v, cm, in_keys, in_snaps, content, cached=shared, lookup_skipped=skip_lookup,
-                            op=op)
+                            op=op, outputs=outs)
 
     def _publish(self, v: Vertex, snaps: list[ImmutableSnapshot], keys: list[VertexKey], *, cached: bool,
                  fresh: bool) -> None:
@@ -217,14 +217,16 @@ class Build:
 
     async def _settled(self, v: Vertex, cm: CacheMap, in_keys: list[OutputKeys],
                        in_snaps: list[ImmutableSnapshot], content: list[str | None] | None, *,
-                       cached: bool, lookup_skipped: bool, op: object = None) -> None:
+                       cached: bool, lookup_skipped: bool, op: object = None,
+                       outputs: list[ImmutableSnapshot] | None = None) -> None:
         observer = self.solver.observer
         if observer is None:
             return
         names = [self.graph.vertices[i.digest].name for i in v.inputs]
         await observer.settled(StepFacts(job=self.job, vertex=v, input_names=names, cache_map=cm,
                                          input_keys=in_keys, inputs=in_snaps, content=content,
-                                         cached=cached, lookup_skipped=lookup_skipped, op=op))
+                                         cached=cached, lookup_skipped=lookup_skipped, op=op,
+                                         outputs=outputs))
 
 
 def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:

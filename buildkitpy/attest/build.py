@@ -39,10 +39,10 @@ class BuildProvenance:
         self.maker = ProvenanceMaker(self.request or options.ProvenanceRequest(), info, self.capture, result)
 
     def for_exporter(self, kind: str) -> ExportProvenance | None:
-        """What exporter ``kind`` attaches (None: no attestation requested, or not an image)."""
-        if self.request is None or self.maker is None or kind not in IMAGE_EXPORTERS:
+        """What exporter ``kind`` attaches (None: not an image exporter)."""
+        if self.maker is None or kind not in IMAGE_EXPORTERS:
             return None
-        return ExportProvenance(self.maker, force_inline=kind == "image")
+        return ExportProvenance(self.maker, force_inline=kind == "image", requested=self.request is not None)
 
     async def record(self, recording: Any) -> None:
         """Attach a max-mode SLSA v1 predicate per result ref to the history record, as BuildKit

@@ -60,6 +60,8 @@ class StepCapture:
     ssh: list[Secret] = field(default_factory=list)
     network: bool = False
     incomplete: bool = False
+    # Per output: the snapshot's layer directories, lowest first (to find its exported layers).
+    layer_chains: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -185,6 +187,21 @@ class BuildCapture:
         return out
 
 
+def layer_descriptors(capture: BuildCapture, exported: list[tuple[str, dict[str, Any]]],
+                      ) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """(vertex digest, output) → the exported layer descriptors of that output: every step whose
+    result is a prefix of the exported image's layer chain (BuildKit lists the layer blobs each
+    step's result has)."""
+    paths = [p for p, _ in exported]
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with capture.lock:
+        for digest, step in capture.steps.items():
+            for i, chain in enumerate(step.layer_chains):
+                if chain and chain == paths[:len(chain)]:
+                    out[(digest, i)] = [d for _, d in exported[:len(chain)]]
+    return out
+
+
 def _digests(definition: ops_pb2.Definition | None) -> set[str]:
     if definition is None:
         return set()
@@ -269,12 +286,22 @@ class ProvenanceCollector:
         with self._lock:
             self._builds.pop(ref, None)
 
-    def step_settled(self, build_ref: str, vertex: Any, op_impl: Any) -> None:
+    def watching(self, build_ref: str) -> bool:
+        with self._lock:
+            return build_ref in self._builds
+
+    def step_settled(self, build_ref: str, vertex: Any, op_impl: Any, outputs: list | None = None) -> None:
+        """Note one settled vertex (blocking: reads its outputs' layer chains)."""
         with self._lock:
             capture = self._builds.get(build_ref)
         if capture is None:
             return
         step = step_capture(vertex, op_impl)
+        for snap in outputs or []:
+            try:
+                step.layer_chains.append([str(p) for p in snap.layers()] if snap is not None else [])
+            except Exception:  # noqa: BLE001 - a chain we cannot read just lists no layers
+                step.layer_chains.append([])
         with capture.lock:
             for digest in {vertex.digest, getattr(vertex, "original_digest", "") or vertex.digest}:
                 capture.steps[digest] = step

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildkitpy.attest import provenance as prov
-from buildkitpy.attest.capture import BuildCapture
+from buildkitpy.attest.capture import BuildCapture, layer_descriptors
 from buildkitpy.attest.options import ProvenanceRequest
 from buildkitpy.errors import InvalidArgument
 from buildkitpy.exporter.imagebuild.config import go_json, go_json_indent
@@ -47,6 +47,8 @@ class ProvenanceMaker:
         self.info = info
         self.capture = capture
         self.result = result  # buildkitpy.gateway.bridge.FrontendResult
+        # Per result key: the last exported image's (layer directory, descriptor) chain.
+        self.exported: dict[str | None, list[tuple[str, dict[str, Any]]]] = {}
 
     def _ref(self, key: str | None) -> Any:
         if self.result.refs is None:
@@ -60,8 +62,9 @@ class ProvenanceMaker:
         others = [r.definition for r in self.result.all_refs() if r is not ref]
         capture = self.capture.capture_for(definition, others)
         ref_request = ref.request if ref is not None else None
+        layers = layer_descriptors(self.capture, self.exported.get(key, []))
         return prov.predicate(request or self.request, self.info, capture, definition, time.time(),
-                              ref_request)
+                              ref_request, layers)
 
     def predicate_type(self, request: ProvenanceRequest | None = None) -> str:
         return prov.predicate_type((request or self.request).version)
@@ -83,8 +86,11 @@ class ExportProvenance:
 
     maker: ProvenanceMaker
     force_inline: bool  # the image exporter attaches inline-only attestations too
+    requested: bool = True  # False: nothing to attach, the export only tells the maker its layers
 
     def attach(self, multi_platform: bool) -> bool:
+        if not self.requested:
+            return False
         return self.force_inline or not self.maker.request.inline_only or multi_platform
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -182,7 +182,6 @@ class BuildInfo:
     started: float
     builder_platform: str
     dockerfile_version: str = ""
-    layers: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
 
 
 def _requests(info: BuildInfo, ref_request: tuple[str, Mapping[str, str]] | None,
@@ -206,8 +205,10 @@ def _requests(info: BuildInfo, ref_request: tuple[str, Mapping[str, str]] | None
 
 def predicate_v1(req: ProvenanceRequest, info: BuildInfo, capture: Capture,
                  definition: ops_pb2.Definition | None, finished: float,
-                 ref_request: tuple[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
-    """The SLSA v1 predicate (``ProvenancePredicateSLSA1``) as a JSON-ready dict."""
+                 ref_request: tuple[str, Mapping[str, str]] | None = None,
+                 layers: Mapping[tuple[str, int], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The SLSA v1 predicate (``ProvenancePredicateSLSA1``) as a JSON-ready dict; ``layers`` are the
+    exported layer descriptors of (vertex digest, output) (max mode)."""
     config, request = _requests(info, ref_request, capture)
     root = request.pop("root", None)
     frontend = request.get("frontend", "")
@@ -249,8 +250,10 @@ def predicate_v1(req: ProvenanceRequest, info: BuildInfo, capture: Capture,
         source = _source_metadata(definition, indexes)
         if source is not None:
             buildkit_md["source"] = source
-        if info.layers:
-            buildkit_md["layers"] = info.layers
+        by_step = {f"step{indexes[d]}:{i}": [descs] for (d, i), descs in (layers or {}).items()
+                   if d in indexes}
+        if by_step:
+            buildkit_md["layers"] = dict(sorted(by_step.items()))
     request["compatibilityVersion"] = COMPATIBILITY_VERSION
     internal["builderPlatform"] = info.builder_platform
     if frontend == "dockerfile.v0" and info.dockerfile_version:
@@ -307,8 +310,9 @@ def to_v02(pred: dict[str, Any]) -> dict[str, Any]:
 
 def predicate(req: ProvenanceRequest, info: BuildInfo, capture: Capture,
               definition: ops_pb2.Definition | None, finished: float,
-              ref_request: tuple[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
-    pred = predicate_v1(req, info, capture, definition, finished, ref_request)
+              ref_request: tuple[str, Mapping[str, str]] | None = None,
+              layers: Mapping[tuple[str, int], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    pred = predicate_v1(req, info, capture, definition, finished, ref_request, layers)
     return to_v02(pred) if req.version == SLSA_V02 else pred
 
 

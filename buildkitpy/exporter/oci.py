@@ -188,7 +188,7 @@ async def export_archive(ctx: ExportContext, *, docker: bool) -> dict[str, str]:
     kind = "docker" if docker else "oci"
     attrs = ctx.attrs
     options = validate_attrs(attrs, docker=docker)
-    if docker and ctx.provenance is not None and "oci-mediatypes" not in attrs:
+    if docker and ctx.provenance is not None and ctx.provenance.requested and "oci-mediatypes" not in attrs:
         options.oci_mediatypes = True  # BuildKit: attestations make OCI media types the default
     session = ctx.require_session(kind)
     name_attr = attrs.get("name", "")

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import anyio
 from opentelemetry import trace
 
 from buildkitpy.attest.capture import ProvenanceCollector
@@ -36,9 +37,10 @@ class BuildObserver:
     async def settled(self, facts: StepFacts) -> None:
         span = trace.get_current_span()
         span.set_attribute("cached", facts.cached)
-        if self.provenance is not None:
-            try:
-                self.provenance.step_settled(facts.job.id, facts.vertex, facts.op)
+        if self.provenance is not None and self.provenance.watching(facts.job.id):
+            try:  # (in a thread: it reads each output's layer chain)
+                await anyio.to_thread.run_sync(self.provenance.step_settled, facts.job.id, facts.vertex,
+                                               facts.op, facts.outputs)
             except Exception:  # noqa: BLE001 - provenance must never fail a step
                 log.exception("provenance capture failed for %s", facts.vertex.digest)
         if self.rebuilds is not None:

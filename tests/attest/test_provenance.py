@@ -174,6 +174,13 @@ def test_max_provenance_pushed_like_buildkit(daemon, registry, http_url, tmp_pat
              if v.get("locations")}
     assert lines == {"step0": 1, "step2": 3, "step4": 4, "step5": 5}
     assert "buildkit_hermetic" not in md  # a local context and a RUN with network
+    # Max mode lists the layer chain of every step whose result is (part of) the exported image:
+    # the base image, ADD, COPY and RUN (not the http or local sources, nor the final step).
+    image = json.loads(get(registry, "att/max", f"manifests/{image_entry['digest']}"))
+    layers = md["buildkit_metadata"]["layers"]
+    assert sorted(layers) == ["step0:0", "step2:0", "step4:0", "step5:0"]
+    for key, count in (("step0:0", 1), ("step2:0", 2), ("step4:0", 3), ("step5:0", 4)):
+        assert layers[key] == [image["layers"][:count]], key
 
 
 @needs_root
@@ -274,3 +281,4 @@ def test_history_record_keeps_max_provenance(daemon, registry, http_url, tmp_pat
     pred = json.loads(data)  # the predicate itself, as BuildKit stores it (buildx reads it so)
     assert pred["buildDefinition"]["externalParameters"]["request"]["args"] == {"build-arg:FOO": "hist"}
     assert pred["buildDefinition"]["internalParameters"]["buildConfig"]["llbDefinition"]
+    assert "layers" not in pred["runDetails"]["metadata"]["buildkit_metadata"]  # a local export has none

@@ -363,6 +363,9 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
                                  platform=platform if in_index else None)
         built.append(BuiltManifest(platform, desc, manifest, config, config_digest, layer_descs))
 
+    if provenance is not None:  # the history record's provenance lists the exported layers
+        for (key, _, _), m, paths in zip(targets, built, layers_per_target, strict=True):
+            provenance.maker.exported[key] = list(zip([str(p) for p in paths], m.layers, strict=True))
     if len(built) == 1 and not attach:
         return AssembledImage(built[0].descriptor, built[0].config_digest, built, None, store, epochs[0])
     entries = [m.descriptor for m in built]
