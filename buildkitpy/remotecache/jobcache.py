@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from buildkitpy.errors import BuildkitpyError, SolveError
+from buildkitpy.errors import BuildkitpyError, SolveError, leaf_errors
 from buildkitpy.image.platforms import default_platform
 from buildkitpy.image.reference import Reference
 from buildkitpy.image.registry import Descriptor
@@ -24,6 +24,18 @@ from buildkitpy.remotecache.keys import KeyNode, vertex_nodes
 from buildkitpy.snapshot.api import ImmutableSnapshot
 
 log = logging.getLogger(__name__)
+
+
+def _import_error(raised: BaseException) -> BuildkitpyError:
+    """The error to report for a failed import: the first real failure of a task group (several
+    layers may fail at once); anything that is not a ``BuildkitpyError`` is re-raised as is."""
+    if isinstance(raised, BuildkitpyError):
+        return raised
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves = [e for e in leaf_errors(raised) if not isinstance(e, cancelled)]  # type: ignore[arg-type]
+    if leaves and isinstance(leaves[0], BuildkitpyError):
+        return leaves[0]
+    raise raised
 
 
 class BlobSource(Protocol):
@@ -73,7 +85,8 @@ class JobCache:
                 continue
             try:
                 snaps = await self._pull_all(imp, vertex, [c[0] for c in chains], progress)
-            except BuildkitpyError as exc:
+            except (BuildkitpyError, BaseExceptionGroup) as raised:
+                exc = _import_error(raised)
                 if imp.ignore_error:
                     log.warning("cache import from %s: %s (ignored: running the step)", imp.name, exc)
                     progress.warning(vertex.digest, f"cache import from {imp.name} failed, step runs: {exc}")
