@@ -49,6 +49,7 @@ async def start(*, root: Path, worker: Any, sessions: Any, addresses: list[str],
     shutil.rmtree(base / "tmp", ignore_errors=True)
     puller = puller_for(worker)
     images = ImageStore(base, puller.store, puller.chains)
+    worker.content_roots.append(images.held_digests)
     control = Client.connect(control_address(root))
     api = EngineAPI(root=base, control=control, images=images, worker=worker, sessions=sessions,
                     control_socket=str(base / CONTROL_SOCKET))

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 PENDING_REPOSITORY = "buildkitpy-internal/classic-step"
+INTERNAL_BASE_REPOSITORY = "buildkitpy-internal/classic-base"
 _EXIT_CODE = re.compile(r'process "(.*)" did not complete successfully: exit code: (\d+)', re.S)
 
 
@@ -63,13 +64,23 @@ class Step:
     instruction: Any = None
     extra: str = ""  # a line added after the cut (the --label step)
     last_in_stage: bool = False
+    start_line: int = 0
+    stage: Any = None  # the parsed stage (None for global ARGs)
 
 
-def plan(dockerfile: bytes, opts: BuildOptions) -> tuple[list[Step], str]:
+@dataclass
+class Plan:
+    steps: list[Step]
+    stages: list[Any]
+    meta_args: list[Any]
+
+
+def plan(dockerfile: bytes, opts: BuildOptions) -> Plan:
     """The steps of the build, numbered as the classic builder numbers them."""
     from buildkitpy.frontend.dockerfile.errors import DockerfileError
     from buildkitpy.frontend.dockerfile.instructions import (
         AddCommand,
+        ArgCommand,
         CopyCommand,
         RunCommand,
         WorkdirCommand,
@@ -89,24 +100,26 @@ def plan(dockerfile: bytes, opts: BuildOptions) -> tuple[list[Step], str]:
         stages = stages[:index + 1]
     steps: list[Step] = []
     for meta in parsed.meta_args:
-        steps.append(Step(0, meta.code, meta.end_line, "arg-meta", -1, meta))
+        steps.append(Step(0, meta.code, meta.end_line, "arg-meta", -1, meta, start_line=meta.start_line))
     for si, stage in enumerate(stages):
-        steps.append(Step(0, stage.source_code, stage.end_line, "from", si))
+        steps.append(Step(0, stage.source_code, stage.end_line, "from", si, start_line=stage.start_line,
+                          stage=stage))
         for ins in stage.commands:
             kind = ("run" if isinstance(ins, RunCommand) else "copy" if isinstance(ins, CopyCommand)
                     else "add" if isinstance(ins, AddCommand) else "workdir"
-                    if isinstance(ins, WorkdirCommand) else "other")
-            steps.append(Step(0, ins.code, ins.end_line, kind, si, ins))
+                    if isinstance(ins, WorkdirCommand) else "arg" if isinstance(ins, ArgCommand) else "other")
+            steps.append(Step(0, ins.code, ins.end_line, kind, si, ins, start_line=ins.start_line,
+                              stage=stage))
     if opts.labels:
         pairs = " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(opts.labels.items()))
         steps.append(Step(0, f"LABEL {pairs}", steps[-1].end_line, "other", len(stages) - 1,
-                          extra=f"LABEL {pairs}"))
+                          extra=f"LABEL {pairs}", stage=stages[-1]))
     for i, step in enumerate(steps):
         step.number = i + 1
         following = steps[i + 1] if i + 1 < len(steps) else None
         step.last_in_stage = step.kind != "arg-meta" and (following is None
                                                           or following.stage_index != step.stage_index)
-    return steps, parsed.ast.escape_token
+    return Plan(steps, stages, list(parsed.meta_args))
 
 
 def _sources_digest(context: Path, instruction: Any) -> str:
@@ -179,19 +192,37 @@ class ClassicBuild:
         self.emit = emit
         self.cgroup_parent = cgroup_parent  # where the RUN containers go: the build's limits
         self.shared_key = secrets.token_hex(16)
+        self.plan = Plan([], [], [])
+        self.sources: list[ImageRecord] = []  # the cachefrom images still in the running
+        # Images this build took from cachefrom images (or built on top of them): the solver cannot
+        # derive them from the Dockerfile, so later steps are built FROM them (``rebased``) and the
+        # classic cache does not remember them.
+        self.foreign: set[str] = set()
+        self.rebased = False
+        self.stage_images: dict[int, ImageRecord] = {}
+        self.internal_refs: dict[str, str] = {}  # image id -> the name FROM uses for it
 
     async def out(self, text: str) -> None:
         if not self.opts.quiet:
             await self.emit({"stream": text})
 
     async def run(self) -> str:
+        try:
+            return await self._run()
+        finally:
+            for name in self.internal_refs.values():
+                await anyio.to_thread.run_sync(self.images.chains.forget_image_ref, name)
+
+    async def _run(self) -> str:
         dockerfile_path = self._dockerfile_path()
         try:
             dockerfile = dockerfile_path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise BuildFailed(f"Cannot locate specified Dockerfile: {self.opts.dockerfile}") from None
-        steps, _ = await anyio.to_thread.run_sync(plan, dockerfile, self.opts)
+        self.plan = await anyio.to_thread.run_sync(plan, dockerfile, self.opts)
+        steps = self.plan.steps
         lines = dockerfile.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+        await anyio.to_thread.run_sync(self._resolve_cache_sources)
         total = len(steps)
         image: ImageRecord | None = None
         stage_bases: dict[int, ImageRecord] = {}  # each stage's FROM image (the squash base)
@@ -210,9 +241,15 @@ class ClassicBuild:
                 key_parts.append(await anyio.to_thread.run_sync(_sources_digest, self.context,
                                                                  step.instruction))
             key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()
-            cached = None
+            cached = built = None
             if not self.opts.no_cache and not (step.kind == "from" and self.opts.pull):
                 cached = await anyio.to_thread.run_sync(self.images.cached_child, key)
+                if cached is not None and step.kind != "from" and self.opts.cache_from and \
+                        not await anyio.to_thread.run_sync(self._ancestor_of_source, cached.id):
+                    cached = None
+            if cached is None and step.kind != "from" and image is not None and self.sources \
+                    and not self.opts.no_cache:
+                cached, built = await self._from_cache_sources(step, lines, image)
             if cached is not None and step.kind != "from":
                 await self.out(" ---> Using cache\n")
                 image = cached
@@ -220,13 +257,17 @@ class ClassicBuild:
                 container = secrets.token_hex(32) if step.kind in ("run", "workdir") else ""
                 if container:
                     await self.out(f" ---> Running in {container[:12]}\n")
-                image = cached or await self._build_step(step, lines, parent)
-                await anyio.to_thread.run_sync(self.images.remember_child, key, image.id)
+                image = cached or built or await self._build_step(step, lines, parent)
                 if container and self.opts.remove:
                     await self.out(f" ---> Removed intermediate container {container[:12]}\n")
+            if image.id in self.foreign:
+                self.rebased = True
+            else:
+                await anyio.to_thread.run_sync(self.images.remember_child, key, image.id)
             await self.out(f" ---> {image.short_id}\n")
             if step.kind == "from":
                 stage_bases[step.stage_index] = image
+            self.stage_images[step.stage_index] = image
             if step.last_in_stage:
                 await self.emit({"aux": {"ID": image.id}})
         if image is None:
@@ -243,6 +284,145 @@ class ClassicBuild:
             full = await anyio.to_thread.run_sync(self.images.tag, image.id, tag)
             await self.out(f"Successfully tagged {familiar(full)}\n")
         return image.id
+
+    # -- cachefrom ---------------------------------------------------------------------------------
+
+    def _resolve_cache_sources(self) -> None:
+        self.sources = []
+        for name in self.opts.cache_from:
+            try:
+                self.sources.append(self.images.lookup(name))
+            except (NotFound, InvalidArgument):
+                log.warning("cache-from image %s is not in the image store: not used", name)
+
+    def _ancestor_of_source(self, image_id: str) -> bool:
+        """With cachefrom the Engine takes a local cache hit only when it is one of the sources or
+        an ancestor of one."""
+        for source in self.sources:
+            current: str = source.id
+            seen: set[str] = set()
+            while current and current not in seen:
+                if current == image_id:
+                    return True
+                seen.add(current)
+                try:
+                    current = self.images.get(current).parent
+                except NotFound:
+                    break
+        return False
+
+    def _stage_args(self, step: Step) -> list[Any]:
+        """The ARG declarations of the step's stage before it, in order."""
+        from buildkitpy.frontend.dockerfile.instructions import ArgCommand
+
+        out: list[Any] = []
+        for ins in step.stage.commands if step.stage is not None else []:
+            if ins is step.instruction:
+                break
+            if isinstance(ins, ArgCommand):
+                out.append(ins)
+        return out
+
+    def _global_args(self) -> dict[str, str | None]:
+        values: dict[str, str | None] = {}
+        for meta in self.plan.meta_args:
+            for arg in meta.args:
+                given = self.opts.build_args.get(arg.key)
+                values[arg.key] = given if given is not None else arg.value
+        return values
+
+    async def _from_cache_sources(self, step: Step, lines: list[str], parent_record: ImageRecord
+                                  ) -> tuple[ImageRecord | None, ImageRecord | None]:
+        """(the image a cachefrom candidate gives this step, the image built to compare with them)."""
+        from buildkitpy.dockerapi import cachefrom
+
+        if step.stage is not None and step.stage.base_name and \
+                any(s.name and s.name.lower() == step.stage.base_name.lower() for s in self.plan.stages):
+            return None, None  # a stage on another stage inherits its ARGs: not told apart here
+        parent = await anyio.to_thread.run_sync(cachefrom.view, self.images, parent_record)
+        candidates = []
+        for record in self.sources:
+            target = await anyio.to_thread.run_sync(cachefrom.view, self.images, record)
+            index = cachefrom.continues(parent, target)
+            if index is not None:
+                candidates.append((target, index))
+        if not candidates:
+            return None, None
+        depth = len(parent.history)
+        if step.kind == "run":
+            args = [a for ins in self._stage_args(step) for a in ins.args]
+            text = cachefrom.run_history_text(step.instruction, parent.config, args, self.opts.build_args,
+                                              self._global_args())
+            for target, index in candidates:
+                entry = target.history[depth]
+                if text is not None and entry.get("created_by") == text and not entry.get("empty_layer") \
+                        and index < len(target.diff_ids):
+                    self.sources = [target.record]
+                    restored = await anyio.to_thread.run_sync(cachefrom.restore_run, self.images, parent,
+                                                              target, index)
+                    self.foreign.add(restored.id)
+                    return restored, None
+            return None, None
+        built = await self._build_step(step, lines, parent_record.id)
+        mine = await anyio.to_thread.run_sync(cachefrom.view, self.images, built)
+        if len(mine.history) != depth + 1:
+            return None, built
+        for target, index in candidates:
+            entry = target.history[depth]
+            if cachefrom.entry_key(entry) != cachefrom.entry_key(mine.history[-1]):
+                continue
+            if not entry.get("empty_layer") and step.kind not in ("copy", "add"):
+                # The layer is the instruction's alone (WORKDIR's directory): the text decides.
+                if len(mine.diff_ids) != len(parent.diff_ids) + 1 or index >= len(target.diff_ids):
+                    continue
+                self.sources = [target.record]
+                adopted = await anyio.to_thread.run_sync(cachefrom.adopt_layer, self.images, parent, mine,
+                                                         target, index)
+                self.foreign.add(adopted.id)
+                return adopted, built
+            layers = parent.diff_ids if entry.get("empty_layer") else \
+                [*parent.diff_ids, *target.diff_ids[index:index + 1]]
+            if mine.diff_ids != layers:
+                continue
+            self.sources = [target.record]
+            if len(target.history) == depth + 1 and cachefrom.same_config(mine.config, target.config):
+                self.foreign.add(target.record.id)
+                return target.record, built
+            return built, built
+        return None, built
+
+    def _internal_ref(self, record: ImageRecord) -> str:
+        """A name a ``FROM`` in this build resolves to ``record`` (from the image store, no registry)."""
+        name = self.internal_refs.get(record.id)
+        if name is None:
+            name = f"docker.io/{INTERNAL_BASE_REPOSITORY}-{self.shared_key[:16]}:{record.id.split(':')[-1]}"
+            self.images.chains.put_image_ref(name, "", record.manifest_digest, record.manifest_digest)
+            self.internal_refs[record.id] = name
+        return name
+
+    def _rebased_dockerfile(self, step: Step, lines: list[str], parent: str) -> str:
+        """The step built on the images this build made so far: earlier stages and the parent as
+        ``FROM <image>``, the stage's ARGs declared again, then the step."""
+        stages = self.plan.stages
+        first = stages[0].start_line if stages else 1
+        out = list(lines[:max(first - 1, 0)])  # parser directives, global ARGs
+        def from_line(record: ImageRecord, name: str) -> str:
+            return f"FROM {self._internal_ref(record)}" + (f" AS {name}" if name else "") + "\n"
+
+        for j in range(step.stage_index):
+            out.append(from_line(self.stage_images[j], stages[j].name))
+        if step.kind == "from":
+            out.extend(lines[step.start_line - 1:step.end_line])
+            return "".join(out)
+        name = step.stage.name if step.stage is not None else ""
+        out.append(from_line(self.images.get(parent), name))
+        for ins in self._stage_args(step):
+            out.extend(lines[ins.start_line - 1:ins.end_line])
+        if step.extra:
+            out.append(step.extra + "\n")
+        else:
+            out.extend(lines[step.start_line - 1:step.end_line])
+        return "".join(out)
 
     def _squash(self, image: ImageRecord, base: ImageRecord | None) -> ImageRecord:
         from buildkitpy.dockerapi.squash import squash
@@ -273,9 +453,12 @@ class ClassicBuild:
 
         step_dir = self.workdir / f"step-{step.number}"
         step_dir.mkdir(parents=True, exist_ok=True)
-        text = "".join(lines[:step.end_line])
-        if step.extra:
-            text = text.rstrip("\n") + "\n" + step.extra + "\n"
+        if self.rebased:
+            text = self._rebased_dockerfile(step, lines, parent)
+        else:
+            text = "".join(lines[:step.end_line])
+            if step.extra:
+                text = text.rstrip("\n") + "\n" + step.extra + "\n"
         (step_dir / "Dockerfile").write_text(text, encoding="utf-8", errors="surrogateescape")
         ignore = self._dockerfile_path().with_name(self._dockerfile_path().name + ".dockerignore")
         if ignore.is_file():
@@ -353,11 +536,36 @@ class ClassicBuild:
         if not manifest or not config:
             raise BuildFailed("the build produced no image")
         try:
-            return await anyio.to_thread.run_sync(self.images.add, config, manifest, parent)
+            record = await anyio.to_thread.run_sync(self.images.add, config, manifest, parent)
+            if self.rebased:
+                record = await anyio.to_thread.run_sync(self._normalize_rebased, step, record, parent)
+                self.foreign.add(record.id)
+            return record
         except (NotFound, InvalidArgument) as exc:
             raise BuildFailed(f"failed to store the image: {exc}") from None
         finally:
             await anyio.to_thread.run_sync(self.images.chains.forget_image_ref, f"docker.io/{pending}")
+
+
+    def _normalize_rebased(self, step: Step, built: ImageRecord, parent: str) -> ImageRecord:
+        """A step built on top of its parent image has the ARGs it re-declared in its history (and
+        the parent's ONBUILD triggers consumed): keep only the parent's history plus the step's."""
+        from buildkitpy.dockerapi import cachefrom
+
+        if step.kind == "from" or not parent:
+            return built
+        parent_view = cachefrom.view(self.images, self.images.get(parent))
+        mine = cachefrom.view(self.images, built)
+        if not mine.history or len(mine.diff_ids) < len(parent_view.diff_ids):
+            return built
+        onbuild = list((parent_view.config.get("config") or {}).get("OnBuild") or [])
+        if onbuild:
+            config = mine.config.setdefault("config", {})
+            config["OnBuild"] = onbuild + list(config.get("OnBuild") or [])
+        record = cachefrom.replace_history_tail(self.images, parent_view, mine, mine.history[-1])
+        if record.id != built.id and not built.tags:
+            self.images.delete(built.id)
+        return record
 
 
 def _classic_error(message: str) -> BuildFailed:

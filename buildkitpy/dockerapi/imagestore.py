@@ -10,10 +10,13 @@ build (either builder) resolves it locally without a registry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,38 @@ class ImageStore:
         self._db = sqlite3.connect(root / "images.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._holds: list[set[str]] = []
+
+    # -- blobs written outside a build -------------------------------------------------------------
+
+    @contextmanager
+    def holding(self) -> Iterator[list[set[str]]]:
+        """Blobs the caller is about to write and record: the daemon's collection (which deletes
+        what no image names, between builds) keeps them until the block ends. Use ``hold`` before
+        writing each one."""
+        held: set[str] = set()
+        with self._lock:
+            self._holds.append(held)
+        try:
+            yield [held]
+        finally:
+            with self._lock:
+                self._holds.remove(held)
+
+    def hold(self, holding: list[set[str]], digest: str) -> None:
+        with self._lock:
+            holding[0].add(digest)
+
+    def write_held(self, holding: list[set[str]], data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.hold(holding, digest)
+        self.content.write_bytes(data, digest)
+        return digest
+
+    def held_digests(self) -> set[str]:
+        """A content root for the daemon's collection."""
+        with self._lock:
+            return set().union(*self._holds)
 
     def close(self) -> None:
         with self._lock:

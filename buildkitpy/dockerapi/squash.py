@@ -156,42 +156,46 @@ def squash(store: ImageStore, image: ImageRecord, base: ImageRecord | None, base
     if diff_ids[:len(base_diff_ids)] != base_diff_ids or len(layers) != len(diff_ids):
         raise InvalidArgument("cannot squash: the built image does not extend its base image's layers")
     tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp) as spool:
-        merge = _Merge(Path(spool))
-        for layer in layers[len(base_diff_ids):]:
-            with _open_layer(store, layer["digest"]) as stream:
-                merge.add_layer(stream)
-        blob_path = store.content.ingest_path()
-        with open(blob_path, "wb") as raw:
-            compressed = _Hashing(raw)
-            with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0) as gz:  # type: ignore[arg-type]
-                plain = _Hashing(gz)  # type: ignore[arg-type]
-                merge.write(plain)  # type: ignore[arg-type]
-        layer_digest = "sha256:" + compressed.sha.hexdigest()
-        diff_id = "sha256:" + plain.sha.hexdigest()
-        store.content.adopt(blob_path, layer_digest)
-    base_history = base_config.get("history") or []
-    history = []
-    for i, entry in enumerate(config.get("history") or []):
-        entry = dict(entry)
-        if i >= len(base_history):
-            entry["empty_layer"] = True
-        history.append(entry)
-    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
-    comment = f"merge {image.id} to {base.id}" if base else f"create new from {image.id}"
-    history.append({"created": now, "comment": comment})
-    config["history"] = history
-    config["created"] = now
-    config["rootfs"] = {"type": "layers", "diff_ids": [*base_diff_ids, diff_id]}
-    config_bytes = json.dumps(config, separators=(",", ":")).encode()
-    config_digest = store.content.write_bytes(config_bytes)
-    oci = manifest.get("mediaType", "").startswith("application/vnd.oci") or \
-        "vnd.oci" in (manifest.get("config") or {}).get("mediaType", "")
-    layer_type = "application/vnd.oci.image.layer.v1.tar+gzip" if oci else \
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    new_manifest = dict(manifest)
-    new_manifest["config"] = {**manifest["config"], "digest": config_digest, "size": len(config_bytes)}
-    new_manifest["layers"] = [*base_layers, {"mediaType": layer_type, "digest": layer_digest,
-                                             "size": store.content.info(layer_digest).size}]
-    manifest_digest = store.content.write_bytes(json.dumps(new_manifest, separators=(",", ":")).encode())
-    return store.add(config_digest, manifest_digest, base.id if base else "")
+    with store.holding() as holding:
+        for layer in base_layers:
+            store.hold(holding, layer["digest"])
+        with tempfile.TemporaryDirectory(dir=tmp) as spool:
+            merge = _Merge(Path(spool))
+            for layer in layers[len(base_diff_ids):]:
+                with _open_layer(store, layer["digest"]) as stream:
+                    merge.add_layer(stream)
+            blob_path = store.content.ingest_path()
+            with open(blob_path, "wb") as raw:
+                compressed = _Hashing(raw)
+                with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0) as gz:  # type: ignore[arg-type]
+                    plain = _Hashing(gz)  # type: ignore[arg-type]
+                    merge.write(plain)  # type: ignore[arg-type]
+            layer_digest = "sha256:" + compressed.sha.hexdigest()
+            diff_id = "sha256:" + plain.sha.hexdigest()
+            store.hold(holding, layer_digest)
+            store.content.adopt(blob_path, layer_digest)
+        base_history = base_config.get("history") or []
+        history = []
+        for i, entry in enumerate(config.get("history") or []):
+            entry = dict(entry)
+            if i >= len(base_history):
+                entry["empty_layer"] = True
+            history.append(entry)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+        comment = f"merge {image.id} to {base.id}" if base else f"create new from {image.id}"
+        history.append({"created": now, "comment": comment})
+        config["history"] = history
+        config["created"] = now
+        config["rootfs"] = {"type": "layers", "diff_ids": [*base_diff_ids, diff_id]}
+        config_bytes = json.dumps(config, separators=(",", ":")).encode()
+        config_digest = store.write_held(holding, config_bytes)
+        oci = manifest.get("mediaType", "").startswith("application/vnd.oci") or \
+            "vnd.oci" in (manifest.get("config") or {}).get("mediaType", "")
+        layer_type = "application/vnd.oci.image.layer.v1.tar+gzip" if oci else \
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        new_manifest = dict(manifest)
+        new_manifest["config"] = {**manifest["config"], "digest": config_digest, "size": len(config_bytes)}
+        new_manifest["layers"] = [*base_layers, {"mediaType": layer_type, "digest": layer_digest,
+                                                 "size": store.content.info(layer_digest).size}]
+        manifest_digest = store.write_held(holding, json.dumps(new_manifest, separators=(",", ":")).encode())
+        return store.add(config_digest, manifest_digest, base.id if base else "")
