@@ -1,6 +1,7 @@
 """Provenance attestations (``attest:provenance``) through a real daemon, real gRPC and a real
-registry, checked against the structure real BuildKit writes for the same build (recorded from
-buildkitd: ``docs/attestations.md`` quotes the comparison)."""
+registry, checked against the structure real buildkitd writes for the same Dockerfile (its
+attestation manifest and statement were compared field by field; the values asserted here are the
+ones both daemons produce)."""
 
 from __future__ import annotations
 
