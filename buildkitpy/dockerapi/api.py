@@ -179,7 +179,8 @@ class EngineAPI:
     async def _run_classic(self, req: Request, stream: JSONStream, opts: BuildOptions, context: Path,
                            workdir: Path) -> None:
         try:
-            with self.cgroups.applied(opts.limits) if opts.limits else nullcontext("") as cgroup_parent:
+            limits = opts.limits
+            with self.cgroups.applied(limits) if limits else nullcontext(limits.parent) as cgroup_parent:
                 build = ClassicBuild(images=self.images, control=self.control, opts=opts, context=context,
                                      workdir=workdir, emit=stream.send, cgroup_parent=cgroup_parent)
                 await build.run()

@@ -47,8 +47,10 @@ class Limits:
     cpu_quota: int = 0
     cpuset_cpus: str = ""
     cpuset_mems: str = ""
+    parent: str = ""  # the ``cgroupparent`` option: the build's cgroup goes below it
 
     def __bool__(self) -> bool:
+        """Whether any limit is asked for (a parent alone needs no cgroup of ours)."""
         return any((self.memory, self.memory_swap, self.cpu_shares, self.cpu_period, self.cpu_quota,
                     self.cpuset_cpus, self.cpuset_mems))
 
@@ -89,7 +91,7 @@ class Limits:
 
     def cgroup_name(self) -> str:
         key = repr(sorted(vars(self).items())).encode()
-        return f"{PARENT_PREFIX}/{hashlib.sha256(key).hexdigest()[:16]}"
+        return f"{self.parent or PARENT_PREFIX}/{hashlib.sha256(key).hexdigest()[:16]}"
 
 
 def parse_set(value: str) -> set[int]:

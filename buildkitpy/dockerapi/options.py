@@ -72,6 +72,7 @@ class BuildOptions:
     cpu_quota: int = 0
     cpuset_cpus: str = ""
     cpuset_mems: str = ""
+    cgroup_parent: str = ""
     ulimits: list[dict[str, Any]] = field(default_factory=list)
     remote: str = ""
     version: str = BUILDER_CLASSIC
@@ -85,7 +86,7 @@ class BuildOptions:
     def limits(self) -> Limits:
         return Limits(memory=self.memory, memory_swap=self.memory_swap, cpu_shares=self.cpu_shares,
                       cpu_period=self.cpu_period, cpu_quota=self.cpu_quota, cpuset_cpus=self.cpuset_cpus,
-                      cpuset_mems=self.cpuset_mems)
+                      cpuset_mems=self.cpuset_mems, parent=self.cgroup_parent)
 
     @classmethod
     def parse(cls, req: Request) -> BuildOptions:
@@ -131,6 +132,11 @@ class BuildOptions:
                 raise bad(f"invalid value for {name}: must not be negative")
         o.cpuset_cpus = req.arg("cpusetcpus")
         o.cpuset_mems = req.arg("cpusetmems")
+        o.cgroup_parent = req.arg("cgroupparent").strip("/")
+        if o.cgroup_parent and (".." in o.cgroup_parent.split("/") or "\0" in o.cgroup_parent
+                                or o.cgroup_parent.endswith(":")):
+            raise bad(f"invalid cgroupparent {req.arg('cgroupparent')!r}: want a cgroup path such as "
+                      "'builds/ci'")
         if o.memory_swap < -1:
             raise bad("invalid value for memswap: must be -1 (unlimited swap) or more")
         o.limits.check()

@@ -54,3 +54,14 @@ def test_corpus_subset_matches_golden(corpus_engine):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr + corpus_engine.daemon.log_text()[-3000:]
     assert f"{len(CASES)} passed, 0 failed, 0 skipped or classic" in res.stdout, res.stdout
+
+
+@pytest.mark.slow
+def test_whole_corpus_matches_golden(corpus_engine):
+    """Every case the classic API can express (``hack/docker_conformance.py`` lists the others)."""
+    res = subprocess.run([sys.executable, str(REPO / "hack" / "docker_conformance.py"), "--docker-host",
+                          corpus_engine.host, "--corpus", str(CORPUS)],
+                         capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 0, res.stdout + res.stderr + corpus_engine.daemon.log_text()[-3000:]
+    print(res.stdout)
+    assert " 0 failed," in res.stdout.splitlines()[-1], res.stdout

@@ -72,3 +72,28 @@ def test_bad_limits_get_the_engine_errors(engine, query, needle):
                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
     assert raw.startswith(b"HTTP/1.1 400"), raw[:300]
     assert needle in json.loads(raw.partition(b"\r\n\r\n")[2])["message"]
+
+
+def test_cgroup_parent_places_the_run_containers(engine, tmp_path):
+    import os
+    from pathlib import Path
+
+    parent = "h12-cgroup-parent-test"
+    ctx = tmp_path / "parent"
+    _write(ctx, {"Dockerfile": "FROM busybox\nRUN cat /proc/self/cgroup\n"})
+    try:
+        out = engine.docker("build", "--no-cache", "--cgroup-parent", parent, str(ctx)).stdout.decode()
+        assert f"/{parent}/buildkit/" in out, out
+        out = engine.docker("build", "--no-cache", "--cgroup-parent", parent, "--memory", "64m",
+                            str(ctx)).stdout.decode()
+        name = Limits(memory=64 << 20, parent=parent).cgroup_name()
+        assert name.startswith(parent + "/") and f"/{name}/buildkit/" in out, out
+        res = engine.docker("build", "--cgroup-parent", "../escape", str(ctx), check=False)
+        assert res.returncode != 0 and "invalid cgroupparent" in res.stderr.decode()
+    finally:
+        bases = [Path("/sys/fs/cgroup")] if unified() else list(Path("/sys/fs/cgroup").iterdir())
+        for base in bases:
+            top = base / parent
+            if top.is_dir():
+                for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                    os.rmdir(dirpath)
