@@ -50,6 +50,16 @@ def test_ping_headers_and_version_prefix(engine):
     (b"POST /build?version=7", 400, "invalid version"),
     (b"POST /build?networkmode=bogus", 400, "unsupported network mode"),
     (b"POST /build/prune?filters=%7B%22until%22%3A%5B%22soon%22%5D%7D", 400, "until"),
+    (b"POST /build?t=Bad%20Tag", 400, "invalid reference format"),
+    (b"POST /build?shmsize=-1", 400, "invalid value for shmsize: must not be negative"),
+    (b"POST /build?ulimits=%5B1", 400, "error reading ulimit settings"),
+    (b"POST /build?isolation=hyperv", 400, "unsupported isolation"),
+    (b"POST /build?remote=ftp%3A%2F%2Fexample.invalid%2Fc.tar", 400, "could not be recognized as URL"),
+    (b"POST /build?outputs=%5B%7B%22type%22%3A%22local%22%7D%5D", 501, "outputs are only supported"),
+    (b"POST /build?cgroupparent=..%2Fx", 400, "invalid cgroupparent"),
+    (b"POST /build?memory=1", 400, "Minimum memory limit allowed is 6MB"),
+    (b"POST /build?cpusetcpus=0-9999", 400, "Requested CPUs are not available"),
+    (b"POST /build?labels=%5B%5D", 400, "error reading labels"),
 ])
 def test_errors_are_json_messages_with_status(engine, request_line, status, needle):
     raw = engine.raw(request_line + b" HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -72,12 +82,22 @@ def test_garbage_request_gets_400(engine):
 
 
 def test_client_hanging_up_mid_upload(engine):
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(engine.socket))
-        s.sendall(b"POST /v1.47/build?t=hangup HTTP/1.1\r\nHost: d\r\nContent-Type: application/x-tar\r\n"
-                  b"Content-Length: 1000000\r\n\r\n" + b"\0" * 5000)
-    _alive(engine)
+    import time
+
+    builds = engine.daemon.root / "state" / "dockerapi" / "builds"
+    for body in (b"\0" * 5000, b"5000\r\n" + b"\0" * 3000):  # sized, then chunked, both cut short
+        framing = b"Content-Length: 1000000" if len(body) == 5000 else b"Transfer-Encoding: chunked"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(engine.socket))
+            s.sendall(b"POST /v1.47/build?t=hangup HTTP/1.1\r\nHost: d\r\nContent-Type: application/x-tar\r\n"
+                      + framing + b"\r\n\r\n" + body)
+        _alive(engine)
     assert engine.daemon.alive()
+    deadline = time.monotonic() + 10
+    while builds.exists() and any(builds.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not builds.exists() or not any(builds.iterdir()), "the cut-off upload left its files behind"
+    assert "hangup" not in engine.docker("images", "--format", "{{.Repository}}").stdout.decode()
 
 
 def test_tcp_without_tls_is_refused(tmp_path, busybox_registry):
