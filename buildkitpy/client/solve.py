@@ -259,6 +259,7 @@ async def solve(client: Client, opt: SolveOpt, *, definition: ops_pb2.Definition
 
 async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | None, *, gateway: bool,
                on_status: StatusCallback | None) -> SolveResult:
+    from buildkitpy.client import cachedirs
     from buildkitpy.client.connection import MAX_MESSAGE_SIZE
     from buildkitpy.session.client import ClientSession
 
@@ -272,6 +273,12 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
     attachables: list[Any] = []
     try:
         attachables = _attachables(opt, dirs, outputs.targets())
+        try:
+            cache_dirs = cachedirs.prepare(opt.cache_exports, opt.cache_imports)
+        except cachedirs.CacheDirError as exc:
+            raise OptionError(str(exc)) from None
+        if cache_dirs is not None:
+            attachables.append(cache_dirs)
         session = ClientSession(attachables, shared_key=opt.shared_key or dirs_shared_key(opt.local_dirs))
         request = solve_request(opt, ref=ref, session_id=session.session_id, definition=definition,
                                 gateway=gateway)
@@ -305,6 +312,7 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
     if error is not None:
         raise error
     assert run.response is not None
+    cachedirs.finish(opt.cache_exports, dict(run.response.ExporterResponse))
     return SolveResult(ref=ref, exporter_response=dict(run.response.ExporterResponse),
                        gateway_metadata=run.gateway_metadata)
 
