@@ -98,6 +98,8 @@ class EngineAPI:
             "Components": [{"Name": "Engine", "Version": ENGINE_VERSION,
                             "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
                                         "Os": "linux", "Arch": _go_arch(), "KernelVersion": uname.release,
+                                        "GitCommit": "buildkitpy", "BuildTime": "", "Experimental": "false",
+                                        "GoVersion": f"python{platform.python_version()}",
                                         "BuildKitPy": __version__}}],
             "Version": ENGINE_VERSION, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
             "GitCommit": "buildkitpy", "GoVersion": f"python{platform.python_version()}", "Os": "linux",

@@ -26,6 +26,8 @@ def test_docker_version_and_info(engine):
     out = engine.docker("version", "--format", "{{.Server.APIVersion}} {{.Server.Version}}").stdout.decode()
     assert out.split()[0] == "1.50"
     assert "buildkitpy" in out
+    full = engine.docker("version").stdout.decode()  # the CLI's own rendering of the Engine component
+    assert "Server: buildkitpy Engine API" in full and "Git commit:       buildkitpy" in full, full
     info = json.loads(engine.docker("info", "--format", "{{json .}}").stdout)
     assert info["OSType"] == "linux" and info["Driver"] == "overlayfs"
 
