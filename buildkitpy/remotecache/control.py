@@ -191,6 +191,10 @@ class CacheRun:
         if cache.ExportRefDeprecated:
             exports.append(CacheEntry("registry", {"ref": cache.ExportRefDeprecated, "mode": "min",
                                                    **dict(cache.ExportAttrsDeprecated)}))
+        value = frontend_attrs.get("build-arg:BUILDKIT_INLINE_CACHE", "")
+        if value and comp.parse_bool(value, "BUILDKIT_INLINE_CACHE") and not any(e.type == "inline"
+                                                                                 for e in exports):
+            exports.append(CacheEntry("inline", {}))  # what buildx turns the build arg into
         validate_exports(exports)
         imports = import_entries(list(cache.Imports), frontend_attrs)
         known = {(e.type, e.attrs.get("ref")) for e in imports}
@@ -210,7 +214,8 @@ class CacheRun:
     async def start(self, worker: Any, session: Any, solver_job: Any, progress: Any) -> None:
         self._worker, self._session = worker, session
         imports = await load_imports(worker, session, self.imports, progress) if self.imports else []
-        self.job_cache = JobCache(worker, imports=imports, keep_results=bool(self.exports))
+        self.job_cache = JobCache(worker, imports=imports, keep_results=bool(self.exports),
+                                  inline=self.inline)
         solver_job.remote_cache = self.job_cache
 
     async def export(self, refs: list[Any], progress: Any) -> dict[str, str]:

@@ -59,6 +59,7 @@ class JobCache:
     worker: Any
     imports: list[ImportedCache] = field(default_factory=list)
     keep_results: bool = False  # the build exports cache: hold every settled result until then
+    inline: bool = False  # image exporters add the inline cache to the image config
     nodes: dict[str, list[KeyNode]] = field(default_factory=dict)  # vertex digest -> key per output
     results: dict[int, tuple[KeyNode, ImmutableSnapshot]] = field(default_factory=dict)
     loaded: list[str] = field(default_factory=list)  # vertex digests whose result came from an import

@@ -20,6 +20,7 @@ from buildkitpy.exporter.imagebuild import config as cfgdoc
 from buildkitpy.exporter.imagebuild.blobs import BlobCache, LayerBlob, compress_layer, layer_key
 from buildkitpy.image import compression as comp
 from buildkitpy.image import mediatypes
+from buildkitpy.remotecache import inline as inline_cache
 
 EPOCH_METADATA = "source.date.epoch"
 # Part of every cached layer blob's variant: blobs written before layers were diffed against
@@ -340,6 +341,7 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
         config = cfgdoc.patch_config(_metadata(ctx.result, "containerimage.config", key),
                                      [b.diff_id for b in blobs], metas, platform=platform, epoch=epochs[i],
                                      base_config=_metadata(ctx.result, "containerimage.base.config", key))
+        config = await inline_cache.config_with_cache(ctx, config, layers, blobs)  # type=inline cache export
         config_type = mediatypes.OCI_CONFIG if oci else mediatypes.DOCKER_CONFIG
         config_digest = await anyio.to_thread.run_sync(store.write_bytes, config)
         config_desc = cfgdoc.descriptor(config_type, config_digest, len(config))
