@@ -71,14 +71,16 @@ class DiskWriter:
     replaces what is at its path (a directory over a directory keeps its contents).
     ``mode="sync"``: like merge, but existing entries the stream does not list are deleted.
     ``differ="metadata"`` (merge and sync): an existing entry whose metadata matches is kept and its
-    contents are not requested.
+    contents are not requested. ``fine_mtimes_only`` narrows that for regular files to those whose
+    mtime has sub-second digits: a whole-second mtime (archives, ``touch -d``, normalised build
+    dates) says too little about the contents of a copy whose origin is unknown.
     ``owner``: force this uid/gid on everything (the client side writes files as its own user);
     otherwise the uid/gid from the stream are applied.
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, mode: ApplyMode = "fresh",
                  owner: tuple[int, int] | None = None, on_entry: EntryCallback | None = None,
-                 differ: Differ = "none") -> None:
+                 differ: Differ = "none", fine_mtimes_only: bool = False) -> None:
         if mode not in ("fresh", "merge", "sync"):
             raise ValueError(f"unknown apply mode {mode!r}")
         if differ not in ("none", "metadata"):
@@ -86,6 +88,7 @@ class DiskWriter:
         self.dest = Path(dest)
         self.mode = mode
         self.differ = differ
+        self.fine_mtimes_only = fine_mtimes_only
         self.owner = owner
         self.on_entry = on_entry
         self._is_root = os.geteuid() == 0
@@ -109,6 +112,7 @@ class DiskWriter:
         self.bytes_written = 0
         self.entries_kept = 0  # existing entries left as they were (differ="metadata")
         self.entries_deleted = 0  # existing entries the stream did not list (sync mode)
+        self.modified = False  # anything under dest created, removed or given new metadata
 
     # -- entries ---------------------------------------------------------------------------------
 
@@ -131,6 +135,8 @@ class DiskWriter:
                     self.entries_kept += 1
                     self._notify(stat, None)
                     return False
+            self.modified = True
+            if existing is not None:
                 self._remove(pfd, name, existing)
             if modes.is_symlink(mode):
                 os.symlink(stat.linkname, name, dir_fd=pfd)
@@ -224,8 +230,10 @@ class DiskWriter:
                 current = os.fstat(fd)
                 perm = modes.permission_bits_from_go(stat.mode)
                 if st.S_IMODE(current.st_mode) != perm:
+                    self.modified = True
                     os.chmod(fd, perm)
                 if current.st_mtime_ns != stat.modTime:
+                    self.modified = True
                     os.utime(fd, ns=(stat.modTime, stat.modTime))
             except OSError as e:
                 raise ApplyError(f"cannot set metadata of directory {stat.path!r}: {e.strerror}") from None
@@ -309,6 +317,7 @@ class DiskWriter:
     def _leave_listing(self) -> None:
         listing = self._listings.pop()
         if listing.leftover:
+            self.modified = True
             fd = self._dir_fd(listing.path)
             for name, existing in listing.leftover.items():
                 self._remove(fd, name, existing)
@@ -332,10 +341,13 @@ class DiskWriter:
         self._dir_fds[stat.path] = fd
         if reuse and self.differ == "metadata":
             if (existing.st_uid, existing.st_gid) != self._ids(stat):  # type: ignore[union-attr]
+                self.modified = True
                 self._set_owner_fd(fd, stat)
             if stat.xattrs and any(_xattr_or_none(fd, k) != v for k, v in stat.xattrs.items()):
+                self.modified = True
                 self._set_xattrs_fd(fd, stat)
         else:
+            self.modified = True
             self._set_owner_fd(fd, stat)
             self._set_xattrs_fd(fd, stat)
         if self._listings:
@@ -357,6 +369,8 @@ class DiskWriter:
                 return False
             return (target.st_dev, target.st_ino) == (existing.st_dev, existing.st_ino)
         if modes.go_mode_from_posix(existing.st_mode) != mode & _COMPARED_MODE_BITS:
+            return False
+        if self.fine_mtimes_only and modes.is_regular(mode) and stat.modTime % 1_000_000_000 == 0:
             return False
         if (existing.st_uid, existing.st_gid) != self._ids(stat) or existing.st_mtime_ns != stat.modTime:
             return False

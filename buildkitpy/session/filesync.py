@@ -83,6 +83,7 @@ class TransferStats:
     seconds: float = 0.0
     kept: int = 0  # entries already in dest with the same metadata (differ="metadata")
     deleted: int = 0  # entries in dest the client no longer has (mode="sync")
+    modified: bool = True  # False when dest was left exactly as it was (an unchanged sync)
 
 
 # -- transport adapters ----------------------------------------------------------------------------
@@ -337,16 +338,18 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
                       exclude_patterns: Sequence[str] = (), follow_paths: Sequence[str] = (),
                       progress: Callable[[int], None] | None = None, mode: ApplyMode = "fresh",
                       differ: Differ = "none", on_entry: EntryCallback | None = None,
-                      disk_thread: bool = False) -> TransferStats:
+                      disk_thread: bool = False, fine_mtimes_only: bool = False) -> TransferStats:
     """Pull the client's directory ``dir_name`` into ``dest`` (FileSync.DiffCopy, we receive).
 
     ``dest`` must be empty in the default ``fresh`` mode. ``mode="sync"`` turns a previous copy in
     ``dest`` into the client's current tree (entries it no longer has are deleted); with
     ``differ="metadata"`` only entries whose metadata changed are requested and rewritten, like
-    BuildKit's incremental context transfer. ``progress(bytes_so_far)`` is called as the
-    transfer goes (for "transferring <name>:" statuses); ``on_entry(stat, sha256_hex | None)`` for
-    every applied entry. ``disk_thread`` moves file creation off the event loop (``ThreadedSink``);
-    it is off by default because on 2 busy cores the GIL hand-offs cost more than they overlap.
+    BuildKit's incremental context transfer; ``fine_mtimes_only`` keeps only files whose mtime has
+    sub-second digits (for a previous copy that may come from another directory).
+    ``progress(bytes_so_far)`` is called as the transfer goes (for "transferring <name>:"
+    statuses); ``on_entry(stat, sha256_hex | None)`` for every applied entry. ``disk_thread`` moves
+    file creation off the event loop (``ThreadedSink``); it is off by default because on 2 busy
+    cores the GIL hand-offs cost more than they overlap.
     Raises ``DiffCopyError`` if the client breaks the protocol, ``RemoteError`` if it aborts,
     ``FileSyncError`` for call failures (e.g. NOT_FOUND for an unshared dir name).
     """
@@ -360,7 +363,7 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
         md = [(KEY_DIR_NAME, quote_plus(dir_name, safe="")), (KEY_DIR_NAME + "-encoded", "1")] + md[1:]
     if disk_thread and differ != "none" and mode != "fresh":
         raise ValueError("disk_thread cannot be combined with a differ: it requests every file up front")
-    disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ)
+    disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ, fine_mtimes_only=fine_mtimes_only)
     writer: DiskWriter | ThreadedSink = ThreadedSink(disk) if disk_thread else disk
     receiver = Receiver(writer)
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)
@@ -372,7 +375,7 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
         call.cancel()
         writer.close()
     return TransferStats(receiver.entry_count, writer.files_written, writer.bytes_written,
-                         time.monotonic() - started, disk.entries_kept, disk.entries_deleted)
+                         time.monotonic() - started, disk.entries_kept, disk.entries_deleted, disk.modified)
 
 
 async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",

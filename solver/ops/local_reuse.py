@@ -8,6 +8,8 @@ finished result is ever modified.
 
 Transfers with one key are serialised by ``claim``: the second waits for the first (then only
 fetches what changed since) or, after ``CLAIM_TIMEOUT``, transfers from scratch without recording.
+Under the empty session key (every buildctl) nobody waits: each transfer syncs against the last
+recorded copy and records its own result, the last to finish winning.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ _LOCKS: dict[str, _KeyLock] = {}
 
 
 @asynccontextmanager
-async def claim(worker_root: Path, shared_key: str) -> AsyncIterator[bool]:
-    """Hold the key while transferring; yields False if another transfer kept it too long.
+async def claim(worker_root: Path, shared_key: str, *, wait: bool = True) -> AsyncIterator[bool]:
+    """Hold the key while transferring; yields False if another transfer kept it too long, or at
+    once if it is held and ``wait`` is false.
 
     Locks live only while someone uses them, so none outlives the event loop it was made on.
     """
@@ -80,8 +83,12 @@ async def claim(worker_root: Path, shared_key: str) -> AsyncIterator[bool]:
     entry.users += 1
     acquired = False
     try:
-        with anyio.move_on_after(CLAIM_TIMEOUT):
-            await entry.lock.acquire()
+        if wait:
+            with anyio.move_on_after(CLAIM_TIMEOUT):
+                await entry.lock.acquire()
+                acquired = True
+        elif not entry.lock.locked():
+            entry.lock.acquire_nowait()
             acquired = True
         try:
             yield acquired

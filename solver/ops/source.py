@@ -3,10 +3,16 @@
 ``local://<name>`` pulls a directory from the client over its session's FileSync. Its cache key is
 per session (BuildKit makes it ``random:``): it is never persisted, and the op runs on every build;
 what follows it still hits the cache through content checksums. The transfer itself is incremental
-like BuildKit's: the previous copy with the same shared key (``local_reuse``) is the parent of the
-new snapshot and only entries whose metadata changed are fetched (``local.differ`` unset or
-``metadata``); ``local.differ=none`` fetches everything. Unlike BuildKit, a session without a
-shared key (buildctl's) always gets a fresh copy: the key is all that tells client trees apart.
+like BuildKit's: the previous copy with the same shared key (``local_reuse``: name, shared key hint
+and the session's shared key) is the parent of the new snapshot and only entries whose metadata
+changed are fetched (``local.differ`` unset or ``metadata``); ``local.differ=none`` fetches
+everything; an unchanged transfer returns the previous copy itself. As in BuildKit, sessions
+without a shared key (buildctl's) share one previous copy per name and hint, which may come from
+another directory of the client: the sync deletes what the client does not list and refetches
+every entry whose metadata differs, and, beyond BuildKit, keeps a file from such a copy only if
+its mtime has sub-second digits (a whole-second mtime, as archives and normalised build dates
+leave, cannot tell two files of the same size apart). Transfers under one non-empty key wait for
+each other (the second fetches only what the first did not); under the empty key they do not.
 ``docker-image://``, ``git://`` and ``http(s)://`` register here when they exist.
 """
 
@@ -134,20 +140,18 @@ class LocalSource:
     async def execute(self, ctx: OpContext,
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
         session = await self._session(ctx)
-        if not session.shared_key:
-            # An empty session key says nothing about which client directory this is (buildctl
-            # sends none): diffing against another tree could keep its file of equal size and mtime.
-            return [await self._transfer(ctx, session, None)]
         key = self.shared_key(session)
         index = SharedKeyIndex(ctx.worker.root)
-        async with claim(ctx.worker.root, key) as owned:
-            previous = await self._previous(ctx, index, key) if owned and self.differ == "metadata" else None
+        # An empty session key stands for any directory of any buildctl: waiting for another
+        # transfer under it would serialise unrelated builds for nothing.
+        async with claim(ctx.worker.root, key, wait=bool(session.shared_key)) as owned:
+            previous = await self._previous(ctx, index, key) if self.differ == "metadata" else None
             try:
                 result = await self._transfer(ctx, session, previous)
             finally:
                 if previous is not None:
                     await blocking(previous.release)
-            if owned:
+            if owned or not session.shared_key:
                 try:
                     await blocking(index.put, key, result.id)
                 except BaseException:
@@ -168,7 +172,8 @@ class LocalSource:
     async def _transfer(self, ctx: OpContext, session: Any,
                         previous: ImmutableSnapshot | None) -> ImmutableSnapshot:
         """Receive into a new snapshot: on top of ``previous`` (sync, only changes), on a local copy
-        of it when its layer chain is too deep, or from scratch."""
+        of it when its layer chain is too deep, or from scratch. A sync that changed nothing gives
+        ``previous`` itself (another handle on it), so unchanged contexts never stack layers."""
         from buildkitpy.session.filesync import receive_dir
 
         flatten = previous is not None and len(await blocking(previous.layers)) >= MAX_REUSE_LAYERS
@@ -181,14 +186,17 @@ class LocalSource:
             try:
                 if flatten:
                     await blocking(_copy_snapshot, previous, dest)
-                await receive_dir(session.channel, dest, dir_name=self.name,
-                                  include_patterns=self.include_patterns,
-                                  exclude_patterns=self.exclude_patterns, follow_paths=self.follow_paths,
-                                  progress=progress, mode="sync" if previous is not None else "fresh",
-                                  differ="metadata")
+                stats = await receive_dir(
+                    session.channel, dest, dir_name=self.name, include_patterns=self.include_patterns,
+                    exclude_patterns=self.exclude_patterns, follow_paths=self.follow_paths,
+                    progress=progress, mode="sync" if previous is not None else "fresh",
+                    differ="metadata", fine_mtimes_only=not session.shared_key)
                 progress(progress.last, done=True)
             finally:
                 await blocking(mount.__exit__, None, None, None)
+            if parent is not None and not stats.modified:
+                await blocking(mutable.release)
+                return await blocking(parent.clone)
             return await blocking(mutable.commit)
         except BaseException:
             await blocking(mutable.release)

@@ -22,9 +22,10 @@ FILE = 0o644
 LINK = modes.MODE_SYMLINK | 0o777
 
 
-def transfer(src, dest, *, differ: str = "metadata") -> tuple[Receiver, DiskWriter, dict[str, str | None]]:
+def transfer(src, dest, *, differ: str = "metadata",
+             fine_mtimes_only: bool = False) -> tuple[Receiver, DiskWriter, dict[str, str | None]]:
     digests: dict[str, str | None] = {}
-    writer = DiskWriter(dest, mode="sync", differ=differ,
+    writer = DiskWriter(dest, mode="sync", differ=differ, fine_mtimes_only=fine_mtimes_only,
                         on_entry=lambda s, d: digests.__setitem__(s.path, d))
     receiver = Receiver(writer)
     pump(Sender(walk(src)), receiver)
@@ -44,7 +45,7 @@ def test_unchanged_second_transfer_requests_nothing_and_touches_nothing(tmp_path
     assert first.files_received > 300
     before_inodes, before = inodes(dest), manifest(dest)
     again, writer, digests = transfer(src, dest)
-    assert again.files_received == 0
+    assert again.files_received == 0 and not writer.modified
     assert writer.entries_deleted == 0 and writer.entries_kept == again.entry_count - len(writer._dirs)
     assert manifest(dest) == before == manifest(src)
     assert inodes(dest) == before_inodes  # nothing was re-created
@@ -94,6 +95,43 @@ def test_same_size_and_mtime_with_new_content_is_kept_like_fsutil(tmp_path):
     assert (dest / "f").read_bytes() == b"aaaa"
     receiver, _, _ = transfer(src, dest, differ="none")
     assert receiver.files_received == 1 and (dest / "f").read_bytes() == b"bbbb"
+
+
+def test_fine_mtimes_only_refetches_files_with_whole_second_mtimes(tmp_path):
+    """For a previous copy of unknown origin: same size and a whole-second mtime prove nothing."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    for name, data, mtime in (("coarse", b"aaaa", 10**18), ("fine", b"aaaa", 10**18 + 1)):
+        (src / name).write_bytes(data)
+        os.utime(src / name, ns=(mtime, mtime))
+    transfer(src, dest)
+    (src / "coarse").write_bytes(b"bbbb")
+    os.utime(src / "coarse", ns=(10**18, 10**18))
+    receiver, writer, digests = transfer(src, dest, fine_mtimes_only=True)
+    assert (dest / "coarse").read_bytes() == b"bbbb" and writer.modified
+    assert receiver.files_received == 1 and digests["fine"] is None  # kept
+
+
+@pytest.mark.parametrize("change", ["add", "delete", "chmod-dir", "mtime-dir", "file"])
+def test_any_change_marks_the_destination_modified(tmp_path, change):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("f")
+    transfer(src, dest)
+    _, writer, _ = transfer(src, dest)
+    assert not writer.modified
+    if change == "add":
+        (src / "d" / "g").write_text("g")
+    elif change == "delete":
+        (src / "d" / "f").unlink()
+    elif change == "chmod-dir":
+        os.chmod(src / "d", 0o700)
+    elif change == "mtime-dir":
+        os.utime(src / "d", ns=(10**18, 10**18))
+    else:
+        (src / "d" / "f").write_text("longer")
+    _, writer, _ = transfer(src, dest)
+    assert writer.modified and manifest(dest) == manifest(src)
 
 
 def test_sync_without_differ_still_deletes(tmp_path):

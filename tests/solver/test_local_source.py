@@ -175,16 +175,16 @@ async def test_unchanged_and_changed_transfers_reuse_the_previous_copy(env, shor
         first = await client.build()
         assert first.parent_id is None and first.tree == describe(ctx)
         second = await client.build()
-        assert second.parent_id == first.id and second.tree == describe(ctx)
+        assert second.id == first.id and second.tree == describe(ctx)  # nothing changed: the same copy
         if overlay:
-            assert len(first.fetched) == 51 and second.fetched == []
+            assert len(first.fetched) == 51
         (ctx / "d1" / "f13").write_bytes(b"changed")
         (ctx / "d2" / "f20").unlink()
         shutil.rmtree(ctx / "sub")
         os.symlink(outside, ctx / "sub")  # a directory of the previous copy becomes a symlink out
         (ctx / "new").write_text("new")
         third = await client.build()
-        assert third.parent_id == second.id and third.tree == describe(ctx)
+        assert third.parent_id == first.id and third.tree == describe(ctx)
         assert third.tree["sub"] == ("link", str(outside))
         if overlay:
             assert third.fetched == ["d1/f13", "new"]
@@ -207,6 +207,7 @@ async def test_reuse_survives_a_restart_and_falls_back_after_prune(env, short_di
     async with serving(env, short_dir, ctx) as client:
         first = await client.build()
     env.restart()
+    (ctx / "d0" / "f0").write_bytes(b"changed")
     async with serving(env, short_dir, ctx) as client:
         second = await client.build()
         assert second.parent_id == first.id and second.tree == describe(ctx)
@@ -229,9 +230,12 @@ async def test_keys_differ_none_and_deep_chains(env, short_dir, tmp_path, monkey
         assert other_hint.parent_id is None  # another key: no previous copy
         full = await client.build(**{"local.differ": "none"})
         assert full.parent_id is None and full.tree == describe(ctx)
-        b = await client.build()
-        assert b.parent_id == full.id  # differ=none recorded its copy too
+        unchanged = await client.build()
+        assert unchanged.id == full.id  # differ=none recorded its copy too
         (ctx / "d0" / "f1").write_bytes(b"changed")
+        b = await client.build()
+        assert b.parent_id == full.id
+        (ctx / "d0" / "f2").write_bytes(b"changed")
         c = await client.build()  # b's chain has 2 layers: flattened into a fresh snapshot first
         assert c.parent_id is None and c.tree == describe(ctx)
         if env.snapshots.mode == "overlay":
@@ -245,7 +249,8 @@ async def test_concurrent_transfers_with_one_key_are_serialised(env, short_dir, 
     ctx = tmp_path / "ctx"
     make_context(ctx)
     async with serving(env, short_dir, ctx) as client:
-        await client.build()
+        initial = await client.build()
+        (ctx / "d0" / "f0").write_bytes(b"changed")
         results: list[Built] = []
 
         async def one(unique: str) -> None:
@@ -255,26 +260,84 @@ async def test_concurrent_transfers_with_one_key_are_serialised(env, short_dir, 
             for i in range(3):
                 tg.start_soon(one, str(i))
         assert all(r.tree == describe(ctx) for r in results)
-        ids = {r.id for r in results}
-        assert sum(r.parent_id in ids for r in results) == 2  # each waited for the one before
+        # the first fetched the change; the others waited, found nothing new and got its copy
+        assert {(r.id, r.parent_id) for r in results} == {(results[0].id, initial.id)}
     assert env.mutables() == []
 
 
+def describe_with_metadata(root: Path) -> dict[str, object]:
+    """``describe`` plus every entry's permission bits and every file's mtime."""
+    out: dict[str, object] = {}
+    for rel, what in describe(root).items():
+        st = os.lstat(root / rel)
+        mtime = st.st_mtime_ns if isinstance(what, bytes) else None
+        out[rel] = (what, st.st_mode & 0o7777, mtime)
+    return out
+
+
+SECOND = 1_000_000_000
+
+
 @pytest.mark.anyio
-async def test_no_reuse_without_a_shared_key_and_other_keys_never_mix(env, short_dir, tmp_path):
-    """Same name, size, mode and mtime, other content: only the shared key tells the trees apart."""
+async def test_sessions_without_a_shared_key_reuse_any_previous_copy_correctly(env, short_dir, tmp_path):
+    """buildctl sends no shared key, so (as in BuildKit) its transfers sync against the last copy
+    of the same name, whatever directory it came from; the result is still exactly the new tree."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        (d / "sub").mkdir(parents=True)
+    fine = 1_700_000_000 * SECOND + 123_456_789
+
+    def put(path: Path, data: bytes, mtime: int, mode: int = 0o644) -> None:
+        path.write_bytes(data)
+        path.chmod(mode)
+        os.utime(path, ns=(mtime, mtime))
+
+    for d in (one, two):  # the same file in both directories (like a copy with cp -a)
+        put(d / "same", b"same contents", fine)
+        put(d / "sub" / "same", b"same below", fine + 7)
+    put(one / "coarse", b"AAAA", 1_600_000_000 * SECOND)  # same size and whole-second mtime,
+    put(two / "coarse", b"BBBB", 1_600_000_000 * SECOND)  # other contents
+    put(one / "mode", b"mode", fine)
+    put(two / "mode", b"mode", fine, 0o755)
+    put(one / "mtime", b"AAAA", fine)
+    put(two / "mtime", b"BBBB", fine + 1)
+    put(one / "content", b"short", fine)
+    put(two / "content", b"longer contents", fine)
+    put(one / "gone", b"only in one", fine)
+    (one / "gonedir").mkdir()
+    put(one / "gonedir" / "f", b"only in one", fine)
+    put(two / "new", b"only in two", fine)
+    async with serving(env, short_dir, one, "") as client:
+        first = await client.build()
+    assert first.parent_id is None and first.tree == describe(one)
+    async with serving(env, short_dir, two, "") as client:
+        second = await client.build()
+    assert second.parent_id == first.id  # reused across sessions and directories
+    with env.snapshots.get(second.id).mount() as root:
+        assert describe_with_metadata(root) == describe_with_metadata(two)
+    if env.snapshots.mode == "overlay":  # only what differs was fetched
+        assert second.fetched == ["coarse", "content", "mode", "mtime", "new"]
+    with env.snapshots.get(first.id).mount() as root:  # the first copy is untouched
+        assert describe_with_metadata(root) == describe_with_metadata(one)
+    async with serving(env, short_dir, one, "") as client:  # and back
+        third = await client.build()
+    assert third.parent_id == second.id and third.tree == describe(one)
+
+
+@pytest.mark.anyio
+async def test_other_shared_keys_never_mix(env, short_dir, tmp_path):
+    """Same name, size, mode and mtime, other content: different keys never share a copy."""
     trees = {}
     for name, content in (("one", b"AAAA"), ("two", b"BBBB")):
         ctx = trees[name] = tmp_path / name
         ctx.mkdir()
         (ctx / "f").write_bytes(content)
-        os.utime(ctx / "f", ns=(1_600_000_000_000_000_000,) * 2)
-    for key_one, key_two in (("", ""), (dirs_shared_key({"ctx": trees["one"]}),
-                                         dirs_shared_key({"ctx": trees["two"]}))):
-        async with serving(env, short_dir, trees["one"], key_one) as client:
-            one = await client.build()
-        async with serving(env, short_dir, trees["two"], key_two) as client:
-            two = await client.build()
-        assert one.tree == {"f": b"AAAA"} and two.tree == {"f": b"BBBB"}
-        assert two.parent_id is None
-    assert key_one and key_one != key_two and key_one == dirs_shared_key({"ctx": trees["one"]})
+        os.utime(ctx / "f", ns=(1_600_000_000_123_456_789,) * 2)
+    key_one, key_two = dirs_shared_key({"ctx": trees["one"]}), dirs_shared_key({"ctx": trees["two"]})
+    assert key_one and key_one != key_two
+    async with serving(env, short_dir, trees["one"], key_one) as client:
+        one = await client.build()
+    async with serving(env, short_dir, trees["two"], key_two) as client:
+        two = await client.build()
+    assert one.tree == {"f": b"AAAA"} and two.tree == {"f": b"BBBB"}
+    assert two.parent_id is None
