@@ -418,7 +418,7 @@ async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id:
             for i in range(0, len(view), MAX_BYTES_CHUNK):
                 if call.done():
                     break  # the client already answered (e.g. ALREADY_EXISTS); _expect_ok reports it
-                part = bytes(view[i:i + MAX_BYTES_CHUNK])
+                part = chunk if len(chunk) <= MAX_BYTES_CHUNK else bytes(view[i:i + MAX_BYTES_CHUNK])
                 await call.write(filesync_pb2.BytesMessage(data=part).SerializeToString())
                 total += len(part)
             if call.done():
