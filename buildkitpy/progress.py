@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from buildkitpy.api import control_pb2
+from buildkitpy.api import control_pb2, ops_pb2
 
 STDOUT = 1
 STDERR = 2
@@ -91,9 +91,12 @@ class ProgressBus:
                 vertex=vertex, timestamp=now_timestamp(), stream=stream, msg=chunk)]))
 
     def warning(self, vertex: str, short: str, detail: Iterable[bytes] = (), *, level: int = 1,
-                url: str = "") -> None:
+                url: str = "", info: ops_pb2.SourceInfo | None = None,
+                ranges: Iterable[ops_pb2.Range] = ()) -> None:
+        """A warning for ``vertex``; ``info``/``ranges`` locate it in a source file (a Dockerfile)."""
         self._publish(control_pb2.StatusResponse(warnings=[control_pb2.VertexWarning(
-            vertex=vertex, level=level, short=short.encode(), detail=list(detail), url=url)]))
+            vertex=vertex, level=level, short=short.encode(), detail=list(detail), url=url, info=info,
+            ranges=list(ranges))]))
 
     def close(self) -> None:
         """No more updates: subscribers drain what is queued and finish."""

@@ -87,8 +87,10 @@ class GatewayBridge:
         return self.job.session_id or ""
 
     def warn(self, vertex: str, message: str, detail: list[bytes] | None = None, *, level: int = 1,
-             url: str = "") -> None:
-        self.job.progress.warning(vertex, message, list(detail or ()), level=level, url=url)
+             url: str = "", info: ops_pb2.SourceInfo | None = None,
+             ranges: list[ops_pb2.Range] | None = None) -> None:
+        self.job.progress.warning(vertex, message, list(detail or ()), level=level, url=url, info=info,
+                                  ranges=list(ranges or ()))
 
     # -- solving -------------------------------------------------------------------------------
 

@@ -39,7 +39,8 @@ class FrontendClient(Protocol):
     async def inputs(self) -> dict[str, ops_pb2.Definition]: ...
 
     async def warn(self, vertex: str, message: str, detail: list[bytes] | None = None, *,
-                   level: int = 1, url: str = "") -> None: ...
+                   level: int = 1, url: str = "", info: ops_pb2.SourceInfo | None = None,
+                   ranges: list[ops_pb2.Range] | None = None) -> None: ...
 
 
 class InProcessClient:
@@ -78,5 +79,6 @@ class InProcessClient:
         return dict(self._inputs)
 
     async def warn(self, vertex: str, message: str, detail: list[bytes] | None = None, *,
-                   level: int = 1, url: str = "") -> None:
-        self._bridge.warn(vertex, message, detail, level=level, url=url)
+                   level: int = 1, url: str = "", info: ops_pb2.SourceInfo | None = None,
+                   ranges: list[ops_pb2.Range] | None = None) -> None:
+        self._bridge.warn(vertex, message, detail, level=level, url=url, info=info, ranges=ranges)

@@ -106,9 +106,11 @@ class GrpcClient:
         return dict(response.Definitions)
 
     async def warn(self, vertex: str, message: str, detail: list[bytes] | None = None, *,
-                   level: int = 1, url: str = "") -> None:
+                   level: int = 1, url: str = "", info: ops_pb2.SourceInfo | None = None,
+                   ranges: list[ops_pb2.Range] | None = None) -> None:
         await self._call(self._stub.Warn(gateway_pb2.WarnRequest(
-            digest=vertex, level=level, short=message.encode(), detail=list(detail or ()), url=url)))
+            digest=vertex, level=level, short=message.encode(), detail=list(detail or ()), url=url,
+            info=info, ranges=list(ranges or ()))))
 
     async def return_result(self, result: FrontendResult) -> None:
         await self._call(self._stub.Return(gateway_pb2.ReturnRequest(result=_result_to_pb(result))))

@@ -129,7 +129,8 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
     async def Warn(self, request, context):
         bridge = await self._resolve(context)
         bridge.warn(request.digest, request.short.decode(errors="replace"), list(request.detail),
-                    level=request.level, url=request.url)
+                    level=request.level, url=request.url,
+                    info=request.info if request.HasField("info") else None, ranges=list(request.ranges))
         return gateway_pb2.WarnResponse()
 
     @_handled

@@ -30,6 +30,8 @@ from buildkitpy.errors import (
 from buildkitpy.frontend.dockerignore import read_ignore_file
 from buildkitpy.gateway.bridge import FrontendResult
 
+from . import lint as checks
+from . import subrequests as subreq
 from .convert import ConvertError, NamedContext
 from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
@@ -168,8 +170,66 @@ async def _forward(client: FrontendClient, image: str, cmdline: str, vertex: str
                               frontend_inputs=inputs)
 
 
+# what this frontend implements of what a build may ask for (``frontend.caps``)
+ENABLED_CAPS = ("moby.buildkit.frontend.inputs", subreq.SUBREQUESTS_CAP,
+                "moby.buildkit.frontend.contexts", "moby.buildkit.frontend.gitquerystring")
+
+
+def _check_caps(wanted: str) -> tuple[bool, BuildkitpyError | None]:
+    """BuildKit's ``validateCaps``: an unknown cap fails the build unless marked ``+forward`` (then
+    only when the build is not forwarded to a ``# syntax=`` frontend)."""
+    forward, error = False, None
+    for cap in wanted.split(",") if wanted else ():
+        name = cap.split("+", 1)[0]
+        if name not in ENABLED_CAPS:
+            error = Unimplemented(f"unsupported frontend capability {name}")
+            if "+forward" not in cap:
+                return False, error
+            forward = True
+    return forward, error
+
+
+def _source_info(filename: str, dockerfile: bytes, source: llb.State) -> ops_pb2.SourceInfo:
+    return ops_pb2.SourceInfo(filename=filename, data=dockerfile, language="Dockerfile",
+                              definition=llb.marshal(source))
+
+
+async def _send_warnings(client: FrontendClient, linter: checks.Linter, vertex: str,
+                         info: ops_pb2.SourceInfo) -> None:
+    """The build's lint warnings as progress warnings, worded as BuildKit's (``Rule: text (line N)``)."""
+    for w in linter.warnings:
+        short = f"{w.rule.name}: {w.detail}"
+        ranges = []
+        if w.lines is not None:
+            short += f" (line {w.lines[0]})"
+            ranges = [ops_pb2.Range(start=ops_pb2.Position(line=n), end=ops_pb2.Position(line=n))
+                      for n in range(w.lines[0], max(w.lines) + 1)]
+        await client.warn(vertex, short, [w.rule.description.encode()], level=1, url=w.rule.url,
+                          info=info, ranges=ranges)
+
+
+def _parse_tree_checks(dockerfile: bytes, linter: checks.Linter) -> None:
+    from .parser import DockerfileParseError, parse
+
+    if not dockerfile:
+        return
+    try:
+        ast = parse(dockerfile)
+    except DockerfileParseError:
+        return  # the conversion reports it
+    checks.check_parse_tree(ast, linter)
+
+
 async def build(client: FrontendClient) -> FrontendResult:
     opts = client.opts
+    forward_caps, caps_error = _check_caps(opts.get("frontend.caps", ""))
+    if caps_error is not None and not forward_caps:
+        raise caps_error
+    if "build-arg:BUILDKIT_DOCKERFILE_CHECK" in opts:
+        try:
+            checks.linter_config(opts, b"")
+        except checks.LintConfigError as e:
+            raise InvalidArgument(str(e)) from None
     try:
         options = ConvertOptions.parse(opts)
     except OptionError as e:
@@ -202,6 +262,15 @@ async def build(client: FrontendClient) -> FrontendResult:
         forwarded = await _forward(client, image, cmdline, _result_vertex(ref))
         if forwarded is not None:
             return forwarded
+    if caps_error is not None:
+        raise caps_error
+    request = opts.get(subreq.REQUEST_ID)
+    if request == subreq.DESCRIBE:
+        return FrontendResult(metadata=subreq.describe_result())
+    if request == subreq.TARGETS:
+        return FrontendResult(metadata=_targets(filename, dockerfile))
+    if request is not None and request not in (subreq.LINT, subreq.OUTLINE):
+        raise Unimplemented(f"unsupported request {request}")
     inputs = await client.inputs() if options.named_contexts else {}
 
     ignore_data = await _read_optional(client, ref, filename + ".dockerignore")
@@ -222,24 +291,45 @@ async def build(client: FrontendClient) -> FrontendResult:
     resolver: Any = client.resolve_image_config
     if options.image_resolve_mode != "default":  # as BuildKit's ResolveMode
         resolver = functools.partial(resolver, resolve_mode=options.image_resolve_mode)
+    vertex = _result_vertex(ref)
+    try:
+        lint_config = checks.linter_config(opts, dockerfile)
+    except checks.LintConfigError as e:
+        if request == subreq.LINT:
+            results = subreq.LintResults(subreq.LintSource(filename, dockerfile, llb.marshal(source)))
+            results.error = str(e)
+            return FrontendResult(metadata=results.to_result())
+        raise InvalidArgument(str(e)) from None
+    linter = checks.Linter(lint_config)
+    convert_args: dict[str, Any] = dict(
+        opts=opts,
+        resolve_image=resolver,
+        context_ignore=excludes,
+        session_id=session_id,
+        named_contexts=named,
+        llb_caps=client.llb_caps,
+        build_platform=client.build_platforms[0] if client.build_platforms else None,
+        dockerfile_source=source,
+        filename=filename,
+    )
+    if request == subreq.LINT:
+        return FrontendResult(metadata=await _lint(dockerfile, filename, source, options.target, linter,
+                                                   convert_args))
+    _parse_tree_checks(dockerfile, linter)
     try:
         converted = await convert_off_loop(
             dockerfile,
-            opts=opts,
-            resolve_image=resolver,
-            context_ignore=excludes,
-            session_id=session_id,
-            named_contexts=named,
-            llb_caps=client.llb_caps,
-            build_platform=client.build_platforms[0] if client.build_platforms else None,
-            dockerfile_source=source,
-            filename=filename,
+            **convert_args,
+            linter=linter,
         )
     except ConvertError as e:
         sources = []
         if e.lines:
             sources = [SourceLocation(filename, dockerfile, [(e.lines[0], 0, e.lines[1], 0)])]
         raise SolveError(str(e), sources=sources) from None
+    finally:
+        if linter.warnings:
+            await _send_warnings(client, linter, vertex, _source_info(filename, dockerfile, source))
 
     if not converted.multi_platform:
         one = converted.single
@@ -272,3 +362,28 @@ async def build(client: FrontendClient) -> FrontendResult:
         )
     metadata["refs.platforms"] = json.dumps({"platforms": platforms}, separators=(",", ":")).encode()
     return FrontendResult(refs=refs, metadata=metadata)
+
+
+def _targets(filename: str, dockerfile: bytes) -> dict[str, bytes]:
+    from .parser import DockerfileParseError
+
+    try:
+        return subreq.targets_result(dockerfile)
+    except DockerfileParseError as e:
+        sources = [SourceLocation(filename, dockerfile, [(e.line, 0, e.end_line, 0)])] if e.line else []
+        raise SolveError(str(e), sources=sources) from None
+
+
+async def _lint(dockerfile: bytes, filename: str, source: llb.State, target: str, linter: checks.Linter,
+                convert_args: dict[str, Any]) -> dict[str, bytes]:
+    """``frontend.lint``: convert without building (every stage when no target is asked for) and
+    report the warnings, and the error that would fail the build."""
+    results = subreq.LintResults(subreq.LintSource(filename, dockerfile, llb.marshal(source)))
+    _parse_tree_checks(dockerfile, linter)
+    try:
+        await convert_off_loop(dockerfile, **convert_args, linter=linter, all_stages=not target)
+    except ConvertError as e:
+        results.error = str(e)
+        results.error_lines = e.lines
+    results.warnings = list(linter.warnings)
+    return results.to_result()

@@ -26,6 +26,7 @@ from .convert_dispatch import DispatchContext, StageState
 from .convert_named import NamedContext
 from .convert_opts import ConvertOptions
 from .errors import DockerfileError
+from .lint import Linter
 from .parser import DockerfileParseError
 
 # (normalized image ref, platform) -> (digest or "", config JSON)
@@ -71,17 +72,22 @@ async def convert(
     dockerfile_source: llb.State | None = None,
     filename: str = "Dockerfile",
     build_platform: Platform | None = None,
+    linter: Linter | None = None,
+    all_stages: bool = False,
 ) -> ConvertResult:
     """Convert ``dockerfile`` for every target platform in ``opts["platform"]`` (the build platform when
     none is given). ``dockerfile_source`` is the state the file was read from (goes into the
-    definition's source map). Raises :class:`ConvertError` naming the line at fault."""
+    definition's source map). Raises :class:`ConvertError` naming the line at fault.
+
+    ``linter`` runs the build checks made while converting (for the first platform only, as
+    BuildKit); ``all_stages`` converts unreachable stages too (``frontend.lint`` without a target)."""
     options = ConvertOptions.parse(opts)
     build_platform = build_platform or llb.default_platform()
     targets = options.platforms or [None]
     multi = len(targets) > 1 or options.multi_platform
     source_map = llb.SourceMap(filename, dockerfile, "Dockerfile", state=dockerfile_source)
     results = []
-    for target in targets:
+    for i, target in enumerate(targets):
         results.append(
             await _convert_one(
                 dockerfile,
@@ -95,6 +101,8 @@ async def convert(
                 session_id,
                 dict(named_contexts or {}),
                 llb_caps,
+                linter if i == 0 else None,
+                all_stages,
             )
         )
     return ConvertResult(results, multi)
@@ -112,6 +120,8 @@ async def _convert_one(
     session_id: str,
     named_contexts: dict[str, NamedContext],
     llb_caps: set[str] | frozenset[str] | None,
+    linter: Linter | None = None,
+    all_stages: bool = False,
 ) -> PlatformResult:
     context_output = Output(_PendingContext(), 0)
     dctx = DispatchContext(
@@ -126,6 +136,9 @@ async def _convert_one(
         named_contexts=named_contexts,
         llb_caps=llb_caps,
         build_context=llb.State.from_output(context_output),
+        linter=linter,
+        all_stages=all_stages,
+        context_ignore=context_ignore,
     )
     try:
         target_state = await dctx.run(dockerfile)

@@ -12,6 +12,7 @@ from buildkitpy import llb
 from buildkitpy.llb import Platform
 
 from . import image_config as ic
+from . import lint as checks
 from .convert_format import go_duration, go_list, go_quoted_list, step_width, summarize_heredoc
 from .convert_git import GitRef, GitRefError, parse_git_ref
 from .convert_named import NamedContext
@@ -164,6 +165,9 @@ class DispatchContext:
         named_contexts: dict[str, NamedContext],
         llb_caps: set[str] | frozenset[str] | None,
         build_context: llb.State,
+        linter: checks.Linter | None = None,
+        all_stages: bool = False,
+        context_ignore: list[str] | None = None,
     ) -> None:
         self.opt = options
         self.target_platform = target_platform.normalized()
@@ -181,6 +185,13 @@ class DispatchContext:
         self.context_paths: set[str] = set()
         self.global_args: dict[str, str] = {}
         self.lex = Lex()
+        # build checks (None: not linting); ``all_stages`` dispatches unreachable stages too, as
+        # BuildKit does for ``frontend.lint`` without a target
+        self.linter = linter
+        self.all_stages = all_stages
+        self.context_ignore = context_ignore or []
+        self._meta_arg_keys: list[str] = []
+        self._used_once: dict[tuple[int, str], tuple[int, int]] = {}
 
     def supports(self, cap: str) -> bool:
         return self.caps is not None and cap in self.caps
@@ -191,16 +202,136 @@ class DispatchContext:
         self.lex = Lex(df.ast.escape_token)
         target_name = self.opt.target or df.stages[-1].name
         self.global_args = self._default_args(target_name)
+        if self.linter is not None:
+            self._lint_default_base_names(df.stages, df.meta_args)
         self._build_meta_args(df.meta_args)
+        self._meta_arg_keys = [kp.key for cmd in df.meta_args for kp in cmd.args]
         self._build_states(df.stages)
         target = self._resolve_target()
         self._build_dependency_graph()
         reachable = await self._resolve_stages(target)
         for d in self.states:
-            if d not in reachable or d.dispatched:
+            if (d not in reachable and not self.all_stages) or d.dispatched:
                 continue
             self._dispatch_stage(d)
+        if self.linter is not None and (message := self.linter.error()) is not None:
+            raise DispatchError(message)
         return target
+
+    # ---- build checks made while converting ----------------------------------------------------------
+    def _lint_default_base_names(self, stages: list[Stage], arg_cmds: list[ArgCommand]) -> None:
+        """``InvalidDefaultArgInFrom``: every base name must be valid with the ARG defaults alone."""
+        assert self.linter is not None
+        env = dict(self.global_args)
+        try:
+            for cmd in arg_cmds:
+                for kp in cmd.args:
+                    if kp.value is not None:
+                        env.pop(kp.key, None)
+                        env[kp.key] = self.lex.process_word(kp.value, env)
+            for st in stages:
+                name = self.lex.process_word(st.base_name, env)
+                try:
+                    llb.normalize_image_ref(name)
+                except (llb.LLBError, ValueError):
+                    self.linter.run(checks.INVALID_DEFAULT_ARG_IN_FROM,
+                                    f"Default value for ARG {st.base_name} results in empty or invalid "
+                                    "base image name", (st.start_line, st.end_line))
+        except USER_ERRORS:
+            return  # the conversion reports it
+
+    def _lint_from(self, st: Stage, lint: checks.Linter, word: str, is_platform: bool) -> None:
+        try:
+            res = self.lex.process(word, self.global_args)
+        except USER_ERRORS:
+            return
+        lines = (st.start_line, st.end_line)
+        known = list(dict.fromkeys([*self._meta_arg_keys, *self.global_args]))
+        checks.check_undefined_from_args(lint, res.unmatched, known, lines)
+        if not is_platform:
+            return
+        if len(res.matched) == 1 and not res.unmatched and "TARGETPLATFORM" in res.matched:
+            if res.result == self.global_args.get("TARGETPLATFORM"):
+                lint.run(checks.REDUNDANT_TARGET_PLATFORM, f"Setting platform to predefined {word} in FROM "
+                         "is redundant as this is the default behavior", lines)
+        if not res.matched and not res.unmatched:
+            try:
+                p = Platform.parse(res.result)
+            except (ValueError, llb.LLBError):
+                return
+            if p.os in st.name or p.architecture in st.name:
+                return
+            lint.run(checks.FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+                     f'FROM --platform flag should not use constant value "{res.result}"', lines)
+
+    def _lint_used_once(self, d: StageState, ins: Instruction, lint: checks.Linter) -> None:
+        key = (id(d), ins.keyword)
+        previous = self._used_once.get(key)
+        if previous is not None:  # the earlier one is what gets ignored
+            lint.run(checks.MULTIPLE_INSTRUCTIONS_DISALLOWED, f"Multiple {ins.name} instructions should not "
+                     "be used in the same stage because only the last one will be used", previous)
+        self._used_once[key] = _ins_lines(ins)
+
+    def _lint_instruction(self, d: StageState, ins: Instruction, lint: checks.Linter,
+                          from_context: bool) -> None:
+        """The checks of one expanded instruction, before it is applied to the stage."""
+        lines = _ins_lines(ins)
+        cfg = d.image.get("config", {})
+        if isinstance(ins, EnvCommand | LabelCommand):
+            for kv in ins.env if isinstance(ins, EnvCommand) else ins.labels:
+                if kv.no_delim:
+                    lint.run(checks.LEGACY_KEY_VALUE_FORMAT, f'"{ins.name} key=value" should be used instead '
+                             f'of legacy "{ins.name} key value" format', lines)
+                if isinstance(ins, EnvCommand):
+                    checks.check_secret_key(lint, "ENV", kv.key, lines)
+        elif isinstance(ins, CmdCommand | EntrypointCommand):
+            self._lint_used_once(d, ins, lint)
+            if ins.prepend_shell and not cfg.get("Shell"):
+                lint.run(checks.JSON_ARGS_RECOMMENDED, f"JSON arguments recommended for {ins.name} to "
+                         "prevent "
+                         "unintended behavior related to OS signals", lines)
+        elif isinstance(ins, HealthCheckCommand):
+            self._lint_used_once(d, ins, lint)
+        elif isinstance(ins, WorkdirCommand):
+            if not d.workdir_set and not posixpath.isabs(ins.path):
+                lint.run(checks.WORKDIR_RELATIVE_PATH, f"Relative workdir {_go_quote(ins.path)} can have "
+                         "unexpected results if the base image changes", lines)
+        elif isinstance(ins, ExposeCommand):
+            for port in ins.ports:
+                checks.check_expose(lint, port, lines)
+        elif isinstance(ins, AddCommand | CopyCommand) and from_context:
+            self._lint_ignored_sources(ins, lint)
+
+    def _lint_ignored_sources(self, ins: AddCommand | CopyCommand, lint: checks.Linter) -> None:
+        from buildkitpy.fsutil.patterns import PatternError, PatternMatcher
+
+        if not self.context_ignore:
+            return
+        try:
+            matcher = PatternMatcher(self.context_ignore)
+        except PatternError:
+            return
+        if not matcher or matcher.exclusions:
+            return  # BuildKit gives up on exceptions: a negated file below an excluded directory is fine
+        cmd = "Add" if isinstance(ins, AddCommand) else "Copy"
+        for src in ins.source_paths:
+            if _is_git(src) or _is_http(src):
+                continue
+            src = posixpath.normpath(src) if src else "."
+            if src.startswith("//"):
+                src = "/" + src.lstrip("/")
+            if src in (".", "/") and not any(
+                not p.exclusion and p.text in ("*", "**", "**/*") for p in matcher.patterns
+            ):
+                continue
+            try:
+                ignored = matcher.matches_or_parent_matches(src)
+            except PatternError:
+                continue
+            if ignored:
+                lint.run(checks.COPY_IGNORED_FILE,
+                         f"Attempting to {cmd} file {_go_quote(src)} that is excluded by .dockerignore",
+                         _ins_lines(ins))
 
     def _default_args(self, target: str) -> dict[str, str]:
         bp, tp = self.build_platforms[0], self.target_platform
@@ -245,6 +376,11 @@ class DispatchContext:
 
     def _build_states(self, stages: list[Stage]) -> None:
         for i, st in enumerate(stages):
+            if self.linter is not None:
+                stage_lint = self.linter.for_comments(st.comments)
+                self._lint_from(st, stage_lint, st.base_name, False)
+                if st.platform:
+                    self._lint_from(st, stage_lint, st.platform, True)
             try:
                 base_name = self.lex.process_word(st.base_name, self.global_args)
             except USER_ERRORS as e:
@@ -390,7 +526,7 @@ class DispatchContext:
         while True:
             reachable = self._reachable(target)
             for d in self.states:
-                is_reachable = any(d is r for r in reachable)
+                is_reachable = self.all_stages or any(d is r for r in reachable)
                 if d.base is None and not d.dispatched and not d.resolved:
                     d.resolved = is_reachable
                     if d.base_name == SCRATCH and d.named_context is None:
@@ -578,8 +714,17 @@ class DispatchContext:
         if isinstance(ins, _LLB_INSTRUCTIONS) and "\0" in ins.code:
             # paths, arguments and user names go into LLB and on to the OS, which cannot take a NUL
             raise DispatchError(f"{ins.name.upper()} contains a NUL byte")
+        lint = self.linter.for_comments(ins.comments) if self.linter is not None else None
         if not isinstance(ins, ArgCommand):
-            ins = expand(ins, d.env(), escape_token=self.lex.escape_token)
+            if lint is None:
+                ins = expand(ins, d.env(), escape_token=self.lex.escape_token)
+            else:
+                env = d.env()
+                unmatched: set[str] = set()
+                ins = expand(ins, env, escape_token=self.lex.escape_token, unmatched=unmatched)
+                checks.check_undefined_vars(lint, unmatched, [a.key for a in d.build_args], list(env),
+                                            _ins_lines(ins), NON_ENV_ARGS)
+                self._lint_instruction(d, ins, lint, not cmd.sources)
         img = d.image
         cfg = img["config"]
         if isinstance(ins, MaintainerCommand):
@@ -682,7 +827,7 @@ class DispatchContext:
             cfg["Shell"] = ins.shell
             ic.commit_to_history(img, f"SHELL {go_list(ins.shell)}", with_layer=False)
         elif isinstance(ins, ArgCommand):
-            self._arg(d, ins)
+            self._arg(d, ins, lint)
 
     # ---- naming --------------------------------------------------------------------------------------
     def _prefix(self, d: StageState, text: str, platform: Platform | None, env: dict[str, str]) -> str:
@@ -739,10 +884,12 @@ class DispatchContext:
     def _cache_opts(self, d: StageState) -> dict[str, Any]:
         return {"ignore_cache": True} if d.ignore_cache else {}
 
-    def _arg(self, d: StageState, ins: ArgCommand) -> None:
+    def _arg(self, d: StageState, ins: ArgCommand, lint: checks.Linter | None = None) -> None:
         parts = []
         for arg in ins.args:
             arg = copy.copy(arg)
+            if lint is not None:
+                checks.check_secret_key(lint, "ARG", arg.key, _ins_lines(ins))
             has_value = arg.key in self.opt.build_args
             has_default = arg.value is not None
             if not has_default and not has_value and arg.key in self.global_args:
@@ -750,7 +897,12 @@ class DispatchContext:
             if has_value:
                 arg.value = self.opt.build_args[arg.key]
             elif has_default:
-                arg.value = self.lex.process_word(arg.value or "", d.env())
+                env = d.env()
+                res = self.lex.process(arg.value or "", env)
+                if lint is not None:
+                    checks.check_undefined_vars(lint, res.unmatched, [a.key for a in d.build_args], list(env),
+                                                _ins_lines(ins), NON_ENV_ARGS)
+                arg.value = res.result
             if arg.value is not None and arg.key not in NON_ENV_ARGS:
                 d.state = d.state.add_env(arg.key, arg.value)
             d.build_args.append(arg)
@@ -1168,6 +1320,12 @@ def _has_wildcards(name: str) -> bool:
             i += 1
         i += 1
     return False
+
+
+def _go_quote(s: str) -> str:
+    from .gocompat import quote
+
+    return quote(s)
 
 
 def _format_all(p: Platform) -> str:
