@@ -315,6 +315,9 @@ async def build(client: FrontendClient) -> FrontendResult:
     if request == subreq.LINT:
         return FrontendResult(metadata=await _lint(dockerfile, filename, source, options.target, linter,
                                                    convert_args))
+    if request == subreq.OUTLINE:
+        return FrontendResult(metadata=await _outline(client, dockerfile, filename, source, vertex, linter,
+                                                      convert_args))
     _parse_tree_checks(dockerfile, linter)
     try:
         converted = await convert_off_loop(
@@ -372,6 +375,27 @@ def _targets(filename: str, dockerfile: bytes) -> dict[str, bytes]:
     except DockerfileParseError as e:
         sources = [SourceLocation(filename, dockerfile, [(e.line, 0, e.end_line, 0)])] if e.line else []
         raise SolveError(str(e), sources=sources) from None
+
+
+async def _outline(client: FrontendClient, dockerfile: bytes, filename: str, source: llb.State, vertex: str,
+                   linter: checks.Linter, convert_args: dict[str, Any]) -> dict[str, bytes]:
+    """``frontend.outline``: convert the target without building and list what it takes from outside
+    (the build's warnings are sent as for a build, as BuildKit does)."""
+    from .outline import collect
+
+    _parse_tree_checks(dockerfile, linter)
+    try:
+        converted = await convert_off_loop(dockerfile, **convert_args, linter=linter)
+    except ConvertError as e:
+        sources = [SourceLocation(filename, dockerfile, [(e.lines[0], 0, e.lines[1], 0)])] if e.lines else []
+        raise SolveError(str(e), sources=sources) from None
+    finally:
+        if linter.warnings:
+            await _send_warnings(client, linter, vertex, _source_info(filename, dockerfile, source))
+    target = converted.single.target
+    assert target is not None
+    args, secrets, ssh = collect(target)
+    return subreq.outline_result(dockerfile, target.stage.name, target.stage.doc_comment, args, secrets, ssh)
 
 
 async def _lint(dockerfile: bytes, filename: str, source: llb.State, target: str, linter: checks.Linter,

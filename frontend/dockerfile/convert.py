@@ -48,6 +48,7 @@ class PlatformResult:
     image_config: bytes
     base_config: bytes | None
     state: llb.State
+    target: StageState | None = None  # the target stage as converted (for frontend.outline)
 
 
 @dataclass
@@ -182,7 +183,7 @@ async def _convert_one(
         lines = _lines_of(e.locations, source_map)
         raise ConvertError(_located(str(e), lines), lines) from None
     base = ic.to_json(target_state.base_img) if target_state.base_img is not None else None
-    return PlatformResult(platform, definition, ic.to_json(img), base, target_state.state)
+    return PlatformResult(platform, definition, ic.to_json(img), base, target_state.state, target_state)
 
 
 def _lines_of(locations: tuple[llb.SourceLocation, ...], source_map: llb.SourceMap) -> tuple[int, int] | None:

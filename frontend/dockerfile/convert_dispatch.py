@@ -45,6 +45,7 @@ from .instructions import (
     parse_instruction,
 )
 from .mounts import parse_mount
+from .outline import ArgInfo, StageOutline
 from .parser import parse as parse_ast
 from .parser import parse_heredoc
 from .shell import Lex, ShellExpansionError
@@ -113,6 +114,7 @@ class StageState:
     cmd_is_onbuild: bool = False
     workdir_set: bool = False
     cmd_set: bool = False
+    outline: StageOutline = field(default_factory=StageOutline)  # for frontend.outline
 
     @property
     def lines(self) -> tuple[int, int]:
@@ -192,6 +194,7 @@ class DispatchContext:
         self.context_ignore = context_ignore or []
         self._meta_arg_keys: list[str] = []
         self._used_once: dict[tuple[int, str], tuple[int, int]] = {}
+        self.meta_outline = StageOutline()
 
     def supports(self, cap: str) -> bool:
         return self.caps is not None and cap in self.caps
@@ -351,17 +354,27 @@ class DispatchContext:
         return {k: self.opt.build_args.get(k, v) for k, v in values}
 
     def _build_meta_args(self, arg_cmds: list[ArgCommand]) -> None:
+        all_args = self.meta_outline.all_args
         for cmd in arg_cmds:
             for kp in cmd.args:
+                info = ArgInfo(kp.key, None, kp.doc_comment, _ins_lines(cmd))
                 if kp.key in self.opt.build_args:
                     value: str | None = self.opt.build_args[kp.key]
                 elif kp.value is not None:
                     try:
-                        value = self.lex.process_word(kp.value, self.global_args)
+                        res = self.lex.process(kp.value, self.global_args)
                     except USER_ERRORS as e:
                         raise _with_lines(e, _ins_lines(cmd)) from None
+                    value = res.result
+                    info.deps = set(res.matched)
+                    if kp.key in info.deps:  # ARG A=$A:more keeps what the earlier A used
+                        info.deps.discard(kp.key)
+                        if kp.key in all_args:
+                            info.deps |= all_args[kp.key].deps
                 else:
                     value = None
+                info.value = value
+                all_args[kp.key] = info
                 if value is not None:
                     self.global_args.pop(kp.key, None)
                     self.global_args[kp.key] = value
@@ -382,17 +395,22 @@ class DispatchContext:
                 if st.platform:
                     self._lint_from(st, stage_lint, st.platform, True)
             try:
-                base_name = self.lex.process_word(st.base_name, self.global_args)
+                base_res = self.lex.process(st.base_name, self.global_args)
+                base_name = base_res.result
             except USER_ERRORS as e:
                 raise _with_lines(e, (st.start_line, st.end_line)) from None
+            used = set(base_res.matched)
             if not base_name:
                 raise DispatchError(
                     f"base name ({st.base_name}) should not be blank", (st.start_line, st.end_line)
                 )
-            d = StageState(stage=st, base_name=base_name, stage_name=st.name)
+            d = StageState(stage=st, base_name=base_name, stage_name=st.name,
+                           outline=self.meta_outline.clone())
             if st.platform:
                 try:
-                    value = self.lex.process_word(st.platform, self.global_args)
+                    plat_res = self.lex.process(st.platform, self.global_args)
+                    value = plat_res.result
+                    used |= plat_res.matched
                     if not value:
                         raise DispatchError(f"empty platform value from expression {st.platform}")
                     d.platform = Platform.parse(value)
@@ -414,6 +432,9 @@ class DispatchContext:
             if not st.name:
                 d.stage_name = f"stage-{i}"
             self._add_state(d)
+            if d.base is not None:
+                d.outline = d.base.outline.clone()
+            d.outline.used |= used
             total = 1 if d.base_name != SCRATCH and d.base is None else 0
             total += sum(
                 isinstance(c, AddCommand | CopyCommand | RunCommand | WorkdirCommand) for c in st.commands
@@ -894,6 +915,7 @@ class DispatchContext:
             has_default = arg.value is not None
             if not has_default and not has_value and arg.key in self.global_args:
                 arg.value = self.global_args[arg.key]
+            skip_info = not has_default and not has_value and arg.key in self.global_args
             if has_value:
                 arg.value = self.opt.build_args[arg.key]
             elif has_default:
@@ -905,6 +927,9 @@ class DispatchContext:
                 arg.value = res.result
             if arg.value is not None and arg.key not in NON_ENV_ARGS:
                 d.state = d.state.add_env(arg.key, arg.value)
+            if not skip_info:
+                d.outline.all_args[arg.key] = ArgInfo(arg.key, arg.value, arg.doc_comment, _ins_lines(ins))
+            d.outline.used.add(arg.key)
             d.build_args.append(arg)
             parts.append(arg.key if arg.value is None else f"{arg.key}={arg.value}")
         ic.commit_to_history(d.image, "ARG " + " ".join(parts), with_layer=False)
@@ -997,12 +1022,15 @@ class DispatchContext:
                     )
                 st = src_state.state
             if m.type == "secret":
-                out.append(_secret_mount(m))
+                secret = _secret_mount(m)
+                d.outline.secrets.setdefault(secret.id, (m.required, _ins_lines(ins)))
+                out.append(secret)
                 continue
             if m.type == "ssh":
                 if m.source:
                     raise DispatchError("ssh does not support source")
                 # BuildKit sends the id as given: an empty one means "default" to the daemon
+                d.outline.ssh.setdefault(m.cache_id or "default", (m.required, _ins_lines(ins)))
                 out.append(
                     llb.ssh(
                         id=m.cache_id or "",
