@@ -372,9 +372,8 @@ def _targets(filename: str, dockerfile: bytes) -> dict[str, bytes]:
 
     try:
         return subreq.targets_result(dockerfile)
-    except DockerfileParseError as e:
-        sources = [SourceLocation(filename, dockerfile, [(e.line, 0, e.end_line, 0)])] if e.line else []
-        raise SolveError(str(e), sources=sources) from None
+    except DockerfileParseError as e:  # as BuildKit: a subrequest's error carries no source excerpt
+        raise SolveError(str(e)) from None
 
 
 async def _outline(client: FrontendClient, dockerfile: bytes, filename: str, source: llb.State, vertex: str,
@@ -386,9 +385,8 @@ async def _outline(client: FrontendClient, dockerfile: bytes, filename: str, sou
     _parse_tree_checks(dockerfile, linter)
     try:
         converted = await convert_off_loop(dockerfile, **convert_args, linter=linter)
-    except ConvertError as e:
-        sources = [SourceLocation(filename, dockerfile, [(e.lines[0], 0, e.lines[1], 0)])] if e.lines else []
-        raise SolveError(str(e), sources=sources) from None
+    except ConvertError as e:  # as BuildKit: a subrequest's error carries no source excerpt
+        raise SolveError(str(e)) from None
     finally:
         if linter.warnings:
             await _send_warnings(client, linter, vertex, _source_info(filename, dockerfile, source))
