@@ -1351,7 +1351,7 @@ def _has_wildcards(name: str) -> bool:
 
 
 def _go_quote(s: str) -> str:
-    from .gocompat import quote
+    from buildkitpy.gocompat import quote
 
     return quote(s)
 

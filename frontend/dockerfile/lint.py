@@ -19,7 +19,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .gocompat import suggest
+from buildkitpy.gocompat import suggest
+
 from .parser import DockerfileParseError, Node, ParseResult, _DirectiveParser, _ParseFailure
 
 # (start line, end line) of an instruction; BuildKit reports one range per line
