@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, needs_root, start_daemon, stop_daemon
 from image.registryfixture import REGISTRY_BIN, Registry, busybox_rootfs, start_registry
+
+from tests.conftest import Daemon, needs_root, start_daemon, stop_daemon
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 

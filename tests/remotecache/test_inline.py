@@ -8,7 +8,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+
+from tests.conftest import needs_root
 
 from .conftest import build, write_context
 

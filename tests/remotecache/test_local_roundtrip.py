@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import needs_root
+from tests.conftest import needs_root
 
 from .conftest import build, write_context
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import needs_root
+from tests.conftest import needs_root
 
 from .conftest import build, write_context
 

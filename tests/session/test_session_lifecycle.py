@@ -9,7 +9,6 @@ import tempfile
 import anyio
 import grpc
 import pytest
-from conftest import start_daemon, stop_daemon
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from session_fixtures import ECHO_STREAM, ECHO_UNARY, EchoAttachable
 
@@ -18,6 +17,7 @@ from buildkitpy.api import control_pb2
 from buildkitpy.session.client import ClientSession, SessionRejected
 from buildkitpy.session.manager import HEADER_SESSION_ID, HEADER_SESSION_METHOD
 from buildkitpy.session.secrets import SecretsAttachable, get_secret
+from tests.conftest import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.anyio
 
