@@ -14,6 +14,7 @@ from buildkitpy.attest.provenance import BuildInfo, format_platform
 log = logging.getLogger(__name__)
 
 IMAGE_EXPORTERS = ("image", "oci", "docker")
+FILE_EXPORTERS = ("local", "tar")  # write provenance.json next to the files
 
 
 class BuildProvenance:
@@ -39,8 +40,8 @@ class BuildProvenance:
         self.maker = ProvenanceMaker(self.request or options.ProvenanceRequest(), info, self.capture, result)
 
     def for_exporter(self, kind: str) -> ExportProvenance | None:
-        """What exporter ``kind`` attaches (None: not an image exporter)."""
-        if self.maker is None or kind not in IMAGE_EXPORTERS:
+        """What exporter ``kind`` attaches (None: an exporter without attestations)."""
+        if self.maker is None or kind not in IMAGE_EXPORTERS + FILE_EXPORTERS:
             return None
         return ExportProvenance(self.maker, force_inline=kind == "image", requested=self.request is not None)
 

@@ -33,6 +33,20 @@ async def mounted(ctx: ExportContext, ref):
         yield Path(path)
 
 
+async def _provenance_files(ctx: ExportContext, key: str | None, src: Path, prefix: str,
+                            stack: AsyncExitStack) -> list[tuple[str, Path]]:
+    """The provenance statement to send with the tree at ``src`` (none unless requested and not
+    inline-only); its temporary file lives until ``stack`` closes."""
+    from buildkitpy.attest import files
+
+    if not files.wanted(ctx.provenance):
+        return []
+    name, data = await anyio.to_thread.run_sync(files.statement_file, ctx.provenance, key, src, ctx.attrs)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="buildkitpy-attest-"))) / "statement"
+    tmp.write_bytes(data)
+    return [(prefix + name, tmp)]
+
+
 async def export(ctx: ExportContext) -> dict[str, str]:
     session = ctx.require_session("local")
     vertex = "sha256:" + secrets.token_hex(32)
@@ -43,18 +57,22 @@ async def export(ctx: ExportContext) -> dict[str, str]:
             # Multi-platform: one stream with a top-level directory per platform.
             with tempfile.TemporaryDirectory(prefix="buildkitpy-split-") as split:
                 async with AsyncExitStack() as stack:
+                    extra: list[tuple[str, Path]] = []
                     for key, ref in sorted(result.refs.items()):
                         src = await stack.enter_async_context(mounted(ctx, ref))
                         (Path(split) / key.replace("/", "_")).symlink_to(src)
+                        extra += await _provenance_files(ctx, key, src, key.replace("/", "_") + "/",
+                                                         stack)
                     await filesync.send_dir(session.channel, Path(split), exporter_id=str(ctx.index),
-                                            follow_top_level_symlinks=True)
+                                            follow_top_level_symlinks=True, extra_files=extra)
         else:
-            ref = result.ref
+            ref, key = result.ref, None
             if result.refs is not None and len(result.refs) == 1:
-                ref = next(iter(result.refs.values()))
-            async with mounted(ctx, ref) as src:
+                key, ref = next(iter(result.refs.items()))
+            async with mounted(ctx, ref) as src, AsyncExitStack() as stack:
+                extra = await _provenance_files(ctx, key, src, "", stack)
                 ctx.progress.status(vertex, "copying files", name="copying files")
-                await filesync.send_dir(session.channel, src, exporter_id=str(ctx.index))
+                await filesync.send_dir(session.channel, src, exporter_id=str(ctx.index), extra_files=extra)
                 ctx.progress.status(vertex, "copying files", name="copying files", completed=True)
     except BaseException as exc:
         ctx.progress.vertex(vertex, error=str(exc) or type(exc).__name__, completed=True)

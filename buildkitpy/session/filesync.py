@@ -32,7 +32,7 @@ import anyio
 import grpc
 
 from buildkitpy import errors
-from buildkitpy.api import filesync_pb2, fsutil_wire_pb2
+from buildkitpy.api import filesync_pb2, fsutil_stat_pb2, fsutil_wire_pb2
 from buildkitpy.fsutil import packets
 from buildkitpy.fsutil.apply import ApplyMode, Differ, DiskWriter, EntryCallback
 from buildkitpy.fsutil.errors import ApplyError, DiffCopyError, RemoteError
@@ -380,14 +380,19 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
 
 async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",
                    follow_top_level_symlinks: bool = False,
-                   metadata: Mapping[str, str] | None = None) -> TransferStats:
+                   metadata: Mapping[str, str] | None = None,
+                   extra_files: Sequence[tuple[str, Path]] = ()) -> TransferStats:
     """Local exporter: send ``src`` to the client's FileSend target ``exporter_id`` (we send).
 
-    ``metadata`` adds request metadata (e.g. ``buildkit-exporter-multi-platform: 1``).
+    ``metadata`` adds request metadata (e.g. ``buildkit-exporter-multi-platform: 1``);
+    ``extra_files`` are (path in the output, local file) sent as well (mode 0600, owned by root),
+    e.g. the provenance statement; an output file of the same path is replaced.
     """
     started = time.monotonic()
     entries: list[WalkEntry] = await anyio.to_thread.run_sync(
         lambda: walk(src, follow_top_level_symlinks=follow_top_level_symlinks))
+    for rel, path in extra_files:
+        entries = _with_file(entries, rel, path)
     sender = Sender(entries)
     md = [(k, v) for k, v in (metadata or {}).items()] + [(KEY_EXPORTER_ID, str(exporter_id))]
     call = _raw_stream_stream(_channel_of(channel), FILESEND_DIFFCOPY)(metadata=md)
@@ -400,6 +405,17 @@ async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",
     finally:
         call.cancel()
     return TransferStats(len(entries), sender.files_sent, sender.bytes_sent, time.monotonic() - started)
+
+
+def _with_file(entries: list[WalkEntry], rel: str, path: Path) -> list[WalkEntry]:
+    """``entries`` with a regular file at ``rel`` in walk order (parents must be in ``entries``)."""
+    info = os.stat(path)
+    entry = WalkEntry(fsutil_stat_pb2.Stat(path=rel, mode=0o600, size=info.st_size,
+                                           modTime=info.st_mtime_ns), str(path))
+    key = rel.split("/")
+    out = [e for e in entries if e.stat.path != rel]
+    at = next((i for i, e in enumerate(out) if e.stat.path.split("/") > key), len(out))
+    return out[:at] + [entry] + out[at:]
 
 
 async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id: str = "0",

@@ -283,3 +283,35 @@ def test_history_record_keeps_max_provenance(daemon, registry, http_url, tmp_pat
     assert pred["buildDefinition"]["externalParameters"]["request"]["args"] == {"build-arg:FOO": "hist"}
     assert pred["buildDefinition"]["internalParameters"]["buildConfig"]["llbDefinition"]
     assert "layers" not in pred["runDetails"]["metadata"]["buildkit_metadata"]  # a local export has none
+
+
+@needs_root
+def test_local_and_tar_exports_write_provenance_json(daemon, registry, http_url, tmp_path) -> None:  # noqa: ANN001
+    text = "FROM scratch\nCOPY a.txt /sub/a.txt\nADD " + http_url + " /f.txt\n"
+    out = tmp_path / "out"
+    build(daemon, tmp_path, text, f"type=local,dest={out}", "attest:provenance=mode=min")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
+        ["f.txt", "provenance.json", "sub/a.txt"]
+    statement = json.loads((out / "provenance.json").read_text())
+    assert (out / "provenance.json").stat().st_mode & 0o777 == 0o600
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert statement["subject"] == [
+        {"name": "f.txt", "digest": {"sha256": hashlib.sha256(HTTP_BODY).hexdigest()}},
+        {"name": "sub/a.txt", "digest": {"sha256": hashlib.sha256(b"aaa\n").hexdigest()}}]
+    assert statement["predicate"]["buildDefinition"]["resolvedDependencies"] == \
+        [{"uri": http_url, "digest": {"sha256": hashlib.sha256(HTTP_BODY).hexdigest()}}]
+
+    dest = tmp_path / "out.tar"
+    build(daemon, tmp_path, text, f"type=tar,dest={dest}", "attest:provenance=mode=max,filename=prov.json")
+    with tarfile.open(dest) as t:
+        names = t.getnames()
+        statement = json.load(t.extractfile("prov.json"))
+    assert sorted(n for n in names if not n.endswith("sub")) == ["f.txt", "prov.json", "sub/a.txt"]
+    assert [s["name"] for s in statement["subject"]] == ["f.txt", "sub/a.txt"]
+    assert statement["predicate"]["buildDefinition"]["internalParameters"]["buildConfig"]
+
+    # buildx's default (inline-only) writes nothing next to the files
+    out = tmp_path / "inline"
+    build(daemon, tmp_path, text, f"type=local,dest={out}", "attest:provenance=mode=min,inline-only=true")
+    assert not (out / "provenance.json").exists() and (out / "f.txt").exists()
