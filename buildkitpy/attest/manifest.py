@@ -93,6 +93,30 @@ class ExportProvenance:
             return False
         return self.force_inline or not self.maker.request.inline_only or multi_platform
 
+    # What exporters call (they reach this package only through the object in their context).
+
+    def subject_names(self, attrs: Mapping[str, str], metadata: Mapping[str, bytes]) -> list[str]:
+        return image_names(attrs, metadata)
+
+    def attestation_manifest(self, store: Any, key: str | None, image: dict[str, Any],
+                             platform: Mapping[str, str], names: list[str], *, oci: bool,
+                             oci_artifact: bool) -> dict[str, Any]:
+        """Write the attestation manifest of the image manifest ``image`` (blocking); returns its
+        index entry."""
+        statements = self.maker.statements(key, image["digest"], platform, names)
+        return write_attestation_manifest(store, statements, image, oci=oci, oci_artifact=oci_artifact)
+
+    def files_wanted(self) -> bool:
+        from buildkitpy.attest import files
+
+        return files.wanted(self)
+
+    def statement_file(self, key: str | None, root: Any, attrs: dict[str, str]) -> tuple[str, bytes]:
+        """(file name, statement) to write next to the exported tree ``root`` (blocking)."""
+        from buildkitpy.attest import files
+
+        return files.statement_file(self, key, root, attrs)
+
 
 def image_names(attrs: Mapping[str, str], metadata: Mapping[str, bytes]) -> list[str]:
     """The exporter's image names (``name``, ``*`` = the frontend's ``image.name``) for subjects."""

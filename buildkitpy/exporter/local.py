@@ -37,11 +37,9 @@ async def _provenance_files(ctx: ExportContext, key: str | None, src: Path, pref
                             stack: AsyncExitStack) -> list[tuple[str, Path]]:
     """The provenance statement to send with the tree at ``src`` (none unless requested and not
     inline-only); its temporary file lives until ``stack`` closes."""
-    from buildkitpy.attest import files
-
-    if not files.wanted(ctx.provenance):
+    if ctx.provenance is None or not ctx.provenance.files_wanted():
         return []
-    name, data = await anyio.to_thread.run_sync(files.statement_file, ctx.provenance, key, src, ctx.attrs)
+    name, data = await anyio.to_thread.run_sync(ctx.provenance.statement_file, key, src, ctx.attrs)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="buildkitpy-attest-"))) / "statement"
     tmp.write_bytes(data)
     return [(prefix + name, tmp)]

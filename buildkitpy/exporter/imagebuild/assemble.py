@@ -387,17 +387,15 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
 
 async def _attestation_manifests(ctx: Any, provenance: Any, options: ImageOptions, targets: list,
                                  built: list[BuiltManifest], store: ContentStore, vertex: str) -> list[dict]:
-    """One attestation manifest per platform manifest (``buildkitpy.attest.manifest``)."""
-    from buildkitpy.attest.manifest import image_names, write_attestation_manifest
-
-    names = image_names(ctx.attrs, ctx.result.metadata or {})
+    """One attestation manifest per platform manifest (``ctx.provenance``, a
+    ``buildkitpy.attest.manifest.ExportProvenance``)."""
+    names = provenance.subject_names(ctx.attrs, ctx.result.metadata or {})
     artifact = options.oci_artifact if options.oci_artifact is not None else options.oci_mediatypes
     out = []
     for (key, _, platform), m in zip(targets, built, strict=True):
-        statements = provenance.maker.statements(key, m.descriptor["digest"], platform, names)
         desc = await anyio.to_thread.run_sync(
-            lambda s=statements, d=m.descriptor: write_attestation_manifest(
-                store, s, d, oci=options.oci_mediatypes, oci_artifact=artifact))
+            lambda k=key, d=m.descriptor, p=platform: provenance.attestation_manifest(
+                store, k, d, p, names, oci=options.oci_mediatypes, oci_artifact=artifact))
         ctx.progress.status(vertex, f"exporting attestation manifest {desc['digest']}",
                             name=f"exporting attestation manifest {desc['digest']}", completed=True)
         out.append(desc)
