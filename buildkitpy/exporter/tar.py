@@ -14,6 +14,7 @@ import os
 import secrets
 import stat as statmod
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -141,9 +142,11 @@ def _entries(root: str, name: str) -> Iterator[tuple[str, str, os.stat_result]]:
             stack.pop()
 
 
-def write_trees(roots: list[tuple[str, Path]], emit: Callable[[bytes], None]) -> int:
+def write_trees(roots: list[tuple[str, Path]], emit: Callable[[bytes], None],
+                extra: list[tuple[str, bytes]] | None = None) -> int:
     """Write the trees as one tar stream through ``emit``: sorted, relative names (each under its
-    prefix), owners and modes as stored, hardlinks kept. Returns the bytes written."""
+    prefix), owners and modes as stored, hardlinks kept; then the ``extra`` (name, content) files
+    (0600, root, now: the provenance statement). Returns the bytes written."""
     out = _Chunker(emit)
     seen: dict[tuple[int, int], str] = {}
     for prefix, root in roots:
@@ -169,6 +172,16 @@ def write_trees(roots: list[tuple[str, Path]], emit: Callable[[bytes], None]) ->
                 kind = tarfile.CHRTYPE if fmt == statmod.S_IFCHR else tarfile.BLKTYPE
                 out.put(_header(name, st, kind, devmajor=os.major(st.st_rdev),
                                 devminor=os.minor(st.st_rdev)))
+    for name, data in extra or []:
+        header = _ustar_header(name, 0o600, 0, 0, len(data), int(time.time()), tarfile.REGTYPE, "", 0, 0)
+        if header is None:
+            info = tarfile.TarInfo(name)
+            info.mode, info.size, info.mtime = 0o600, len(data), int(time.time())
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        out.put(header)
+        out.put(data)
+        if len(data) % BLOCK:
+            out.put(_ZEROS[len(data) % BLOCK:])
     out.put(_ZEROS * 2)
     out.flush()
     return out.total
@@ -183,6 +196,8 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     refs = [(f"{k.replace('/', '_')}/", r) for k, r in sorted(result.refs.items())] \
         if result.refs is not None and len(result.refs) > 1 else \
         [("", result.ref if result.refs is None else next(iter(result.refs.values()), None))]
+    keys = [k for k, _ in sorted(result.refs.items())] if result.refs is not None and len(result.refs) > 1 \
+        else [None if result.refs is None else next(iter(result.refs), None)]
 
     def emit(chunk: bytes) -> None:
         anyio.from_thread.run(send.send, chunk)
@@ -190,7 +205,13 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     async def produce() -> None:
         async with send, AsyncExitStack() as stack:
             roots = [(prefix, await stack.enter_async_context(mounted(ctx, ref))) for prefix, ref in refs]
-            await anyio.to_thread.run_sync(write_trees, roots, emit)
+            extra = []  # the provenance statement next to the files (buildkitpy.attest.files)
+            if ctx.provenance is not None and ctx.provenance.files_wanted():
+                for (prefix, root), key in zip(roots, keys, strict=True):
+                    name, data = await anyio.to_thread.run_sync(ctx.provenance.statement_file, key, root,
+                                                                ctx.attrs)
+                    extra.append((prefix + name, data))
+            await anyio.to_thread.run_sync(write_trees, roots, emit, extra)
 
     async def chunks():
         async with receive:
