@@ -38,6 +38,12 @@ class PermissionDenied(BuildkitpyError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class EntitlementDenied(BuildkitpyError):
+    """An entitlement (``network.host``, ``security.insecure``) the daemon or the client did not grant.
+    BuildKit reports these as plain errors (gRPC code Unknown), so clients print the message alone,
+    with no ``PermissionDenied:`` in front."""
+
+
 class SessionNotFound(NotFound):
     pass
 

@@ -15,8 +15,8 @@ from buildkitpy.control import usage
 from buildkitpy.control.gc import GarbageCollector
 from buildkitpy.errors import (
     BuildkitpyError,
+    EntitlementDenied,
     InvalidArgument,
-    PermissionDenied,
     SessionNotFound,
     Unimplemented,
     abort_for,
@@ -166,7 +166,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             cache = CacheRun.from_request(request.Cache, request.FrontendAttrs)  # bad entries fail early
             for ent in sorted(entitlements & INSECURE_ENTITLEMENTS):
                 if ent not in self.worker.insecure_entitlements:
-                    raise PermissionDenied(
+                    raise EntitlementDenied(
                         f"granting entitlement {ent} is not allowed by build daemon configuration")
             session = None
             if request.Session and exporters:

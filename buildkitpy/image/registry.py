@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import anyio
+import grpc
 
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound, PermissionDenied
 from buildkitpy.image import mediatypes
@@ -48,7 +49,11 @@ class RegistryNotFound(NotFound):
 
 
 class RegistryUnauthorized(PermissionDenied):
-    pass
+    """The registry refused our credentials. On the wire a plain error (gRPC code Unknown), as
+    BuildKit's pull and push failures are, so clients print the registry's reason without a
+    ``PermissionDenied:`` prefix."""
+
+    grpc_code = grpc.StatusCode.UNKNOWN
 
 
 class Canceled(Exception):

@@ -13,7 +13,7 @@ import posixpath
 from google.protobuf import json_format
 
 from buildkitpy.api import ops_pb2
-from buildkitpy.errors import InvalidArgument, PermissionDenied, Unimplemented
+from buildkitpy.errors import EntitlementDenied, InvalidArgument, Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.cachekey import CacheMap, Dep, Selector, digest_json, selector_digest
 from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT, Vertex
@@ -100,9 +100,9 @@ class ExecOp:
 def check_entitlements(op: ops_pb2.ExecOp, granted: frozenset[str]) -> None:
     """BuildKit's texts: "network.host is not allowed" / "security.insecure is not allowed"."""
     if op.network == ops_pb2.HOST and "network.host" not in granted:
-        raise PermissionDenied("network.host is not allowed")
+        raise EntitlementDenied("network.host is not allowed")
     if op.security == ops_pb2.INSECURE and "security.insecure" not in granted:
-        raise PermissionDenied("security.insecure is not allowed")
+        raise EntitlementDenied("security.insecure is not allowed")
 
 
 def _dedupe_paths(paths: list[str]) -> list[str]:
