@@ -59,6 +59,9 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
 
         # First: it kills a crashed daemon's containers, which still use their rootfs mounts.
         executor = RuncExecutor(Path(cfg.root) / "executor")
+    from buildkitpy.executor import secretdirs
+
+    secretdirs.remove_leftovers(Path(cfg.root))  # the secrets of steps a crashed daemon ran
     snapshots = OverlaySnapshotManager(Path(cfg.root))  # unmounts and drops leftover mounts
     return Worker(id=worker_id, root=Path(cfg.root), snapshots=snapshots,
                   sessions=sessions, executor=executor, platforms=platforms,

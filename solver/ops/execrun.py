@@ -17,6 +17,7 @@ from opentelemetry import trace
 
 from buildkitpy.api import ops_pb2
 from buildkitpy.errors import NotFound, SessionNotFound, SolveError
+from buildkitpy.executor import secretdirs
 from buildkitpy.executor.spec import DEFAULT_PATH, ExecSpec, HostIP, Mount, NetworkMode, SecurityMode, Ulimit
 from buildkitpy.snapshot.api import ImmutableSnapshot, MutableSnapshot
 from buildkitpy.snapshot.fs import mkdir_all_in_root
@@ -25,8 +26,6 @@ from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT
 from buildkitpy.solver.ops.base import OpContext
 from buildkitpy.solver.pathutil import secure_join
 from buildkitpy.solver.steplog import StepLog, log_path
-
-_SECRET_BASE = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 
 
 async def _session(ctx: OpContext):  # noqa: ANN202
@@ -87,7 +86,7 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
     exits: list = []  # mount context managers to exit (blocking), innermost last
     try:
         async with contextlib.AsyncExitStack() as astack:
-            secret_dir = Path(tempfile.mkdtemp(prefix="buildkitpy-secrets-", dir=_SECRET_BASE))
+            secret_dir = secretdirs.create(ctx.worker.root)
             astack.callback(_remove_tree, secret_dir)
             rootfs: Path | None = None
             extra: list[tuple[str, Mount]] = []
