@@ -63,7 +63,8 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
 
     secretdirs.remove_leftovers(Path(cfg.root))  # the secrets of steps a crashed daemon ran
     snapshots = OverlaySnapshotManager(Path(cfg.root))  # unmounts and drops leftover mounts
-    return Worker(id=worker_id, root=Path(cfg.root), snapshots=snapshots,
+    # The manager's merge/diff take its own ImmutableRef, narrower than the protocol's snapshots.
+    return Worker(id=worker_id, root=Path(cfg.root), snapshots=snapshots,  # type: ignore[arg-type]
                   sessions=sessions, executor=executor, platforms=platforms,
                   max_parallelism=cfg.max_parallelism or os.cpu_count() or 4,
                   insecure_entitlements=frozenset(cfg.insecure_entitlements), config=cfg)

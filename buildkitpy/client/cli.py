@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import anyio
 
@@ -51,7 +51,7 @@ SUPPORTED_CACHE_IMPORTS: frozenset[str] = frozenset({"registry", "local", "s3", 
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's default exits 2 with usage; keep usage short
+    def error(self, message: str) -> NoReturn:  # argparse's default exits 2 with usage; keep usage short
         self.print_usage(sys.stderr)
         sys.stderr.write(f"error: {message}\n")
         sys.exit(EXIT_NOT_SUPPORTED)

@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -99,7 +100,7 @@ def connect(addr: str = DEFAULT_ADDRESS, tls: TLSOptions | None = None) -> grpc.
     Must be called with an event loop running (grpc.aio binds the channel to it).
     """
     target, host = grpc_target(addr)
-    options = list(CHANNEL_OPTIONS)
+    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
     if tls is None or not tls.enabled:
         return grpc.aio.insecure_channel(target, options=options)
     root = _read(tls.ca_cert) if tls.ca_cert else None

@@ -257,7 +257,8 @@ class PlainPrinter:
 
     def _print(self) -> None:
         t = self.trace
-        completed, rest = [], []
+        completed: list[str] = []
+        rest: list[str] = []
         for dgst in list(t.updates):
             step = t.steps.get(dgst)
             if step is None or not step.started:

@@ -21,7 +21,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,10 +183,10 @@ class _Outputs:
     def __init__(self, exports: list[ExportEntry]) -> None:
         self.exports = exports
 
-    def targets(self) -> dict[str, Any]:
+    def targets(self) -> dict[str | int, Any]:
         from buildkitpy.session import filesync
 
-        targets: dict[str, Any] = {}
+        targets: dict[str | int, Any] = {}
         for i, ex in enumerate(self.exports):
             if ex.output_dir is not None:
                 if ex.type != EXPORTER_LOCAL:
@@ -202,7 +202,7 @@ class _Outputs:
         sys.stdout.flush()
 
 
-def _attachables(opt: SolveOpt, dirs: dict[str, Path], send_targets: dict[str, Any]) -> list[Any]:
+def _attachables(opt: SolveOpt, dirs: dict[str, Path], send_targets: Mapping[str | int, Any]) -> list[Any]:
     from buildkitpy.session import filesync
     from buildkitpy.session.secrets import SecretsAttachable
 

@@ -47,7 +47,7 @@ class DigestMismatch(InvalidArgument):
     """Written bytes do not hash to (or are not the size of) what was announced."""
 
 
-def validate_digest(digest: str) -> str:
+def validate_digest(digest: object) -> str:
     """``digest`` itself if it is a well-formed sha256 digest; raises ``InvalidDigest``."""
     if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
         raise InvalidDigest(f"unsupported or malformed digest {digest!r} (want sha256:<64 hex>)")

@@ -110,12 +110,12 @@ def build_config(spec: ExecSpec, user: ResolvedUser, *, hosts_file: Path, resolv
     # A later mount on the same destination replaces an earlier one (BuildKit's dedup).
     by_dest: dict[str, int] = {}
     deduped: list[dict[str, Any]] = []
-    for m in mounts:
-        if m["destination"] in by_dest:
-            deduped[by_dest[m["destination"]]] = m
+    for entry in mounts:
+        if entry["destination"] in by_dest:
+            deduped[by_dest[entry["destination"]]] = entry
         else:
-            by_dest[m["destination"]] = len(deduped)
-            deduped.append(m)
+            by_dest[entry["destination"]] = len(deduped)
+            deduped.append(entry)
 
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network is NetworkMode.NONE:

@@ -165,12 +165,13 @@ class DiskWriter:
         except OSError as e:
             raise ApplyError(f"cannot create {modes.describe(mode)} {path!r}: {e.strerror}") from None
         hasher = hashlib.sha256() if self.on_entry is not None else None
+        kept: int | None = fd
         if self._open_files >= _MAX_OPEN_FILES:
             os.close(fd)
-            fd = None
+            kept = None  # reopened when its data arrives
         else:
             self._open_files += 1
-        self._pending[entry_id] = _PendingFile(stat, fd, hasher)
+        self._pending[entry_id] = _PendingFile(stat, kept, hasher)
         return True
 
     def data(self, entry_id: int, chunk: bytes) -> None:

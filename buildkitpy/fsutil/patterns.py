@@ -306,7 +306,7 @@ class PatternMatcher:
         info = [False] * len(self.patterns)
         parent_dirs: Sequence[str] | None = None
         for i, pattern in enumerate(self.patterns):
-            m = parent_info[i] if known_parent else False
+            m = parent_info[i] if parent_info else False
             if not m:
                 if pattern.exclusion != matched:
                     continue

@@ -302,7 +302,8 @@ class ImagePusher:
                 body = _FileSlice(path, offset, length, report)
                 try:
                     resp = await self.client.request(
-                        ref, "PATCH", location, body=body, actions=PUSH_ACTIONS,
+                        ref, "PATCH", location, body=body,  # type: ignore[arg-type]  # file-like
+                        actions=PUSH_ACTIONS,
                         headers={**octet, "Content-Length": str(length),
                                  "Content-Range": f"{offset}-{offset + length - 1}"})
                 finally:

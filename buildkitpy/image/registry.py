@@ -75,8 +75,7 @@ class Descriptor:
 
         if not isinstance(obj, dict):
             raise InvalidArgument(f"{what}: descriptor is not an object")
-        digest, size = obj.get("digest"), obj.get("size")
-        validate_digest(digest)
+        digest, size = validate_digest(obj.get("digest")), obj.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidArgument(f"{what}: descriptor {digest} has an invalid size {size!r}")
         platform = obj.get("platform")

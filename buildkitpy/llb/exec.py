@@ -314,10 +314,10 @@ class ExecOp(Vertex):
                 exec_pb.mounts.add(input=-1, dest=s.target, mountType=ops_pb2.SECRET,
                                    secretOpt=ops_pb2.SecretOpt(ID=s.id, uid=s.uid, gid=s.gid,
                                                                optional=s.optional, mode=s.mode))
-        for s in ssh:
-            exec_pb.mounts.add(input=-1, dest=s.target, mountType=ops_pb2.SSH,
-                               SSHOpt=ops_pb2.SSHOpt(ID=s.id, uid=s.uid, gid=s.gid, mode=s.mode,
-                                                     optional=s.optional))
+        for sock in ssh:
+            exec_pb.mounts.add(input=-1, dest=sock.target, mountType=ops_pb2.SSH,
+                               SSHOpt=ops_pb2.SSHOpt(ID=sock.id, uid=sock.uid, gid=sock.gid, mode=sock.mode,
+                                                     optional=sock.optional))
         op.exec.CopyFrom(exec_pb)
         return MarshalledOp.of(op, md, c.locations)
 
@@ -343,7 +343,7 @@ def run(state: State, args: Sequence[str] | str, *, mounts: Iterable[RunMount] =
         **options: Unpack[RunOptions]) -> ExecState:
     """Run ``args`` (a list, or a string split like a shell would) on top of ``state``."""
     run_keys = set(RunOptions.__annotations__) - set(OpOptions.__annotations__)
-    run_opts = {k: v for k, v in options.items() if k in run_keys}
+    run_opts: RunOptions = {k: v for k, v in options.items() if k in run_keys}  # type: ignore[assignment]
     op_opts: OpOptions = {k: v for k, v in options.items() if k not in run_keys}  # type: ignore[assignment]
     argv = shlex.split(args) if isinstance(args, str) else list(args)
     base = state.with_value(ARGS, argv)

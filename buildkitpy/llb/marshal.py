@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Collection
-from typing import Unpack
+from typing import Unpack, cast
 
 from buildkitpy.api import ops_pb2
 
@@ -77,8 +77,10 @@ def _visit(vertex: Vertex, ctx: MarshalContext, col: _Collector) -> None:
         col.ops.append(m.data)
 
 
-def marshal(state: State, *, platform: Platform | str | None = None, caps: Collection[str] | None = None,
-            local_unique_id: str | None = None, **options: Unpack[OpOptions]) -> ops_pb2.Definition:
+# `platform` is both a parameter and an OpOptions key: the parameter takes it (a str is parsed).
+def marshal(state: State, *, platform: Platform | str | None = None,  # type: ignore[misc]
+            caps: Collection[str] | None = None, local_unique_id: str | None = None,
+            **options: Unpack[OpOptions]) -> ops_pb2.Definition:
     """The LLB definition of ``state``: ops in dependency order, then a terminal op selecting the result.
 
     ``platform`` is the default for ops that set none (the host's otherwise). ``caps`` are the LLB caps
@@ -87,7 +89,7 @@ def marshal(state: State, *, platform: Platform | str | None = None, caps: Colle
     """
     if isinstance(platform, str):
         platform = Platform.parse(platform)
-    base = Constraints.from_options(options)
+    base = Constraints.from_options(cast(OpOptions, options))
     base.platform = (platform or base.platform or default_platform()).normalized()
     ctx = MarshalContext(base, base.platform, frozenset(caps) if caps is not None else None,
                          local_unique_id or new_id())

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 NetworkMode = Literal["sandbox", "host", "none"]
 SecurityMode = Literal["sandbox", "insecure"]
 
-NETWORK_MODES: dict[str, int] = {"sandbox": ops_pb2.UNSET, "host": ops_pb2.HOST, "none": ops_pb2.NONE}
-SECURITY_MODES: dict[str, int] = {"sandbox": ops_pb2.SANDBOX, "insecure": ops_pb2.INSECURE}
+NETWORK_MODES: dict[str, ops_pb2.NetMode] = {"sandbox": ops_pb2.UNSET, "host": ops_pb2.HOST,
+                                             "none": ops_pb2.NONE}
+SECURITY_MODES: dict[str, ops_pb2.SecurityMode] = {"sandbox": ops_pb2.SANDBOX, "insecure": ops_pb2.INSECURE}
 
 # keys of the inherited settings
 ENV, DIR, ARGS, USER, HOSTNAME, PLATFORM = "env", "dir", "args", "user", "hostname", "platform"

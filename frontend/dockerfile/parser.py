@@ -343,7 +343,8 @@ def _extract_builder_flags(line: str, escape: str) -> tuple[str, list[str]]:
 
 def _split_command(line: str, escape: str) -> tuple[str, list[str], str]:
     parts = _WHITESPACE.split(trim_space(line), maxsplit=1)
-    args, flags = "", []
+    args: str = ""
+    flags: list[str] = []
     if len(parts) == 2:
         args, flags = _extract_builder_flags(parts[1], escape)
     return parts[0], flags, trim_space(args)
