@@ -7,7 +7,10 @@ what lets our errors and results equal BuildKit's.
 
 from __future__ import annotations
 
+import datetime
+import json
 import re
+from typing import Any
 
 # unicode.IsSpace: Latin-1 white space plus the Unicode White_Space property. Python's str.isspace()
 # also accepts U+001C..U+001F, which Go does not.
@@ -292,3 +295,26 @@ def with_suggestion(message: str, value: str, options: list[str], case_sensitive
     """``suggest.WrapError``: append `` (did you mean X?)`` when an option is close enough."""
     match = suggest(value, options, case_sensitive)
     return f"{message} (did you mean {match}?)" if match else message
+
+
+# --- encoding/json and time.Time as Go writes them into manifests, configs and attestations ---
+
+
+def go_json(value: Any) -> str:
+    """Compact JSON with Go's HTML-safe escaping of ``<``, ``>`` and ``&``."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def go_json_indent(value: Any) -> bytes:
+    """``json.MarshalIndent(v, "", "  ")`` for manifests and indexes."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def format_time(ts: float | int) -> str:
+    """RFC 3339 with nanoseconds, trailing zeros dropped (Go's ``time.Time`` JSON form), in UTC."""
+    ns = round(ts * 1_000_000_000) if isinstance(ts, float) else ts * 1_000_000_000
+    sec, frac = divmod(ns, 1_000_000_000)
+    base = datetime.datetime.fromtimestamp(sec, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return base + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"

@@ -23,7 +23,7 @@ from buildkitpy.attest import provenance as prov
 from buildkitpy.attest.capture import BuildCapture, layer_descriptors
 from buildkitpy.attest.options import ProvenanceRequest
 from buildkitpy.errors import InvalidArgument
-from buildkitpy.exporter.imagebuild.config import go_json, go_json_indent
+from buildkitpy.gocompat import go_json, go_json_indent
 
 INTOTO_MEDIA_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"

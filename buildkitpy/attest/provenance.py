@@ -17,7 +17,7 @@ from buildkitpy.attest import gojson
 from buildkitpy.attest.capture import Capture, ImageSource
 from buildkitpy.attest.options import SLSA_V02, ProvenanceRequest
 from buildkitpy.errors import InvalidArgument
-from buildkitpy.exporter.imagebuild.config import format_time
+from buildkitpy.gocompat import format_time
 
 PREDICATE_V1 = "https://slsa.dev/provenance/v1"
 PREDICATE_V02 = "https://slsa.dev/provenance/v0.2"

@@ -1,11 +1,12 @@
 """Inline cache: the cache records of an image carried in its own config.
 
 Export (``--export-cache type=inline``, buildx's ``--cache-to type=inline``, or the
-``BUILDKIT_INLINE_CACHE=1`` build arg): the image exporter asks ``config_with_cache`` to add
-``moby.buildkit.cache.v0`` to the image config: base64 of the JSON list of records (BuildKit's
-layout) for every step whose result is a prefix of the image's layers, each result naming the index
-of its top layer in the image. Import: a ``type=registry`` import whose ref is an image without a
-cache config reads that key back (``index_from_image``), the image's layers being the layers.
+``BUILDKIT_INLINE_CACHE=1`` build arg): the image exporter asks its build's
+``JobCache.image_config`` (``config_with_cache``) to add ``moby.buildkit.cache.v0`` to the image
+config: base64 of the JSON list of records (BuildKit's layout) for every step whose result is a
+prefix of the image's layers, each result naming the index of its top layer in the image. Import: a
+``type=registry`` import whose ref is an image without a cache config reads that key back
+(``index_from_image``), the image's layers being the layers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 
 from buildkitpy.errors import InvalidArgument
+from buildkitpy.gocompat import go_json
 from buildkitpy.image import mediatypes
 from buildkitpy.image.reference import Reference
 from buildkitpy.image.registry import Descriptor
@@ -26,12 +28,6 @@ from buildkitpy.remotecache.config import CacheLayer, from_dict, record_dict
 
 CONFIG_KEY = "moby.buildkit.cache.v0"
 MAX_CONFIG_BYTES = 64 << 20
-
-
-def _job_cache(ctx: Any) -> Any:
-    bridge = getattr(ctx, "bridge", None)
-    job = getattr(bridge, "solver_job", None)
-    return getattr(job, "remote_cache", None)
 
 
 async def records_for_image(job_cache: Any, layers: list[Path], blobs: list[Any]) -> bytes | None:
@@ -66,16 +62,13 @@ async def records_for_image(job_cache: Any, layers: list[Path], blobs: list[Any]
     return json.dumps(out, separators=(",", ":")).encode()
 
 
-async def config_with_cache(ctx: Any, config: bytes, layers: list[Path], blobs: list[Any]) -> bytes:
+async def config_with_cache(job_cache: Any, config: bytes, layers: list[Path], blobs: list[Any]) -> bytes:
     """``config`` with the inline cache added when the build exports it (else unchanged)."""
-    job_cache = _job_cache(ctx)
-    if job_cache is None or not getattr(job_cache, "inline", False):
+    if not getattr(job_cache, "inline", False):
         return config
     data = await records_for_image(job_cache, layers, blobs)
     if data is None:
         return config
-    from buildkitpy.exporter.imagebuild.config import go_json
-
     doc = json.loads(config)
     doc[CONFIG_KEY] = base64.b64encode(data).decode()
     return ("{" + ",".join(f"{json.dumps(k)}:{go_json(doc[k])}" for k in sorted(doc)) + "}").encode()

@@ -16,31 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildkitpy.errors import InvalidArgument
+from buildkitpy.gocompat import format_time, go_json, go_json_indent
 from buildkitpy.image import mediatypes
 
 HISTORY_COMMENT = "buildkit.exporter.image.v0"
 _HISTORY_KEYS = ("created", "created_by", "author", "comment", "empty_layer")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def go_json(value: Any) -> str:
-    """Compact JSON with Go's HTML-safe escaping of ``<``, ``>`` and ``&``."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def go_json_indent(value: Any) -> bytes:
-    """``json.MarshalIndent(v, "", "  ")`` for manifests and indexes."""
-    text = json.dumps(value, indent=2, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
-
-
-def format_time(ts: float | int) -> str:
-    """RFC 3339 with nanoseconds, trailing zeros dropped (Go's ``time.Time`` JSON form), in UTC."""
-    ns = round(ts * 1_000_000_000) if isinstance(ts, float) else ts * 1_000_000_000
-    sec, frac = divmod(ns, 1_000_000_000)
-    base = datetime.datetime.fromtimestamp(sec, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return base + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"
 
 
 def parse_time(text: str) -> float:
