@@ -65,6 +65,13 @@ class JobCache:
     loaded: list[str] = field(default_factory=list)  # vertex digests whose result came from an import
     fetched: list[str] = field(default_factory=list)  # blob digests downloaded from imports
 
+    async def image_config(self, config: bytes, layers: list[Any], blobs: list[Any]) -> bytes:
+        """An image exporter's ``config`` with this build's inline cache when it exports one
+        (else unchanged): the exporter asks its build's JobCache, never imports this package."""
+        from buildkitpy.remotecache.inline import config_with_cache
+
+        return await config_with_cache(self, config, layers, blobs)
+
     def nodes_for(self, vertex: Any, cache_map: Any, content: list[str | None] | None) -> list[KeyNode]:
         """The key nodes of ``vertex`` (its inputs must have been given theirs)."""
         inputs = []

@@ -20,7 +20,6 @@ from buildkitpy.exporter.imagebuild import config as cfgdoc
 from buildkitpy.exporter.imagebuild.blobs import BlobCache, LayerBlob, compress_layer, layer_key
 from buildkitpy.image import compression as comp
 from buildkitpy.image import mediatypes
-from buildkitpy.remotecache import inline as inline_cache
 
 EPOCH_METADATA = "source.date.epoch"
 # Part of every cached layer blob's variant: blobs written before layers were diffed against
@@ -333,6 +332,7 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
     provenance = getattr(ctx, "provenance", None)
     attach = provenance is not None and provenance.attach(len(targets) > 1)
 
+    job_cache = getattr(getattr(ctx.bridge, "solver_job", None), "remote_cache", None)  # a JobCache
     built: list[BuiltManifest] = []
     for i, (key, _, platform) in enumerate(targets):
         layers = layers_per_target[i]
@@ -341,7 +341,8 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
         config = cfgdoc.patch_config(_metadata(ctx.result, "containerimage.config", key),
                                      [b.diff_id for b in blobs], metas, platform=platform, epoch=epochs[i],
                                      base_config=_metadata(ctx.result, "containerimage.base.config", key))
-        config = await inline_cache.config_with_cache(ctx, config, layers, blobs)  # type=inline cache export
+        if job_cache is not None:  # type=inline cache export: the build's cache records in the config
+            config = await job_cache.image_config(config, layers, blobs)
         config_type = mediatypes.OCI_CONFIG if oci else mediatypes.DOCKER_CONFIG
         config_digest = await anyio.to_thread.run_sync(store.write_bytes, config)
         config_desc = cfgdoc.descriptor(config_type, config_digest, len(config))
