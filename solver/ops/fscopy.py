@@ -83,6 +83,39 @@ def _copy_xattrs(src: str, dst: str) -> None:
             pass  # like BuildKit's xattr error handler: best effort
 
 
+def _copy_file(src: str, dst: str, size: int) -> None:
+    """Copy contents in the kernel (``copy_file_range``): no pass through Python buffers, and
+    filesystems that can share extents do."""
+    fi = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _copy_fd(fi, fo, size)
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
+
+
+def _copy_fd(fi: int, fo: int, size: int) -> None:
+    copied = 0
+    try:
+        while copied < size:
+            n = os.copy_file_range(fi, fo, size - copied)
+            if not n:
+                break
+            copied += n
+    except OSError as exc:
+        if copied or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                       errno.EPERM, errno.EBADF):
+            raise
+    # the rest (a filesystem that cannot copy in the kernel, or a file that grew): plain reads
+    while data := os.read(fi, 1 << 20):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fo, view):]
+
+
 class _Copier:
     def __init__(self, opts: CopyOptions) -> None:
         self.o = opts
@@ -148,8 +181,7 @@ class _Copier:
             if first is not None:
                 os.link(first, target)
                 return
-            with open(src, "rb") as fi, open(target, "wb") as fo:
-                shutil.copyfileobj(fi, fo, 1 << 20)
+            _copy_file(src, target, st.st_size)
             if st.st_nlink > 1:
                 self.inodes[key] = target
         elif stat.S_ISLNK(st.st_mode):
