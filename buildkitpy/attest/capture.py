@@ -168,10 +168,14 @@ class BuildCapture:
         with self.lock:
             self.resolved.append(ImageSource(name, p, digest))
 
-    def capture_for(self, definition: ops_pb2.Definition | None,
-                    others: list[ops_pb2.Definition]) -> Capture:
+    def capture_for(self, definition: ops_pb2.Definition | None, others: list[ops_pb2.Definition],
+                    platforms: list[tuple[str, tuple[str, str, str]]] | None = None,
+                    current: str | None = None) -> Capture:
         """The capture of the result ref with ``definition``; ``others`` are the build's other
-        result refs (their steps are left out unless also in ``definition``)."""
+        result refs (their steps are left out unless also in ``definition``). For a multi-platform
+        result (``platforms``: (ref key, platform), ``current`` this ref's key), an image the
+        frontend resolved for every platform is listed only for its own platform (BuildKit's
+        ``filterImagePlatforms``)."""
         mine = _digests(definition)
         theirs: set[str] = set()
         for d in others:
@@ -181,10 +185,30 @@ class BuildCapture:
             for digest, step in self.steps.items():
                 if digest in mine or digest not in theirs:
                     out.merge(step)
-            for img in self.resolved:
-                out.add_image(img)
+            resolved = list(self.resolved)
+        for img in _filter_platforms(resolved, platforms, current):
+            out.add_image(img)
         out.finish()
         return out
+
+
+def _matches(want: tuple[str, str, str], have: tuple[str, str, str]) -> bool:
+    return want[0] == have[0] and want[1] == have[1] and (not want[2] or want[2] == have[2])
+
+
+def _filter_platforms(images: list[ImageSource], platforms: list[tuple[str, tuple[str, str, str]]] | None,
+                      current: str | None) -> list[ImageSource]:
+    if not platforms:
+        return images
+    everywhere = set()
+    for img in images:
+        if all(any(i.ref == img.ref and i.platform is not None and _matches(p, i.platform) for i in images)
+               for _, p in platforms):
+            everywhere.add(img.ref)
+    mine = next((p for k, p in platforms if k == current), ("", "", ""))
+    return [img for img in images
+            if img.ref not in everywhere or img.platform is None
+            or (img.platform[0], img.platform[1]) == (mine[0], mine[1])]
 
 
 def layer_descriptors(capture: BuildCapture, exported: list[tuple[str, dict[str, Any]]],

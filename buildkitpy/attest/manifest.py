@@ -60,11 +60,23 @@ class ProvenanceMaker:
         ref = self._ref(key)
         definition = ref.definition if ref is not None else None
         others = [r.definition for r in self.result.all_refs() if r is not ref]
-        capture = self.capture.capture_for(definition, others)
+        capture = self.capture.capture_for(definition, others, self._platforms(), key)
         ref_request = ref.request if ref is not None else None
         layers = layer_descriptors(self.capture, self.exported.get(key, []))
         return prov.predicate(request or self.request, self.info, capture, definition, time.time(),
                               ref_request, layers)
+
+    def _platforms(self) -> list[tuple[str, tuple[str, str, str]]] | None:
+        """(ref key, platform) of a multi-platform result (its ``refs.platforms`` metadata)."""
+        raw = (self.result.metadata or {}).get("refs.platforms")
+        if self.result.refs is None or not raw:
+            return None
+        try:
+            return [(e["id"], (e["platform"].get("os", ""), e["platform"].get("architecture", ""),
+                               e["platform"].get("variant", "")))
+                    for e in json.loads(raw)["platforms"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def predicate_type(self, request: ProvenanceRequest | None = None) -> str:
         return prov.predicate_type((request or self.request).version)

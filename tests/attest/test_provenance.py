@@ -315,3 +315,38 @@ def test_local_and_tar_exports_write_provenance_json(daemon, registry, http_url,
     out = tmp_path / "inline"
     build(daemon, tmp_path, text, f"type=local,dest={out}", "attest:provenance=mode=min,inline-only=true")
     assert not (out / "provenance.json").exists() and (out / "f.txt").exists()
+
+
+@needs_root
+def test_multi_platform_one_attestation_per_platform(daemon, registry, tmp_path) -> None:  # noqa: ANN001
+    _, amd = registry.push_image("test/multi", "amd64", [(busybox_rootfs(), "gzip")], arch="amd64")
+    _, arm = registry.push_image("test/multi", "arm64", [(busybox_rootfs(), "gzip")], arch="arm64")
+    index_digest = registry.push_manifest("test/multi", "latest", {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [amd, arm]})
+    text = f"FROM {registry.host}/test/multi\nCOPY a.txt /a.txt\n"
+    build(daemon, tmp_path, text, f"type=image,name={registry.host}/att/multi:latest,push=true",
+          "platform=linux/amd64,linux/arm64", "attest:provenance=mode=min", "build-arg:MP=1")
+    index = json.loads(get(registry, "att/multi", "manifests/latest"))
+    images, atts = index["manifests"][:2], index["manifests"][2:]
+    assert [m["platform"]["architecture"] for m in images] == ["amd64", "arm64"]
+    port = registry.host.split(":")[1]
+    for image_entry, att_entry in zip(images, atts, strict=True):
+        att = json.loads(get(registry, "att/multi", f"manifests/{att_entry['digest']}"))
+        st = json.loads(get(registry, "att/multi", f"blobs/{att['layers'][0]['digest']}"))
+        check_attestation_manifest({"manifests": [image_entry, att_entry]}, image_entry, att, st,
+                                   "https://slsa.dev/provenance/v1")
+        arch = image_entry["platform"]["architecture"]
+        assert st["subject"][0]["name"].endswith(f"?platform=linux%2F{arch}")
+        # the base image resolved for both platforms is listed for this platform only (as BuildKit)
+        assert st["predicate"]["buildDefinition"]["resolvedDependencies"] == [
+            {"uri": f"pkg:docker/127.0.0.1%3A{port}/test/multi@latest?platform=linux%2F{arch}",
+             "digest": {"sha256": index_digest[7:]}}]
+    # the history record has a predicate per platform (buildx.build.provenance/<platform>)
+    import grpc
+
+    with grpc.insecure_channel(f"unix:{daemon.unix_addr.removeprefix('unix://')}") as ch:
+        events = list(control_pb2_grpc.ControlStub(ch).ListenBuildHistory(
+            control_pb2.BuildHistoryRequest(EarlyExit=True), timeout=20))
+    [rec] = [e.record for e in events if e.record.FrontendAttrs.get("build-arg:MP") == "1"]
+    assert sorted(rec.Results) == ["linux/amd64", "linux/arm64"]
+    assert all(len(r.Attestations) == 1 for r in rec.Results.values())

@@ -1,0 +1,93 @@
+"""The pure parts of provenance: attribute parsing, package URLs, BuildKit's JSON form of LLB ops,
+the v0.2 conversion and the per-platform image filter (values as BuildKit produces them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from buildkitpy.api import ops_pb2
+from buildkitpy.attest import gojson, options
+from buildkitpy.attest.capture import BuildCapture, ImageSource
+from buildkitpy.attest.provenance import BuildInfo, image_purl, predicate_v1, to_v02
+from buildkitpy.errors import InvalidArgument, Unimplemented
+
+
+def test_attrs_parse_like_buildkit() -> None:
+    assert options.provenance_request({}) is None
+    req = options.provenance_request({"attest:provenance": "mode=min,inline-only=true"})
+    assert (req.mode, req.version, req.inline_only) == ("min", "v1", True)
+    req = options.provenance_request({"attest:provenance": ""})  # no fields: max, v1
+    assert (req.mode, req.version) == ("max", "v1")
+    req = options.provenance_request({"build-arg:BUILDKIT_ATTEST_PROVENANCE": "mode=full,version=v0.2,"
+                                      '"builder-id=https://x/y,z"'})
+    assert (req.mode, req.version, req.builder_id) == ("max", "v0.2", "https://x/y,z")
+    with pytest.raises(InvalidArgument, match="provenance SLSA version cannot be empty"):
+        options.provenance_request({"attest:provenance": "version="})
+    with pytest.raises(InvalidArgument, match='failed to parse reproducible flag "maybe"'):
+        options.provenance_request({"attest:provenance": "reproducible=maybe"})
+    with pytest.raises(Unimplemented, match="attest:sbom is not supported.*example/scanner"):
+        options.provenance_request({"attest:SBOM": "generator=example/scanner"})
+
+
+def test_package_urls() -> None:
+    assert image_purl("busybox", ("linux", "arm64", "v8")) == \
+        "pkg:docker/busybox@latest?platform=linux%2Farm64"
+    arm = {"os": "linux", "architecture": "arm", "variant": "v7"}
+    assert image_purl("docker.io/library/alpine:3.20", arm) == \
+        "pkg:docker/alpine@3.20?platform=linux%2Farm%2Fv7"
+    digest = "sha256:" + "ab" * 32
+    assert image_purl(f"ghcr.io/o/r/img:v1@{digest}", None) == \
+        f"pkg:docker/ghcr.io/o/r/img@v1?digest={digest}"
+    assert image_purl("localhost:5000/x", None, local=True) == "pkg:oci/localhost%3A5000/x@latest"
+
+
+def test_ops_in_buildkit_json_form() -> None:
+    op = ops_pb2.Op()
+    op.file.actions.add(input=-1, secondaryInput=-1, output=0).symlink.oldpath = "a"
+    mk = op.file.actions.add(input=0, secondaryInput=-1, output=0).mkfile
+    mk.path, mk.mode, mk.data = "/f", 0o644, b"hi"
+    mk.owner.user.byID = 7
+    op.platform.OS, op.platform.Architecture = "linux", "amd64"
+    doc = gojson.to_go(op)
+    assert list(doc) == ["Op", "platform"]
+    a0, a1 = doc["Op"]["file"]["actions"]
+    assert a0 == {"input": -1, "secondaryInput": -1, "output": 0, "Action": {}}  # symlink: unknown to it
+    assert a1["Action"] == {"mkfile": {"path": "/f", "mode": 420, "data": "aGk=",
+                                       "owner": {"user": {"User": {"byId": 7}}}}}
+    assert doc["platform"] == {"Architecture": "amd64", "OS": "linux"}
+    assert gojson.to_go(ops_pb2.Op()) == {"Op": {}}
+
+
+def test_v02_conversion_and_root_request() -> None:
+    info = BuildInfo(frontend="", frontend_attrs={"build-arg:A": "1", "platform": "linux/arm64",
+                                                   "attest:provenance": "mode=max"},
+                     invocation_id="i", started=0.0, builder_platform="linux/amd64", dockerfile_version="x")
+    capture = BuildCapture("r").capture_for(None, [])
+    ref_request = ("dockerfile.v0", {"build-arg:A": "1", "filename": "Dockerfile.x", "context": "https://u:p@h/r.git",
+                                     "vcs:source": "https://u:p@h/r.git", "vcs:revision": "abc"})
+    pred = predicate_v1(options.ProvenanceRequest(), info, capture, None, 1.5, ref_request)
+    ext = pred["buildDefinition"]["externalParameters"]
+    assert ext["configSource"] == {"uri": "https://u:xxxxx@h/r.git", "path": "Dockerfile.x"}
+    assert ext["request"]["args"] == {"build-arg:A": "1"}
+    assert ext["request"]["root"] == {"configSource": {}, "request": {"args": {"build-arg:A": "1"}}}
+    md = pred["runDetails"]["metadata"]
+    assert md["buildkit_metadata"]["vcs"] == {"source": "https://u:xxxxx@h/r.git", "revision": "abc"}
+    assert md["buildkit_hermetic"] is True and md["finishedOn"] == "1970-01-01T00:00:01.5Z"
+    v02 = to_v02(pred)
+    assert v02["invocation"]["configSource"] == {"uri": "https://u:xxxxx@h/r.git",
+                                                 "entryPoint": "Dockerfile.x"}
+    assert v02["metadata"]["completeness"] == {"parameters": True, "environment": True, "materials": True}
+    assert v02["metadata"]["https://mobyproject.org/buildkit@v1#hermetic"] is True
+    assert "materials" not in v02
+
+
+def test_images_resolved_for_every_platform_listed_per_platform() -> None:
+    cap = BuildCapture("r")
+    for arch in ("amd64", "arm64"):
+        cap.resolved.append(ImageSource("example.com/multi:latest", ("linux", arch, ""),
+                                        "sha256:" + "1" * 64))
+    cap.resolved.append(ImageSource("example.com/only:latest", ("linux", "amd64", ""), "sha256:" + "2" * 64))
+    platforms = [("linux/amd64", ("linux", "amd64", "")), ("linux/arm64", ("linux", "arm64", ""))]
+    arm = cap.capture_for(None, [], platforms, "linux/arm64")
+    assert [(i.ref, i.platform[1]) for i in arm.images] == [("example.com/multi:latest", "arm64"),
+                                                           ("example.com/only:latest", "amd64")]
