@@ -25,9 +25,20 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 @dataclass
+class LayerAnnotations:
+    """What the s3 backend stores per layer (it has no manifest to carry descriptors)."""
+
+    media_type: str = ""
+    diff_id: str = ""
+    size: int = 0
+    created_at: str = _ZERO_TIME
+
+
+@dataclass
 class CacheLayer:
     blob: str
     parent: int = -1
+    annotations: LayerAnnotations | None = None
 
 
 @dataclass
@@ -94,6 +105,17 @@ def to_dict(cc: CacheConfig) -> dict[str, Any]:
             d: dict[str, Any] = {"blob": layer.blob}
             if layer.parent != 0:
                 d["parent"] = layer.parent
+            if layer.annotations is not None:
+                a = layer.annotations
+                ann: dict[str, Any] = {}
+                if a.media_type:
+                    ann["mediaType"] = a.media_type
+                if a.diff_id:
+                    ann["diffID"] = a.diff_id
+                if a.size:
+                    ann["size"] = a.size
+                ann["createdAt"] = a.created_at or _ZERO_TIME
+                d["annotations"] = ann
             layers.append(d)
         out["layers"] = layers
     if cc.records:
@@ -125,7 +147,8 @@ def sort_config(cc: CacheConfig) -> CacheConfig:
     order = sorted(range(len(cc.layers)), key=lambda i: (cc.layers[i].blob, cc.layers[i].parent))
     new_layer = {old: new for new, old in enumerate(order)}
     layers = [CacheLayer(cc.layers[old].blob,
-                         -1 if cc.layers[old].parent == -1 else new_layer[cc.layers[old].parent])
+                         -1 if cc.layers[old].parent == -1 else new_layer[cc.layers[old].parent],
+                         cc.layers[old].annotations)
               for old in order]
 
     def rec_key(i: int) -> tuple:
@@ -188,7 +211,15 @@ def from_dict(doc: Any) -> CacheConfig:
         blob = _str(raw.get("blob"), f"layer {n} blob")
         if not blob:
             raise InvalidArgument(f"invalid cache config: layer {n} has no blob")
-        cc.layers.append(CacheLayer(blob, _int(raw.get("parent", 0), f"layer {n} parent")))
+        ann = raw.get("annotations")
+        annotations = None
+        if ann is not None:
+            ann = _obj(ann, f"layer {n} annotations")
+            annotations = LayerAnnotations(_str(ann.get("mediaType"), "mediaType"),
+                                           _str(ann.get("diffID"), "diffID"),
+                                           _int(ann.get("size", 0), f"layer {n} size"),
+                                           _str(ann.get("createdAt"), "createdAt") or _ZERO_TIME)
+        cc.layers.append(CacheLayer(blob, _int(raw.get("parent", 0), f"layer {n} parent"), annotations))
     for n, layer in enumerate(cc.layers):
         if not -1 <= layer.parent < len(cc.layers):
             raise InvalidArgument(f"invalid cache config: layer {n} has parent {layer.parent} out of range")

@@ -20,7 +20,7 @@ from typing import Any
 
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, Unimplemented
 from buildkitpy.image import compression as comp
-from buildkitpy.remotecache.jobcache import ImportedCache, JobCache
+from buildkitpy.remotecache.jobcache import ImportedCache, JobCache, first_error
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ async def run_exports(worker: Any, session: Any, job_cache: JobCache, refs: list
                 response.update(await local.export(session, blobs, dict(e.attrs)))
             else:
                 response.update(await s3.export(blobs, dict(e.attrs)))
-        except BuildkitpyError as exc:
+        except (BuildkitpyError, BaseExceptionGroup) as raised:
+            exc = first_error(raised)
             if not e.flag("ignore-error", False):
                 progress.vertex(vertex, error=str(exc), completed=True)
                 raise type(exc)(f"exporting cache ({e.type}): {exc}") from exc

@@ -26,9 +26,9 @@ from buildkitpy.snapshot.api import ImmutableSnapshot
 log = logging.getLogger(__name__)
 
 
-def _import_error(raised: BaseException) -> BuildkitpyError:
-    """The error to report for a failed import: the first real failure of a task group (several
-    layers may fail at once); anything that is not a ``BuildkitpyError`` is re-raised as is."""
+def first_error(raised: BaseException) -> BuildkitpyError:
+    """The error to report for a failed import or export: the first real failure of a task group
+    (several layers may fail at once); anything that is not a ``BuildkitpyError`` is re-raised."""
     if isinstance(raised, BuildkitpyError):
         return raised
     cancelled = anyio.get_cancelled_exc_class()
@@ -94,7 +94,7 @@ class JobCache:
             try:
                 snaps = await self._pull_all(imp, vertex, [c[0] for c in chains], progress)
             except (BuildkitpyError, BaseExceptionGroup) as raised:
-                exc = _import_error(raised)
+                exc = first_error(raised)
                 if imp.ignore_error:
                     log.warning("cache import from %s: %s (ignored: running the step)", imp.name, exc)
                     progress.warning(vertex.digest, f"cache import from {imp.name} failed, step runs: {exc}")
