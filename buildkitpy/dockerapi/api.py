@@ -7,6 +7,7 @@ buildctl's, and the image store records what the builds export.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -154,26 +155,35 @@ class EngineAPI:
             raise InvalidArgument(f"a build with id {build_id} is already running")
         workdir = self.root / "builds" / os.urandom(12).hex()
         stream = JSONStream(req)
-        with anyio.CancelScope() as scope:
-            running = RunningBuild(build_id, scope)
-            self.builds[build_id] = running
+        running = RunningBuild(build_id, anyio.CancelScope())
+        try:
             try:
-                workdir.mkdir(parents=True)
-                archive = workdir / "context.tar"
-                await spool(req.body(), archive)
-                context = workdir / "context"
-                if opts.remote:  # the body, if any, is not the context
-                    context.mkdir()
-                    await remote.fetch(self.control, opts.remote, opts.dockerfile, context, workdir)
-                else:
-                    await anyio.to_thread.run_sync(extract, archive, context)
-                archive.unlink()
-                await self._run_classic(req, stream, opts, context, workdir)
-            except ClientGone:
-                log.info("build %s: the client went away; build stopped", build_id)
-            finally:
-                self.builds.pop(build_id, None)
-                await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+                with running.scope:
+                    self.builds[build_id] = running
+                    try:
+                        workdir.mkdir(parents=True)
+                        archive = workdir / "context.tar"
+                        await spool(req.body(), archive)
+                        context = workdir / "context"
+                        if opts.remote:  # the body, if any, is not the context
+                            context.mkdir()
+                            await remote.fetch(self.control, opts.remote, opts.dockerfile, context, workdir)
+                        else:
+                            await anyio.to_thread.run_sync(extract, archive, context)
+                        archive.unlink()
+                        await self._run_classic(req, stream, opts, context, workdir)
+                    except ClientGone:
+                        log.info("build %s: the client went away; build stopped", build_id)
+                    finally:
+                        self.builds.pop(build_id, None)
+            except asyncio.CancelledError:
+                # Our /build/cancel, seen as a fresh CancelledError a library raised (grpc's call)
+                # rather than the scope's own: swallowed unless the task itself is being cancelled.
+                task = asyncio.current_task()
+                if not running.cancelled or (task is not None and task.cancelling()):
+                    raise
+        finally:  # outside the build's scope: a cancelled build still cleans up
+            await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
         if running.cancelled:
             await stream.error("Build cancelled")
             await stream.close()

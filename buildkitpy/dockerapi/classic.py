@@ -209,9 +209,9 @@ class ClassicBuild:
     async def run(self) -> str:
         try:
             return await self._run()
-        finally:
+        finally:  # not awaited: this runs in a cancelled build too (a small database write)
             for name in self.internal_refs.values():
-                await anyio.to_thread.run_sync(self.images.chains.forget_image_ref, name)
+                self.images.chains.forget_image_ref(name)
 
     async def _run(self) -> str:
         dockerfile_path = self._dockerfile_path()
@@ -543,8 +543,8 @@ class ClassicBuild:
             return record
         except (NotFound, InvalidArgument) as exc:
             raise BuildFailed(f"failed to store the image: {exc}") from None
-        finally:
-            await anyio.to_thread.run_sync(self.images.chains.forget_image_ref, f"docker.io/{pending}")
+        finally:  # not awaited, so a cancelled step forgets it too (a small database write)
+            self.images.chains.forget_image_ref(f"docker.io/{pending}")
 
 
     def _normalize_rebased(self, step: Step, built: ImageRecord, parent: str) -> ImageRecord:

@@ -83,6 +83,10 @@ def test_cancel_mid_run(engine):
     while _runc_containers(engine) and time.monotonic() - cancelled < 5:
         time.sleep(0.1)
     assert _runc_containers(engine) == []
+    builds = engine.daemon.root / "state" / "dockerapi" / "builds"
+    while builds.exists() and any(builds.iterdir()) and time.monotonic() - cancelled < 5:
+        time.sleep(0.1)
+    assert not builds.exists() or not any(builds.iterdir()), "the cancelled build's context is left"
     assert time.monotonic() - cancelled < 5
     missing = engine.raw(b"POST /build/cancel?id=cancel-me HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
                          b"Connection: close\r\n\r\n")
