@@ -603,6 +603,7 @@ class DispatchContext:
         return new_deps
 
     async def _resolve_base_image(self, d: StageState, reachable: bool) -> None:
+        orig_name = d.base_name
         try:
             ref = llb.normalize_image_ref(d.base_name)
         except llb.LLBError as e:
@@ -647,9 +648,27 @@ class DispatchContext:
                 custom_name=cmd_name,
                 locations=[self._location(d.lines)],
             )
+            if reachable and self.linter is not None:
+                self._lint_base_platform(orig_name, platform, d.image, d.lines)
         d.platform = platform
         if d.unregistered:
             d.dispatched = True
+
+    def _lint_base_platform(self, name: str, expected: Platform, img: ic.Image,
+                            lines: tuple[int, int]) -> None:
+        """``InvalidBaseImagePlatform``: the image has no variant for the platform the stage needs."""
+        assert self.linter is not None
+        actual = Platform(img.get("os", ""), img.get("architecture", ""), img.get("variant", ""),
+                          img.get("os.version", ""))
+        try:
+            actual = actual.normalized()
+        except (ValueError, llb.LLBError):
+            pass
+        exp = expected.normalized()
+        if exp.os != actual.os or exp.architecture != actual.architecture:
+            self.linter.run(checks.INVALID_BASE_IMAGE_PLATFORM,
+                            f"Base image {name} was pulled with platform {_go_quote(_format_all(actual))}, "
+                            f"expected {_go_quote(_format_all(exp))} for current build", lines)
 
     async def _load_named_stage(self, d: StageState, platform: Platform) -> None:
         key, nc = d.named_context

@@ -114,3 +114,27 @@ def test_lint_does_not_build(daemon, tmp_path) -> None:
     assert md["result.statuscode"] == b"1"
     assert [w["ruleName"] for w in json.loads(md["result.json"])["warnings"]] == ["JSONArgsRecommended"]
     assert not [v for v in vertexes if "RUN" in v.name]
+
+
+@pytest.mark.anyio
+async def test_base_image_of_another_platform_is_reported() -> None:
+    """``InvalidBaseImagePlatform`` (no docs page, no URL): the registry had no variant for the
+    platform asked for. The image config comes from a resolver callback, as the converter gets it."""
+    from buildkitpy import llb
+    from buildkitpy.frontend.dockerfile import lint
+    from buildkitpy.frontend.dockerfile.convert import convert
+
+    async def resolve(ref: str, platform: llb.Platform) -> tuple[str, bytes]:
+        config = {"architecture": "arm64", "os": "linux", "config": {},
+                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "b" * 64]}}
+        return "sha256:" + "a" * 64, json.dumps(config).encode()
+
+    linter = lint.Linter(lint.LintConfig())
+    await convert(b"FROM --platform=linux/amd64 busybox AS amd64\n", opts={}, resolve_image=resolve,
+                  linter=linter, build_platform=llb.Platform("linux", "amd64"))
+    assert [(w.rule.name, w.detail, w.lines, w.rule.url) for w in linter.warnings] == [
+        ("InvalidBaseImagePlatform",
+         'Base image busybox was pulled with platform "linux/arm64", expected "linux/amd64" for current '
+         'build',
+         (1, 1), ""),
+    ]
