@@ -9,6 +9,7 @@ the Dockerfile snippet; unknown details are ignored by clients, so adding them i
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -158,6 +159,31 @@ def _trimmed_source(src: SourceLocation) -> SourceLocation:
     return SourceLocation(src.filename, "\n".join(kept).encode(), src.ranges, src.language)
 
 
+def _first_lines(src: SourceLocation) -> SourceLocation:
+    """``src`` trimmed to the first few lines of its first range (an instruction of thousands of
+    continuation lines is shown by its start)."""
+    first = src.ranges[:1] or [(1, 0, 1, 0)]
+    start, char, end, end_char = first[0]
+    if end - start > 2 * _SOURCE_CONTEXT_LINES:
+        end, end_char = start + 2 * _SOURCE_CONTEXT_LINES, 0
+    clipped = SourceLocation(src.filename, src.data, [(start, char, end, end_char)], src.language)
+    return _trimmed_source(clipped)
+
+
+def _merged(src: SourceLocation) -> SourceLocation:
+    """``src`` with its ranges sorted and adjacent ones joined (the same lines marked): a frontend
+    gives one range per line (BuildKit's too), so a RUN of 100,000 continuation lines would
+    otherwise carry 100,000 ranges."""
+    out: list[tuple[int, int, int, int]] = []
+    for r in sorted(src.ranges):
+        if out and r[0] <= out[-1][2] + 1:
+            if (r[2], r[3]) > (out[-1][2], out[-1][3]):
+                out[-1] = (out[-1][0], out[-1][1], r[2], r[3])
+        else:
+            out.append(r)
+    return SourceLocation(src.filename, src.data, out, src.language)
+
+
 def _source_detail(src: SourceLocation):
     import base64
 
@@ -167,6 +193,17 @@ def _source_detail(src: SourceLocation):
         "ranges": [{"start": {"line": a, "character": b}, "end": {"line": c, "character": d}}
                    for a, b, c, d in src.ranges],
     })
+
+
+def _source_candidates(sources: list[SourceLocation]) -> Iterator[list[SourceLocation]]:
+    """What to try sending, largest first: the sources as the frontend gave them (when they can fit:
+    data and ranges only grow in the detail), then trimmed with their ranges joined, then only the
+    first lines of the first range."""
+    if sum(len(src.data) + 16 * len(src.ranges) for src in sources) <= MAX_STATUS_BYTES:
+        yield sources
+    merged = [_merged(src) for src in sources]
+    yield [_trimmed_source(src) for src in merged]
+    yield [_first_lines(src) for src in merged]
 
 
 def to_rpc_status(err: BaseException):
@@ -181,8 +218,8 @@ def to_rpc_status(err: BaseException):
     if isinstance(err, SolveError):
         if err.vertex:
             st.details.append(detail_any("errdefs.Vertex", {"digest": err.vertex}))
-        for attempt in (lambda s: s, _trimmed_source):
-            sources = [_source_detail(attempt(src)) for src in err.sources]
+        for candidate in _source_candidates(err.sources):
+            sources = [_source_detail(src) for src in candidate]
             if st.ByteSize() + sum(d.ByteSize() + 4 for d in sources) <= MAX_STATUS_BYTES:
                 st.details.extend(sources)
                 break

@@ -123,3 +123,18 @@ def test_bounded_message_keeps_short_text_and_bounds_long_text():
     assert daemon_errors.bounded_message("exit code: 3") == "exit code: 3"
     cut = daemon_errors.bounded_message("a" * 10_000 + "END")
     assert cut.startswith("aaa") and cut.endswith("END") and len(cut) <= daemon_errors.MAX_MESSAGE_WIRE_BYTES
+
+
+@pytest.mark.anyio
+async def test_a_run_of_many_continuation_lines_keeps_its_snippet(call):
+    # a frontend gives one range per line (as BuildKit's does): the 100,000 ranges are joined and the
+    # snippet shows the instruction's first lines (it was dropped, after seconds of encoding a 1 MiB
+    # detail with 100,000 ranges on the event loop)
+    lines = ["FROM busybox", "RUN a \\"] + ["  abc \\"] * 100_000 + ["  end"]
+    err = daemon_errors.SolveError(f"bad {EXIT}", sources=[daemon_errors.SourceLocation(
+        "Dockerfile", "\n".join(lines).encode(), [(n, 0, n, 0) for n in range(2, len(lines) + 1)])])
+    client_err = from_rpc_error(await call(err), context="failed to solve")
+    assert [s.ranges for s in client_err.sources] == [[(2, 10)]]
+    out = io.StringIO()
+    print_error(client_err, out)
+    assert "Dockerfile:2" in out.getvalue() and "   2 | >>> RUN a \\" in out.getvalue()
