@@ -208,13 +208,15 @@ async def _send_warnings(client: FrontendClient, linter: checks.Linter, vertex: 
                           info=info, ranges=ranges)
 
 
-def _parse_tree_checks(dockerfile: bytes, linter: checks.Linter) -> None:
+async def _parse_tree_checks(dockerfile: bytes, linter: checks.Linter) -> None:
+    """The checks on the parse tree, parsed on a worker thread as the conversion is: a huge
+    Dockerfile (2 MiB of continuation lines parse in seconds) must not stall the event loop."""
     from .parser import DockerfileParseError, parse
 
     if not dockerfile:
         return
     try:
-        ast = parse(dockerfile)
+        ast = await anyio.to_thread.run_sync(parse, dockerfile)
     except DockerfileParseError:
         return  # the conversion reports it
     checks.check_parse_tree(ast, linter)
@@ -318,7 +320,7 @@ async def build(client: FrontendClient) -> FrontendResult:
     if request == subreq.OUTLINE:
         return FrontendResult(metadata=await _outline(client, dockerfile, filename, source, vertex, linter,
                                                       convert_args))
-    _parse_tree_checks(dockerfile, linter)
+    await _parse_tree_checks(dockerfile, linter)
     try:
         converted = await convert_off_loop(
             dockerfile,
@@ -382,7 +384,7 @@ async def _outline(client: FrontendClient, dockerfile: bytes, filename: str, sou
     (the build's warnings are sent as for a build, as BuildKit does)."""
     from .outline import collect
 
-    _parse_tree_checks(dockerfile, linter)
+    await _parse_tree_checks(dockerfile, linter)
     try:
         converted = await convert_off_loop(dockerfile, **convert_args, linter=linter)
     except ConvertError as e:  # as BuildKit: a subrequest's error carries no source excerpt
@@ -401,7 +403,7 @@ async def _lint(dockerfile: bytes, filename: str, source: llb.State, target: str
     """``frontend.lint``: convert without building (every stage when no target is asked for) and
     report the warnings, and the error that would fail the build."""
     results = subreq.LintResults(subreq.LintSource(filename, dockerfile, llb.marshal(source)))
-    _parse_tree_checks(dockerfile, linter)
+    await _parse_tree_checks(dockerfile, linter)
     try:
         await convert_off_loop(dockerfile, **convert_args, linter=linter, all_stages=not target)
     except ConvertError as e:
