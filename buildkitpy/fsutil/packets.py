@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError
+
 from buildkitpy.api import fsutil_stat_pb2, fsutil_wire_pb2
+from buildkitpy.fsutil.errors import DiffCopyError
 
 Packet = fsutil_wire_pb2.Packet
 
@@ -42,3 +45,12 @@ def fin_packet() -> fsutil_wire_pb2.Packet:
 
 def err_packet(message: str) -> fsutil_wire_pb2.Packet:
     return Packet(type=ERR, data=message.encode("utf-8", "replace"))
+
+
+def decode_packet(data: bytes) -> fsutil_wire_pb2.Packet:
+    """A packet from its wire bytes; ``DiffCopyError`` when the peer sent something else (a
+    truncated or corrupt message, a path that is not UTF-8)."""
+    try:
+        return Packet.FromString(data)
+    except DecodeError as exc:
+        raise DiffCopyError(f"malformed filesync packet ({len(data)} bytes): {exc}") from None

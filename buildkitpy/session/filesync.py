@@ -107,7 +107,7 @@ class _ClientCallStream:
         msg = await self.call.read()
         if msg is grpc.aio.EOF:
             return None
-        return fsutil_wire_pb2.Packet.FromString(msg)
+        return packets.decode_packet(msg)
 
     async def write(self, packet: fsutil_wire_pb2.Packet) -> None:
         await self.call.write(packet.SerializeToString())
@@ -126,7 +126,7 @@ class _ServerContextStream:
         msg = await self.context.read()
         if msg is grpc.aio.EOF:
             return None
-        return fsutil_wire_pb2.Packet.FromString(msg)
+        return packets.decode_packet(msg)
 
     async def write(self, packet: fsutil_wire_pb2.Packet) -> None:
         await self.context.write(packet.SerializeToString())

@@ -311,3 +311,10 @@ def test_threaded_sink_round_trip_and_late_errors(tmp_path):
     with pytest.raises(ApplyError, match=r"cannot create regular file 'f': File exists"):
         sink.finish()
     sink.close()
+
+
+@pytest.mark.parametrize("data", [b"\x00", b"\x12\x05\n\x02\xff\xfe", b"\x1a\x03ab"])
+def test_bytes_that_are_no_packet_are_a_diffcopy_error(data: bytes) -> None:
+    # found by the fuzz suite: protobuf's DecodeError escaped the transfer as an internal error
+    with pytest.raises(DiffCopyError, match=r"malformed filesync packet \(\d+ bytes\)"):
+        packets.decode_packet(data)
