@@ -181,7 +181,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
                         cache_session = await self.sessions.get(request.Session, timeout=5.0)
                     except SessionNotFound:
                         cache_session = None
-                await cache.start(self.worker, cache_session, job.bridge.solver_job, job.progress)
+                await cache.start(self.worker, cache_session, job.bridge.solver_job, job.progress,
+                                  cache_mounts=getattr(self.solver, "cache_mounts", None))
             if request.HasField("Definition") and getattr(request.Definition, "def"):
                 result = await job.bridge.solve(definition=request.Definition)
             elif request.Frontend:

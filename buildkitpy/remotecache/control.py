@@ -140,9 +140,9 @@ async def load_imports(worker: Any, session: Any, entries: list[CacheEntry],
 
 
 async def run_exports(worker: Any, session: Any, job_cache: JobCache, refs: list[Any],
-                      entries: list[CacheEntry], progress: Any) -> dict[str, str]:
+                      entries: list[CacheEntry], progress: Any, cache_mounts: Any = None) -> dict[str, str]:
     """Export the build's cache to every non-inline entry; returns ExporterResponse additions."""
-    from buildkitpy.remotecache import exporter, local, registry, s3
+    from buildkitpy.remotecache import cachemounts, exporter, local, registry, s3
 
     response: dict[str, str] = {}
     targets = exporter.result_nodes(job_cache, refs)
@@ -150,12 +150,20 @@ async def run_exports(worker: Any, session: Any, job_cache: JobCache, refs: list
         if e.type == "inline":
             continue
         mode, image_options, image_manifest = export_options(e)
+        mount_ids = cachemounts.wanted(dict(e.attrs), job_cache.used_mounts)
+        carried = not mount_ids or e.type in ("registry", "local")
         vertex = "sha256:" + secrets.token_hex(32)
         progress.vertex(vertex, "exporting cache to " + ("client directory" if e.type == "local" else e.type),
                         started=True)
         try:
+            if not carried:
+                progress.warning(vertex, f"cache export ({e.type}): cache-mounts is carried by registry and "
+                                         "local caches only; ignored")
+            mounts = (await cachemounts.pack(worker, cache_mounts, mount_ids)
+                      if mount_ids and carried and cache_mounts is not None else [])
             blobs = await exporter.prepare(worker, job_cache, targets, mode=mode, image_options=image_options,
-                                           image_manifest=image_manifest, progress=progress, vertex=vertex)
+                                           image_manifest=image_manifest, progress=progress, vertex=vertex,
+                                           mounts=mounts)
             if blobs is None:
                 progress.status(vertex, "skipping cache export for empty result",
                                 name="skipping cache export for empty result", completed=True)
@@ -185,6 +193,7 @@ class CacheRun:
         self.job_cache: JobCache | None = None
         self._worker: Any = None
         self._session: Any = None
+        self._cache_mounts: Any = None
 
     @classmethod
     def from_request(cls, cache: Any, frontend_attrs: Mapping[str, str]) -> CacheRun:
@@ -212,9 +221,17 @@ class CacheRun:
     def inline(self) -> bool:
         return any(e.type == "inline" for e in self.exports)
 
-    async def start(self, worker: Any, session: Any, solver_job: Any, progress: Any) -> None:
-        self._worker, self._session = worker, session
+    async def start(self, worker: Any, session: Any, solver_job: Any, progress: Any,
+                    cache_mounts: Any = None) -> None:
+        from buildkitpy.remotecache import cachemounts
+
+        self._worker, self._session, self._cache_mounts = worker, session, cache_mounts
         imports = await load_imports(worker, session, self.imports, progress) if self.imports else []
+        for imp in imports:
+            if imp.mounts and cache_mounts is not None:
+                for cache_id in await cachemounts.seed(worker, cache_mounts, imp.source, imp.ref, imp.mounts,
+                                                       imp.name):
+                    log.info("%s: seeded cache mount %s", imp.name, cache_id)
         self.job_cache = JobCache(worker, imports=imports, keep_results=bool(self.exports),
                                   inline=self.inline)
         solver_job.remote_cache = self.job_cache
@@ -222,7 +239,8 @@ class CacheRun:
     async def export(self, refs: list[Any], progress: Any) -> dict[str, str]:
         if self.job_cache is None or not self.exports:
             return {}
-        return await run_exports(self._worker, self._session, self.job_cache, refs, self.exports, progress)
+        return await run_exports(self._worker, self._session, self.job_cache, refs, self.exports, progress,
+                                 self._cache_mounts)
 
     async def close(self) -> None:
         if self.job_cache is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -38,6 +38,7 @@ class CacheBlobs:
     manifest_digest: str
     manifest_media_type: str
     store: ContentStore
+    mounts: list[Any] = field(default_factory=list)  # cachemounts.MountBlob in the manifest too
 
     def config_desc(self) -> dict[str, Any]:
         return {"mediaType": CACHE_CONFIG_MEDIA_TYPE, "digest": self.config_digest, "size": len(self.config)}
@@ -92,9 +93,10 @@ async def collect(worker: Any, job_cache: JobCache, targets: list[KeyNode], *, m
 
 
 def manifest(exported: Exported, config_desc: dict[str, Any], *, oci: bool,
-             image_manifest: bool) -> tuple[str, bytes]:
-    """(media type, bytes) of the cache manifest over ``exported``'s layers and its config."""
-    layers = [d.to_json() for d in exported.layers]
+             image_manifest: bool, extra: list[dict[str, Any]] = ()) -> tuple[str, bytes]:  # type: ignore[assignment]
+    """(media type, bytes) of the cache manifest over ``exported``'s layers (and ``extra`` blobs)
+    and its config."""
+    layers = [d.to_json() for d in exported.layers] + list(extra)
     for d in layers:
         d["mediaType"] = comp.convert_media_type(d["mediaType"], oci)
     if image_manifest:
@@ -111,20 +113,22 @@ def _go_json(doc: Any) -> bytes:
 
 
 async def prepare(worker: Any, job_cache: JobCache, targets: list[KeyNode], *, mode: str, image_options: Any,
-                  image_manifest: bool, progress: Any, vertex: str) -> CacheBlobs | None:
+                  image_manifest: bool, progress: Any, vertex: str, mounts: list[Any] = ()  # type: ignore[assignment]
+                  ) -> CacheBlobs | None:
     """Collect, write the config and manifest into the content store; None when nothing is
     exportable (no result has layers)."""
     from buildkitpy.solver.ops.source_image import puller_for
 
     exported = await collect(worker, job_cache, targets, mode=mode, image_options=image_options,
                              progress=progress, vertex=vertex)
-    if not exported.config.layers:
+    if not exported.config.layers and not mounts:
         return None
     store = puller_for(worker).store
     config = dump_config(exported.config)
     config_digest = await anyio.to_thread.run_sync(store.write_bytes, config)
     config_desc = {"mediaType": CACHE_CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config)}
     media_type, data = manifest(exported, config_desc, oci=image_options.oci_mediatypes,
-                                image_manifest=image_manifest)
+                                image_manifest=image_manifest,
+                                extra=[m.to_json(image_options.oci_mediatypes) for m in mounts])
     manifest_digest = await anyio.to_thread.run_sync(store.write_bytes, data)
-    return CacheBlobs(exported, config, config_digest, data, manifest_digest, media_type, store)
+    return CacheBlobs(exported, config, config_digest, data, manifest_digest, media_type, store, list(mounts))

@@ -19,6 +19,7 @@ from buildkitpy.image.platforms import default_platform
 from buildkitpy.image.reference import Reference
 from buildkitpy.image.registry import Descriptor
 from buildkitpy.image.resolve import ResolvedImage
+from buildkitpy.remotecache.cachemounts import used_ids
 from buildkitpy.remotecache.chains import LayerDesc, RemoteIndex
 from buildkitpy.remotecache.keys import KeyNode, vertex_nodes
 from buildkitpy.snapshot.api import ImmutableSnapshot
@@ -52,6 +53,7 @@ class ImportedCache:
     ref: Reference  # names the cache in errors and registry requests
     name: str  # e.g. "registry 127.0.0.1:5000/cache:latest"
     ignore_error: bool = False
+    mounts: list[Any] = field(default_factory=list)  # cachemounts.MountBlob carried by the cache
 
 
 @dataclass
@@ -60,6 +62,7 @@ class JobCache:
     imports: list[ImportedCache] = field(default_factory=list)
     keep_results: bool = False  # the build exports cache: hold every settled result until then
     inline: bool = False  # image exporters add the inline cache to the image config
+    used_mounts: set[str] = field(default_factory=set)  # named cache mounts the build's execs use
     nodes: dict[str, list[KeyNode]] = field(default_factory=dict)  # vertex digest -> key per output
     results: dict[int, tuple[KeyNode, ImmutableSnapshot]] = field(default_factory=dict)
     loaded: list[str] = field(default_factory=list)  # vertex digests whose result came from an import
@@ -83,6 +86,7 @@ class JobCache:
         nodes = vertex_nodes(cache_map.digest, cache_map.ephemeral or cache_map.always_run,
                              vertex.num_outputs, inputs, [d.selector for d in cache_map.deps], content)
         self.nodes[vertex.digest] = nodes
+        self.used_mounts |= used_ids(vertex.op)
         return nodes
 
     async def load(self, vertex: Any, nodes: list[KeyNode], progress: Any) -> list[ImmutableSnapshot] | None:

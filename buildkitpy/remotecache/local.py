@@ -24,6 +24,7 @@ from buildkitpy.content.store import validate_digest
 from buildkitpy.errors import InvalidArgument, NotFound, SessionNotFound
 from buildkitpy.image.reference import Reference
 from buildkitpy.image.registry import Descriptor
+from buildkitpy.remotecache import cachemounts
 from buildkitpy.remotecache.chains import RemoteIndex, layer_map
 from buildkitpy.remotecache.config import parse_config
 from buildkitpy.remotecache.exporter import CacheBlobs
@@ -170,7 +171,7 @@ def _bytes_chunks(data: bytes) -> Callable[[], AsyncIterator[bytes]]:
 
 async def export(session: Any, blobs: CacheBlobs, attrs: dict[str, str]) -> dict[str, str]:
     store = SessionContentStore(session, "local:" + dest_of(attrs))
-    for d in blobs.exported.layers:
+    for d in [*blobs.exported.layers, *blobs.mounts]:
         await store.write(d.digest, d.size, _file_chunks(blobs.store.path(d.digest)))
     await store.write(blobs.config_digest, len(blobs.config), _bytes_chunks(blobs.config))
     await store.write(blobs.manifest_digest, len(blobs.manifest), _bytes_chunks(blobs.manifest))
@@ -196,4 +197,4 @@ async def load(session: Any, attrs: dict[str, str]) -> ImportedCache | None:
     cdesc = Descriptor.from_json(config_desc, name)
     config = parse_config(await store.read_bytes(cdesc.digest, MAX_CONFIG_BYTES))
     return ImportedCache(RemoteIndex(config, layer_map(entries, name), name), _SessionBlobSource(store),
-                         _LOCAL_REF, name)
+                         _LOCAL_REF, name, mounts=cachemounts.from_entries(entries))

@@ -19,7 +19,7 @@ from buildkitpy.image import mediatypes
 from buildkitpy.image.push import PUSH_ACTIONS, ImagePusher, push_registries
 from buildkitpy.image.reference import Reference, parse_reference
 from buildkitpy.image.registry import Descriptor, RegistryClient
-from buildkitpy.remotecache import CACHE_CONFIG_MEDIA_TYPE
+from buildkitpy.remotecache import CACHE_CONFIG_MEDIA_TYPE, cachemounts
 from buildkitpy.remotecache.chains import RemoteIndex, layer_map
 from buildkitpy.remotecache.config import parse_config
 from buildkitpy.remotecache.exporter import CacheBlobs
@@ -63,8 +63,8 @@ async def export(worker: Any, session: Any, blobs: CacheBlobs, attrs: dict[str, 
     client = client_for(worker, session, ref, insecure, push=True)
     pusher = ImagePusher(client, blobs.store, progress=report)
     target = Reference(ref.domain, ref.repository)
-    for d in [*blobs.exported.layers]:
-        await pusher.push_blob(target, Descriptor(d.media_type, d.digest, d.size))
+    for d in [*blobs.exported.layers, *blobs.mounts]:
+        await pusher.push_blob(target, Descriptor(getattr(d, "media_type", ""), d.digest, d.size))
     config = Descriptor(CACHE_CONFIG_MEDIA_TYPE, blobs.config_digest, len(blobs.config))
     await pusher.push_blob(target, config)
     tag = ref.tag or blobs.manifest_digest
@@ -114,4 +114,5 @@ async def load(worker: Any, session: Any, attrs: dict[str, str], insecure: bool)
         return ImportedCache(index, client, ref, name)
     cdesc = Descriptor.from_json(config_desc, name)
     config = parse_config(await client.get_blob_bytes(ref, cdesc, limit=MAX_CONFIG_BYTES))
-    return ImportedCache(RemoteIndex(config, layer_map(entries, name), name), client, ref, name)
+    return ImportedCache(RemoteIndex(config, layer_map(entries, name), name), client, ref, name,
+                         mounts=cachemounts.from_entries(entries))

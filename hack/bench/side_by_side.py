@@ -16,6 +16,13 @@ Rows (inputs are generated under --work once and reused):
   context-again  the same context unchanged, cache on → tar
   export-gzip    COPY of one 530 MB text file, no cache → oci (gzip)
   concurrent-16  16 different small RUN builds at once → local
+  remote-cache-20  a daemon with an empty cache (prune --all) building a 20-step Dockerfile by
+                 importing the registry cache (mode=max) it exported of the same build → local
+  cold-20        the same 20 steps after prune --all, without the cache import (the baseline)
+
+The remote-cache rows need ``--cache-registry HOST:PORT`` (e.g. the ``--registry`` one): each
+daemon exports and imports its own cache there (``registry.insecure=true``; a daemon's cache keys
+are its own, so each imports what it exported).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROWS = ("noop", "graph-500", "context-first", "context-again", "export-gzip", "concurrent-16")
+CACHE_ROWS = ("remote-cache-20", "cold-20")
 
 
 @dataclass
@@ -43,8 +51,9 @@ class Daemon:
 
 
 class Bench:
-    def __init__(self, client: str, work: Path) -> None:
+    def __init__(self, client: str, work: Path, cache_registry: str = "") -> None:
         self.client = client
+        self.cache_registry = cache_registry
         self.work = work
         self.out = work / "out"
         self.out.mkdir(parents=True, exist_ok=True)
@@ -52,9 +61,11 @@ class Bench:
 
     # -- one build -------------------------------------------------------------------------------
 
-    def build(self, d: Daemon, context: Path, output: str, *opts: str, no_cache: bool = False) -> None:
+    def build(self, d: Daemon, context: Path, output: str, *opts: str, no_cache: bool = False,
+              flags: tuple[str, ...] = ()) -> None:
         cmd = [self.client, "--addr", d.addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0",
-               "--local", f"context={context}", "--local", f"dockerfile={context}", "--output", output]
+               "--local", f"context={context}", "--local", f"dockerfile={context}", "--output", output,
+               *flags]
         for o in opts:
             cmd += ["--opt", o]
         if no_cache:
@@ -142,6 +153,24 @@ class Bench:
         return [self.dir(f"concurrent-{i}", {"Dockerfile": b"FROM busybox\nARG N\nRUN echo $N > /n\n"})
                 for i in range(16)]
 
+    def steps20_ctx(self) -> Path:
+        lines = ["FROM busybox"]
+        for i in range(19):  # each step: a little CPU and a 1 MB layer of its own
+            lines.append(f"RUN i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
+                         f"dd if=/dev/urandom of=/f{i} bs=64k count=16 2>/dev/null")
+        return self.dir("steps-20", {"Dockerfile": ("\n".join(lines) + "\n").encode()})
+
+    def prune_all(self, d: Daemon) -> None:
+        res = subprocess.run([self.client, "--addr", d.addr, "prune", "--all"], capture_output=True,
+                             text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"{d.name}: prune --all failed: {res.stderr[-500:]}")
+
+    def cache_ref(self, d: Daemon) -> str:
+        if not self.cache_registry:
+            raise SystemExit("the remote-cache rows need --cache-registry HOST:PORT")
+        return f"{self.cache_registry}/bench/{d.name.lower()}-steps20:cache"
+
     # -- rows: (prepare, timed) per daemon -------------------------------------------------------
 
     def row(self, name: str) -> tuple[Callable[[Daemon], None], Callable[[Daemon], None]]:
@@ -185,7 +214,23 @@ class Bench:
                     for f in futs:
                         f.result()
             return (lambda d: self.build(d, ctxs[0], self.local_out(d), "build-arg:N=warm")), many
-        raise SystemExit(f"unknown row {name!r} (rows: {', '.join(ROWS)})")
+        if name in CACHE_ROWS:
+            ctx = self.steps20_ctx()
+
+            def export(d: Daemon) -> None:
+                self.prune_all(d)
+                ref = f"type=registry,ref={self.cache_ref(d)},mode=max,registry.insecure=true"
+                self.build(d, ctx, self.local_out(d), flags=("--export-cache", ref))
+
+            def fresh(d: Daemon) -> None:
+                self.prune_all(d)  # not timed apart: a fresh daemon starts with nothing
+                flags: tuple[str, ...] = ()
+                if name == "remote-cache-20":
+                    ref = f"type=registry,ref={self.cache_ref(d)},registry.insecure=true"
+                    flags = ("--import-cache", ref)
+                self.build(d, ctx, self.local_out(d), flags=flags)
+            return export, fresh
+        raise SystemExit(f"unknown row {name!r} (rows: {', '.join(ROWS + CACHE_ROWS)})")
 
 
 def timed(fn: Callable[[Daemon], None], d: Daemon) -> float:
@@ -219,6 +264,7 @@ def main() -> None:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "buildkitpy-bench")
     p.add_argument("--registry", action="store_true", help="start a loopback busybox registry and exit")
+    p.add_argument("--cache-registry", default="", help="HOST:PORT for the remote-cache rows' caches")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.registry:
@@ -228,7 +274,7 @@ def main() -> None:
         p.error("--a and --b are required")
     na, nb = args.names.split(",")
     daemons = [Daemon(na, args.a), Daemon(nb, args.b)]
-    bench = Bench(args.client, args.work)
+    bench = Bench(args.client, args.work, args.cache_registry)
     results: list[tuple[str, float, float]] = []
     for row in args.rows.split(","):
         prepare, run = bench.row(row)

@@ -58,6 +58,10 @@ class CacheMounts:
                 remove_tree(tmp)
         return path
 
+    def named_dir(self, cache_id: str) -> Path:
+        """Where the cache mount ``cache_id`` (without a source, first slot) lives; may not exist."""
+        return self.root / hashlib.sha256(cache_id.encode()).hexdigest()[:32]
+
     @asynccontextmanager
     async def acquire(self, cache_id: str, sharing: int, seed: ImmutableSnapshot | None = None):  # noqa: ANN201
         """Hold the cache directory for ``cache_id`` (seeded from ``seed`` when first created)."""
