@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from buildkitpy.gocompat import suggest
 
-from .parser import DockerfileParseError, Node, ParseResult, _DirectiveParser, _ParseFailure
+from .parser import DockerfileParseError, Node, ParseResult
 
 # (start line, end line) of an instruction; BuildKit reports one range per line
 Lines = tuple[int, int]
@@ -160,20 +160,21 @@ def parse_lint_options(text: str) -> LintConfig:
     return cfg
 
 
+# a directive written as an ordinary comment, ``#`` already stripped (BuildKit's DirectiveParser with
+# an empty comment prefix); Go's \s is ASCII white space and ``$`` the end of the text
+_CHECK_COMMENT = re.compile(r"[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
+
+
 def _check_comment(comment: str) -> str | None:
-    """The value of a ``check=…`` directive written as an ordinary comment (without the ``#``)."""
-    dp = _DirectiveParser(comment="")
-    try:
-        d = dp.parse_line(comment)
-    except _ParseFailure:
+    """The value of a ``check=…`` directive written as an ordinary comment (up to the first blank)."""
+    m = _CHECK_COMMENT.match(comment)
+    if m is None or m.group(1).lower() != "check":
         return None
-    if d is None or d.name != "check":
-        return None
-    return d.value.split(" ", 1)[0]
+    return m.group(2).split(" ", 1)[0]
 
 
 @dataclass
-class Warning:
+class LintWarning:
     rule: Rule
     detail: str
     lines: Lines | None
@@ -188,7 +189,7 @@ class Linter:
 
     def __init__(self, config: LintConfig, warn: WarnFunc | None = None) -> None:
         self.config = config
-        self.warnings: list[Warning] = []
+        self.warnings: list[LintWarning] = []
         self.called: list[str] = []
         self._warn = warn
 
@@ -200,7 +201,7 @@ class Linter:
         elif c.skip_all or rule.name in c.skip:
             return
         self.called.append(rule.name)
-        self.warnings.append(Warning(rule, detail or rule.description, lines))
+        self.warnings.append(LintWarning(rule, detail or rule.description, lines))
         if self._warn is not None:
             self._warn(rule, detail or rule.description, lines)
 

@@ -20,7 +20,7 @@ from typing import Any
 from buildkitpy.api import ops_pb2
 from buildkitpy.client.textformat import TabWriter
 
-from .lint import Lines, Warning
+from .lint import Lines, LintWarning
 
 REQUEST_ID = "requestid"
 DESCRIBE = "frontend.subrequests.describe"
@@ -140,7 +140,7 @@ class LintSource:
 @dataclass
 class LintResults:
     source: LintSource
-    warnings: list[Warning] = field(default_factory=list)
+    warnings: list[LintWarning] = field(default_factory=list)
     error: str | None = None
     error_lines: Lines | None = None
 
@@ -168,7 +168,7 @@ class LintResults:
         """``result.txt``: the warnings sorted by line, each with its excerpt."""
         out = io.StringIO()
 
-        def key(w: Warning) -> tuple[int, int]:
+        def key(w: LintWarning) -> tuple[int, int]:
             return (0, 0) if w.lines is None else (1, w.lines[0])
 
         for w in sorted(self.warnings, key=key):

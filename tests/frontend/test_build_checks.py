@@ -138,3 +138,20 @@ async def test_base_image_of_another_platform_is_reported() -> None:
          'build',
          (1, 1), ""),
     ]
+
+
+def test_check_options_parse_as_buildkit_does() -> None:
+    from buildkitpy.frontend.dockerfile import lint
+
+    c = lint.parse_lint_options(" skip = A , B ;error=1;experimental=all")
+    assert (c.skip, c.error, c.experimental_all) == (frozenset({"A", "B"}), True, True)
+    assert lint.parse_lint_options("skip=all").skip_all
+    for bad, message in [("skip", 'invalid check option "skip"'), ("nope=1", 'invalid check option "nope"'),
+                         ("error=yes", 'failed to parse check option "error=yes"')]:
+        with pytest.raises(lint.LintConfigError, match=message):
+            lint.parse_lint_options(bad)
+    # a check comment above an instruction: first one wins, a bad one is ignored
+    root = lint.Linter(lint.LintConfig())
+    assert root.for_comments(["some text", "check=skip=UndefinedVar"]).config.skip == {"UndefinedVar"}
+    assert root.for_comments(["check=bogus"]).config == root.config
+    assert root.for_comments(["CHECK = skip=X other words"]).config.skip == {"X"}
