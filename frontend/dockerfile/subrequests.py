@@ -30,7 +30,7 @@ LINT = "frontend.lint"
 SUBREQUESTS_CAP = "moby.buildkit.frontend.subrequests"
 
 
-def _request(name: str, description: str, opts: list[dict[str, str]],
+def _request(name: str, description: str, opts: list[dict[str, str]] | None,
              metadata: Sequence[str]) -> dict[str, Any]:
     return {
         "name": name,
@@ -50,7 +50,7 @@ DEFINITIONS = {
                       ("result.json", "result.txt")),
     TARGETS: _request(TARGETS, "List all targets current build supports", [], ("result.json", "result.txt")),
     LINT: _request(LINT, "Lint a Dockerfile", [], ("result.json", "result.txt", "result.statuscode")),
-    DESCRIBE: _request(DESCRIBE, "List available subrequest types", [], ("result.json", "result.txt")),
+    DESCRIBE: _request(DESCRIBE, "List available subrequest types", None, ("result.json", "result.txt")),
 }
 
 

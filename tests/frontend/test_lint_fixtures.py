@@ -60,7 +60,8 @@ async def _ask(addr: str, case: Path, request: str, registry: str = "") -> dict:
 
 
 def _normalized(answer: dict) -> dict:
-    for src in (answer.get("json") or {}).get("sources") or []:
+    result = answer.get("json")
+    for src in (result.get("sources") or [] if isinstance(result, dict) else []):
         if isinstance(src, dict):
             src.pop("definition", None)
     return answer
