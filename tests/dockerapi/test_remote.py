@@ -107,6 +107,9 @@ def test_git_context_with_ref_and_subdir(engine, git_server):
     assert "top-level" in out.splitlines(), out + err
     message = _sdk_error(engine, f"{git_server}#no-such-branch")
     assert "unable to prepare context" in message and "no-such-branch" in message, message
+    marker = Path("/tmp/h12-remote-injection-marker")
+    message = _sdk_error(engine, f"{git_server}#--upload-pack=touch {marker}")
+    assert "unable to prepare context" in message and not marker.exists(), message
     assert json.loads(engine.docker("image", "inspect", "from-git-feature").stdout)[0]["Id"] != \
         json.loads(engine.docker("image", "inspect", "from-git").stdout)[0]["Id"]
 
