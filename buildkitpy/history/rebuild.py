@@ -138,6 +138,9 @@ class RebuildRecorder:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path / "steps.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # Fingerprints only explain rebuilds: no fsync per commit (WAL keeps them across a daemon
+        # crash; a power loss may drop the newest, and those steps then report no earlier build).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._build_args = build_args or (lambda ref: {})
         self._stores = 0
@@ -175,9 +178,15 @@ class RebuildRecorder:
     def _store(self, keys: list[str], fingerprint: dict, build_ref: str) -> None:
         data = zlib.compress(json.dumps(fingerprint, separators=(",", ":")).encode())
         with self._lock:
-            for key in keys:
-                self._db.execute("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
-                                 "VALUES (?,?,?,?)", (key, data, build_ref, time.time()))
+            self._db.execute("BEGIN IMMEDIATE")  # one commit for all of the step's keys
+            try:
+                for key in keys:
+                    self._db.execute("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
+                                     "VALUES (?,?,?,?)", (key, data, build_ref, time.time()))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
             self._stores += 1
             if self._stores % 200 == 0:  # keep the newest MAX_STEPS fingerprints
                 self._db.execute("DELETE FROM steps WHERE name NOT IN "

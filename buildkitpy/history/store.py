@@ -91,6 +91,9 @@ class HistoryStore:
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(self.root / "records.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # Records are written on the event loop: no fsync per commit (WAL keeps every commit
+        # across a daemon crash; only a power loss may drop the newest ones).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._active: dict[str, control_pb2.BuildHistoryRecord] = {}
         self._subscribers: set[asyncio.Queue] = set()
