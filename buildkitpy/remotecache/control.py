@@ -235,6 +235,11 @@ class CacheRun:
         self.job_cache = JobCache(worker, imports=imports, keep_results=bool(self.exports),
                                   inline=self.inline)
         solver_job.remote_cache = self.job_cache
+        if hasattr(solver_job, "cache_layers"):  # the solver core's read-only layers, one per import
+            from buildkitpy.remotecache.storage import RemoteCacheStorage
+
+            solver_job.cache_layers = [RemoteCacheStorage(imp, self.job_cache, f"import-{n}:{imp.name}")
+                                       for n, imp in enumerate(imports)]
 
     async def export(self, refs: list[Any], progress: Any) -> dict[str, str]:
         if self.job_cache is None or not self.exports:
