@@ -179,6 +179,21 @@ def history_blob(maker: ProvenanceMaker, key: str | None) -> tuple[bytes, dict[s
     in max mode, indented, with the request's ``builder-id``)."""
     req = ProvenanceRequest(mode="max", builder_id=maker.request.builder_id)
     pred = maker.predicate(key, request=req)
+    _drop_large_inline_data(pred)
     data = json.dumps(pred, indent=2, ensure_ascii=False)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return data.encode(), {PREDICATE_TYPE_ANNOTATION: prov.PREDICATE_V1}
+
+
+# Unlike BuildKit, the history copy leaves out file contents inlined in the LLB (a mkfile's data)
+# beyond this size: records are kept for a long time, outside the build cache's GC limits.
+HISTORY_INLINE_DATA_LIMIT = 64 << 10
+
+
+def _drop_large_inline_data(pred: dict[str, Any]) -> None:
+    config = pred.get("buildDefinition", {}).get("internalParameters", {}).get("buildConfig") or {}
+    for step in config.get("llbDefinition") or []:
+        for action in step.get("op", {}).get("Op", {}).get("file", {}).get("actions") or []:
+            mkfile = action.get("Action", {}).get("mkfile")
+            if mkfile and len(mkfile.get("data", "")) * 3 // 4 > HISTORY_INLINE_DATA_LIMIT:
+                del mkfile["data"]

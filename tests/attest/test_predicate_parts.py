@@ -91,3 +91,32 @@ def test_images_resolved_for_every_platform_listed_per_platform() -> None:
     arm = cap.capture_for(None, [], platforms, "linux/arm64")
     assert [(i.ref, i.platform[1]) for i in arm.images] == [("example.com/multi:latest", "arm64"),
                                                            ("example.com/only:latest", "amd64")]
+
+
+def test_history_copy_leaves_out_large_inline_file_data() -> None:
+    import hashlib
+
+    from buildkitpy.attest.manifest import HISTORY_INLINE_DATA_LIMIT, _drop_large_inline_data
+
+    definition = ops_pb2.Definition()
+    digests = []
+    for size in (10, HISTORY_INLINE_DATA_LIMIT + 1):
+        op = ops_pb2.Op()
+        op.file.actions.add(input=-1, secondaryInput=-1, output=0).mkfile.data = b"x" * size
+        if digests:
+            op.inputs.add(digest=digests[-1], index=0)
+        dt = op.SerializeToString()
+        getattr(definition, "def").append(dt)
+        digests.append("sha256:" + hashlib.sha256(dt).hexdigest())
+    last = ops_pb2.Op()
+    last.inputs.add(digest=digests[-1], index=0)
+    getattr(definition, "def").append(last.SerializeToString())
+    info = BuildInfo(frontend="", frontend_attrs={}, invocation_id="i", started=0.0,
+                     builder_platform="linux/amd64")
+    pred = predicate_v1(options.ProvenanceRequest(), info, BuildCapture("r").capture_for(definition, []),
+                        definition, 1.0)
+    steps = pred["buildDefinition"]["internalParameters"]["buildConfig"]["llbDefinition"]
+    mkfile = [s["op"]["Op"]["file"]["actions"][0]["Action"]["mkfile"] for s in steps[:2]]
+    assert [len(m["data"]) for m in mkfile] == [16, 87384]  # base64 in the attestation, as BuildKit's
+    _drop_large_inline_data(pred)
+    assert "data" in mkfile[0] and "data" not in mkfile[1]
