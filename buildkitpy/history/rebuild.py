@@ -162,21 +162,24 @@ class RebuildRecorder:
 
     # -- fingerprints ----------------------------------------------------------------------------
 
-    def _load(self, keys: list[str]) -> dict | None:
-        """The newest fingerprint under the first of ``keys`` that has one."""
+    def _load(self, keys: list[str]) -> tuple[dict | None, bytes | None]:
+        """The newest fingerprint under the first of ``keys`` that has one, and its stored form."""
         for key in keys:
             with self._lock:
                 row = self._db.execute("SELECT fingerprint FROM steps WHERE name=?", (key,)).fetchone()
             if row is None:
                 continue
             try:
-                return json.loads(zlib.decompress(row[0]))
+                return json.loads(zlib.decompress(row[0])), row[0]
             except (zlib.error, ValueError):
-                return None
-        return None
+                return None, None
+        return None, None
 
-    def _store(self, keys: list[str], fingerprint: dict, build_ref: str) -> None:
-        data = zlib.compress(json.dumps(fingerprint, separators=(",", ":")).encode())
+    def _store(self, keys: list[str], fingerprint: dict, build_ref: str, data: bytes | None = None) -> None:
+        """``data``: the stored form when it is known (an unchanged fingerprint: a COPY of a large
+        context lists every file, and encoding it again cost ~0.3 s per build)."""
+        if data is None:
+            data = zlib.compress(json.dumps(fingerprint, separators=(",", ":")).encode())
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")  # one commit for all of the step's keys
             try:
@@ -226,7 +229,7 @@ class RebuildRecorder:
         if facts.cache_map.always_run and not facts.job.no_cache and not v.ignore_cache:
             return  # local sources: synced on every build, nothing to explain
         keys = step_keys(v)
-        previous = self._load(keys)
+        previous, stored = self._load(keys)
         current = self._fingerprint(facts, previous)
         if not facts.cached and self._build_args(facts.job.id) is not None:
             kind, reason = self._reason(facts, previous, current)
@@ -234,7 +237,7 @@ class RebuildRecorder:
             with self._lock:
                 self._reports.setdefault(facts.job.id, []).append(report)
                 self._by_digest[(facts.job.id, v.digest)] = report
-        self._store(keys, current, facts.job.id)
+        self._store(keys, current, facts.job.id, stored if current == previous else None)
 
     def _reason(self, facts: StepFacts, prev: dict | None, cur: dict) -> tuple[str, str]:
         if facts.job.no_cache:
