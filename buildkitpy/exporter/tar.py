@@ -59,6 +59,10 @@ class _Chunker:
             self._emit(chunk)
 
 
+_MAGIC = b"ustar\x0000"
+_FIXED_SUM = sum(b" " * 8) + sum(_MAGIC)
+
+
 def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
@@ -82,11 +86,14 @@ def _ustar_header(name: str, mode: int, uid: int, gid: int, size: int, mtime: in
             and size < 0o100000000000 and 0 <= mtime < 0o100000000000
             and devmajor < 0o10000000 and devminor < 0o10000000):
         return None
-    header = b"".join((
-        bname.ljust(100, b"\0"), _octal(mode, 8), _octal(uid, 8), _octal(gid, 8), _octal(size, 12),
-        _octal(mtime, 12), b"        ", typeflag, blink.ljust(100, b"\0"), b"ustar\x0000",
-        bytes(64), _octal(devmajor, 8), _octal(devminor, 8), prefix.ljust(155, b"\0"), bytes(12)))
-    return b"%s%06o\0 %s" % (header[:148], sum(header), header[156:])
+    numbers = (_octal(mode, 8), _octal(uid, 8), _octal(gid, 8), _octal(size, 12), _octal(mtime, 12))
+    devices = (_octal(devmajor, 8), _octal(devminor, 8))
+    # the checksum counts every header byte (itself as spaces); only these fields are not zero
+    checksum = _FIXED_SUM + sum(map(sum, numbers)) + sum(map(sum, devices)) + sum(bname) + sum(blink) \
+        + sum(prefix) + typeflag[0]
+    return b"".join((bname.ljust(100, b"\0"), *numbers, b"%06o\0 " % checksum, typeflag,
+                     blink.ljust(100, b"\0"), _MAGIC, bytes(64), *devices, prefix.ljust(155, b"\0"),
+                     bytes(12)))
 
 
 def _header(name: str, st: os.stat_result, typeflag: bytes, size: int = 0, linkname: str = "",
