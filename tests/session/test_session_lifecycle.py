@@ -17,7 +17,7 @@ from buildkitpy.api import control_pb2
 from buildkitpy.session.client import ClientSession, SessionRejected
 from buildkitpy.session.manager import HEADER_SESSION_ID, HEADER_SESSION_METHOD
 from buildkitpy.session.secrets import SecretsAttachable, get_secret
-from tests.conftest import start_daemon, stop_daemon
+from tests.session.conftest import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.anyio
 
