@@ -13,5 +13,5 @@ COPY frontend ./frontend
 RUN pip install --no-cache-dir . && rm -rf /src
 WORKDIR /
 LABEL moby.buildkit.frontend.network.none="true"
-LABEL moby.buildkit.frontend.caps="moby.buildkit.frontend.inputs,moby.buildkit.frontend.contexts"
+LABEL moby.buildkit.frontend.caps="moby.buildkit.frontend.inputs,moby.buildkit.frontend.subrequests,moby.buildkit.frontend.contexts,moby.buildkit.frontend.gitquerystring"
 ENTRYPOINT ["python", "-m", "buildkitpy.frontend.dockerfile"]

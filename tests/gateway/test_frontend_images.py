@@ -150,9 +150,10 @@ def test_a_hanging_frontend_dies_with_its_build(gw_daemon, images, tmp_path):
 def test_frontend_caps_are_checked(gw_daemon, images, tmp_path):
     ctx = _context(tmp_path, "FROM scratch\n")
     res = _build(gw_daemon, ctx, f"source={images.test_frontend}", "mode=error",
-                 "frontend.caps=moby.buildkit.frontend.subrequests", check=False)
+                 "frontend.caps=moby.buildkit.frontend.subrequests,moby.buildkit.frontend.unknowncap",
+                 check=False)
     assert res.returncode == 1
-    assert "unsupported frontend capability moby.buildkit.frontend.subrequests" in res.stderr.decode()
+    assert "unsupported frontend capability moby.buildkit.frontend.unknowncap" in res.stderr.decode()
 
 
 def test_docker_dockerfile_falls_back_only_when_the_pull_fails(gw_daemon, images, tmp_path):
@@ -181,3 +182,19 @@ def test_a_named_context_replaces_the_frontend_image(gw_daemon, images, tmp_path
     _build(gw_daemon, ctx, "source=registry.invalid/some/frontend:1",
            f"context:registry.invalid/some/frontend:1=docker-image://{images.frontend}", out=out)
     assert (out / "c.txt").read_text() == "c\n"
+
+
+def test_build_checks_through_our_frontend_image(gw_daemon, images, tmp_path):
+    """Our frontend running in its image (LLBBridge over stdio): lint warnings of a build reach the
+    client, and ``requestid=frontend.lint`` answers without building."""
+    ctx = _context(tmp_path, f"FROM {images.busybox} as Base\nENV a b\nRUN echo ok\n")
+    res = _build(gw_daemon, ctx, f"source={images.frontend}")
+    err = res.stderr.decode()
+    assert "WARN: FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)" in err
+    assert "WARN: LegacyKeyValueFormat: \"ENV key=value\" should be used instead of legacy " \
+           "\"ENV key value\" format (line 2)" in err
+    res = _build(gw_daemon, ctx, f"source={images.frontend}", "requestid=frontend.lint")
+    out = res.stdout.decode()
+    assert "WARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/" in out
+    assert " 2 | >>> ENV a b" in out
+    assert "echo ok" not in res.stderr.decode().replace("RUN echo ok\n", "")  # nothing ran
