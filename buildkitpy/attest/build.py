@@ -30,7 +30,8 @@ class BuildProvenance:
         self.capture = collector.begin(ref) if collector is not None else BuildCapture(ref)
         self.maker: ProvenanceMaker | None = None
 
-    def result_ready(self, result: Any) -> None:
+    def result_ready(self, result: Any, worker: Any = None) -> None:
+        """The build's result is known (``worker``: where pulled layer blobs are looked up)."""
         from buildkitpy import __version__
         from buildkitpy.worker import host_platform
 
@@ -38,6 +39,8 @@ class BuildProvenance:
                          invocation_id=self.capture.invocation_id, started=self.capture.started,
                          builder_platform=format_platform(host_platform()), dockerfile_version=__version__)
         self.maker = ProvenanceMaker(self.request or options.ProvenanceRequest(), info, self.capture, result)
+        if worker is not None:
+            self.maker.layer_lookup = _pulled_layers(worker)
 
     def for_exporter(self, kind: str) -> ExportProvenance | None:
         """What exporter ``kind`` attaches (None: an exporter without attestations)."""
@@ -68,3 +71,23 @@ class BuildProvenance:
     def close(self) -> None:
         if self._collector is not None:
             self._collector.end(self.capture.ref)
+
+
+def _pulled_layers(worker: Any) -> Any:
+    """Layer directory → descriptor of the registry blob it was pulled from (if still stored)."""
+    from pathlib import Path
+
+    from buildkitpy.solver.ops.source_image import puller_for
+
+    puller = puller_for(worker)
+    if getattr(worker.snapshots, "mode", "overlay") != "overlay":
+        return None  # copy-mode snapshots have no per-layer directories
+
+    def lookup(path: str) -> dict[str, Any] | None:
+        p = Path(path)
+        pulled = puller.chains.layer_blob(p.parent.name) if p.name == "fs" else None
+        if pulled is None or not puller.store.exists(pulled[0]):
+            return None
+        return {"mediaType": pulled[1], "digest": pulled[0], "size": pulled[2]}
+
+    return lookup

@@ -226,6 +226,22 @@ def layer_descriptors(capture: BuildCapture, exported: list[tuple[str, dict[str,
     return out
 
 
+def known_layer_descriptors(capture: BuildCapture,
+                            lookup: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """(vertex digest, output) → layer descriptors, for the steps whose every layer already has a
+    blob (``lookup(layer directory)`` → descriptor or None; e.g. pulled base image layers), as
+    BuildKit lists the layer blobs a step's result has without an export (blocking)."""
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with capture.lock:
+        chains = [(d, i, chain) for d, step in capture.steps.items()
+                  for i, chain in enumerate(step.layer_chains)]
+    for digest, i, chain in chains:
+        descs = [lookup(p) for p in chain] if chain else []
+        if descs and all(d is not None for d in descs):
+            out[(digest, i)] = descs
+    return out
+
+
 def _digests(definition: ops_pb2.Definition | None) -> set[str]:
     if definition is None:
         return set()

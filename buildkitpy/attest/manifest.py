@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildkitpy.attest import provenance as prov
-from buildkitpy.attest.capture import BuildCapture, layer_descriptors
+from buildkitpy.attest.capture import BuildCapture, known_layer_descriptors, layer_descriptors
 from buildkitpy.attest.options import ProvenanceRequest
 from buildkitpy.errors import InvalidArgument
 from buildkitpy.gocompat import go_json, go_json_indent
@@ -49,6 +49,8 @@ class ProvenanceMaker:
         self.result = result  # buildkitpy.gateway.bridge.FrontendResult
         # Per result key: the last exported image's (layer directory, descriptor) chain.
         self.exported: dict[str | None, list[tuple[str, dict[str, Any]]]] = {}
+        # Layer directory → descriptor of a blob it already has (pulled layers), or None.
+        self.layer_lookup: Any = None
 
     def _ref(self, key: str | None) -> Any:
         if self.result.refs is None:
@@ -62,7 +64,8 @@ class ProvenanceMaker:
         others = [r.definition for r in self.result.all_refs() if r is not ref]
         capture = self.capture.capture_for(definition, others, self._platforms(), key)
         ref_request = ref.request if ref is not None else None
-        layers = layer_descriptors(self.capture, self.exported.get(key, []))
+        layers = known_layer_descriptors(self.capture, self.layer_lookup) if self.layer_lookup else {}
+        layers.update(layer_descriptors(self.capture, self.exported.get(key, [])))
         return prov.predicate(request or self.request, self.info, capture, definition, time.time(),
                               ref_request, layers)
 

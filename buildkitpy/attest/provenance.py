@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 
 from buildkitpy.api import ops_pb2
 from buildkitpy.attest import gojson
-from buildkitpy.attest.capture import Capture, ImageSource
+from buildkitpy.attest.capture import Capture
 from buildkitpy.attest.options import SLSA_V02, ProvenanceRequest
 from buildkitpy.errors import InvalidArgument
 from buildkitpy.gocompat import format_time
@@ -428,11 +428,3 @@ def _source_metadata(definition: ops_pb2.Definition | None,
     out["infos"] = infos
     return out
 
-
-def image_source_of(ref: str, platform: Mapping[str, str] | None, digest: str) -> ImageSource:
-    """An image resolution (``FROM``) as the capture keeps it."""
-    from buildkitpy.image.reference import parse_reference
-
-    p = (platform.get("os", ""), platform.get("architecture", ""), platform.get("variant", "")) \
-        if platform else None
-    return ImageSource(str(parse_reference(ref)), p, digest)

@@ -199,7 +199,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 await job.bridge.evaluate(ref)
             if recording is not None:
                 recording.set_result_metadata(result.metadata)
-            provenance.result_ready(result)
+            provenance.result_ready(result, self.worker)
             response: dict[str, str] = {}
             for index, (exp, run) in enumerate(zip(exporters, resolved, strict=True)):
                 with history_api.span(f"export {exp.Type}"):

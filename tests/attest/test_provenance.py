@@ -282,7 +282,12 @@ def test_history_record_keeps_max_provenance(daemon, registry, http_url, tmp_pat
     pred = json.loads(data)  # the predicate itself, as BuildKit stores it (buildx reads it so)
     assert pred["buildDefinition"]["externalParameters"]["request"]["args"] == {"build-arg:FOO": "hist"}
     assert pred["buildDefinition"]["internalParameters"]["buildConfig"]["llbDefinition"]
-    assert "layers" not in pred["runDetails"]["metadata"]["buildkit_metadata"]  # a local export has none
+    # a local export has no layer blobs, but the pulled base image's are known (as BuildKit lists them)
+    port = registry.host.split(":")[1]
+    base = json.loads(get(registry, "test/busybox", "manifests/latest"))
+    assert pred["runDetails"]["metadata"]["buildkit_metadata"]["layers"] == {"step0:0": [base["layers"]]}
+    assert pred["buildDefinition"]["resolvedDependencies"][0]["uri"].startswith(
+        f"pkg:docker/127.0.0.1%3A{port}/test/busybox@latest")
 
 
 @needs_root
