@@ -182,7 +182,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     except SessionNotFound:
                         cache_session = None
                 await cache.start(self.worker, cache_session, job.bridge.solver_job, job.progress,
-                                  cache_mounts=getattr(self.solver, "cache_mounts", None))
+                                  cache_mounts=getattr(self.solver, "cache_mounts", None),
+                                  storage=getattr(self.solver, "cache", None))
             if request.HasField("Definition") and getattr(request.Definition, "def"):
                 result = await job.bridge.solve(definition=request.Definition)
             elif request.Frontend:

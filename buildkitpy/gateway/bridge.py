@@ -35,6 +35,7 @@ class ResultRef:
     definition: ops_pb2.Definition
     snapshot: Any = None  # ImmutableSnapshot once evaluated
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cache_keys: list[Any] = field(default_factory=list)  # the solver's keys of the result (cache export)
     # The frontend request (name, options) whose solve returned this ref, for its provenance.
     request: tuple[str, dict[str, str]] | None = None
 
@@ -126,6 +127,7 @@ class GatewayBridge:
             if ref.snapshot is None:
                 result = await self.solver.solve(ref.definition, self._solver_job)
                 ref.snapshot = result.ref
+                ref.cache_keys = list(getattr(result, "cache_keys", None) or ())
             return ref.snapshot
 
     def ref(self, ref_id: str) -> ResultRef | None:

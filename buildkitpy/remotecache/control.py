@@ -140,7 +140,8 @@ async def load_imports(worker: Any, session: Any, entries: list[CacheEntry],
 
 
 async def run_exports(worker: Any, session: Any, job_cache: JobCache, refs: list[Any],
-                      entries: list[CacheEntry], progress: Any, cache_mounts: Any = None) -> dict[str, str]:
+                      entries: list[CacheEntry], progress: Any, cache_mounts: Any = None,
+                      storage: Any = None) -> dict[str, str]:
     """Export the build's cache to every non-inline entry; returns ExporterResponse additions."""
     from buildkitpy.remotecache import cachemounts, exporter, local, registry, s3
 
@@ -163,7 +164,7 @@ async def run_exports(worker: Any, session: Any, job_cache: JobCache, refs: list
                       if mount_ids and carried and cache_mounts is not None else [])
             blobs = await exporter.prepare(worker, job_cache, targets, mode=mode, image_options=image_options,
                                            image_manifest=image_manifest, progress=progress, vertex=vertex,
-                                           mounts=mounts)
+                                           mounts=mounts, storage=storage)
             if blobs is None:
                 progress.status(vertex, "skipping cache export for empty result",
                                 name="skipping cache export for empty result", completed=True)
@@ -194,6 +195,7 @@ class CacheRun:
         self._worker: Any = None
         self._session: Any = None
         self._cache_mounts: Any = None
+        self._storage: Any = None  # the solver's own CacheStorage (results by key id)
 
     @classmethod
     def from_request(cls, cache: Any, frontend_attrs: Mapping[str, str]) -> CacheRun:
@@ -222,10 +224,11 @@ class CacheRun:
         return any(e.type == "inline" for e in self.exports)
 
     async def start(self, worker: Any, session: Any, solver_job: Any, progress: Any,
-                    cache_mounts: Any = None) -> None:
+                    cache_mounts: Any = None, storage: Any = None) -> None:
         from buildkitpy.remotecache import cachemounts
 
-        self._worker, self._session, self._cache_mounts = worker, session, cache_mounts
+        self._worker, self._session = worker, session
+        self._cache_mounts, self._storage = cache_mounts, storage
         imports = await load_imports(worker, session, self.imports, progress) if self.imports else []
         for imp in imports:
             if imp.mounts and cache_mounts is not None:
@@ -245,7 +248,7 @@ class CacheRun:
         if self.job_cache is None or not self.exports:
             return {}
         return await run_exports(self._worker, self._session, self.job_cache, refs, self.exports, progress,
-                                 self._cache_mounts)
+                                 self._cache_mounts, self._storage)
 
     async def close(self) -> None:
         if self.job_cache is not None:

@@ -50,9 +50,11 @@ class CacheBlobs:
 
 def result_nodes(job_cache: JobCache, refs: list[Any]) -> list[KeyNode]:
     """The key nodes of the build's result refs (``ResultRef``s already evaluated)."""
+    from buildkitpy.remotecache.keys import from_cache_keys
     from buildkitpy.solver.loader import load_definition
 
     out = []
+    memo: dict[str, KeyNode] = {}
     for ref in refs:
         graph = load_definition(ref.definition)
         if graph.result is None:
@@ -60,17 +62,61 @@ def result_nodes(job_cache: JobCache, refs: list[Any]) -> list[KeyNode]:
         nodes = job_cache.nodes.get(graph.result.digest)
         if nodes is not None and graph.result.index < len(nodes):
             out.append(nodes[graph.result.index])
+        elif getattr(ref, "cache_keys", None):  # the solver core's keys (Result.cache_keys)
+            out.extend(from_cache_keys(ref.cache_keys, memo))
+    return out
+
+
+def _reachable(targets: list[KeyNode]) -> list[KeyNode]:
+    seen: dict[int, KeyNode] = {}
+    stack = list(targets)
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen[id(n)] = n
+        stack.extend(link.node for links in n.deps for link in links)
+    return list(seen.values())
+
+
+def _from_storage(storage: Any, nodes: list[KeyNode], held: dict[int, Any]) -> list[tuple[KeyNode, Any]]:
+    """Handles on the results the solver's own storage has for ``nodes`` (blocking; the caller
+    releases them): how results are found once the solver core keeps them by key."""
+    out = []
+    for n in nodes:
+        if not n.storage_id or id(n) in held or n.random:
+            continue
+        results = storage.results(n.storage_id)
+        for res in results:
+            try:
+                out.append((n, storage.load(n.storage_id, res)))
+                break
+            except LookupError:  # CacheResultGone: pruned meanwhile
+                continue
     return out
 
 
 async def collect(worker: Any, job_cache: JobCache, targets: list[KeyNode], *, mode: str,
-                  image_options: Any, progress: Any, vertex: str) -> Exported:
+                  image_options: Any, progress: Any, vertex: str, storage: Any = None) -> Exported:
     """The records and layer chains of ``targets`` (and, for ``mode=max``, of every result)."""
-    from buildkitpy.exporter.imagebuild.assemble import _LayerExporter
-
     target_ids = {id(n) for n in targets}
     chosen = [(node, snap) for key, (node, snap) in job_cache.results.items()
               if mode == "max" or key in target_ids]
+    loaded: list[tuple[KeyNode, Any]] = []
+    if storage is not None and hasattr(storage, "results"):
+        wanted = _reachable(targets) if mode == "max" else list(targets)
+        loaded = await anyio.to_thread.run_sync(_from_storage, storage, wanted, job_cache.results)
+    try:
+        return await _collect(worker, chosen + loaded, targets, image_options, progress, vertex)
+    finally:
+        for _, snap in loaded:
+            await anyio.to_thread.run_sync(snap.release)
+
+
+async def _collect(worker: Any, chosen: list[tuple[KeyNode, Any]], targets: list[KeyNode], image_options: Any,
+                   progress: Any, vertex: str) -> Exported:
+    from buildkitpy.exporter.imagebuild.assemble import _LayerExporter
+
     layer_lists: list[list[os.PathLike]] = []
     for _, snap in chosen:
         layer_lists.append(await anyio.to_thread.run_sync(snap.layers))
@@ -113,14 +159,14 @@ def _go_json(doc: Any) -> bytes:
 
 
 async def prepare(worker: Any, job_cache: JobCache, targets: list[KeyNode], *, mode: str, image_options: Any,
-                  image_manifest: bool, progress: Any, vertex: str, mounts: list[Any] = ()  # type: ignore[assignment]
-                  ) -> CacheBlobs | None:
+                  image_manifest: bool, progress: Any, vertex: str, mounts: list[Any] = (),  # type: ignore[assignment]
+                  storage: Any = None) -> CacheBlobs | None:
     """Collect, write the config and manifest into the content store; None when nothing is
     exportable (no result has layers)."""
     from buildkitpy.solver.ops.source_image import puller_for
 
     exported = await collect(worker, job_cache, targets, mode=mode, image_options=image_options,
-                             progress=progress, vertex=vertex)
+                             progress=progress, vertex=vertex, storage=storage)
     if not exported.config.layers and not mounts:
         return None
     store = puller_for(worker).store

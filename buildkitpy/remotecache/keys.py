@@ -36,6 +36,7 @@ class KeyNode:
     digest: str
     output: int
     deps: list[list[Link]] = field(default_factory=list)
+    storage_id: str = ""  # the key's id in the solver's own CacheStorage (its results live there)
 
     @property
     def record_digest(self) -> str:
@@ -77,3 +78,27 @@ def exportable(node: KeyNode, memo: dict[int, bool] | None = None) -> bool:
     ok = not node.random and all(any(exportable(link.node, memo) for link in links) for links in node.deps)
     memo[id(node)] = ok
     return ok
+
+
+def from_cache_keys(keys: list[object], memo: dict[str, KeyNode] | None = None) -> list[KeyNode]:
+    """Nodes for the solver core's ``CacheKey`` objects (``digest``, ``output``, ``deps`` as
+    ``((input key, selector), ...)``, ``ephemeral``, ``id``), iteratively (key chains can be long)."""
+    memo = {} if memo is None else memo
+    stack = list(keys)
+    while stack:
+        k = stack[-1]
+        kid = k.id  # type: ignore[attr-defined]
+        if kid in memo:
+            stack.pop()
+            continue
+        missing = [d for d, _ in k.deps if d.id not in memo]  # type: ignore[attr-defined]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        digest = k.digest  # type: ignore[attr-defined]
+        if k.ephemeral:  # type: ignore[attr-defined]
+            digest = RANDOM_PREFIX + digest.partition(":")[2]
+        memo[kid] = KeyNode(digest, k.output, [[Link(memo[d.id], sel)] for d, sel in k.deps],  # type: ignore[attr-defined]
+                            storage_id=kid)
+    return [memo[k.id] for k in keys]  # type: ignore[attr-defined]

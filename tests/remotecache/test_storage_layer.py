@@ -79,3 +79,33 @@ def test_writes_are_refused(storage: RemoteCacheStorage):
         storage.add_link("x", CacheLink(0, 0, d("a")), "y")
     with pytest.raises(ReadOnlyCache):
         storage.add_result("x", object())
+
+
+def test_exports_walk_the_solver_cores_cache_keys_and_its_storage():
+    """With the solver core, a result's keys (Result.cache_keys) and the core's own storage are what
+    the exporter reads: keys become records, results are found by key id."""
+    from buildkitpy.remotecache.exporter import _from_storage, _reachable
+    from buildkitpy.remotecache.keys import from_cache_keys
+    from buildkitpy.solver.cachekey import CacheKey
+    from buildkitpy.solver.cachestorage import InMemoryCacheStorage
+
+    src = CacheKey(d("a"))
+    run = CacheKey(d("b"), 0, ((src, ""),))
+    copy_fast = CacheKey(d("c"), 0, ((run, d("5")),))
+    copy_slow = CacheKey(d("c"), 0, ((CacheKey(d("9"), -1), ""),))
+    local = CacheKey(d("e"), ephemeral=True)
+    nodes = from_cache_keys([copy_fast, copy_slow, CacheKey(d("f"), 0, ((local, ""),))])
+    assert [n.record_digest for n in nodes[:2]] == [root_key(d("c"), 0)] * 2
+    assert nodes[2].deps[0][0].node.random  # ephemeral keys are never exported
+
+    store = InMemoryCacheStorage("local")
+    store.add_result(run.id, "run-result")
+    store.add_result(copy_fast.id, "copy-result")
+    found = _from_storage(store, _reachable(nodes[:2]), {})
+    assert sorted(v for _, v in found) == ["copy-result", "run-result"]
+    exported = build_config(nodes[:2], {id(n): ([layer("1")], go_time(1)) for n, _ in found})
+    index = RemoteIndex(exported.config, {x.digest: x for x in exported.layers})
+    again = from_cache_keys(
+        [CacheKey(d("c"), 0, ((CacheKey(d("b"), 0, ((CacheKey(d("a")), ""),)), d("5")),))]
+    )
+    assert index.result_chains(index.match(again[0]))
