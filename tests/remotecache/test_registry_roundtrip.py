@@ -3,6 +3,7 @@ runc, our CLI."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.conftest import needs_root
@@ -30,6 +31,13 @@ def test_registry_max_roundtrip_fresh_daemon(make_daemon, cache_registry, base_i
     assert run2.ran() == set(), run2.text
     assert len(run2.cached()) == 4, run2.text
     assert (tmp_path / "out2" / "three").read_text() == "one\ntwo\nhello\n"
+    # The second daemon pulled the layers the final result is made of and no other layer (the rest
+    # of its content store is the base image's manifest and config, read to resolve FROM).
+    stored = {p.name: p for p in second.root.glob("state/content/blobs/sha256/*")}
+    listed = {d[7:] for d in _cache_layer_blobs(cache_registry, "cache/app", "max")}
+    assert listed <= set(stored), (stored, listed)
+    for name in set(stored) - listed:
+        json.loads(stored[name].read_bytes())  # a JSON document, not a layer
 
 
 def _cache_layer_blobs(registry, repo: str, tag: str) -> list[str]:
