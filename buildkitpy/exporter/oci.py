@@ -108,17 +108,25 @@ def archive_members(image: AssembledImage, top: dict[str, Any], names: list[str]
 
 
 class _Out:
+    """The archive as chunks for the client: headers gathered, blob contents (read by tarfile in
+    ``CHUNK`` pieces) passed on as they are, without another copy."""
+
+    _LARGE = 64 * 1024
+
     def __init__(self, emit: Callable[[bytes], None]) -> None:
         self._emit = emit
         self._buf = bytearray()
         self._n = 0
 
     def write(self, data: bytes) -> int:
-        self._buf += data
         self._n += len(data)
+        if len(data) >= self._LARGE and isinstance(data, bytes):
+            self.flush()
+            self._emit(data)
+            return len(data)
+        self._buf += data
         if len(self._buf) >= CHUNK:
-            self._emit(bytes(self._buf))
-            self._buf.clear()
+            self.flush()
         return len(data)
 
     def tell(self) -> int:

@@ -256,3 +256,24 @@ def test_base_layers_are_reused_from_the_registry(daemon, tmp_path, base_registr
     assert image.manifest["layers"][0]["digest"] != base_layer["digest"]
     assert image.manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
     skopeo("inspect", f"oci-archive:{dest}")
+
+
+def test_large_layer_in_parallel_blocks(daemon, tmp_path):
+    """A layer of several gzip blocks (compressed on all cores) in an archive sent in chunks: the
+    blob is the block format of its tar whatever the daemon's thread count, and Go's gzip reader
+    (skopeo decompressing every layer) takes it."""
+    from buildkitpy.image import compression as comp
+
+    text = "".join(f"line {i} {i * 7919 % 100003}\n" for i in range(400_000))  # ~6 MB
+    dest, _ = build(daemon, tmp_path, "type=oci", dockerfile="FROM scratch\nCOPY big.txt /big.txt\n",
+                    files={"big.txt": text})
+    image = read_layout(dest).image
+    raw = image.layers[0]
+    assert len(raw) > 4 * comp.GZIP_BLOCK
+    c = comp.new_compressor(comp.CompressionConfig("gzip"), threads=1)
+    blob = read_layout(dest).files["blobs/sha256/" + image.manifest["layers"][0]["digest"][7:]]
+    assert blob == c.compress(raw) + c.flush()
+    assert image.layer_members(0)["big.txt"].size == len(text)
+    skopeo("copy", "--dest-decompress", f"oci-archive:{dest}", f"dir:{tmp_path / 'copied'}")
+    layer = tmp_path / "copied" / image.config["rootfs"]["diff_ids"][0][7:]  # stored decompressed
+    assert layer.read_bytes() == raw
