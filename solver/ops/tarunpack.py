@@ -75,7 +75,9 @@ def _extract(tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path
     """Place one member at ``name`` inside ``dest`` (directories get their metadata at the end)."""
     target = secure_join(dest, posixpath.dirname(name)) / posixpath.basename(name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(target) and not (member.isdir() and target.is_dir()):
+    # what is there is replaced, unless both are directories: a symlink to a directory is not one
+    # (metadata applied through it would change whatever it points at, outside ``dest`` too)
+    if os.path.lexists(target) and not (member.isdir() and target.is_dir() and not target.is_symlink()):
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         else:

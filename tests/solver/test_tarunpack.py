@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -50,3 +52,16 @@ def test_device_node_without_cap_mknod_says_so(tmp_path: Path) -> None:
     expected = ("SolveError failed to extract d.tar: device node 'null': operation not permitted "
                 "(creating device nodes needs CAP_MKNOD outside a user namespace)")
     assert res.stdout.strip() == expected, res.stdout + res.stderr
+
+
+def test_a_directory_over_a_symlink_replaces_it_instead_of_chmodding_its_target(tmp_path: Path) -> None:
+    # found by the fuzz suite: the directory's metadata went through the symlink, outside the tree
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    os.chmod(outside, 0o755)
+    tar = archive(tmp_path / "a.tar", (member("etc", tarfile.SYMTYPE, linkname=str(outside)), b""),
+                  (member("etc", tarfile.DIRTYPE, mode=0o777), b""))
+    unpack(tar, tmp_path / "dest", None)
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o755
+    assert (tmp_path / "dest" / "etc").is_dir() and not (tmp_path / "dest" / "etc").is_symlink()
+    assert stat.S_IMODE(os.stat(tmp_path / "dest" / "etc").st_mode) == 0o777
