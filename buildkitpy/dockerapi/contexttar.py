@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,7 +57,7 @@ def extract(archive: Path, dest: Path) -> None:
             for member in tar:
                 rel = _member_path(member.name)
                 if member.islnk():
-                    _member_path(member.linkname)
+                    member.linkname = _member_path(member.linkname)
                 if member.ischr() or member.isblk() or member.isfifo():
                     continue  # devices have no place in a build context
                 if rel == ".":
@@ -64,13 +65,36 @@ def extract(archive: Path, dest: Path) -> None:
                 member.name = rel
                 members.append(member)
             for member in members:
-                _refuse_symlinked_parent(dest, member.name)
-                tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+                _extract_member(tar, member, dest)
     except ContextError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise ContextError(f"invalid build context: the body is not a readable tar archive "
                            f"(plain, gzip, bzip2 or xz): {exc}") from None
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+    """One member, never written through a symlink: its parents and a hard link's target must not
+    be below one, and what is already at its path is replaced (kept only when both are
+    directories), as moby's archive package does."""
+    _refuse_symlinked_parent(dest, member.name)
+    if member.islnk():
+        _refuse_symlinked_parent(dest, member.linkname)
+    target = dest / member.name
+    try:
+        if os.path.lexists(target) and not (member.isdir() and target.is_dir() and not target.is_symlink()):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+    except KeyError:  # tarfile's lookup of a hard link's target
+        raise ContextError(f"invalid build context: tar member {member.name!r} links to {member.linkname!r}, "
+                           "which the archive does not hold before it") from None
+    except (OSError, OverflowError, ValueError) as exc:
+        reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ContextError(f"invalid build context: cannot create tar member {member.name!r}: "
+                           f"{reason}") from None
 
 
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
