@@ -32,7 +32,7 @@ from protogen import messages
 
 from buildkitpy import llb
 from buildkitpy.api import fsutil_stat_pb2, fsutil_wire_pb2, ops_pb2
-from buildkitpy.dockerapi import options
+from buildkitpy.dockerapi import contexttar, options
 from buildkitpy.dockerapi.http import ClientGone, HTTPConnection, HTTPError
 from buildkitpy.dockerapi.server import Router, version_tuple
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, SolveError
@@ -333,7 +333,7 @@ class Box:
         (self.root / "outside" / "canary").write_text("canary")
         self.before = self._outside()
 
-    def _outside(self) -> dict[str, tuple[int, int, int]]:
+    def _outside(self) -> dict[str, tuple[int, ...]]:
         seen = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.root:
@@ -341,14 +341,22 @@ class Box:
             for name in dirnames + filenames:
                 path = os.path.join(dirpath, name)
                 st_ = os.lstat(path)
-                seen[path] = (st_.st_mode, st_.st_size, st_.st_mtime_ns)
+                seen[path] = (st_.st_mode, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns, st_.st_nlink,
+                              st_.st_ino)
         return seen
 
     def assert_untouched(self) -> None:
+        """Nothing outside ``dest`` changed (a hard link to it changes its link count), and nothing
+        in ``dest`` is a file from outside (a hard link made through a symlink)."""
         after = self._outside()
         changed = {k for k in set(after) | set(self.before) if after.get(k) != self.before.get(k)}
         changed.discard(str(self.root / "archive.tar"))
         assert not changed, f"written outside the destination: {sorted(changed)}"
+        outside_inodes = {v[5] for v in after.values()}
+        for dirpath, _, filenames in os.walk(self.dest):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                assert os.lstat(path).st_ino not in outside_inodes, f"{path} is a file from outside"
 
     def close(self) -> None:
         self.tmp.cleanup()
@@ -436,6 +444,22 @@ def check_tar(value: Any) -> None:
         box.dest.mkdir()
         try:
             unpack(archive, box.dest, owner)
+        finally:
+            box.assert_untouched()
+    finally:
+        box.close()
+
+
+def check_context_tar(value: Any) -> None:
+    """The build context ``docker build`` uploads to the Engine API (``POST /build``)."""
+    members, damage, (fmt, _) = value
+    box = Box()
+    try:
+        archive = box.root / "archive.tar"
+        _write_tar(archive, box.root, members, damage, fmt)
+        box.before = box._outside()
+        try:
+            contexttar.extract(archive, box.dest)
         finally:
             box.assert_untouched()
     finally:
@@ -539,6 +563,7 @@ TARGETS = [
     Target("llb-loader", definitions(), check_loader, (InvalidArgument,), 30),
     Target("filesync", packet_streams(), check_filesync, (DiffCopyError, RemoteError, ApplyError), 60),
     Target("tar-unpack", tar_archives(), check_tar, (SolveError,), 60),
+    Target("context-tar", tar_archives(), check_context_tar, (contexttar.ContextError,), 60),
     Target("http-request", http_requests(), check_http, (HTTPError, ClientGone, BuildkitpyError), 150),
 ]
 BY_NAME = {t.name: t for t in TARGETS}
