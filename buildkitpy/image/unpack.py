@@ -150,25 +150,34 @@ class _Applier:
 
     def apply(self, tf: tarfile.TarFile) -> None:
         for member in tf:
-            name = _clean_name(member.name)
-            if not name or name == ".":
-                if member.isdir():
-                    self._metadata(self.root, member, defer_time=True)
-                continue
-            parent_rel, base = posixpath.split(name)
-            if base.startswith(WHITEOUT_PREFIX):
-                self._whiteout(parent_rel, base)
-                continue
-            if parent_rel:
-                mkdir_all_in_root(self.root, parent_rel)
-            parent = secure_join(self.root, parent_rel)
-            if not parent.is_dir():
-                raise LayerError(f"layer entry {member.name!r}: parent is not a directory")
-            target = parent / base
-            self._place(tf, member, target)
-            self.written.add(name)
+            try:
+                self._apply_member(tf, member)
+            except (OSError, OverflowError, ValueError) as exc:  # what the tree refuses, in words
+                reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise LayerError(f"layer entry {member.name!r}: {reason}") from None
         for path, mtime in reversed(self.dir_times):
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
+            try:
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # a later entry of the layer removed or replaced the directory
+
+    def _apply_member(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = _clean_name(member.name)
+        if not name or name == ".":
+            if member.isdir():
+                self._metadata(self.root, member, defer_time=True)
+            return
+        parent_rel, base = posixpath.split(name)
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent_rel, base)
+            return
+        if parent_rel:
+            mkdir_all_in_root(self.root, parent_rel)
+        parent = secure_join(self.root, parent_rel)
+        if not parent.is_dir():
+            raise LayerError(f"layer entry {member.name!r}: parent is not a directory")
+        self._place(tf, member, parent / base)
+        self.written.add(name)
 
     def _whiteout(self, parent_rel: str, base: str) -> None:
         parent = secure_join(self.root, parent_rel)
@@ -248,7 +257,8 @@ class _Applier:
             try:
                 os.setxattr(target, xattr, raw, follow_symlinks=False)
             except OSError as exc:
-                raise LayerError(f"cannot set xattr {xattr} on {member.name!r}: {exc}") from None
+                raise LayerError(f"cannot set xattr {xattr} on {member.name!r}: "
+                                 f"{(exc.strerror or str(exc)).lower()}") from None
         mtime = int(member.mtime)
         if defer_time:
             self.dir_times.append((target, mtime))

@@ -95,3 +95,24 @@ def test_diff_id_is_checked_and_corrupt_data_is_an_error(tmp_path, root):
     blob.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(LayerError):
         apply_layer_blob(blob, "", root, None)
+
+
+# found by the fuzz suite: a directory a later entry removed, and what the tree refuses
+def test_a_directory_removed_later_in_the_same_layer_applies(tmp_path, root):
+    tar = TarBuilder().dir("a").add(".wh.a").dir("b").add("b", data=b"file now").bytes()
+    apply(tmp_path, tar, root)
+    assert not (root / "a").exists() and (root / "b").read_bytes() == b"file now"
+
+
+@pytest.mark.parametrize("tar,message", [
+    (lambda: TarBuilder().add("a", kind=tarfile.FIFOTYPE, xattrs={"user.a": "v"}).bytes(),
+     "cannot set xattr user.a on 'a': operation not permitted"),
+    (lambda: TarBuilder().add("n" * 300, data=b"x").bytes(),
+     f"layer entry '{'n' * 300}': file name too long"),
+    (lambda: TarBuilder().add("a", uid=2**40).bytes(), "layer entry 'a': "),
+])
+def test_entries_the_tree_refuses_are_layer_errors_in_words(tmp_path, root, tar, message):
+    with pytest.raises(LayerError) as err:
+        apply(tmp_path, tar(), root)
+    assert message in str(err.value)
+    assert "Errno" not in str(err.value)
