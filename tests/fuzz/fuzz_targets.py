@@ -44,6 +44,8 @@ from buildkitpy.fsutil import modes, packets
 from buildkitpy.fsutil.errors import ApplyError, DiffCopyError, RemoteError
 from buildkitpy.fsutil.patterns import PatternError
 from buildkitpy.fsutil.receiver import disk_receiver
+from buildkitpy.image.mediatypes import UNCOMPRESSED
+from buildkitpy.image.unpack import LayerError, apply_layer_blob
 from buildkitpy.solver import loader
 from buildkitpy.solver.ops.tarunpack import unpack
 
@@ -389,7 +391,8 @@ def tar_archives(draw: st.DrawFn) -> tuple[list[tuple[str, bytes, str, dict[str,
     names and links ``@BOX@`` are rewritten to the box's absolute path when written."""
     names = st.sampled_from(["a", "a/b", "../x", "../../outside/pwned", "/abs", "@BOX@/outside/pwned",
                              "link/x", "link/../../x", "dirlink/y", "./c", "a/./b/../c", ".", "..", "x" * 120,
-                             "d/" * 60 + "deep", "\udcff", "a\x00b", "é"])
+                             "d/" * 60 + "deep", "\udcff", "a\x00b", "é", ".wh.a", "a/.wh..wh..opq",
+                             ".wh..wh..opq", "link/.wh.x", ".wh...", "a/.wh.b"])
     links = st.sampled_from(["a", "../outside", "../../outside", "/", "@BOX@/outside", "@BOX@/outside/canary",
                              "../outside/canary", "a/b", "missing", "link", "", "x" * 200])
     members = draw(st.lists(st.tuples(names, st.sampled_from(_TAR_TYPES), links,
@@ -460,6 +463,23 @@ def check_context_tar(value: Any) -> None:
         box.before = box._outside()
         try:
             contexttar.extract(archive, box.dest)
+        finally:
+            box.assert_untouched()
+    finally:
+        box.close()
+
+
+def check_image_layer(value: Any) -> None:
+    """A layer of an image from a registry, applied onto a snapshot's tree (whiteouts included)."""
+    members, damage, (fmt, _) = value
+    box = Box()
+    try:
+        archive = box.root / "archive.tar"
+        _write_tar(archive, box.root, members, damage, fmt)
+        box.before = box._outside()
+        box.dest.mkdir()
+        try:
+            apply_layer_blob(archive, UNCOMPRESSED, box.dest, None)
         finally:
             box.assert_untouched()
     finally:
@@ -563,6 +583,7 @@ TARGETS = [
     Target("llb-loader", definitions(), check_loader, (InvalidArgument,), 30),
     Target("filesync", packet_streams(), check_filesync, (DiffCopyError, RemoteError, ApplyError), 60),
     Target("tar-unpack", tar_archives(), check_tar, (SolveError,), 60),
+    Target("image-layer", tar_archives(), check_image_layer, (LayerError,), 60),
     Target("context-tar", tar_archives(), check_context_tar, (contexttar.ContextError,), 60),
     Target("http-request", http_requests(), check_http, (HTTPError, ClientGone, BuildkitpyError), 150),
 ]
