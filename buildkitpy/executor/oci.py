@@ -11,6 +11,7 @@ from typing import Any
 from buildkitpy.executor import seccomp
 from buildkitpy.executor.spec import DEFAULT_PATH, ExecSpec, NetworkMode, SecurityMode
 from buildkitpy.executor.user import ResolvedUser
+from buildkitpy.userns import running_in_user_namespace
 
 OCI_VERSION = "1.0.2"
 
@@ -163,23 +164,19 @@ def cgroups_path(parent: str, container_id: str) -> str:
     return os.path.normpath(os.path.join("/", parent, "buildkit", container_id))
 
 
-def running_in_user_namespace() -> bool:
-    """Whether this process runs in a user namespace other than the initial one (rootless mode,
-    e.g. under rootlesskit): then only part of the uid range is mapped."""
-    try:
-        fields = Path("/proc/self/uid_map").read_text().split()
-    except OSError:
-        return False
-    return fields != ["0", "0", "4294967295"]
-
-
 def to_rootless(config: dict[str, Any]) -> None:
-    """Adjust a config for runc inside a user namespace, as BuildKit's rootless worker does: no
-    ``/sys`` mounts (sysfs of a network namespace we do not own cannot be mounted), no cgroup
-    resources, and bind mounts that keep the flags the kernel locks on their source mount (a
-    remount dropping nosuid, nodev, noexec or ro is refused in a user namespace)."""
-    config["mounts"] = [m for m in config["mounts"]
-                        if m["destination"] != "/sys" and not m["destination"].startswith("/sys/")]
+    """Adjust a config for runc inside a user namespace, as BuildKit's rootless worker does: ``/sys``
+    is a read-only recursive bind of the daemon's own (a fresh sysfs cannot be mounted for a network
+    namespace the user namespace does not own, e.g. under ``rootlesskit --net=host``; the mount
+    point stays, so the image's filesystem is the same as with root), no cgroup resources, and bind
+    mounts that keep the flags the kernel locks on their source mount (a remount dropping nosuid,
+    nodev, noexec or ro is refused in a user namespace)."""
+    mounts = [m for m in config["mounts"] if not m["destination"].startswith("/sys/")]
+    for i, m in enumerate(mounts):
+        if m["destination"] == "/sys":
+            mounts[i] = {"destination": "/sys", "type": "bind", "source": "/sys",
+                         "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+    config["mounts"] = mounts
     for m in config["mounts"]:
         if "bind" in m["options"] or "rbind" in m["options"]:
             for flag in locked_mount_flags(m["source"]):

@@ -33,7 +33,7 @@ from buildkitpy.snapshot.fs import mkdir_all_in_root, secure_join
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
-_FORBIDDEN_XATTR_PREFIX = "trusted.overlay."
+_FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
 class LayerError(InvalidArgument):
@@ -251,7 +251,7 @@ class _Applier:
             if not key.startswith(_XATTR_PAX_PREFIX):
                 continue
             xattr = key[len(_XATTR_PAX_PREFIX):]
-            if xattr.startswith(_FORBIDDEN_XATTR_PREFIX):
+            if xattr.startswith(_FORBIDDEN_XATTR_PREFIXES):
                 continue
             raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
             try:

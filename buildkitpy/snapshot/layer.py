@@ -2,8 +2,10 @@
 
 A layer is a directory of changed entries. A deletion is a *whiteout* (a character device 0/0 with
 the deleted name); a directory whose lower contents are all hidden carries the xattr
-``trusted.overlay.opaque=y``. This is what overlayfs writes into an upper dir and what OCI layer
-tars encode as ``.wh.`` entries, so layers from either source mean the same thing.
+``trusted.overlay.opaque=y`` (``user.overlay.opaque=y`` in a user namespace, where overlays are
+mounted with ``userxattr``: trusted xattrs need privileges there). This is what overlayfs writes
+into an upper dir and what OCI layer tars encode as ``.wh.`` entries, so layers from either source
+mean the same thing.
 """
 
 from __future__ import annotations
@@ -13,19 +15,32 @@ import shutil
 import stat
 from pathlib import Path
 
-OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
+from buildkitpy.userns import running_in_user_namespace
+
+TRUSTED_OPAQUE_XATTR = "trusted.overlay.opaque"
+USER_OPAQUE_XATTR = "user.overlay.opaque"
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+
+def opaque_xattr() -> str:
+    """The name overlayfs reads opaque markers under on this daemon's mounts."""
+    return USER_OPAQUE_XATTR if running_in_user_namespace() else TRUSTED_OPAQUE_XATTR
 
 
 def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+def is_opaque(path: Path | str) -> bool:
+    """Whether ``path`` carries an opaque marker, under either name (a layer may come from a root
+    or a rootless daemon)."""
+    for name in (TRUSTED_OPAQUE_XATTR, USER_OPAQUE_XATTR):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def make_whiteout(path: Path) -> None:
@@ -39,7 +54,7 @@ def _xattrs(path: Path) -> dict[str, bytes]:
         return {}
     out = {}
     for name in names:
-        if name.startswith(_OVERLAY_XATTR_PREFIX):
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
             continue
         try:
             out[name] = os.getxattr(path, name, follow_symlinks=False)
@@ -167,7 +182,7 @@ def _diff_dir(lower: Path | None, upper: Path, out: Path, copier: _Copier, make_
     opaque = make_out_dir and lower is not None and bool(lower_names) and not survivors
     if opaque:
         ensure_out()
-        os.setxattr(out, OPAQUE_XATTR, b"y")
+        os.setxattr(out, opaque_xattr(), b"y")
 
     for name, ust in sorted(upper_entries.items()):
         src, dst = upper / name, out / name
@@ -195,7 +210,7 @@ def _diff_dir(lower: Path | None, upper: Path, out: Path, copier: _Copier, make_
     if changed:
         _copy_metadata(upper, ust_dir, out)
         if opaque:
-            os.setxattr(out, OPAQUE_XATTR, b"y")
+            os.setxattr(out, opaque_xattr(), b"y")
     return changed
 
 

@@ -17,10 +17,9 @@ import os
 import stat
 from pathlib import Path
 
-from buildkitpy.snapshot.layer import OPAQUE_XATTR, is_whiteout
+from buildkitpy.snapshot.layer import is_opaque, is_whiteout
 
 CAPABILITY_XATTR = "security.capability"
-_USER_OPAQUE_XATTR = "user.overlay.opaque"
 _CHUNK = 1 << 16
 
 
@@ -32,13 +31,7 @@ def _lstat(path: str) -> os.stat_result | None:
 
 
 def _opaque(path: str) -> bool:
-    for name in (OPAQUE_XATTR, _USER_OPAQUE_XATTR):
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
+    return is_opaque(path)
 
 
 def _capability(path: str) -> bytes | None:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buildkitpy.userns import running_in_user_namespace
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
 MS_RDONLY = 0x1
@@ -113,6 +115,9 @@ def _options(lowers: Sequence[str], upper: str | None, work: str | None, extra: 
         opts += [f"upperdir={upper}", f"workdir={work}"]
     if extra:
         opts += list(_EXTRA_OPTIONS)
+    if running_in_user_namespace():
+        # unprivileged overlay (kernel 5.11+): markers in user.overlay.*, trusted.* needs privileges
+        opts.append("userxattr")
     return ",".join(opts)
 
 

@@ -18,7 +18,7 @@ from buildkitpy.errors import InvalidArgument
 from buildkitpy.exporter.imagebuild.blobs import compress_layer
 from buildkitpy.exporter.imagebuild.layertar import write_layer_tar
 from buildkitpy.image import compression as comp
-from buildkitpy.snapshot.layer import OPAQUE_XATTR, make_whiteout
+from buildkitpy.snapshot.layer import TRUSTED_OPAQUE_XATTR, make_whiteout
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def layer(tmp_path) -> Path:
     make_whiteout(root / "deleted")
     make_whiteout(root / "dir" / "gone")
     (root / "opaque").mkdir()
-    os.setxattr(root / "opaque", OPAQUE_XATTR, b"y")
+    os.setxattr(root / "opaque", TRUSTED_OPAQUE_XATTR, b"y")
     (root / "opaque" / "kept").write_text("k")
     os.mkfifo(root / "fifo")
     os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
@@ -170,7 +170,7 @@ def chain(tmp_path) -> tuple[Path, Path, Path]:
     make_whiteout(upper / "data" / "a")
     make_whiteout(upper / "nothing")
     (upper / "cfg").mkdir()
-    os.setxattr(upper / "cfg", OPAQUE_XATTR, b"y")
+    os.setxattr(upper / "cfg", TRUSTED_OPAQUE_XATTR, b"y")
     (upper / "cfg" / "fresh").write_text("f")
     return base, mid, upper
 

@@ -16,7 +16,7 @@ from buildkitpy.image.pull import ImagePuller, PullResult
 from buildkitpy.image.reference import parse_reference
 from buildkitpy.image.registry import RegistryClient, RegistryNotFound, RegistryUnauthorized
 from buildkitpy.image.resolve import resolve_image
-from buildkitpy.snapshot.layer import OPAQUE_XATTR, is_whiteout
+from buildkitpy.snapshot.layer import TRUSTED_OPAQUE_XATTR, is_whiteout
 
 from .registryfixture import BUSYBOX
 
@@ -78,7 +78,7 @@ def test_whiteouts_opaque_dirs_and_special_files(tmp_path, snapshots, registry):
         # The second layer's own diff dir holds real overlay whiteouts / opaque markers.
         second = result.snapshot.layers()[1]
         assert is_whiteout(os.lstat(second / "data/gone"))
-        assert os.getxattr(second / "opq", OPAQUE_XATTR) == b"y"
+        assert os.getxattr(second / "opq", TRUSTED_OPAQUE_XATTR) == b"y"
     result.snapshot.release()
 
 

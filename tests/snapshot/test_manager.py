@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from buildkitpy.snapshot.layer import OPAQUE_XATTR, is_whiteout
+from buildkitpy.snapshot.layer import TRUSTED_OPAQUE_XATTR, is_whiteout
 from buildkitpy.snapshot.manager import OverlaySnapshotManager, SnapshotInUseError
 from buildkitpy.snapshot.mount import mounted_under
 
@@ -193,7 +193,7 @@ def test_computed_diff_has_whiteouts_and_opaque_dirs(manager):
     layer_dir = (manager.root / "snapshots" / d.id / ("fs" if manager.mode == "overlay" else "diff"))
     st = os.lstat(layer_dir / "gone")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-    assert os.getxattr(layer_dir / "dir", OPAQUE_XATTR) == b"y"
+    assert os.getxattr(layer_dir / "dir", TRUSTED_OPAQUE_XATTR) == b"y"
     assert (layer_dir / "dir" / "new").read_text() == "n"
     assert not (layer_dir / "dir" / "old1").exists()
     assert (layer_dir / "sub" / "f").read_text() == "f2"

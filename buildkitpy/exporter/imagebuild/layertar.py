@@ -25,7 +25,7 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from buildkitpy.snapshot.layer import OPAQUE_XATTR, is_whiteout
+from buildkitpy.snapshot.layer import is_opaque, is_whiteout
 from buildkitpy.snapshot.lowerview import LowerView, same_entry
 
 WHITEOUT_PREFIX = ".wh."
@@ -52,10 +52,7 @@ def _xattrs(path: str) -> dict[str, str]:
 
 
 def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+    return is_opaque(path)
 
 
 class _Parent:
