@@ -154,8 +154,9 @@ def _trimmed_source(src: SourceLocation) -> SourceLocation:
     starts = [r[0] for r in src.ranges] or [1]
     ends = [r[2] for r in src.ranges] or [1]
     lo, hi = min(starts) - _SOURCE_CONTEXT_LINES, max(ends) + _SOURCE_CONTEXT_LINES
-    kept = [line[:_MAX_SOURCE_LINE] + (" ..." if len(line) > _MAX_SOURCE_LINE else "")
-            if lo <= number else "" for number, line in enumerate(lines[:hi], 1)]
+    first = max(lo, 1) - 1  # index of the first line kept
+    kept = [""] * min(first, len(lines)) + [line[:_MAX_SOURCE_LINE] + (" ..." if len(line) > _MAX_SOURCE_LINE
+                                                                      else "") for line in lines[first:hi]]
     return SourceLocation(src.filename, "\n".join(kept).encode(), src.ranges, src.language)
 
 
