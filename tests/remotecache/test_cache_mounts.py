@@ -7,7 +7,7 @@ import json
 import urllib.request
 from pathlib import Path
 
-from conftest import needs_root
+from tests.conftest import needs_root
 
 from .conftest import build, write_context
 

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, needs_root
 
 from buildkitpy.remotecache.s3client import S3Client, S3Credentials
+from tests.conftest import free_port, needs_root
 
 from .conftest import build, write_context
 
