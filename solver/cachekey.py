@@ -57,23 +57,24 @@ class CacheMap:
 
 @dataclass(frozen=True)
 class OutputKeys:
-    keys: tuple[tuple[str, bool], ...]  # (key, ephemeral), most specific first
+    """The keys one output of a vertex is known by: the fast key, then (when it differs) the
+    content-based key. ``fresh`` outputs come from a run whose result was not validated against
+    the cache (local sources, ignore-cache): consumers may not trust key-only matches on them."""
+
+    keys: tuple[CacheKey, ...]
     fresh: bool = False
 
     @property
-    def stable(self) -> tuple[str, bool]:
+    def primary(self) -> CacheKey:
+        return self.keys[0]
+
+    @property
+    def stable(self) -> CacheKey:
         """The key least tied to a session: a non-ephemeral one if there is any."""
         for k in reversed(self.keys):
-            if not k[1]:
+            if not k.ephemeral:
                 return k
         return self.keys[-1]
-
-
-@dataclass(frozen=True)
-class VertexKey:
-    key: str
-    ephemeral: bool
-    trusted: bool  # may be looked up: no component is a fresh input's key
 
 
 def root_key_id(digest: str, output: int) -> str:
@@ -131,40 +132,3 @@ def digest_json(obj: object) -> str:
 
 def selector_digest(paths: list[str]) -> str:
     return "sha256:" + hashlib.sha256("\0".join(paths).encode()).hexdigest()
-
-
-def compute_keys(cm: CacheMap, inputs: list[OutputKeys],
-                 content: list[str | None] | None = None) -> list[VertexKey]:
-    """The fast key and, when it differs, the slow (content-based) key of a vertex."""
-    if not inputs:
-        return [VertexKey(sha256_text("root", cm.digest), cm.ephemeral, not cm.always_run)]
-    fast_parts = []
-    fast_eph = cm.ephemeral
-    fast_trusted = not cm.always_run
-    for dep, inp in zip(cm.deps, inputs, strict=True):
-        k, eph = inp.keys[0]
-        fast_parts.append([k, dep.selector])
-        fast_eph |= eph
-        fast_trusted &= not inp.fresh
-    out = [VertexKey(digest_json({"op": cm.digest, "deps": fast_parts}), fast_eph, fast_trusted)]
-    if content is None:
-        return out
-    slow_parts = []
-    slow_eph = cm.ephemeral
-    slow_trusted = not cm.always_run
-    for dep, inp, checksum in zip(cm.deps, inputs, content, strict=True):
-        if checksum is not None:
-            slow_parts.append(["content", checksum])
-        else:
-            k, eph = inp.stable
-            slow_parts.append([k, dep.selector])
-            slow_eph |= eph
-            slow_trusted &= not inp.fresh
-    slow = VertexKey(digest_json({"op": cm.digest, "deps": slow_parts}), slow_eph, slow_trusted)
-    if slow.key != out[0].key:
-        out.append(slow)
-    return out
-
-
-def output_keys(vertex_keys: list[VertexKey], index: int, fresh: bool) -> OutputKeys:
-    return OutputKeys(tuple((sha256_text(k.key, str(index)), k.ephemeral) for k in vertex_keys), fresh)

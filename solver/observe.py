@@ -27,7 +27,9 @@ class StepFacts:
     input_names: list[str]  # the names of the vertexes feeding each input
     cache_map: CacheMap
     input_keys: list[OutputKeys]
-    inputs: list[ImmutableSnapshot]  # borrowed for the duration of ``settled``
+    # borrowed for the duration of ``settled``; None for inputs whose result was not loaded (a hit
+    # whose inputs were never needed)
+    inputs: list[ImmutableSnapshot | None]
     content: list[str | None] | None  # per input: content checksum, when it was computed
     cached: bool  # loaded from the cache (or produced by a concurrent build) instead of run
     lookup_skipped: bool  # no-cache, ignore-cache or an always-run op: no cache lookup was made

@@ -10,9 +10,11 @@ import anyio
 from buildkitpy.api import ops_pb2
 from buildkitpy.progress import ProgressBus
 from buildkitpy.snapshot.api import ImmutableSnapshot
-from buildkitpy.solver.cache import CacheStore
+from buildkitpy.solver.cache import SQLiteCacheStorage
+from buildkitpy.solver.cachekey import CacheKey
 from buildkitpy.solver.cachestorage import CacheStorage
 from buildkitpy.solver.contenthash import ChecksumStore
+from buildkitpy.solver.core import SolverCore
 from buildkitpy.solver.loader import load_definition
 from buildkitpy.solver.observe import StepObserver
 from buildkitpy.solver.scheduler import Build
@@ -36,10 +38,14 @@ class Job:
 class Result:
     ref: ImmutableSnapshot | None  # the caller releases it
     metadata: dict[str, bytes] = field(default_factory=dict)
+    # The cache keys of ``ref`` (fast key first), each with its inputs' keys: what a cache
+    # exporter walks. Empty when the result is not cacheable or there is no result.
+    cache_keys: list[CacheKey] = field(default_factory=list)
 
 
 class Solver:
-    """One per worker. Holds the persistent cache, checksum memo and cache mounts."""
+    """One per worker. Holds the persistent cache, checksum memo and cache mounts, and the solver
+    core that dedupes identical work across the builds running on it."""
 
     def __init__(self, worker) -> None:  # noqa: ANN001 - buildkitpy.worker.Worker
         from buildkitpy.solver.ops.cachemounts import CacheMounts
@@ -47,10 +53,11 @@ class Solver:
         self.worker = worker
         root = worker.root
         root.mkdir(parents=True, exist_ok=True)
-        self.cache = CacheStore(root / "cache.db", worker.snapshots)
+        self.cache = SQLiteCacheStorage(root / "cache.db", worker.snapshots)
         self.checksums = ChecksumStore(root / "cache.db")
         self.cache_mounts = CacheMounts(root / "cachemounts")
         self._limiter: anyio.CapacityLimiter | None = None
+        self.core = SolverCore(self.cache, lambda: self.limiter)
         self.last_build: Build | None = None
         # Told about every vertex (tracing, why-rebuild): buildkitpy.solver.observe.StepObserver.
         self.observer: StepObserver | None = None
@@ -68,7 +75,8 @@ class Solver:
         build = Build(self, graph, job)
         self.last_build = build
         ref = await build.run()
-        return Result(ref=ref)
+        keys = build.result_keys
+        return Result(ref=ref, cache_keys=list(keys.keys) if keys is not None else [])
 
     def close(self) -> None:
         self.cache.close()

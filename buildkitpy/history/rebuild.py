@@ -210,7 +210,7 @@ class RebuildRecorder:
         inputs = []
         prev_inputs = (previous or {}).get("inputs", [])
         for i, (name, keys, dep) in enumerate(zip(facts.input_names, facts.input_keys, cm.deps, strict=True)):
-            entry: dict = {"name": name, "key": keys.stable[0]}
+            entry: dict = {"name": name, "key": keys.stable.id}
             checksum = facts.content[i] if facts.content is not None else None
             if checksum is not None and dep.content:
                 entry["checksum"] = checksum

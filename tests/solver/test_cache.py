@@ -99,14 +99,14 @@ def test_concurrent_identical_solves_execute_each_vertex_once(env):
     async def main() -> None:
         from buildkitpy.solver.scheduler import Build
 
-        original = Build._execute
+        original = Build.execute
 
         async def counting(self, v, *a, **kw):  # noqa: ANN001, ANN202 - observe, do not replace
             executed.append([v.digest])
             await anyio.sleep(0.05)
             return await original(self, v, *a, **kw)
 
-        Build._execute = counting
+        Build.execute = counting
         try:
             results = []
 
@@ -121,7 +121,7 @@ def test_concurrent_identical_solves_execute_each_vertex_once(env):
                     assert (root / "b").read_bytes() == b"B"
                 r.ref.release()
         finally:
-            Build._execute = original
+            Build.execute = original
 
     anyio.run(main)
     flat = [x[0] for x in executed]

@@ -1,0 +1,462 @@
+"""The solver core: cache keys first, results only when something needs their bytes.
+
+This follows BuildKit's edge model (``solver/jobs.go``, ``edge.go``, ``cachemanager.go``) in two
+phases per vertex, each a task of the build's task group that runs at most once per build:
+
+- **keys**: wait for the inputs' keys, get the op's ``CacheMap`` and derive the vertex's keys, one
+  ``CacheKey`` per output, from the cache-map digest and the inputs' keys -- no input result is
+  loaded. Then look the keys up. Only when that misses and the op hashes input content (a COPY's
+  source paths) are those inputs' results loaded, their checksums taken and the content-based
+  ("slow") keys looked up. A hit is reported as cached at once.
+- **result**: asked for only by a consumer that runs, by a checksum, or by the build's result. A hit
+  is loaded from its storage (from a read-only layer: pulled, then recorded in the writable base);
+  a miss waits for its inputs' results and runs the op.
+
+So a hit at any depth skips everything below it: those vertices compute keys (cheap, no I/O beyond
+the lookups) and nothing else. Each phase is its own task (no recursion), so chains of any length
+work; the first failure cancels the build, and cancelling the caller cancels every task the build
+started.
+
+Identical work in concurrent builds runs once: ``SolverCore`` (one per solver) keeps the durable
+key of every op being run; another build reaching the same key waits for it and then loads the
+result from the storage instead of running the op. If the running build is cancelled or fails,
+the waiter runs the op itself.
+
+The core knows nothing about LLB, snapshots or progress: a ``Runtime`` supplies ops and events, and
+result values are anything with ``clone()`` and ``release()`` (snapshot handles; plain test
+doubles in ``tests/solver/test_scheduler_core.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from buildkitpy.solver.asyncutil import blocking
+from buildkitpy.solver.cachekey import CacheKey, CacheMap, OutputKeys
+from buildkitpy.solver.cachestorage import CacheLink, CacheResult, CacheResultGone, CacheStorage
+
+
+class CoreInput(Protocol):
+    digest: str
+    index: int
+
+
+class CoreVertex(Protocol):
+    digest: str
+    name: str
+    num_outputs: int
+
+    @property
+    def inputs(self) -> Sequence[CoreInput]: ...
+
+
+@dataclass
+class Settled:
+    """What a vertex's cache decision was based on (for observers)."""
+
+    cache_map: CacheMap
+    input_keys: list[OutputKeys]
+    inputs: list[Any]  # input values, None where not loaded (borrowed)
+    content: list[str | None] | None  # per input: content checksum, when computed
+    cached: bool
+    lookup_skipped: bool
+
+
+class Runtime(Protocol):
+    """The ops of one build and what the build reports."""
+
+    async def cache_map(self, v: Any) -> CacheMap: ...
+
+    def skip_lookup(self, v: Any, cm: CacheMap) -> bool:
+        """No lookup at all (no-cache, ignore-cache, an op that always runs)."""
+
+    async def checksum(self, v: Any, cm: CacheMap, index: int, value: Any) -> str:
+        """The content checksum of input ``index`` over ``cm.deps[index].content``."""
+
+    async def execute(self, v: Any, inputs: list[Any]) -> list[Any]:
+        """Run the op (inputs borrowed); returns one new value per output (owned by the caller)."""
+
+    def scope(self, v: Any) -> AbstractContextManager[object]:
+        """Entered around running a vertex and around reporting a hit."""
+
+    def started(self, v: Any) -> None: ...
+
+    def completed(self, v: Any) -> None: ...
+
+    def cached(self, v: Any) -> None: ...
+
+    def failed(self, v: Any, exc: BaseException) -> BaseException:
+        """Report a failure; returns the error the build fails with."""
+
+    async def settled(self, v: Any, facts: Settled) -> None: ...
+
+
+@dataclass
+class _Flight:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    ok: bool = False
+
+
+class SolverCore:
+    """Per solver: the writable cache storage, the parallelism limit and the ops in flight."""
+
+    def __init__(self, storage: CacheStorage, limiter: Callable[[], anyio.CapacityLimiter]) -> None:
+        self.storage = storage
+        self.limiter = limiter
+        self.flights: dict[str, _Flight] = {}  # durable key id -> the build running that op
+
+
+class _Aborted(Exception):
+    """A phase this task waited for failed; the build is being cancelled already."""
+
+
+class _Once:
+    __slots__ = ("done", "value", "failed")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.failed = False
+
+    async def get(self) -> Any:
+        await self.done.wait()
+        if self.failed:
+            raise _Aborted
+        return self.value
+
+
+@dataclass
+class _Keys:
+    cm: CacheMap
+    outputs: list[OutputKeys]
+    input_keys: list[OutputKeys]
+    skip: bool
+    content: list[str | None] | None = None
+    hit: dict[int, tuple[str, CacheResult]] | None = None  # output -> (key id in storage, result)
+    hit_keys: list[CacheKey] | None = None  # the keys (one per output) that hit
+
+
+@dataclass(frozen=True)
+class _Ref:
+    digest: str
+    index: int
+
+
+class CoreBuild:
+    """One build over a graph of vertices (digest -> vertex)."""
+
+    def __init__(self, core: SolverCore, vertices: dict[str, Any], runtime: Runtime,
+                 layers: Sequence[CacheStorage] = ()) -> None:
+        self.core = core
+        self.vertices = vertices
+        self.runtime = runtime
+        self.base = core.storage
+        self.layers = list(layers)
+        self.executed: list[str] = []  # digests whose op ran in this build
+        self.error: BaseException | None = None
+        self.result_keys: OutputKeys | None = None
+        self._keys: dict[str, _Once] = {}
+        self._results: dict[str, _Once] = {}
+        self._held: list[Any] = []
+        self._layer_ids: dict[tuple[str, str], list[str]] = {}
+        self._needed: dict[str, set[int]] = {}
+        for v in vertices.values():
+            for inp in v.inputs:
+                self._needed.setdefault(inp.digest, set()).add(inp.index)
+
+    async def run(self, result: CoreInput) -> Any:
+        """The value of ``result`` (a new handle the caller releases)."""
+        self._needed.setdefault(result.digest, set()).add(result.index)
+        out: list[Any] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+
+                async def root() -> None:
+                    values = await self._result(result.digest).get()
+                    keys = await self._key_phase(result.digest).get()
+                    self.result_keys = keys.outputs[result.index]
+                    out.append(values[result.index].clone())
+                tg.start_soon(self._guard, root, None)
+            if self.error is not None:
+                raise self.error
+            return out[0]
+        finally:
+            held, self._held = self._held, []
+            if self.error is not None or not out:
+                held.extend(out)
+            await _release(held)
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    async def _guard(self, fn: Callable[[], Awaitable[None]], v: Any) -> None:
+        try:
+            await fn()
+        except _Aborted:
+            pass
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the build's error
+            err = self.runtime.failed(v, exc) if v is not None else exc
+            if self.error is None:
+                self.error = err
+            self._tg.cancel_scope.cancel()
+
+    def _spawn(self, table: dict[str, _Once], digest: str,
+               fn: Callable[[Any], Awaitable[Any]]) -> _Once:
+        once = table.get(digest)
+        if once is None:
+            once = table[digest] = _Once()
+            v = self.vertices[digest]
+
+            async def task() -> None:
+                try:
+                    once.value = await fn(v)
+                except BaseException:
+                    once.failed = True
+                    raise
+                finally:
+                    once.done.set()
+            self._tg.start_soon(self._guard, task, v, name=f"vertex {digest}")
+        return once
+
+    def _key_phase(self, digest: str) -> _Once:
+        return self._spawn(self._keys, digest, self._compute_keys)
+
+    def _result(self, digest: str) -> _Once:
+        return self._spawn(self._results, digest, self._compute_result)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    async def _compute_keys(self, v: Any) -> _Keys:
+        pending = [self._key_phase(inp.digest) for inp in v.inputs]
+        cm = await self.runtime.cache_map(v)
+        if len(cm.deps) != len(v.inputs):
+            raise ValueError(f"internal error: cache map of {v.name} has {len(cm.deps)} deps for "
+                             f"{len(v.inputs)} inputs")
+        input_keys = [(await p.get()).outputs[inp.index] for p, inp in zip(pending, v.inputs, strict=True)]
+        skip = self.runtime.skip_lookup(v, cm)
+        n = v.num_outputs
+        fresh = skip or any(ik.fresh and not dep.content for ik, dep in zip(input_keys, cm.deps, strict=True))
+        fast_eph = cm.ephemeral or any(ik.primary.ephemeral for ik in input_keys)
+        fast = [CacheKey(cm.digest, o, tuple((ik.primary, dep.selector)
+                                             for ik, dep in zip(input_keys, cm.deps, strict=True)), fast_eph)
+                for o in range(n)]
+        fast_trusted = not cm.always_run and not any(ik.fresh for ik in input_keys)
+        keys = _Keys(cm, [OutputKeys((k,), fresh) for k in fast], input_keys, skip)
+        needed = sorted(self._needed.get(v.digest, ())) or [0]
+        if not skip and fast_trusted and not fast_eph:
+            keys.hit = await self._lookup(fast, needed)
+            if keys.hit is not None:
+                keys.hit_keys = fast
+        multi = any(len(ik.keys) > 1 for ik in input_keys)
+        if keys.hit is None and (multi or any(d.content for d in cm.deps)):
+            keys.content = await self._content(v, cm)
+            deps: list[tuple[CacheKey, str]] = []
+            slow_eph, slow_trusted = cm.ephemeral, not cm.always_run
+            for ik, dep, checksum in zip(input_keys, cm.deps, keys.content, strict=True):
+                if checksum is not None:
+                    deps.append((CacheKey(checksum), dep.selector))
+                else:
+                    deps.append((ik.stable, dep.selector))
+                    slow_eph |= ik.stable.ephemeral
+                    slow_trusted &= not ik.fresh
+            slow = [CacheKey(cm.digest, o, tuple(deps), slow_eph) for o in range(n)]
+            if slow[0].id != fast[0].id:
+                keys.outputs = [OutputKeys((f, s), fresh) for f, s in zip(fast, slow, strict=True)]
+                if not skip and slow_trusted and not slow_eph:
+                    keys.hit = await self._lookup(slow, needed)
+                    if keys.hit is not None:
+                        keys.hit_keys = slow
+        if keys.hit is not None:
+            with self.runtime.scope(v):
+                self.runtime.cached(v)
+                await self._settled(v, keys, cached=True)
+        return keys
+
+    async def _content(self, v: Any, cm: CacheMap) -> list[str | None]:
+        wanted = [self._result(inp.digest) if dep.content else None
+                  for inp, dep in zip(v.inputs, cm.deps, strict=True)]
+        out: list[str | None] = []
+        for i, (once, inp) in enumerate(zip(wanted, v.inputs, strict=True)):
+            if once is None:
+                out.append(None)
+                continue
+            value = (await once.get())[inp.index]
+            out.append(await self.runtime.checksum(v, cm, i, value))
+        return out
+
+    async def _lookup(self, keys: list[CacheKey],
+                      outputs: list[int]) -> dict[int, tuple[str, CacheResult]] | None:
+        """A result for every needed output, or None: the writable base by our own key ids, then the
+        read-only layers by following links."""
+        return await blocking(self._lookup_sync, keys, outputs)
+
+    def _lookup_sync(self, keys: list[CacheKey],
+                     outputs: list[int]) -> dict[int, tuple[str, CacheResult]] | None:
+        found: dict[int, tuple[str, CacheResult]] = {}
+        for o in outputs:
+            key = keys[o]
+            res = self.base.results(key.id)
+            if res:
+                found[o] = (key.id, res[0])
+                continue
+            for layer in self.layers:
+                hit = next(((kid, r) for kid in self._ids_in(layer, key) for r in layer.results(kid)), None)
+                if hit is not None:
+                    found[o] = (hit[0], CacheResult(hit[1].id, hit[1].created, layer.name))
+                    break
+            else:
+                return None
+        return found
+
+    def _ids_in(self, layer: CacheStorage, key: CacheKey) -> list[str]:
+        """The ids ``key`` has in ``layer``: roots by their well-known id, others by walking the
+        links from their inputs' ids (iteratively: key chains can be long)."""
+        stack = [key]
+        while stack:
+            k = stack[-1]
+            memo = (layer.name, k.id)
+            if memo in self._layer_ids:
+                stack.pop()
+                continue
+            if not k.deps:
+                self._layer_ids[memo] = [k.id]
+                stack.pop()
+                continue
+            missing = [d for d, _ in k.deps if (layer.name, d.id) not in self._layer_ids]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            matches: set[str] | None = None
+            for i, (dk, sel) in enumerate(k.deps):
+                link = CacheLink(i, k.output, k.digest, sel)
+                srcs = self._layer_ids[(layer.name, dk.id)]
+                targets = {t for src in srcs for t in layer.walk_links(src, link)}
+                matches = targets if matches is None else matches & targets
+                if not matches:
+                    break
+            self._layer_ids[memo] = sorted(matches or ())
+        return self._layer_ids[(layer.name, key.id)]
+
+    # -- results ---------------------------------------------------------------------------------
+
+    async def _compute_result(self, v: Any) -> list[Any]:
+        keys: _Keys = await self._key_phase(v.digest).get()
+        if keys.hit is not None:
+            values = await self._load(v, keys)
+            if values is not None:
+                return values
+        durable = [k for ok in keys.outputs for k in ok.keys if not k.ephemeral]
+        flight_key = durable[0].id if durable and not keys.skip else None
+        while flight_key is not None and (flight := self.core.flights.get(flight_key)) is not None:
+            await flight.done.wait()
+            if flight.ok:
+                needed = sorted(self._needed.get(v.digest, ())) or [0]
+                for ok_keys in zip(*(ok.keys for ok in keys.outputs), strict=False):
+                    hit = await self._lookup(list(ok_keys), needed)
+                    if hit is not None:
+                        keys.hit, keys.hit_keys = hit, list(ok_keys)
+                        values = await self._load(v, keys)
+                        if values is not None:
+                            with self.runtime.scope(v):
+                                self.runtime.cached(v)
+                            return values
+        flight = _Flight()
+        if flight_key is not None:
+            self.core.flights[flight_key] = flight
+        try:
+            values = await self._execute(v, keys, durable)
+            flight.ok = True
+            return values
+        finally:
+            if flight_key is not None:
+                del self.core.flights[flight_key]
+            flight.done.set()
+
+    async def _load(self, v: Any, keys: _Keys) -> list[Any] | None:
+        """The hit's values (None for outputs nobody needs), or None when a result is gone."""
+        assert keys.hit is not None and keys.hit_keys is not None
+        hit, hit_keys = keys.hit, keys.hit_keys
+        storages = {s.name: s for s in (self.base, *self.layers)}
+        values: list[Any] = [None] * v.num_outputs
+
+        def load() -> None:
+            for o, (kid, res) in hit.items():
+                values[o] = storages[res.source or self.base.name].load(kid, res)
+        try:
+            await blocking(load)
+        except CacheResultGone:
+            await _release([x for x in values if x is not None])
+            keys.hit = keys.hit_keys = None
+            return None
+        self._held.extend(x for x in values if x is not None)
+        remote = [o for o, (_, res) in hit.items() if res.source not in ("", self.base.name)]
+        if remote:  # pulled from a layer: keep it locally under our own keys
+            await blocking(self.base.save, *_save_entries(
+                [hit_keys[o] for o in remote], [values[o] for o in remote]))
+        return values
+
+    async def _execute(self, v: Any, keys: _Keys, durable: list[CacheKey]) -> list[Any]:
+        pending = [self._result(inp.digest) for inp in v.inputs]
+        inputs = [(await p.get())[inp.index] for p, inp in zip(pending, v.inputs, strict=True)]
+        with self.runtime.scope(v):
+            async with self.core.limiter():
+                self.runtime.started(v)
+                outs = await self.runtime.execute(v, inputs)
+            try:
+                if len(outs) != v.num_outputs:
+                    raise ValueError(f"internal error: {v.name} returned {len(outs)} outputs, expected "
+                                     f"{v.num_outputs}")
+                by_output = [[k for k in ok.keys if not k.ephemeral] for ok in keys.outputs]
+                flat_keys = [k for o, ks in enumerate(by_output) for k in ks]
+                flat_vals = [outs[o] for o, ks in enumerate(by_output) for _ in ks]
+                if flat_keys:
+                    await blocking(self.base.save, *_save_entries(flat_keys, flat_vals))
+            except BaseException:
+                await _release(outs)
+                raise
+            self._held.extend(outs)
+            self.executed.append(v.digest)
+            self.runtime.completed(v)
+            await self._settled(v, keys, cached=False, inputs=inputs)
+        return outs
+
+    async def _settled(self, v: Any, keys: _Keys, *, cached: bool, inputs: list[Any] | None = None) -> None:
+        if inputs is None:
+            inputs = [self._loaded(inp) for inp in v.inputs]
+        await self.runtime.settled(v, Settled(keys.cm, keys.input_keys, inputs, keys.content, cached,
+                                              keys.skip))
+
+    def _loaded(self, inp: CoreInput) -> Any:
+        once = self._results.get(inp.digest)
+        if once is None or not once.done.is_set() or once.failed:
+            return None
+        return once.value[inp.index]
+
+
+def _save_entries(keys: list[CacheKey], values: list[Any]
+                  ) -> tuple[list[tuple[str, CacheLink, str]], list[tuple[str, Any]]]:
+    """The links making each key findable from its inputs' keys, and the results (BuildKit's
+    ``ensurePersistentKey`` + ``AddResult``; the inputs' own links were saved with their results)."""
+    links = list({(dk.id, CacheLink(i, k.output, k.digest, sel), k.id)
+                  for k in keys for i, (dk, sel) in enumerate(k.deps)})
+    return links, list(zip((k.id for k in keys), values, strict=True))
+
+
+async def _release(values: list[Any]) -> None:
+    def release() -> None:
+        for x in values:
+            if x is not None:
+                x.release()
+    if any(x is not None for x in values):
+        await blocking(release)
+
+
+__all__ = ["CoreBuild", "Runtime", "Settled", "SolverCore"]
