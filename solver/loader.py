@@ -14,7 +14,6 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-import networkx as nx
 from google.protobuf.message import DecodeError, Message
 
 from buildkitpy.api import ops_pb2
@@ -66,7 +65,6 @@ class LoadedGraph:
     vertices: dict[str, Vertex]
     order: list[str]
     result: InputRef | None
-    graph: nx.DiGraph
 
     def vertex(self, digest: str) -> Vertex:
         return self.vertices[digest]
@@ -79,7 +77,7 @@ def digest_of(data: bytes) -> str:
 def load_definition(defn: ops_pb2.Definition) -> LoadedGraph:
     raw_ops: list[bytes] = list(getattr(defn, "def"))  # `def` is a Python keyword
     if not raw_ops:
-        return LoadedGraph({}, [], None, nx.DiGraph())
+        return LoadedGraph({}, [], None)
     if len(raw_ops) < 2:
         raise InvalidArgument("invalid LLB definition: need at least 2 ops (one op and the terminal op), "
                               f"got {len(raw_ops)}")
@@ -110,7 +108,6 @@ def load_definition(defn: ops_pb2.Definition) -> LoadedGraph:
     sources = _source_locations(defn)
 
     vertices: dict[str, Vertex] = {}
-    graph = nx.DiGraph()
     # Dependency order: iterative post-order DFS from the result (definitions can be deep chains).
     order: list[str] = []
     for orig in _post_order(decoded, terminal.inputs[0].digest):
@@ -132,9 +129,6 @@ def load_definition(defn: ops_pb2.Definition) -> LoadedGraph:
         vertex = Vertex(digest=new, op=op, kind=kind, inputs=inputs, name=name, num_outputs=num_outputs,
                         metadata=metadata, sources=sources.get(orig, []), original_digest=orig)
         vertices[new] = vertex
-        graph.add_node(new)
-        for inp in inputs:
-            graph.add_edge(inp.digest, new)
         order.append(new)
 
     res = terminal.inputs[0]
@@ -143,7 +137,7 @@ def load_definition(defn: ops_pb2.Definition) -> LoadedGraph:
     if res.index < 0 or res.index >= top.num_outputs:
         raise InvalidArgument(f"invalid LLB definition: the result selects output {res.index} of "
                               f"{top.digest} ({top.name}), which has {top.num_outputs} output(s)")
-    return LoadedGraph(vertices, order, result, graph)
+    return LoadedGraph(vertices, order, result)
 
 
 def _post_order(decoded: dict[str, ops_pb2.Op], root: str) -> list[str]:
