@@ -185,12 +185,25 @@ class CoreBuild:
                 tg.start_soon(self._guard, root, None)
             if self.error is not None:
                 raise self.error
+            await self._settle_skipped()
             return out[0]
         finally:
             held, self._held = self._held, []
             if self.error is not None or not out:
                 held.extend(out)
             await _release(held)
+
+    async def _settle_skipped(self) -> None:
+        """Vertices whose keys missed but whose result nobody needed (they sit below a hit) did not
+        run: observers hear of them as cached, like every other vertex that did not run."""
+        for digest, once in self._keys.items():
+            if digest in self._results or not once.done.is_set() or once.failed:
+                continue
+            keys: _Keys = once.value
+            if keys.hit is None:
+                v = self.vertices[digest]
+                with self.runtime.scope(v):
+                    await self._settled(v, keys, cached=True)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -367,6 +380,7 @@ class CoreBuild:
                         if values is not None:
                             with self.runtime.scope(v):
                                 self.runtime.cached(v)
+                                await self._settled(v, keys, cached=True)
                             return values
         flight = _Flight()
         if flight_key is not None:

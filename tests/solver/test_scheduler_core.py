@@ -311,7 +311,7 @@ def test_identical_vertices_run_once_across_concurrent_builds(env: Env) -> None:
     g1, g2 = Graph(), Graph()
     for g in (g1, g2):
         base = g.add("base", lambda _: [4], delay=0.2)
-        mid = g.add("mid", lambda v: [v[0] + 1], base, delay=0.1)
+        g.add("mid", lambda v: [v[0] + 1], base, delay=0.1)
     g1.add("top1", lambda v: [v[0] * 2], "mid")
     g2.add("top2", lambda v: [v[0] * 3], "mid")
     runtimes = [Runtime(env.refs), Runtime(env.refs)]
@@ -422,6 +422,7 @@ def test_a_read_only_layer_with_its_own_ids_supplies_hits(env: Env) -> None:
     n, rt, _ = anyio.run(lambda: env.build(g, top, layers=(remote,)))
     assert n == 50
     assert rt.ran == ["top"]  # c0 is not in the remote cache, but nothing needs its bytes
+    assert sorted(rt.settled_) == sorted([(n, True) for n in names] + [("top", False)])
     assert remote.loads == ["record-4"]
     # now local: the next build without the layer only runs the new top
     assert env.storage.results(_key_of(g, names[-1]).id)
