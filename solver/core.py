@@ -411,10 +411,18 @@ class CoreBuild:
             keys.hit = keys.hit_keys = None
             return None
         self._held.extend(x for x in values if x is not None)
-        remote = [o for o, (_, res) in hit.items() if res.source not in ("", self.base.name)]
-        if remote:  # pulled from a layer: keep it locally under our own keys
-            await blocking(self.base.save, *_save_entries(
-                [hit_keys[o] for o in remote], [values[o] for o in remote]))
+        # Keep it locally under every durable key it is now known by: a result pulled from a layer,
+        # or found by its content key while the fast key missed, hits directly next time.
+        save_keys: list[CacheKey] = []
+        save_values: list[Any] = []
+        for o, (_, res) in hit.items():
+            remote = res.source not in ("", self.base.name)
+            for k in keys.outputs[o].keys:
+                if not k.ephemeral and (remote or k.id != hit_keys[o].id):
+                    save_keys.append(k)
+                    save_values.append(values[o])
+        if save_keys:
+            await blocking(self.base.save, *_save_entries(save_keys, save_values))
         return values
 
     async def _execute(self, v: Any, keys: _Keys, durable: list[CacheKey]) -> list[Any]:

@@ -272,6 +272,11 @@ def test_content_keys_hit_when_an_input_changes_but_its_value_does_not(env: Env)
     g.add("src", lambda _: [7], op="sha256:session-2")  # new key, same content
     n, rt, _ = env.solve(g, use)
     assert n == 21 and rt.ran == ["src"]
+    # the hit was recorded under the new fast key too: no checksum (no load of src) needed now
+    env.storage.loads.clear()
+    n, rt, _ = env.solve(g, use)
+    assert n == 21 and rt.ran == []
+    assert env.storage.loads == [_key_of(g, use).id]
     g.add("src", lambda _: [8], op="sha256:session-3")  # new content
     n, rt, _ = env.solve(g, use)
     assert n == 24 and rt.ran == ["src", "use"]
