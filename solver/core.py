@@ -164,6 +164,8 @@ class CoreBuild:
         self._results: dict[str, _Once] = {}
         self._held: list[Any] = []
         self._layer_ids: dict[tuple[str, str], list[str]] = {}
+        self._pending: list[tuple[list[Any], anyio.Event]] = []
+        self._flushing = False
         self._needed: dict[str, set[int]] = {}
         for v in vertices.values():
             for inp in v.inputs:
@@ -307,15 +309,46 @@ class CoreBuild:
     async def _lookup(self, keys: list[CacheKey],
                       outputs: list[int]) -> dict[int, tuple[str, CacheResult]] | None:
         """A result for every needed output, or None: the writable base by our own key ids, then the
-        read-only layers by following links."""
-        return await blocking(self._lookup_sync, keys, outputs)
+        read-only layers by following links. Lookups made while one is in a worker thread are
+        batched into the next trip (one query for the base), so a wide graph does not pay a thread
+        hop and a query per vertex."""
+        slot: list[Any] = [keys, outputs, None]
+        done = anyio.Event()
+        self._pending.append((slot, done))
+        if not self._flushing:
+            self._flushing = True
+            self._tg.start_soon(self._flush_lookups)
+        await done.wait()
+        return slot[2]
 
-    def _lookup_sync(self, keys: list[CacheKey],
-                     outputs: list[int]) -> dict[int, tuple[str, CacheResult]] | None:
+    async def _flush_lookups(self) -> None:
+        try:
+            while self._pending:
+                await anyio.sleep(0)  # let the vertices that are ready now queue their lookups
+                batch, self._pending = self._pending, []
+                await blocking(self._lookup_batch, [slot for slot, _ in batch])
+                for _, done in batch:
+                    done.set()
+        finally:
+            self._flushing = False
+
+    def _lookup_batch(self, slots: list[list[Any]]) -> None:
+        ids = list({keys[o].id: None for keys, outputs, _ in slots for o in outputs})
+        many = getattr(self.base, "results_many", None)
+        if many is not None:
+            base = many(ids)
+        else:
+            base = {kid: res for kid in ids if (res := self.base.results(kid))}
+        for slot in slots:
+            keys, outputs, _ = slot
+            slot[2] = self._lookup_sync(keys, outputs, base)
+
+    def _lookup_sync(self, keys: list[CacheKey], outputs: list[int],
+                     base: dict[str, list[CacheResult]]) -> dict[int, tuple[str, CacheResult]] | None:
         found: dict[int, tuple[str, CacheResult]] = {}
         for o in outputs:
             key = keys[o]
-            res = self.base.results(key.id)
+            res = base.get(key.id)
             if res:
                 found[o] = (key.id, res[0])
                 continue
