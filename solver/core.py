@@ -65,6 +65,7 @@ class Settled:
     content: list[str | None] | None  # per input: content checksum, when computed
     cached: bool
     lookup_skipped: bool
+    outputs: list[Any] | None = None  # the vertex's values (borrowed), None when never loaded
 
 
 class Runtime(Protocol):
@@ -94,6 +95,18 @@ class Runtime(Protocol):
         """Report a failure; returns the error the build fails with."""
 
     async def settled(self, v: Any, facts: Settled) -> None: ...
+
+    async def remote_has(self, v: Any, cm: CacheMap, content: list[str | None] | None,
+                         lookup: bool) -> bool:
+        """Told every vertex's final cache map and checksums (inputs first); with ``lookup``, whether
+        a remote cache outside the storages has the vertex's results (``remote_load`` gets them)."""
+
+    async def remote_load(self, v: Any) -> list[Any] | None:
+        """The vertex's outputs from that remote cache (new values), or None."""
+
+    @property
+    def eager(self) -> bool:
+        """Load or run every vertex, also those below a hit (a build exporting its cache)."""
 
 
 @dataclass
@@ -139,6 +152,7 @@ class _Keys:
     content: list[str | None] | None = None
     hit: dict[int, tuple[str, CacheResult]] | None = None  # output -> (key id in storage, result)
     hit_keys: list[CacheKey] | None = None  # the keys (one per output) that hit
+    remote: bool = False  # the runtime's remote cache has the results
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,10 @@ class CoreBuild:
                 self._tg = tg
 
                 async def root() -> None:
+                    if self.runtime.eager:  # everything loaded or run (an exporter of the build's
+                        # cache sees every record, as the previous scheduler gave it)
+                        for digest in self.vertices:
+                            self._result(digest)
                     values = await self._result(result.digest).get()
                     keys = await self._key_phase(result.digest).get()
                     self.result_keys = keys.outputs[result.index]
@@ -196,16 +214,16 @@ class CoreBuild:
             await _release(held)
 
     async def _settle_skipped(self) -> None:
-        """Vertices whose keys missed but whose result nobody needed (they sit below a hit) did not
-        run: observers hear of them as cached, like every other vertex that did not run."""
+        """Vertices whose result nobody needed (they sit below a hit) were not loaded or run:
+        observers hear of them now, as cached and without outputs."""
         for digest, once in self._keys.items():
             if digest in self._results or not once.done.is_set() or once.failed:
                 continue
-            keys: _Keys = once.value
-            if keys.hit is None:
-                v = self.vertices[digest]
-                with self.runtime.scope(v):
-                    await self._settled(v, keys, cached=True)
+            v = self.vertices[digest]
+            with self.runtime.scope(v):
+                if once.value.remote and once.value.hit is None:
+                    self.runtime.cached(v)
+                await self._settled(v, once.value, cached=True)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -288,10 +306,11 @@ class CoreBuild:
                     keys.hit = await self._lookup(slow, needed)
                     if keys.hit is not None:
                         keys.hit_keys = slow
-        if keys.hit is not None:
+        lookup = keys.hit is None and not skip
+        keys.remote = await self.runtime.remote_has(v, cm, keys.content, lookup) and lookup
+        if keys.hit is not None:  # a remote hit is reported once it loaded (a bad blob makes it run)
             with self.runtime.scope(v):
                 self.runtime.cached(v)
-                await self._settled(v, keys, cached=True)
         return keys
 
     async def _content(self, v: Any, cm: CacheMap) -> list[str | None]:
@@ -398,6 +417,21 @@ class CoreBuild:
         if keys.hit is not None:
             values = await self._load(v, keys)
             if values is not None:
+                with self.runtime.scope(v):
+                    await self._settled(v, keys, cached=True, outputs=values)
+                return values
+        if keys.remote:
+            values = await self.runtime.remote_load(v)
+            if values is not None:
+                self._held.extend(values)
+                durable = [(k, values[o]) for o, ok in enumerate(keys.outputs) for k in ok.keys
+                           if not k.ephemeral]
+                if durable:
+                    await blocking(self.base.save, *_save_entries([k for k, _ in durable],
+                                                                  [x for _, x in durable]))
+                with self.runtime.scope(v):
+                    self.runtime.cached(v)
+                    await self._settled(v, keys, cached=True, outputs=values)
                 return values
         durable = [k for ok in keys.outputs for k in ok.keys if not k.ephemeral]
         flight_key = durable[0].id if durable and not keys.skip else None
@@ -413,7 +447,7 @@ class CoreBuild:
                         if values is not None:
                             with self.runtime.scope(v):
                                 self.runtime.cached(v)
-                                await self._settled(v, keys, cached=True)
+                                await self._settled(v, keys, cached=True, outputs=values)
                             return values
         flight = _Flight()
         if flight_key is not None:
@@ -480,14 +514,15 @@ class CoreBuild:
             self._held.extend(outs)
             self.executed.append(v.digest)
             self.runtime.completed(v)
-            await self._settled(v, keys, cached=False, inputs=inputs)
+            await self._settled(v, keys, cached=False, inputs=inputs, outputs=outs)
         return outs
 
-    async def _settled(self, v: Any, keys: _Keys, *, cached: bool, inputs: list[Any] | None = None) -> None:
+    async def _settled(self, v: Any, keys: _Keys, *, cached: bool, inputs: list[Any] | None = None,
+                       outputs: list[Any] | None = None) -> None:
         if inputs is None:
             inputs = [self._loaded(inp) for inp in v.inputs]
         await self.runtime.settled(v, Settled(keys.cm, keys.input_keys, inputs, keys.content, cached,
-                                              keys.skip))
+                                              keys.skip, outputs))
 
     def _loaded(self, inp: CoreInput) -> Any:
         once = self._results.get(inp.digest)

@@ -31,6 +31,7 @@ class Build:
         self.graph = graph
         self.job = job
         self._ops: dict[str, tuple[Op, OpContext]] = {}
+        self._nodes: dict[str, list[Any]] = {}  # vertex -> its keys in the job's remote cache
         self._core = CoreBuild(solver.core, graph.vertices, self, job.cache_layers)
 
     @property
@@ -97,7 +98,26 @@ class Build:
                                  completed=True, error=str(err))
         return err
 
+    async def remote_has(self, v: Vertex, cm: CacheMap, content: list[str | None] | None,
+                         lookup: bool) -> bool:
+        remote = self.job.remote_cache
+        if remote is None:
+            return False
+        nodes = self._nodes[v.digest] = remote.nodes_for(v, cm, content)
+        return lookup and remote.has(nodes)
+
+    async def remote_load(self, v: Vertex) -> list[Any] | None:
+        return await self.job.remote_cache.load(v, self._nodes[v.digest], self.job.progress)
+
+    @property
+    def eager(self) -> bool:
+        remote = self.job.remote_cache
+        return remote is not None and bool(remote.keep_results)
+
     async def settled(self, v: Vertex, facts: Settled) -> None:
+        remote = self.job.remote_cache
+        if remote is not None and facts.outputs is not None and v.digest in self._nodes:
+            await remote.settled(self._nodes[v.digest], facts.outputs)
         observer = self.solver.observer
         if observer is None:
             return
@@ -106,7 +126,8 @@ class Build:
                                          input_keys=facts.input_keys, inputs=facts.inputs,
                                          content=facts.content, cached=facts.cached,
                                          lookup_skipped=facts.lookup_skipped,
-                                         op=self._ops[v.digest][0] if v.digest in self._ops else None))
+                                         op=self._ops[v.digest][0] if v.digest in self._ops else None,
+                                         outputs=facts.outputs))
 
 
 def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:

@@ -89,6 +89,10 @@ class JobCache:
         self.used_mounts |= used_ids(vertex.op)
         return nodes
 
+    def has(self, nodes: list[KeyNode]) -> bool:
+        """Whether an import has results for every output (no blob is fetched: ``load`` does)."""
+        return any(all(imp.index.result_chains(imp.index.match(n)) for n in nodes) for imp in self.imports)
+
     async def load(self, vertex: Any, nodes: list[KeyNode], progress: Any) -> list[ImmutableSnapshot] | None:
         """Every output of ``vertex`` from the first import that has them all, or None."""
         for imp in self.imports:

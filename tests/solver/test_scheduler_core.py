@@ -134,6 +134,14 @@ class Runtime:
     async def settled(self, v: V, facts: Settled) -> None:
         self.settled_.append((v.digest, facts.cached))
 
+    async def remote_has(self, v: V, cm: CacheMap, content: list[str | None] | None, lookup: bool) -> bool:
+        return False
+
+    async def remote_load(self, v: V) -> list[Val] | None:
+        return None
+
+    eager = False
+
 
 class CountingStorage(InMemoryCacheStorage):
     """An in-memory storage that records which keys had a result loaded."""
