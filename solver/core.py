@@ -293,8 +293,8 @@ class CoreBuild:
             deps: list[tuple[CacheKey, str]] = []
             slow_eph, slow_trusted = cm.ephemeral, not cm.always_run
             for ik, dep, checksum in zip(input_keys, cm.deps, keys.content, strict=True):
-                if checksum is not None:
-                    deps.append((CacheKey(checksum), dep.selector))
+                if checksum is not None:  # BuildKit's slow key: a root of the checksum, output -1
+                    deps.append((CacheKey(checksum, -1), ""))
                 else:
                     deps.append((ik.stable, dep.selector))
                     slow_eph |= ik.stable.ephemeral
