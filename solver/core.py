@@ -221,7 +221,7 @@ class CoreBuild:
                 continue
             v = self.vertices[digest]
             with self.runtime.scope(v):
-                if once.value.remote and once.value.hit is None:
+                if once.value.remote or (once.value.hit is not None and not self._local(once.value)):
                     self.runtime.cached(v)
                 await self._settled(v, once.value, cached=True)
 
@@ -308,10 +308,15 @@ class CoreBuild:
                         keys.hit_keys = slow
         lookup = keys.hit is None and not skip
         keys.remote = await self.runtime.remote_has(v, cm, keys.content, lookup) and lookup
-        if keys.hit is not None:  # a remote hit is reported once it loaded (a bad blob makes it run)
+        if keys.hit is not None and self._local(keys):
+            # a hit in a layer or a remote cache is reported once loaded (a bad blob makes it run)
             with self.runtime.scope(v):
                 self.runtime.cached(v)
         return keys
+
+    def _local(self, keys: _Keys) -> bool:
+        hit = keys.hit
+        return hit is not None and all(res.source in ("", self.base.name) for _, res in hit.values())
 
     async def _content(self, v: Any, cm: CacheMap) -> list[str | None]:
         wanted = [self._result(inp.digest) if dep.content else None
@@ -415,9 +420,12 @@ class CoreBuild:
     async def _compute_result(self, v: Any) -> list[Any]:
         keys: _Keys = await self._key_phase(v.digest).get()
         if keys.hit is not None:
+            local = self._local(keys)
             values = await self._load(v, keys)
             if values is not None:
                 with self.runtime.scope(v):
+                    if not local:
+                        self.runtime.cached(v)
                     await self._settled(v, keys, cached=True, outputs=values)
                 return values
         if keys.remote:

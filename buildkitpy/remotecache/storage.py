@@ -82,8 +82,12 @@ class RemoteCacheStorage:
         chain = self._chain(result)
         if chain is None:
             raise CacheResultGone(f"{self.name}: result {result.id} of {key} has no layers in the manifest")
+        return anyio.from_thread.run(self._load, chain)
+
+    async def _load(self, chain: list[Any]) -> Any:
+        # in the event loop: telling a failure from a cancellation needs it (first_error)
         try:
-            return anyio.from_thread.run(self._pull, chain)
+            return await self._pull(chain)
         except (BuildkitpyError, BaseExceptionGroup) as raised:
             exc = first_error(raised)
             if self.imported.ignore_error:
