@@ -108,6 +108,10 @@ class Runtime(Protocol):
     def eager(self) -> bool:
         """Load or run every vertex, also those below a hit (a build exporting its cache)."""
 
+    @property
+    def settle_outputs(self) -> bool:
+        """Observers want the outputs of local hits below a hit (handles only: no bytes move)."""
+
 
 @dataclass
 class _Flight:
@@ -214,16 +218,34 @@ class CoreBuild:
             await _release(held)
 
     async def _settle_skipped(self) -> None:
-        """Vertices whose result nobody needed (they sit below a hit) were not loaded or run:
-        observers hear of them now, as cached and without outputs."""
-        for digest, once in self._keys.items():
-            if digest in self._results or not once.done.is_set() or once.failed:
-                continue
-            v = self.vertices[digest]
+        """Vertices whose result nobody needed (they sit below a hit) were not run: observers hear
+        of them now, as cached. With ``settle_outputs``, hits in the local store come with their
+        outputs (taking a handle moves no bytes; provenance lists their layers); results in layers
+        or remote caches are never pulled for this."""
+        skipped = [(self.vertices[d], once.value) for d, once in self._keys.items()
+                   if d not in self._results and once.done.is_set() and not once.failed]
+        local = [(v, keys) for v, keys in skipped
+                 if self.runtime.settle_outputs and keys.hit is not None and self._local(keys)]
+        outputs: dict[str, list[Any]] = {}
+
+        def load() -> None:
+            for v, keys in local:
+                values: list[Any] = [None] * v.num_outputs
+                try:
+                    for o, (kid, res) in keys.hit.items():
+                        values[o] = self.base.load(kid, res)
+                except CacheResultGone:
+                    pass
+                self._held.extend(x for x in values if x is not None)
+                if all(values[o] is not None for o in keys.hit):
+                    outputs[v.digest] = values
+        if local:
+            await blocking(load)
+        for v, keys in skipped:
             with self.runtime.scope(v):
-                if once.value.remote or (once.value.hit is not None and not self._local(once.value)):
+                if keys.remote or (keys.hit is not None and not self._local(keys)):
                     self.runtime.cached(v)
-                await self._settled(v, once.value, cached=True)
+                await self._settled(v, keys, cached=True, outputs=outputs.get(v.digest))
 
     # -- tasks -----------------------------------------------------------------------------------
 

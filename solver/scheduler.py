@@ -114,6 +114,10 @@ class Build:
         remote = self.job.remote_cache
         return remote is not None and bool(remote.keep_results)
 
+    @property
+    def settle_outputs(self) -> bool:
+        return self.solver.observer is not None
+
     async def settled(self, v: Vertex, facts: Settled) -> None:
         remote = self.job.remote_cache
         if remote is not None and facts.outputs is not None and v.digest in self._nodes:

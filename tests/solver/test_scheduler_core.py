@@ -141,6 +141,7 @@ class Runtime:
         return None
 
     eager = False
+    settle_outputs = False
 
 
 class CountingStorage(InMemoryCacheStorage):
