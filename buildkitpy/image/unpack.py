@@ -155,11 +155,20 @@ class _Applier:
             except (OSError, OverflowError, ValueError) as exc:  # what the tree refuses, in words
                 reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise LayerError(f"layer entry {member.name!r}: {reason}") from None
+        root_real = os.path.realpath(self.root)
         for path, mtime in reversed(self.dir_times):
+            # a later entry of the layer may have removed the directory or put a symlink in its
+            # path: then it is not the directory any more (and a time set through the symlink
+            # would land outside the tree)
+            if os.path.realpath(path) != os.path.join(root_real, os.path.relpath(path, self.root)):
+                continue
             try:
                 os.utime(path, (mtime, mtime), follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
-                pass  # a later entry of the layer removed or replaced the directory
+                pass
+            except OSError as exc:
+                raise LayerError(f"cannot set the time of {os.path.relpath(path, self.root)!r}: "
+                                 f"{(exc.strerror or str(exc)).lower()}") from None
 
     def _apply_member(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         name = _clean_name(member.name)

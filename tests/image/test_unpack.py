@@ -116,3 +116,15 @@ def test_entries_the_tree_refuses_are_layer_errors_in_words(tmp_path, root, tar,
         apply(tmp_path, tar(), root)
     assert message in str(err.value)
     assert "Errno" not in str(err.value)
+
+
+def test_a_directory_time_is_never_set_through_a_symlink_a_later_entry_made(tmp_path, root):
+    # found by the fuzz suite (ELOOP): a directory's deferred time followed a symlink put in its path
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir()
+    os.utime(outside / "b", (5, 5))
+    tar = TarBuilder().dir("a").dir("a/b", mtime=1234).add("a", kind=tarfile.SYMTYPE,
+                                                              link=str(outside)).bytes()
+    apply(tmp_path, tar, root)
+    assert os.stat(outside / "b").st_mtime == 5
+    assert (root / "a").is_symlink()
