@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import anyio
 import hypothesis
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from protogen import messages
@@ -278,9 +279,13 @@ def check_loader(defn: ops_pb2.Definition) -> None:
 
 _KINDS = [0, modes.MODE_DIR, modes.MODE_SYMLINK, modes.MODE_NAMED_PIPE, modes.MODE_SOCKET,
           modes.MODE_DEVICE, modes.MODE_DEVICE | modes.MODE_CHAR_DEVICE, modes.MODE_IRREGULAR]
-_PATHS = ["a", "b", "a/b", "a/b/c", "d", "d/x", "../x", "../../outside/x", "/abs", "a/../../x", "./a", "a//b",
+_PATHS = ["a", "b", "a/b", "a/b/c", "d", "d/x", "../x", "../../outside/x", "@BOX@/outside/abs", "a/../../x",
+          "./a", "a//b",
           ".", "", "a\x00b", "\udcff", "link", "link/x", "link/../x", "A", "a/", "é"]
-_LINKS = ["", "a", "../outside", "../../outside/x", "/", "/etc", "a/b", "link", "..", "x" * 300]
+# Absolute paths point into the box (``@BOX@``, rewritten when the input is applied), never at the
+# host's own "/" or "/etc": an escape then shows as a change outside ``dest`` instead of changing
+# the machine the tests run on (an earlier version chowned and chmodded the host's "/").
+_LINKS = ["", "a", "../outside", "../../outside/x", "@BOX@", "@BOX@/outside", "a/b", "link", "..", "x" * 300]
 
 
 @st.composite
@@ -336,7 +341,11 @@ class Box:
         self.before = self._outside()
 
     def _outside(self) -> dict[str, tuple[int, ...]]:
-        seen = {}
+        # the box itself (a link to ``@BOX@``): its owner and mode, not its times (dest and the
+        # archive are made in it)
+        st_root = os.lstat(self.root)
+        seen: dict[str, tuple[int, ...]] = {
+            str(self.root): (st_root.st_mode, st_root.st_uid, st_root.st_gid, -1, -1, st_root.st_ino)}
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.root:
                 dirnames[:] = [d for d in dirnames if d != "dest"]
@@ -364,12 +373,25 @@ class Box:
         self.tmp.cleanup()
 
 
+def _in_box(data: bytes, box: Path) -> bytes:
+    """A packet with ``@BOX@`` in its path or link target, rewritten to point into ``box``."""
+    if b"@BOX@" not in data:
+        return data
+    try:
+        packet = fsutil_wire_pb2.Packet.FromString(data)
+    except DecodeError:
+        return data
+    packet.stat.path = packet.stat.path.replace("@BOX@", str(box))
+    packet.stat.linkname = packet.stat.linkname.replace("@BOX@", str(box))
+    return packet.SerializeToString()
+
+
 def check_filesync(stream: list[bytes]) -> None:
     box = Box()
     try:
         receiver = disk_receiver(box.dest)
         try:
-            for data in stream:
+            for data in (_in_box(d, box.root) for d in stream):
                 receiver.receive(packets.decode_packet(data))
             receiver.end_of_stream()
         finally:
@@ -389,11 +411,12 @@ _TAR_TYPES = [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 def tar_archives(draw: st.DrawFn) -> tuple[list[tuple[str, bytes, str, dict[str, Any]]], bytes, Any]:
     """Member specs (name, type, link target, header fields) with escape-shaped names and links;
     names and links ``@BOX@`` are rewritten to the box's absolute path when written."""
-    names = st.sampled_from(["a", "a/b", "../x", "../../outside/pwned", "/abs", "@BOX@/outside/pwned",
+    names = st.sampled_from(["a", "a/b", "../x", "../../outside/pwned", "@BOX@/abs", "@BOX@/outside/pwned",
                              "link/x", "link/../../x", "dirlink/y", "./c", "a/./b/../c", ".", "..", "x" * 120,
                              "d/" * 60 + "deep", "\udcff", "a\x00b", "é", ".wh.a", "a/.wh..wh..opq",
                              ".wh..wh..opq", "link/.wh.x", ".wh...", "a/.wh.b"])
-    links = st.sampled_from(["a", "../outside", "../../outside", "/", "@BOX@/outside", "@BOX@/outside/canary",
+    links = st.sampled_from(["a", "../outside", "../../outside", "@BOX@", "@BOX@/outside",
+                             "@BOX@/outside/canary",
                              "../outside/canary", "a/b", "missing", "link", "", "x" * 200])
     members = draw(st.lists(st.tuples(names, st.sampled_from(_TAR_TYPES), links,
                                       st.fixed_dictionaries({}, optional={
@@ -402,7 +425,8 @@ def tar_archives(draw: st.DrawFn) -> tuple[list[tuple[str, bytes, str, dict[str,
         "mtime": st.sampled_from([0, -1, 2**33, 2**40]),
         "devmajor": st.sampled_from([1, 0, 2**20]), "devminor": st.sampled_from([3, 0]),
         "size": st.sampled_from([0, 1, 2**33]),  # a header announcing more than follows
-        "pax_headers": st.sampled_from([{"path": "../../outside/pax"}, {"linkpath": "/etc"}, {"size": "-1"},
+        "pax_headers": st.sampled_from([{"path": "../../outside/pax"}, {"linkpath": "@BOX@/outside"},
+                                        {"size": "-1"},
                                         {"mtime": "x"}, {"uid": "99999999999999999999"}, {"path": "y" * 5000},
                                         {"SCHILY.xattr.user.a": "v"}]),
     })), max_size=6))
@@ -422,6 +446,8 @@ def _write_tar(path: Path, box: Path, members: list[Any], damage: Any, fmt: int)
         data = b"data" if kind in (tarfile.REGTYPE, tarfile.CONTTYPE) else b""
         info.size = len(data)
         for key, value in fields.items():
+            if key == "pax_headers":
+                value = {k: v.replace("@BOX@", str(box)) for k, v in value.items()}
             setattr(info, key, value)
         try:
             header = info.tobuf(fmt, "utf-8", "surrogateescape")
