@@ -63,11 +63,19 @@ class PipeConnection:
         await self._stream.aclose()
 
 
+# gRPC refuses unix socket paths longer than this (sun_path is 108 bytes with its NUL)
+_MAX_SOCKET_PATH = 107
+
+
 @contextlib.asynccontextmanager
 async def serve_over_pipes(add_services: Callable[[grpc.aio.Server], None],
                            socket_dir: Path) -> AsyncIterator[PipeConnection]:
-    """A private gRPC server with ``add_services`` and one connection to it."""
+    """A private gRPC server with ``add_services`` and one connection to it. Its socket goes in a
+    fresh 0700 directory under ``socket_dir``, or under the system's temporary directory when that
+    path would not fit a unix socket address (a deep ``--root``)."""
     socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if len(str(socket_dir)) + len("/fe-12345678/bridge.sock") > _MAX_SOCKET_PATH:
+        socket_dir = Path(tempfile.gettempdir())
     tmp = Path(tempfile.mkdtemp(prefix="fe-", dir=socket_dir))
     path = tmp / "bridge.sock"
     server = grpc.aio.server(options=GRPC_OPTIONS)
