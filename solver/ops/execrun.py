@@ -136,7 +136,7 @@ async def run_exec(ctx: OpContext, op: ops_pb2.ExecOp,
                         extra.append((m.dest, Mount.bind(sock, m.dest)))
             if rootfs is None:
                 raise SolveError("exec op has no root mount")
-            env = list(op.meta.env)
+            env = list(op.meta.env) + proxy_env_list(op.meta.proxy_env)
             for se in op.secretenv:
                 data = await _secret(ctx, se.ID, se.optional)
                 if data is not None:
@@ -200,3 +200,15 @@ def _cache_subdir(cache_dir: Path, selector: str) -> Path:
 def _remove_tree(path: Path) -> None:
     import shutil
     shutil.rmtree(path, ignore_errors=True)
+
+
+def proxy_env_list(proxy: ops_pb2.ProxyEnv) -> list[str]:
+    """The proxy settings a step gets in both spellings, as BuildKit's executor adds them (they are
+    left out of the cache key, so a proxy change does not rebuild)."""
+    out = []
+    for upper, value in (("HTTP_PROXY", proxy.http_proxy), ("HTTPS_PROXY", proxy.https_proxy),
+                         ("FTP_PROXY", proxy.ftp_proxy), ("NO_PROXY", proxy.no_proxy),
+                         ("ALL_PROXY", proxy.all_proxy)):
+        if value:
+            out += [f"{upper}={value}", f"{upper.lower()}={value}"]
+    return out
