@@ -13,7 +13,7 @@ from pathlib import Path
 @functools.cache
 def running_in_user_namespace() -> bool:
     """True when this process's user namespace is not the initial one (only part of the uid range
-    is mapped). A process cannot change its namespace for itself, so the answer is kept."""
+    is mapped). The daemon never moves itself to another user namespace, so the answer is kept."""
     try:
         fields = Path("/proc/self/uid_map").read_text().split()
     except OSError:
