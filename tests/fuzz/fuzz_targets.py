@@ -463,53 +463,40 @@ def _write_tar(path: Path, box: Path, members: list[Any], damage: Any, fmt: int)
     path.write_bytes(data)
 
 
-def check_tar(value: Any) -> None:
+def _unpack_in_box(value: Any, unpack_into: Callable[[Path, Path, Any], None], *,
+                   make_dest: bool) -> None:
+    """Write the drawn archive into a fresh box and hand it to ``unpack_into(archive, dest, owner)``;
+    whatever that raises, nothing outside ``dest`` may have changed."""
     members, damage, (fmt, owner) = value
     box = Box()
     try:
         archive = box.root / "archive.tar"
         _write_tar(archive, box.root, members, damage, fmt)
         box.before = box._outside()
-        box.dest.mkdir()
+        if make_dest:
+            box.dest.mkdir()
         try:
-            unpack(archive, box.dest, owner)
+            unpack_into(archive, box.dest, owner)
         finally:
             box.assert_untouched()
     finally:
         box.close()
+
+
+def check_tar(value: Any) -> None:
+    """ADD of a local archive."""
+    _unpack_in_box(value, unpack, make_dest=True)
 
 
 def check_context_tar(value: Any) -> None:
     """The build context ``docker build`` uploads to the Engine API (``POST /build``)."""
-    members, damage, (fmt, _) = value
-    box = Box()
-    try:
-        archive = box.root / "archive.tar"
-        _write_tar(archive, box.root, members, damage, fmt)
-        box.before = box._outside()
-        try:
-            contexttar.extract(archive, box.dest)
-        finally:
-            box.assert_untouched()
-    finally:
-        box.close()
+    _unpack_in_box(value, lambda archive, dest, _: contexttar.extract(archive, dest), make_dest=False)
 
 
 def check_image_layer(value: Any) -> None:
     """A layer of an image from a registry, applied onto a snapshot's tree (whiteouts included)."""
-    members, damage, (fmt, _) = value
-    box = Box()
-    try:
-        archive = box.root / "archive.tar"
-        _write_tar(archive, box.root, members, damage, fmt)
-        box.before = box._outside()
-        box.dest.mkdir()
-        try:
-            apply_layer_blob(archive, UNCOMPRESSED, box.dest, None)
-        finally:
-            box.assert_untouched()
-    finally:
-        box.close()
+    _unpack_in_box(value, lambda archive, dest, _: apply_layer_blob(archive, UNCOMPRESSED, dest, None),
+                   make_dest=True)
 
 
 # --- the Docker Engine API's HTTP requests -----------------------------------------------------------
