@@ -57,7 +57,9 @@ class BuildRun:
         return {n for n in self.step_ids("CACHED") if "RUN" in n or "COPY" in n}
 
 
-def build(daemon, ctx: Path, out: Path, *extra: str, check: bool = True, timeout: float = 300) -> BuildRun:
+def build(daemon, ctx: Path, out: Path, *extra: str, check: bool = True, timeout: float = 300,
+          output: str | None = None) -> BuildRun:
+    """A Dockerfile build of ``ctx``; exported to the local directory ``out`` unless ``output`` is given."""
     try:
         res = daemon.client(
             "build",
@@ -70,7 +72,7 @@ def build(daemon, ctx: Path, out: Path, *extra: str, check: bool = True, timeout
             "--local",
             f"dockerfile={ctx}",
             "--output",
-            f"type=local,dest={out}",
+            output or f"type=local,dest={out}",
             *extra,
             check=check,
             timeout=timeout,

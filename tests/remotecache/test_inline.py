@@ -41,22 +41,8 @@ def test_inline_cache_roundtrip(make_daemon, cache_registry, base_image, tmp_pat
         else ["--opt", "build-arg:BUILDKIT_INLINE_CACHE=1"]
     )
     daemon = make_daemon()
-    run1 = daemon.client(
-        "build",
-        "--progress",
-        "plain",
-        "--frontend",
-        "dockerfile.v0",
-        "--local",
-        f"context={ctx}",
-        "--local",
-        f"dockerfile={ctx}",
-        "--output",
-        f"type=image,name={image},push=true",
-        *flags,
-        timeout=300,
-    )
-    assert run1.returncode == 0
+    run1 = build(daemon, ctx, tmp_path / "o1", *flags, output=f"type=image,name={image},push=true")
+    assert run1.proc.returncode == 0
     config = _config(cache_registry, f"inline/{how}", "v1")
     records = json.loads(base64.b64decode(config["moby.buildkit.cache.v0"]))
     results = sorted(r["layers"][0]["layer"] for r in records if r.get("layers"))
