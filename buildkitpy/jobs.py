@@ -8,8 +8,11 @@ start all three at once. Finished jobs stay for a while so a late ``Status`` can
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,17 +51,32 @@ class JobRegistry:
         self._active: dict[str, Job] = {}
         self._finished: OrderedDict[str, Job] = OrderedDict()
         self._changed = asyncio.Condition()
+        # Held while content GC deletes blobs: a build starting meanwhile waits (it could pick a
+        # blob about to go), and the GC sees every build that started before (BuildKit: leases).
+        self._admission = threading.Lock()
 
     async def create(self, job: Job) -> Job:
         if not job.ref:
             raise InvalidArgument("solve request has no ref")
-        async with self._changed:
-            if job.ref in self._active:
-                raise AlreadyExists(f"build {job.ref} is already running")
-            self._finished.pop(job.ref, None)
-            self._active[job.ref] = job
-            self._changed.notify_all()
+        while not self._admission.acquire(blocking=False):
+            await asyncio.sleep(0.01)  # (polling: a cancelled build never leaves the lock taken)
+        try:
+            async with self._changed:
+                if job.ref in self._active:
+                    raise AlreadyExists(f"build {job.ref} is already running")
+                self._finished.pop(job.ref, None)
+                self._active[job.ref] = job
+                self._changed.notify_all()
+        finally:
+            self._admission.release()
         return job
+
+    @contextmanager
+    def quiesced(self) -> Iterator[bool]:
+        """Keeps builds from starting while entered; yields whether none is running (blocking:
+        enter it from a thread, never from the event loop)."""
+        with self._admission:
+            yield not self._active
 
     async def finish(self, job: Job) -> None:
         job.finished = time.time()

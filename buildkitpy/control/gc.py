@@ -32,12 +32,13 @@ def passes_from_policies(policies: Sequence[worker_pb2.GCPolicy]) -> list[usage.
 class GarbageCollector:
     def __init__(self, worker: usage.UsageWorker, cache: usage.CacheRecords, *,
                  passes: Sequence[usage.PruneOptions] = (), cache_mounts: Path | None = None,
-                 busy: Callable[[], bool] = lambda: False) -> None:
+                 busy: Callable[[], bool] = lambda: False, quiesce: usage.Quiesce | None = None) -> None:
         self.worker = worker
         self.cache = cache
         self.passes = list(passes)
         self.cache_mounts = cache_mounts
         self.busy = busy
+        self.quiesce = quiesce  # JobRegistry.quiesced: no build starts while blobs are deleted
         self.lock = threading.Lock()  # one prune or GC pass at a time
         self._task: asyncio.Task[None] | None = None
         self._again = False
@@ -46,7 +47,8 @@ class GarbageCollector:
     def prune(self, options: usage.PruneOptions, *, busy: bool) -> list[usage.Usage]:
         """A client's Prune request (blocking: call through a thread)."""
         with self.lock:
-            return usage.prune(self.worker, self.cache, options, busy=busy, cache_mounts=self.cache_mounts)
+            return usage.prune(self.worker, self.cache, options, busy=busy, cache_mounts=self.cache_mounts,
+                               quiesce=self.quiesce)
 
     def disk_usage(self, filters: Sequence[str], *, age_limit: float = 0.0) -> list[usage.Usage]:
         return usage.disk_usage(self.worker, self.cache, filters, age_limit=age_limit,
@@ -81,4 +83,4 @@ class GarbageCollector:
     def _pass(self) -> list[usage.Usage]:
         with self.lock:
             return usage.prune_passes(self.worker, self.cache, self.passes, busy=self.busy(),
-                                      cache_mounts=self.cache_mounts)
+                                      cache_mounts=self.cache_mounts, quiesce=self.quiesce)

@@ -54,7 +54,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self.sessions = sessions
         self._worker_record = worker_record
         self.history = history
-        self.gc = gc or GarbageCollector(worker, solver.cache, busy=lambda: bool(jobs.active()))
+        self.gc = gc or GarbageCollector(worker, solver.cache, busy=lambda: bool(jobs.active()),
+                                         quiesce=jobs.quiesced)
 
     # -- introspection ---------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -224,19 +225,27 @@ def keep_bytes(total: int, free: int, opts: PruneOptions) -> int:
     return max(keep, opts.reserved_space)
 
 
+Quiesce = Callable[[], AbstractContextManager[bool]]
+"""Entered around blob deletion: yields whether no build runs, and no build starts until it is left
+(``JobRegistry.quiesced``)."""
+
+
 def prune(worker: UsageWorker, cache: CacheRecords, options: PruneOptions = PruneOptions(), *,
-          busy: bool = True, cache_mounts: Path | None = None) -> list[Usage]:
+          busy: bool = True, cache_mounts: Path | None = None, quiesce: Quiesce | None = None) -> list[Usage]:
     """One prune pass, then content-store collection. Returns the records removed."""
-    return prune_passes(worker, cache, [options], busy=busy, cache_mounts=cache_mounts)
+    return prune_passes(worker, cache, [options], busy=busy, cache_mounts=cache_mounts, quiesce=quiesce)
 
 
 def prune_passes(worker: UsageWorker, cache: CacheRecords, passes: Iterable[PruneOptions], *,
-                 busy: bool, cache_mounts: Path | None = None) -> list[Usage]:
-    """Every pass in order (BuildKit applies all GC policies this way), then content collection."""
+                 busy: bool, cache_mounts: Path | None = None, quiesce: Quiesce | None = None) -> list[Usage]:
+    """Every pass in order (BuildKit applies all GC policies this way), then content collection.
+
+    ``busy`` (builds were running when the pass began) spares cache mounts; blobs are deleted only
+    inside ``quiesce`` when it says no build runs (without it: only when not ``busy``)."""
     removed: list[Usage] = []
     for opts in passes:
         removed += _prune_once(worker, cache, opts, busy=busy, cache_mounts=cache_mounts)
-    gc = collect_content(worker, busy=busy)
+    gc = collect_content(worker, quiesce=quiesce or (lambda: nullcontext(not busy)))
     if gc is not None and gc.deleted:
         log.info("prune: deleted %d unreferenced content blobs (%d bytes)", len(gc.deleted), gc.freed)
     return removed
@@ -298,7 +307,7 @@ def _remove(worker: UsageWorker, cache: CacheRecords, record: Usage, cache_mount
     return True
 
 
-def collect_content(worker: UsageWorker, *, busy: bool):
+def collect_content(worker: UsageWorker, *, quiesce: Quiesce):
     """Content-store garbage collection for workers that have a content store (``root``)."""
     if getattr(worker, "root", None) is None or not hasattr(worker.snapshots, "usage"):
         return None
@@ -307,6 +316,7 @@ def collect_content(worker: UsageWorker, *, busy: bool):
     from buildkitpy.solver.ops.source_image import puller_for
 
     puller = puller_for(worker)
-    live = {u.id for u in worker.snapshots.usage()}
-    return collect(puller.store, puller.chains, _blob_cache(worker.root), live,
-                   content_roots=getattr(worker, "content_roots", ()), busy=busy)
+    with quiesce() as idle:  # the live set is read and blobs deleted with no build starting
+        live = {u.id for u in worker.snapshots.usage()}
+        return collect(puller.store, puller.chains, _blob_cache(worker.root), live,
+                       content_roots=getattr(worker, "content_roots", ()), busy=not idle)

@@ -13,8 +13,9 @@ deleted that nothing still references. Kept are:
   downloads what is missing.
 
 Blobs are only deleted while no build is running (``busy``): a running pull or export holds blobs
-that no record names yet. A build starting during the collection can still find a blob gone under
-it and fail (never corrupt anything); BuildKit closes that window with containerd leases.
+that no record names yet. The caller also keeps builds from starting until the collection is done
+(``control.usage.collect_content``): one starting halfway could pick a blob about to go, or record
+one after the live set was read. BuildKit closes that window with containerd leases.
 """
 
 from __future__ import annotations
