@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -27,6 +27,9 @@ from buildkitpy.api import (
     worker_pb2,
 )
 from buildkitpy.client.rpc_errors import BuildkitError, from_rpc_error
+
+if TYPE_CHECKING:
+    from buildkitpy.session.client import SessionDialer
 
 DEFAULT_ADDRESS = "unix:///run/buildkit/buildkitd.sock"
 # containerd's defaults, which buildctl and buildkitd use for both directions.
@@ -131,8 +134,11 @@ class Client:
     Failed calls raise :class:`BuildkitError` carrying the daemon's message and typed details.
     """
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, session_dialer: SessionDialer | None = None) -> None:
         self.channel = channel
+        # Where sessions go: Control.Session on the channel, or connections this opens (the
+        # Docker Engine's POST /session, see buildkitpy.client.engine).
+        self.session_dialer = session_dialer
         self.control = control_pb2_grpc.ControlStub(channel)
         self.gateway = gateway_pb2_grpc.LLBBridgeStub(channel)
 

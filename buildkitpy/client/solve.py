@@ -16,6 +16,7 @@ the solve ends (EOF, or 5 s without messages) so the failing step is printed bef
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -88,6 +89,9 @@ class SolveOpt:
     proxy_network: bool = False
     attachables: list[Any] = field(default_factory=list)  # extra session attachables
     registry_auth: bool = True
+    # The id of a session some other client serves (the Engine API's /build with a client's
+    # session): no session of our own is opened, so nothing above may need one.
+    session_id: str = ""
 
 
 @dataclass
@@ -279,14 +283,24 @@ async def _run(client: Client, opt: SolveOpt, definition: ops_pb2.Definition | N
             raise OptionError(str(exc)) from None
         if cache_dirs is not None:
             attachables.append(cache_dirs)
-        session = ClientSession(attachables, shared_key=opt.shared_key or dirs_shared_key(opt.local_dirs))
-        request = solve_request(opt, ref=ref, session_id=session.session_id, definition=definition,
-                                gateway=gateway)
+        session: ClientSession | None = None
+        if opt.session_id:
+            if attachables:
+                raise OptionError("a build in a session another client serves cannot also serve local "
+                                  "dirs, outputs, secrets or registry auth")
+        else:
+            session = ClientSession(attachables, shared_key=opt.shared_key or dirs_shared_key(opt.local_dirs))
+        session_id = opt.session_id if session is None else session.session_id
+        request = solve_request(opt, ref=ref, session_id=session_id, definition=definition, gateway=gateway)
         run = _BuildRun(client, ref, on_status)
         async with anyio.create_task_group() as tg:
             tg.start_soon(run.pump_status)
             try:
-                async with session.run(client.control):
+                running: Any = contextlib.nullcontext()
+                if session is not None:
+                    running = (session.run(client.control) if client.session_dialer is None
+                               else session.run_dialed(client.session_dialer))
+                async with running:
                     async with anyio.create_task_group() as solving:
                         if gateway:
                             solving.start_soon(run.act_as_frontend, opt, definition, request.FrontendAttrs,

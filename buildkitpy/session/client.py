@@ -12,14 +12,16 @@ its only connection is the session stream (see :mod:`buildkitpy.session.bridge`)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import grpc
+from anyio.streams.memory import MemoryObjectReceiveStream
 from grpc_health.v1 import health, health_pb2_grpc
 
 from buildkitpy import errors
@@ -58,6 +60,37 @@ def new_session_id() -> str:
         value, digit = divmod(value, 36)
         digits.append(_BASE36[digit])
     return "".join(reversed(digits)).rjust(25, "0")
+
+
+# Opens a connection for a session given its headers: (reader, writer) positioned at the
+# start of the session's HTTP/2 bytes.
+SessionDialer = Callable[[list[tuple[str, str]]],
+                         Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def read_chunks(reader: asyncio.StreamReader, size: int = 256 << 10) -> AsyncIterator[bytes]:
+    """A connection's incoming bytes, until it ends or breaks."""
+    while True:
+        try:
+            data = await reader.read(size)
+        except (ConnectionError, OSError):
+            return
+        if not data:
+            return
+        yield data
+
+
+async def write_chunks(chunks: MemoryObjectReceiveStream[bytes], writer: asyncio.StreamWriter) -> None:
+    """Write ``chunks`` to a connection until they end or the connection breaks; then half-close it."""
+    async with chunks:
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            return
 
 
 class SessionRejected(errors.BuildkitpyError):
@@ -141,11 +174,7 @@ class ClientSession:
         call: grpc.aio.StreamStreamCall | None = None
         to_daemon, to_daemon_queue = anyio.create_memory_object_stream[bytes](16)
         try:
-            server = grpc.aio.server(options=SERVER_OPTIONS)
-            health_pb2_grpc.add_HealthServicer_to_server(
-                self.health_servicer or health.aio.HealthServicer(), server)
-            for attachable in self.attachables:
-                attachable.add_to_server(server)
+            server = self._server()
 
             async def requests() -> AsyncIterator[control_pb2.BytesMessage]:
                 async with to_daemon_queue:
@@ -174,6 +203,38 @@ class ClientSession:
             to_daemon.close()
             with anyio.CancelScope(shield=True):
                 await to_daemon_queue.aclose()
+
+    @contextlib.asynccontextmanager
+    async def run_dialed(self, dial: SessionDialer) -> AsyncIterator[ClientSession]:
+        """Serve over a connection ``dial`` opens with the session's headers (BuildKit's session
+        dialer: buildx's docker driver dials the Docker Engine's ``POST /session``) instead of
+        ``Control.Session``. The connection carries the session's HTTP/2 as it is."""
+        if self._running:
+            raise RuntimeError(f"session {self.session_id} is already running")
+        self._running = True
+        to_daemon, to_daemon_queue = anyio.create_memory_object_stream[bytes](16)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await dial(self.metadata())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write_chunks, to_daemon_queue, writer)
+                async with serve_over_pipe(self._server(), read_chunks(reader), to_daemon) as pipe:
+                    self._pipe = pipe
+                    yield self
+                tg.cancel_scope.cancel()
+        finally:
+            self._running = False
+            to_daemon.close()
+            if writer is not None:
+                writer.close()
+
+    def _server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            self.health_servicer or health.aio.HealthServicer(), server)
+        for attachable in self.attachables:
+            attachable.add_to_server(server)
+        return server
 
     async def _wait_accepted(self, call: grpc.aio.StreamStreamCall, timeout: float) -> None:
         try:
