@@ -23,13 +23,14 @@ from typing import Any
 import anyio
 
 from buildkitpy import __version__
+from buildkitpy.dockerapi import buildkit as buildkit_path
 from buildkitpy.dockerapi import remote
 from buildkitpy.dockerapi.classic import BuildFailed, ClassicBuild, tag_names
 from buildkitpy.dockerapi.contexttar import extract, spool
 from buildkitpy.dockerapi.http import ClientGone, HTTPError, Request
 from buildkitpy.dockerapi.imagestore import ImageStore
 from buildkitpy.dockerapi.limits import BuildCgroups
-from buildkitpy.dockerapi.options import BUILDER_BUILDKIT, BUILDER_CLASSIC, BuildOptions, bool_arg
+from buildkitpy.dockerapi.options import BUILDER_BUILDKIT, BuildOptions, bool_arg
 from buildkitpy.dockerapi.remote import is_git_url, is_url
 from buildkitpy.dockerapi.server import (
     API_VERSION,
@@ -142,13 +143,18 @@ class EngineAPI:
 
     async def build(self, req: Request) -> None:
         opts = BuildOptions.parse(req)
-        tag_names(opts.tags)
-        if opts.version != BUILDER_CLASSIC:
-            raise Unimplemented("the BuildKit builder (version=2) is not supported by this Engine API yet; "
-                                "build with DOCKER_BUILDKIT=0 (version=1)")
-        if opts.remote and not (is_url(opts.remote) or is_git_url(opts.remote)):
+        names = tag_names(opts.tags)
+        buildkit = opts.version == BUILDER_BUILDKIT
+        from_session = buildkit and opts.remote == buildkit_path.CLIENT_SESSION
+        if buildkit:
+            buildkit_path.exporter(opts, names)  # bad outputs fail before the upload
+            buildkit_path.frontend_attrs(opts)
+            if opts.remote == "upload-request" or opts.build_id.startswith("upload-request:"):
+                raise Unimplemented("uploading the context in a separate request (remote=upload-request) "
+                                    "is not supported: send it as the body or through the session")
+        if opts.remote and not from_session and not (is_url(opts.remote) or is_git_url(opts.remote)):
             raise HTTPError(400, f"remoteURL ({opts.remote}) could not be recognized as URL")
-        if opts.outputs:
+        if opts.outputs and not buildkit:
             raise Unimplemented("outputs are only supported by the BuildKit builder (version=2)")
         build_id = opts.build_id or os.urandom(16).hex()
         if build_id in self.builds:
@@ -165,13 +171,18 @@ class EngineAPI:
                         archive = workdir / "context.tar"
                         await spool(req.body(), archive)
                         context = workdir / "context"
-                        if opts.remote:  # the body, if any, is not the context
+                        if from_session:  # the client's session serves it
+                            pass
+                        elif opts.remote:  # the body, if any, is not the context
                             context.mkdir()
                             await remote.fetch(self.control, opts.remote, opts.dockerfile, context, workdir)
                         else:
                             await anyio.to_thread.run_sync(extract, archive, context)
                         archive.unlink()
-                        await self._run_classic(req, stream, opts, context, workdir)
+                        if buildkit:
+                            await self._run_buildkit(stream, opts, names, None if from_session else context)
+                        else:
+                            await self._run_classic(req, stream, opts, context, workdir)
                     except ClientGone:
                         log.info("build %s: the client went away; build stopped", build_id)
                     finally:
@@ -200,6 +211,28 @@ class EngineAPI:
             if not stream.started:
                 raise HTTPError(400, exc.message) from None
             await stream.error(exc.message, exc.code)
+        except BuildkitpyError as exc:
+            if not stream.started:
+                raise
+            await stream.error(str(exc))
+        await stream.close()
+
+    async def _run_buildkit(self, stream: JSONStream, opts: BuildOptions, names: list[str],
+                            context: Path | None) -> None:
+        from buildkitpy.client.solve import new_build_ref
+
+        if context is None and opts.session:  # a clear answer rather than a missing Dockerfile
+            try:
+                await self.sessions.get(opts.session, timeout=5.0)
+            except BuildkitpyError as exc:
+                raise HTTPError(400, f"remote={buildkit_path.CLIENT_SESSION}: {exc}") from None
+        try:
+            await buildkit_path.run(control=self.control, opts=opts, names=names, context=context,
+                                    ref=new_build_ref(), emit=stream.send)
+        except buildkit_path.BuildFailed as exc:
+            if not stream.started:
+                raise HTTPError(500, exc.message) from None
+            await stream.error(exc.message)
         except BuildkitpyError as exc:
             if not stream.started:
                 raise

@@ -36,8 +36,21 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             pass
 
 
+def check_upgrade(req: Request) -> None:
+    """Both endpoints take only an upgrade to HTTP/2 over cleartext, as moby's."""
+    proto = req.header("upgrade").strip()
+    if not proto:
+        raise HTTPError(400, f"no upgrade proto in request: {req.path} needs Connection: Upgrade and "
+                             "Upgrade: h2c")
+    if proto.lower() != "h2c":
+        raise HTTPError(400, f"protocol {proto} not supported (only h2c)")
+    if "upgrade" not in [v.strip().lower() for v in req.header("connection").split(",")]:
+        raise HTTPError(400, f"{req.path} needs Connection: Upgrade")
+
+
 async def grpc_proxy(req: Request, control_socket: str) -> None:
     """``POST /grpc``: splice the upgraded connection onto our Control API's private socket."""
+    check_upgrade(req)
     try:
         reader, writer = await asyncio.open_unix_connection(control_socket)
     except OSError as exc:
@@ -60,8 +73,12 @@ async def session(req: Request, sessions: Any) -> None:
     """``POST /session``: the client serves its attachables over this connection (HTTP/2 with the
     roles reversed); the daemon's session manager dials them as for ``Control.Session``."""
     from buildkitpy.errors import BuildkitpyError
-    from buildkitpy.session.manager import SessionHeader
+    from buildkitpy.session.manager import HEADER_SESSION_ID, SessionHeader
 
+    check_upgrade(req)
+    if not req.header(HEADER_SESSION_ID).strip():
+        raise HTTPError(400, f"POST /session without a session id: the {HEADER_SESSION_ID} header is "
+                             "missing or empty")
     try:
         header = SessionHeader.from_metadata(list(req.headers.items()))
     except BuildkitpyError as exc:
