@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 class RunningBuild:
     id: str
     scope: anyio.CancelScope
-    cancelled: bool = False
+    cancelled: bool = False  # by POST /build/cancel
+    client_gone: bool = False  # the client closed its connection
 
 
 @dataclass
@@ -179,10 +180,15 @@ class EngineAPI:
                         else:
                             await anyio.to_thread.run_sync(extract, archive, context)
                         archive.unlink()
-                        if buildkit:
-                            await self._run_buildkit(stream, opts, names, None if from_session else context)
-                        else:
-                            await self._run_classic(req, stream, opts, context, workdir)
+                        watcher = asyncio.ensure_future(_watch_hangup(req, running))
+                        try:
+                            if buildkit:
+                                await self._run_buildkit(stream, opts, names,
+                                                         None if from_session else context)
+                            else:
+                                await self._run_classic(req, stream, opts, context, workdir)
+                        finally:
+                            watcher.cancel()
                     except ClientGone:
                         log.info("build %s: the client went away; build stopped", build_id)
                     finally:
@@ -191,11 +197,13 @@ class EngineAPI:
                 # Our /build/cancel, seen as a fresh CancelledError a library raised (grpc's call)
                 # rather than the scope's own: swallowed unless the task itself is being cancelled.
                 task = asyncio.current_task()
-                if not running.cancelled or (task is not None and task.cancelling()):
+                if not (running.cancelled or running.client_gone) or (task is not None and task.cancelling()):
                     raise
         finally:  # outside the build's scope: a cancelled build still cleans up
             await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        if running.cancelled:
+        if running.client_gone:
+            log.info("build %s: the client closed its connection; build stopped", build_id)
+        elif running.cancelled:
             await stream.error("Build cancelled")
             await stream.close()
 
@@ -265,6 +273,21 @@ class EngineAPI:
 
         report = await prune_request(self.control, req)
         await req.connection.respond_json(200, report, headers=response_headers(req))
+
+
+async def _watch_hangup(req: Request, running: RunningBuild) -> None:
+    """Stop the build when its client closes the connection (the request body is read by now, so
+    the socket is quiet until then), as the Engine cancels a build whose request context ends. Bytes
+    a client pipelines after its request go back to the HTTP parser."""
+    conn = req.connection
+    try:
+        data = await conn.reader.read(64 * 1024)
+    except (ConnectionError, OSError):
+        data = b""
+    conn.h11.receive_data(data)
+    if not data:
+        running.client_gone = True
+        running.scope.cancel()
 
 
 class JSONStream:

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from buildkitpy.dockerapi.http import HTTPError
+from buildkitpy.dockerapi.http import ClientGone, HTTPError
 from buildkitpy.dockerapi.options import BuildOptions, docker_config_auths
 
 CLIENT_SESSION = "client-session"
@@ -151,21 +151,29 @@ async def run(*, control: Any, opts: BuildOptions, names: list[str], context: Pa
 
     send, receive = anyio.create_memory_object_stream[Any](math.inf)
 
-    async def forward() -> None:
+    gone: list[ClientGone] = []
+
+    async def forward(scope: anyio.CancelScope) -> None:
         async with receive:
-            async for status in receive:
-                await emit(trace_message(status))
+            try:
+                async for status in receive:
+                    await emit(trace_message(status))
+            except ClientGone as exc:  # the client hung up: stop the build
+                gone.append(exc)
+                scope.cancel()
 
     result = None
     failure: BuildkitError | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(forward)
+        tg.start_soon(forward, tg.cancel_scope)
         try:
             result = await solve(control, opt, on_status=send.send_nowait)
         except BuildkitError as exc:
             failure = exc
         finally:
             send.close()
+    if gone:
+        raise gone[0]
     if failure is not None:
         raise BuildFailed(failure.message)
     if kind not in (EXPORTER_MOBY, EXPORTER_IMAGE):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -10,6 +11,8 @@ import threading
 import time
 
 import pytest
+
+from buildkitpy.api import control_pb2
 
 from .test_build import _write
 
@@ -50,47 +53,69 @@ def _runc_containers(engine) -> list[str]:
     return res.stdout.decode().split() if res.returncode == 0 else []
 
 
-def test_cancel_mid_run(engine):
+@pytest.mark.parametrize("version", ["1", "2"])  # the classic builder and BuildKit
+@pytest.mark.parametrize("stop", ["cancel", "hangup"])  # POST /build/cancel, the client closing
+def test_stop_mid_run(engine, version, stop):
     body = _tar_of({"Dockerfile": b"FROM busybox\nRUN echo started && /bin/busybox sleep 120\n"})
     received = bytearray()
     done = threading.Event()
+    sock = socket.socket(socket.AF_UNIX)
+    build_id = f"stop-{stop}-{version}"
 
     def run_build() -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(90)
-            s.connect(str(engine.socket))
-            s.sendall((f"POST /v1.47/build?buildid=cancel-me&t=never HTTP/1.1\r\nHost: d\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-            while b"0\r\n\r\n" not in received:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                received.extend(chunk)
+        with sock:
+            sock.settimeout(90)
+            sock.connect(str(engine.socket))
+            sock.sendall((f"POST /v1.47/build?buildid={build_id}&t=never&version={version} HTTP/1.1\r\n"
+                          f"Host: d\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+            try:
+                while b"0\r\n\r\n" not in received:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    received.extend(chunk)
+            except OSError:
+                pass  # we hung up
         done.set()
 
     thread = threading.Thread(target=run_build, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while b"started" not in received and time.monotonic() < deadline:
+
+    def running() -> bool:
+        if version == "1":
+            return b"started" in received
+        for aux in re.findall(rb'"moby.buildkit.trace", "aux": "([^"]+)"', bytes(received)):
+            status = control_pb2.StatusResponse()
+            status.ParseFromString(base64.b64decode(aux))
+            if any(b"started" in log.msg for log in status.logs):
+                return True
+        return False
+
+    while not running() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert b"started" in received, received.decode(errors="replace")
-    res = engine.raw(b"POST /build/cancel?id=cancel-me HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
-                     b"Connection: close\r\n\r\n")
-    assert res.startswith(b"HTTP/1.1 200"), res
-    cancelled = time.monotonic()
-    assert done.wait(10), "the build stream did not end after the cancel"
-    assert b'"error": "Build cancelled"' in received
-    while _runc_containers(engine) and time.monotonic() - cancelled < 5:
+    assert running(), received.decode(errors="replace")
+    cancel = (f"POST /build/cancel?id={build_id} HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
+              "Connection: close\r\n\r\n").encode()
+    if stop == "cancel":
+        res = engine.raw(cancel)
+        assert res.startswith(b"HTTP/1.1 200"), res
+    else:
+        sock.shutdown(socket.SHUT_RDWR)
+    stopped = time.monotonic()
+    assert done.wait(10), "the build stream did not end"
+    if stop == "cancel":
+        assert b'"error": "Build cancelled"' in received
+    while _runc_containers(engine) and time.monotonic() - stopped < 5:
         time.sleep(0.1)
     assert _runc_containers(engine) == []
     builds = engine.daemon.root / "state" / "dockerapi" / "builds"
-    while builds.exists() and any(builds.iterdir()) and time.monotonic() - cancelled < 5:
+    while builds.exists() and any(builds.iterdir()) and time.monotonic() - stopped < 5:
         time.sleep(0.1)
-    assert not builds.exists() or not any(builds.iterdir()), "the cancelled build's context is left"
-    assert time.monotonic() - cancelled < 5
-    missing = engine.raw(b"POST /build/cancel?id=cancel-me HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n"
-                         b"Connection: close\r\n\r\n")
-    assert missing.startswith(b"HTTP/1.1 404")
+    assert not builds.exists() or not any(builds.iterdir()), "the stopped build's context is left"
+    assert time.monotonic() - stopped < 5
+    assert engine.raw(cancel).startswith(b"HTTP/1.1 404")  # it is not running any more
+    assert "never" not in engine.docker("images", "--format", "{{.Repository}}").stdout.decode()
 
 
 def test_python_docker_sdk(engine, tmp_path):
