@@ -177,6 +177,11 @@ class ImageStore:
             record = self._row(candidate)
             if record is not None:
                 return record
+            with self._lock:  # a manifest digest names its image too (as in containerd's store)
+                by_manifest = self._db.execute("SELECT id FROM images WHERE manifest_digest=?",
+                                               (candidate,)).fetchone()
+            if by_manifest is not None:
+                return self.get(by_manifest[0])
             with self._lock:
                 rows = self._db.execute("SELECT id FROM images WHERE id LIKE ?",
                                         (candidate + "%",)).fetchall()

@@ -43,4 +43,8 @@ async def export(ctx: ExportContext) -> dict[str, str]:
                 store.close()
 
         await anyio.to_thread.run_sync(record)
+        # The store names an image by its config digest (as moby's graphdriver store does), and so
+        # does this exporter's image digest: buildx asks for "prefer-image-digest" and then prints
+        # (-q) or writes (--iidfile) containerimage.digest, which must be an ID docker resolves.
+        response[image.RESP_DIGEST] = config
     return response

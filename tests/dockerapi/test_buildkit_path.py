@@ -80,7 +80,10 @@ def test_solve_over_grpc_with_session_over_session_endpoint(engine, tmp_path):
     assert any("RUN --mount=type=cache,target=/cache" in n for n in names)
     assert "py-grpc" in _logs(statuses)
     inspect = json.loads(engine.docker("image", "inspect", "py-engine").stdout)[0]
-    assert inspect["Id"] == response["containerimage.config.digest"]
+    assert inspect["Id"] == response["containerimage.config.digest"] == response["containerimage.digest"]
+    manifest = json.loads(base64.b64decode(response["containerimage.descriptor"]))["digest"]
+    by_manifest = json.loads(engine.docker("image", "inspect", manifest).stdout)[0]
+    assert by_manifest["Id"] == inspect["Id"]
     assert inspect["Config"]["Labels"] == {"path": "buildkit"}
     files = _image_files(engine, "py-engine")
     assert files["tok.txt"] == b"s3cret-token"
