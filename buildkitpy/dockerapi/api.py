@@ -52,6 +52,20 @@ class RunningBuild:
     client_gone: bool = False  # the client closed its connection
 
 
+# moby's two-request build: POST /build?version=2&remote=upload-request&buildid=X waits for
+# POST /build?version=2&buildid=upload-request:X, whose body is the context (each waits 5 s for the other).
+UPLOAD_REQUEST = "upload-request"
+UPLOAD_PREFIX = UPLOAD_REQUEST + ":"
+UPLOAD_WAIT = 5.0
+
+
+@dataclass
+class Upload:
+    archive: Path | None = None
+    delivered: anyio.Event = field(default_factory=anyio.Event)
+    consumed: anyio.Event = field(default_factory=anyio.Event)
+
+
 @dataclass
 class EngineAPI:
     """What the handlers share: our Control API client, the image store and the running builds."""
@@ -63,6 +77,7 @@ class EngineAPI:
     sessions: Any  # buildkitpy.session.manager.SessionManager
     control_socket: str  # path of the Control API's private socket
     builds: dict[str, RunningBuild] = field(default_factory=dict)
+    uploads: dict[str, Upload] = field(default_factory=dict)  # by build id
     cgroups: BuildCgroups = field(default_factory=BuildCgroups)
 
     def router(self) -> Router:
@@ -150,10 +165,15 @@ class EngineAPI:
         if buildkit:
             buildkit_path.exporter(opts, names)  # bad outputs fail before the upload
             buildkit_path.frontend_attrs(opts)
-            if opts.remote == "upload-request" or opts.build_id.startswith("upload-request:"):
-                raise Unimplemented("uploading the context in a separate request (remote=upload-request) "
-                                    "is not supported: send it as the body or through the session")
-        if opts.remote and not from_session and not (is_url(opts.remote) or is_git_url(opts.remote)):
+            if opts.build_id.startswith(UPLOAD_PREFIX):
+                await self._upload(req, opts.build_id[len(UPLOAD_PREFIX):])
+                return
+            if opts.remote == UPLOAD_REQUEST and not opts.build_id:
+                raise HTTPError(400, f"remote={UPLOAD_REQUEST} needs a buildid: the context comes in "
+                                     f"another request with buildid={UPLOAD_PREFIX}<buildid>")
+        from_upload = buildkit and opts.remote == UPLOAD_REQUEST
+        named_elsewhere = from_session or from_upload
+        if opts.remote and not named_elsewhere and not (is_url(opts.remote) or is_git_url(opts.remote)):
             raise HTTPError(400, f"remoteURL ({opts.remote}) could not be recognized as URL")
         if opts.outputs and not buildkit:
             raise Unimplemented("outputs are only supported by the BuildKit builder (version=2)")
@@ -174,6 +194,8 @@ class EngineAPI:
                         context = workdir / "context"
                         if from_session:  # the client's session serves it
                             pass
+                        elif from_upload:  # another request brings it
+                            await self._receive_upload(build_id, context)
                         elif opts.remote:  # the body, if any, is not the context
                             context.mkdir()
                             await remote.fetch(self.control, opts.remote, opts.dockerfile, context, workdir)
@@ -206,6 +228,51 @@ class EngineAPI:
         elif running.cancelled:
             await stream.error("Build cancelled")
             await stream.close()
+
+    async def _upload(self, req: Request, build_id: str) -> None:
+        """The context of build ``build_id`` (``remote=upload-request``) as this request's body: handed
+        over once spooled; answered with an empty stream once that build has unpacked it."""
+        if not build_id:
+            raise HTTPError(400, f"buildid={UPLOAD_PREFIX} names no build")
+        workdir = self.root / "builds" / os.urandom(12).hex()
+        try:
+            workdir.mkdir(parents=True)
+            archive = workdir / "context.tar"
+            await spool(req.body(), archive)
+            slot = self.uploads.setdefault(build_id, Upload())
+            if slot.archive is not None:
+                raise InvalidArgument(f"the context of build {build_id} is already being uploaded")
+            slot.archive = archive
+            slot.delivered.set()
+            try:
+                with anyio.fail_after(UPLOAD_WAIT):
+                    await slot.consumed.wait()
+            except TimeoutError:
+                raise HTTPError(400, f"no build {build_id} took the uploaded context within "
+                                     f"{UPLOAD_WAIT:g}s (start it with remote={UPLOAD_REQUEST})") from None
+            finally:
+                if self.uploads.get(build_id) is slot and not slot.consumed.is_set():
+                    del self.uploads[build_id]
+        finally:
+            await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        stream = JSONStream(req)
+        await stream.close()
+
+    async def _receive_upload(self, build_id: str, context: Path) -> None:
+        slot = self.uploads.setdefault(build_id, Upload())
+        try:
+            with anyio.fail_after(UPLOAD_WAIT):
+                await slot.delivered.wait()
+            assert slot.archive is not None
+            await anyio.to_thread.run_sync(extract, slot.archive, context)
+        except TimeoutError:
+            raise HTTPError(400, f"the context of build {build_id} was not uploaded within {UPLOAD_WAIT:g}s "
+                                 f"(POST /build?version=2&buildid={UPLOAD_PREFIX}{build_id} with the "
+                                 "context as its body)") from None
+        finally:
+            slot.consumed.set()
+            if self.uploads.get(build_id) is slot:
+                del self.uploads[build_id]
 
     async def _run_classic(self, req: Request, stream: JSONStream, opts: BuildOptions, context: Path,
                            workdir: Path) -> None:

@@ -185,6 +185,49 @@ def test_build_version2_with_tar_body(engine, tmp_path):
     assert _image_files(engine, "v2-body")["a.txt"] == b"from the body\n"
 
 
+@pytest.mark.parametrize("upload_first", [False, True])
+def test_build_version2_with_upload_request(engine, upload_first):
+    """moby's two requests: the build (remote=upload-request) and the context's upload, either first."""
+    import threading
+    import time
+
+    body = _tar({"Dockerfile": "FROM busybox\nCOPY u.txt /u.txt\n", "u.txt": f"uploaded {upload_first}\n"})
+    build_id = f"up-{int(upload_first)}"
+    results: dict[str, list[dict]] = {}
+
+    def build() -> None:
+        results["build"] = _post_build(engine, {"version": "2", "remote": "upload-request",
+                                                "buildid": build_id, "t": f"v2-upload-{int(upload_first)}"})
+
+    def upload() -> None:
+        results["upload"] = _post_build(engine, {"version": "2", "buildid": f"upload-request:{build_id}"},
+                                        body)
+
+    first, second = (upload, build) if upload_first else (build, upload)
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    time.sleep(0.5)
+    threads.append(threading.Thread(target=second))
+    threads[1].start()
+    for t in threads:
+        t.join(120)
+    assert results["upload"] == [], results
+    image_id = _image_id(results["build"])
+    name = f"v2-upload-{int(upload_first)}"
+    assert json.loads(engine.docker("image", "inspect", name).stdout)[0]["Id"] == image_id
+    assert _image_files(engine, name)["u.txt"] == f"uploaded {upload_first}\n".encode()
+
+
+def _tar(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            t.addfile(info, io.BytesIO(text.encode()))
+    return buf.getvalue()
+
+
 def test_build_version2_failure_is_streamed(engine, tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
@@ -209,7 +252,9 @@ def test_build_version2_failure_is_streamed(engine, tmp_path):
     ({"networkmode": "bridge"}, "not supported by buildkit"),
     ({"extrahosts": "nohost:"}, "invalid host"),
     ({"ulimits": json.dumps([{"Name": "nofile", "Soft": "x", "Hard": 1}])}, "invalid ulimit"),
-    ({"remote": "upload-request", "buildid": "b1"}, "remote=upload-request"),
+    ({"remote": "upload-request"}, "remote=upload-request needs a buildid"),
+    ({"remote": "upload-request", "buildid": "never-uploaded"}, "was not uploaded within 5s"),
+    ({"buildid": "upload-request:nobody-waits"}, "no build nobody-waits took the uploaded context"),
 ])
 def test_build_version2_bad_requests(engine, query, needle):
     messages = _post_build(engine, {"version": "2", **query}, timeout=60)
