@@ -296,14 +296,9 @@ class EngineAPI:
                             context: Path | None) -> None:
         from buildkitpy.client.solve import new_build_ref
 
-        if context is None and opts.session:  # a clear answer rather than a missing Dockerfile
-            try:
-                await self.sessions.get(opts.session, timeout=5.0)
-            except BuildkitpyError as exc:
-                raise HTTPError(400, f"remote={buildkit_path.CLIENT_SESSION}: {exc}") from None
         try:
-            await buildkit_path.run(control=self.control, opts=opts, names=names, context=context,
-                                    ref=new_build_ref(), emit=stream.send)
+            await buildkit_path.run(control=self.control, sessions=self.sessions, opts=opts, names=names,
+                                    context=context, ref=new_build_ref(), emit=stream.send)
         except buildkit_path.BuildFailed as exc:
             if not stream.started:
                 raise HTTPError(500, exc.message) from None

@@ -115,19 +115,31 @@ def exporter(opts: BuildOptions, names: list[str]) -> tuple[str, dict[str, str]]
     return name, attrs
 
 
+async def _client_session(sessions: Any, session_id: str) -> Any:
+    """The client's open session (``buildkitpy.session.manager.Session``), waited for a moment."""
+    from buildkitpy.errors import BuildkitpyError
+
+    try:
+        return await sessions.get(session_id, timeout=5.0)
+    except BuildkitpyError as exc:
+        raise HTTPError(400, f"session={session_id}: {exc}") from None
+
+
 def trace_message(status: Any) -> dict[str, Any]:
     """One ``StatusResponse`` as the Engine streams it (Go marshals the bytes as base64)."""
     return {"id": TRACE_ID, "aux": base64.b64encode(status.SerializeToString()).decode("ascii")}
 
 
-async def run(*, control: Any, opts: BuildOptions, names: list[str], context: Path | None, ref: str,
-              emit: Emit) -> str:
+async def run(*, control: Any, sessions: Any, opts: BuildOptions, names: list[str], context: Path | None,
+              ref: str, emit: Emit) -> str:
     """Solve the build; ``context`` is the unpacked directory to serve, ``None`` for the client's
     session. Streams progress through ``emit``; returns the image ID (empty if none was made)."""
     from buildkitpy.client.options import CacheOptionsEntry, ExportEntry
     from buildkitpy.client.rpc_errors import BuildkitError
     from buildkitpy.client.solve import SolveOpt, solve
-    from buildkitpy.session.auth import AuthAttachable
+    from buildkitpy.session.auth import CREDENTIALS_METHOD, AuthAttachable
+    from buildkitpy.session.filesync import FILESEND_DIFFCOPY, FILESYNC_SERVICE
+    from buildkitpy.session.forward import ForwardingAttachable
 
     attrs = frontend_attrs(opts)
     kind, exporter_attrs = exporter(opts, names)
@@ -138,13 +150,20 @@ async def run(*, control: Any, opts: BuildOptions, names: list[str], context: Pa
         if not opts.session:
             raise HTTPError(400, "remote=client-session needs the session parameter (the id of a session "
                                  "opened with POST /session)")
+        await _client_session(sessions, opts.session)  # a clear answer rather than a missing Dockerfile
         opt.session_id = opts.session
     else:
-        if kind not in ("", EXPORTER_MOBY, EXPORTER_IMAGE):
+        # Our session serves the unpacked context; the client's, if named, everything else.
+        client = await _client_session(sessions, opts.session) if opts.session else None
+        forwarded = [m for m in client.methods if not m.startswith(f"/{FILESYNC_SERVICE}/")] if client else []
+        if kind not in ("", EXPORTER_MOBY, EXPORTER_IMAGE) and FILESEND_DIFFCOPY not in forwarded:
             raise HTTPError(400, f"the {kind} exporter sends its result to the client's session: build "
-                                 f"with remote={CLIENT_SESSION} and a session")
+                                 f"with a session (session=…) that serves {FILESEND_DIFFCOPY}")
         opt.local_dirs = {"context": context, "dockerfile": context}
-        opt.attachables = [AuthAttachable(config={"auths": docker_config_auths(opts.registry_auth)})]
+        if client is not None and forwarded:
+            opt.attachables.append(ForwardingAttachable(client, forwarded))
+        if CREDENTIALS_METHOD not in forwarded:
+            opt.attachables.append(AuthAttachable(config={"auths": docker_config_auths(opts.registry_auth)}))
     inline = opts.build_args.get("BUILDKIT_INLINE_CACHE")
     if inline is not None and inline.strip().lower() in ("1", "t", "true"):
         opt.cache_exports = [CacheOptionsEntry(type="inline", attrs={})]

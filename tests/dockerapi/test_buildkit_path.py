@@ -218,6 +218,34 @@ def test_build_version2_with_upload_request(engine, upload_first):
     assert _image_files(engine, name)["u.txt"] == f"uploaded {upload_first}\n".encode()
 
 
+def test_build_version2_body_context_with_client_session(engine, tmp_path):
+    """The context as the body, secrets and the local exporter's files through the client's session
+    (what an older CLI sends for `docker build --secret … -o type=local,dest=… - < ctx.tar`)."""
+    from buildkitpy.session.filesync import FileSendAttachable, LocalDirTarget
+
+    body = _tar({"Dockerfile": "FROM busybox\nRUN --mount=type=secret,id=tok cat /run/secrets/tok > /s.txt"
+                               " # body+session\nCOPY b.txt /b.txt\n", "b.txt": "from the body\n"})
+    out = tmp_path / "out"
+
+    async def build(outputs: list[dict], tag: str) -> list[dict]:
+        session = ClientSession([SecretsAttachable({"tok": b"forwarded-secret"}),
+                                 FileSendAttachable({"0": LocalDirTarget(out)})])
+        with anyio.fail_after(180):
+            async with session.run_dialed(await _session_dialer(engine)):
+                query = {"version": "2", "session": session.session_id, "t": tag}
+                if outputs:
+                    query["outputs"] = json.dumps(outputs)
+                return await anyio.to_thread.run_sync(_post_build, engine, query, body)
+
+    messages = anyio.run(build, [], "v2-body-session")
+    assert not any("error" in m for m in messages), messages
+    assert _image_files(engine, "v2-body-session")["s.txt"] == b"forwarded-secret"
+    messages = anyio.run(build, [{"Type": "local", "Attrs": {}}], "")
+    assert not any("error" in m for m in messages), messages
+    assert (out / "s.txt").read_bytes() == b"forwarded-secret"
+    assert (out / "b.txt").read_text() == "from the body\n"
+
+
 def _tar(files: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
@@ -249,6 +277,7 @@ def test_build_version2_failure_is_streamed(engine, tmp_path):
     ({"outputs": json.dumps([{"Type": "bogus"}])}, "unsupported output type 'bogus'"),
     ({"outputs": json.dumps(["local"])}, "error reading outputs"),
     ({"outputs": json.dumps([{"Type": "local"}])}, "sends its result to the client's session"),
+    ({"session": "nosuchsession000000000001"}, "no active session"),
     ({"networkmode": "bridge"}, "not supported by buildkit"),
     ({"extrahosts": "nohost:"}, "invalid host"),
     ({"ulimits": json.dumps([{"Name": "nofile", "Soft": "x", "Hard": 1}])}, "invalid ulimit"),
