@@ -16,9 +16,13 @@ never persisted; ``fresh`` outputs come from a run whose result was not validate
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
+
+from google.protobuf.descriptor import FieldDescriptor, OneofDescriptor
+from google.protobuf.message import Message
 
 
 @dataclass(frozen=True)
@@ -132,3 +136,94 @@ def digest_json(obj: object) -> str:
 
 def selector_digest(paths: list[str]) -> str:
     return "sha256:" + hashlib.sha256("\0".join(paths).encode()).hexdigest()
+
+
+# --- BuildKit's own digests: Go's encoding/json of its structs and protobuf messages ------------
+
+
+def go_digest(data: bytes | str) -> str:
+    """``digest.FromBytes``."""
+    return "sha256:" + hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def go_marshal(value: object) -> bytes:
+    """``json.Marshal`` of ``value`` built from dicts (in struct field order), lists, strings, ints
+    and bools: compact, HTML-safe escaping, non-ASCII kept as UTF-8."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text.encode()
+
+
+def _go_name(name: str) -> str:
+    """protoc-gen-go's Go name of a oneof (``user`` -> ``User``)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def go_proto_value(msg: Message) -> dict[str, object]:
+    """What ``json.Marshal`` writes for a protoc-gen-go message of BuildKit's ``solver/pb``: fields
+    in declaration order under their proto names, zero values omitted (``omitempty``), enums and
+    64-bit integers as numbers, bytes in base64, maps with sorted keys, a oneof under its Go name;
+    plus the hand-written ``MarshalJSON`` of ``UserOpt`` and ``FileAction`` (``solver/pb/json.go``)."""
+    desc = msg.DESCRIPTOR
+    if desc.full_name == "pb.UserOpt":
+        which = msg.WhichOneof("user")  # type: ignore[attr-defined]
+        inner: dict[str, object] = {}
+        if which == "byName":
+            inner["byName"] = go_proto_value(msg.byName)  # type: ignore[attr-defined]
+        elif which == "byID" and msg.byID:  # type: ignore[attr-defined]
+            inner["byId"] = msg.byID  # type: ignore[attr-defined]
+        return {"User": inner}
+    if desc.full_name == "pb.FileAction":
+        action: dict[str, object] = {}
+        which = msg.WhichOneof("action")  # type: ignore[attr-defined]
+        if which in ("copy", "mkfile", "mkdir", "rm"):
+            action[which] = go_proto_value(getattr(msg, which))
+        return {"input": msg.input, "secondaryInput": msg.secondaryInput,  # type: ignore[attr-defined]
+                "output": msg.output, "Action": action}  # type: ignore[attr-defined]
+    out: dict[str, object] = {}
+    for f in desc.fields:
+        oneof = f.containing_oneof
+        if oneof is not None and not _synthetic(oneof):
+            key = _go_name(oneof.name)
+            if key in out:
+                continue
+            which = msg.WhichOneof(oneof.name)
+            out[key] = None if which is None else \
+                {_go_name(which): _go_field(msg, desc.fields_by_name[which])}
+            continue
+        if f.is_repeated:
+            values = getattr(msg, f.name)
+            if len(values) == 0:
+                continue
+            if f.message_type is not None and f.message_type.GetOptions().map_entry:
+                vf = f.message_type.fields_by_name["value"]
+                out[f.name] = {k: _go_scalar(values[k], vf) for k in sorted(values)}
+            else:
+                out[f.name] = [_go_scalar(v, f) for v in values]
+            continue
+        if f.has_presence:  # messages and proto3 optionals: pointers, left out when nil
+            if msg.HasField(f.name):
+                out[f.name] = _go_field(msg, f)
+            continue
+        value = getattr(msg, f.name)
+        if value:
+            out[f.name] = _go_scalar(value, f)
+    return out
+
+
+def _synthetic(oneof: OneofDescriptor) -> bool:
+    return len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name
+
+
+def _go_field(msg: Message, f: FieldDescriptor) -> object:
+    return _go_scalar(getattr(msg, f.name), f)
+
+
+def _go_scalar(value: object, f: FieldDescriptor) -> object:
+    if f.message_type is not None and isinstance(value, Message):
+        return go_proto_value(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value

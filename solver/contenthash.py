@@ -1,9 +1,12 @@
 """Content checksums of paths inside a committed snapshot (the slow half of a cache key).
 
-A file hashes a tarsum-like header (type, permission bits, uid, gid, size, link target, device
-numbers, relevant xattrs; never the mtime) followed by its content. A directory hashes its own header
-and, for each child in name order, the child's name and digest. A symlink's mode counts as 0777.
-Results are memoised per (snapshot id, selector) in SQLite: snapshots never change once committed.
+Plain selectors hash as BuildKit's ``cache/contenthash`` does, so content-based cache keys match
+real BuildKit's: a file hashes its v1 tarsum header (type, permission bits, uid, gid, size, link
+target, device numbers, kept xattrs; never the name or mtime) followed by its content; a
+directory hashes its own header's digest and, for each child in byte order of names, the child's
+name and digest. Wildcard and include/exclude selectors use a hash of our own (their keys do not
+match BuildKit's). Results are memoised per (snapshot id, selector) in SQLite: snapshots never
+change once committed.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ _CHUNK = 1 << 20
 
 
 def _xattrs(path: str) -> list[tuple[str, bytes]]:
+    """The xattrs tarsum keeps: ``security.capability`` and anything outside ``security.*`` and
+    ``system.*``, sorted by name."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return []
     out = []
-    for name in sorted(names):
+    for name in sorted(names, key=str.encode):
         if name.startswith("system.") or (name.startswith("security.") and name != "security.capability"):
             continue
         try:
@@ -40,18 +45,26 @@ def _xattrs(path: str) -> list[tuple[str, bytes]]:
     return out
 
 
+_TYPEFLAGS = {stat.S_IFREG: b"0", stat.S_IFLNK: b"2", stat.S_IFCHR: b"3", stat.S_IFBLK: b"4",
+              stat.S_IFDIR: b"5", stat.S_IFIFO: b"6"}
+
+
 def _header(path: str, st: os.stat_result) -> bytes:
+    """BuildKit's v1 tarsum header of a file (``contenthash.NewFileHash``): the tar header Go's
+    ``tar.FileInfoHeader`` makes, with the name left empty, as ``key+value`` pairs without
+    separators (name, mode, uid, gid, size, typeflag, linkname, uname, gname, devmajor, devminor,
+    then the kept xattrs)."""
     mode = st.st_mode
     kind = stat.S_IFMT(mode)
-    perm = 0o777 if stat.S_ISLNK(mode) else stat.S_IMODE(mode)
-    link = os.readlink(path) if stat.S_ISLNK(mode) else ""
-    size = st.st_size if stat.S_ISREG(mode) else 0
-    dev = st.st_rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0
-    fields = [f"{kind:o}", f"{perm:o}", str(st.st_uid), str(st.st_gid), str(size), link,
-              str(os.major(dev)), str(os.minor(dev))]
-    data = "\0".join(fields).encode() + b"\0"
+    perm = 0o777 if kind == stat.S_IFLNK else stat.S_IMODE(mode)  # permission and setuid/setgid/sticky bits
+    link = os.readlink(path).encode("utf-8", "surrogateescape") if kind == stat.S_IFLNK else b""
+    size = st.st_size if kind == stat.S_IFREG else 0
+    dev = st.st_rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+    data = b"name" + b"mode%d" % perm + b"uid%d" % st.st_uid + b"gid%d" % st.st_gid + b"size%d" % size
+    data += b"typeflag" + _TYPEFLAGS.get(kind, b"0") + b"linkname" + link + b"uname" + b"gname"
+    data += b"devmajor%d" % os.major(dev) + b"devminor%d" % os.minor(dev)
     for name, value in _xattrs(path):
-        data += name.encode() + b"\0" + value + b"\0"
+        data += name.encode() + value
     return data
 
 
@@ -65,14 +78,17 @@ def _file_digest(path: str, st: os.stat_result) -> str:
 
 
 def tree_digest(path: str) -> str:
-    """Digest of a file, symlink (not followed) or whole directory tree."""
+    """Digest of a file, symlink (not followed) or whole directory tree, as BuildKit's
+    ``contenthash`` computes it: a directory hashes ``"\0"`` + the digest of its own header, then
+    per child in byte order of names ``"\0" + name`` + the child's digest (recursively)."""
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         return _file_digest(path, st)
-    h = hashlib.sha256(b"dir\0" + _header(path, st))
-    for name in sorted(os.listdir(path)):
-        h.update(name.encode("utf-8", "surrogateescape") + b"\0")
-        h.update(tree_digest(os.path.join(path, name)).encode() + b"\0")
+    h = hashlib.sha256(b"\0" + ("sha256:" + hashlib.sha256(_header(path, st)).hexdigest()).encode())
+    names = sorted(os.fsencode(n) for n in os.listdir(path))
+    for name in names:
+        h.update(b"\0" + name)
+        h.update(tree_digest(os.fsdecode(os.path.join(os.fsencode(path), name))).encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -134,8 +150,8 @@ def _checksum_one(root: Path, sel: Selector) -> str:
 
 
 def combine(digests: list[str]) -> str:
-    if len(digests) == 1:
-        return digests[0]
+    """The content digest of an input for its selectors: BuildKit hashes the per-selector
+    checksums joined by NUL, even when there is one."""
     return "sha256:" + hashlib.sha256("\0".join(digests).encode()).hexdigest()
 
 
@@ -146,23 +162,23 @@ class ChecksumStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS checksums (snapshot_id TEXT NOT NULL, "
+        self._db.execute("CREATE TABLE IF NOT EXISTS checksums_v2 (snapshot_id TEXT NOT NULL, "
                          "selector TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (snapshot_id, selector))")
 
     def get(self, snapshot_id: str, selector: Selector) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT digest FROM checksums WHERE snapshot_id=? AND selector=?",
+            row = self._db.execute("SELECT digest FROM checksums_v2 WHERE snapshot_id=? AND selector=?",
                                    (snapshot_id, selector.key())).fetchone()
         return row[0] if row else None
 
     def put(self, snapshot_id: str, selector: Selector, digest: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO checksums VALUES (?, ?, ?)",
+            self._db.execute("INSERT OR REPLACE INTO checksums_v2 VALUES (?, ?, ?)",
                              (snapshot_id, selector.key(), digest))
 
     def forget(self, snapshot_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM checksums WHERE snapshot_id=?", (snapshot_id,))
+            self._db.execute("DELETE FROM checksums_v2 WHERE snapshot_id=?", (snapshot_id,))
 
     def close(self) -> None:
         with self._lock:

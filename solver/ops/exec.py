@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import posixpath
 
-from google.protobuf import json_format
-
 from buildkitpy.api import ops_pb2
 from buildkitpy.errors import EntitlementDenied, InvalidArgument, Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
-from buildkitpy.solver.cachekey import CacheMap, Dep, Selector, digest_json, selector_digest
+from buildkitpy.solver.cachekey import (
+    CacheMap,
+    Dep,
+    Selector,
+    go_digest,
+    go_marshal,
+    go_proto_value,
+    selector_digest,
+)
 from buildkitpy.solver.loader import SCRATCH, SKIP_OUTPUT, Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
 from buildkitpy.worker import host_platform
@@ -24,9 +30,11 @@ EXEC_CACHE_TYPE = "buildkit.exec.v0"
 
 
 def _is_default_cache_id(m: ops_pb2.Mount) -> bool:
-    """Dockerfile's default cache id is the target (optionally namespaced); keep those in the key."""
+    """Dockerfile's default cache id is the target (or ``<namespace>/<target>``); keep those in
+    the key, as BuildKit's ``checkShouldClearCacheOpts`` does."""
     cid = m.cacheOpt.ID
-    return m.cacheOpt.sharing == ops_pb2.SHARED and (cid == m.dest or cid.endswith("/" + m.dest.lstrip("/")))
+    _, slash, rest = cid.partition("/")
+    return m.cacheOpt.sharing == ops_pb2.SHARED and (cid == m.dest or (bool(slash) and rest == m.dest))
 
 
 @register_op("exec")
@@ -52,14 +60,22 @@ class ExecOp:
         op.meta.ClearField("proxy_env")
         if len(op.mounts) == 1:
             m = op.mounts[0]
-            if m.dest == "/" and not m.readonly and m.mountType == ops_pb2.BIND and not m.resultID:
+            if m.dest == "/" and not m.readonly and m.mountType == ops_pb2.BIND and not m.resultID \
+                    and not any(m.HasField(f) for f in ("cacheOpt", "SSHOpt", "secretOpt")):
                 del op.mounts[:]
-        plat = self.vertex.op.platform
-        platform = {"OS": plat.OS, "Arch": plat.Architecture, "Variant": plat.Variant} \
-            if self.vertex.op.HasField("platform") else \
-            {"OS": host_platform()["os"], "Arch": host_platform()["architecture"],
-             "Variant": host_platform().get("variant", "")}
-        digest = digest_json({"Type": EXEC_CACHE_TYPE, "Exec": json_format.MessageToDict(op), **platform})
+        # BuildKit's key: json.Marshal of {Type, Exec, OS, Arch, Variant, OSVersion, OSFeatures}.
+        key: dict[str, object] = {"Type": EXEC_CACHE_TYPE, "Exec": go_proto_value(op)}
+        if self.vertex.op.HasField("platform"):
+            plat = self.vertex.op.platform
+            key.update({"OS": plat.OS, "Arch": plat.Architecture})
+            optional: dict[str, object] = {"Variant": plat.Variant, "OSVersion": plat.OSVersion,
+                                           "OSFeatures": list(plat.OSFeatures)}
+        else:
+            host = host_platform()
+            key.update({"OS": host["os"], "Arch": host["architecture"]})
+            optional = {"Variant": host.get("variant", "")}
+        key.update({k: v for k, v in optional.items() if v})
+        digest = go_digest(go_marshal(key))
         selectors: list[list[str]] = [[] for _ in range(self.n_inputs)]
         content: list[bool | None] = [None] * self.n_inputs
         for m in self.op.mounts:

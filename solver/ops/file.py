@@ -8,6 +8,7 @@ snapshot that the next action keeps writing to; anything else is committed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import posixpath
@@ -20,7 +21,15 @@ from buildkitpy.errors import SolveError
 from buildkitpy.fsutil.patterns import PatternMatcher, contains_wildcards
 from buildkitpy.snapshot.api import ImmutableSnapshot, MutableSnapshot
 from buildkitpy.solver.asyncutil import blocking, release_all
-from buildkitpy.solver.cachekey import CacheMap, Dep, Selector, digest_json, selector_digest
+from buildkitpy.solver.cachekey import (
+    CacheMap,
+    Dep,
+    Selector,
+    go_digest,
+    go_marshal,
+    go_proto_value,
+    selector_digest,
+)
 from buildkitpy.solver.loader import SCRATCH, Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
 from buildkitpy.solver.ops.fscopy import CopyOptions, apply_owner, copy, mkdir_all, set_times
@@ -37,12 +46,6 @@ def _ts(value: int) -> int | None:
     return None if value == -1 else value
 
 
-def _action_json(body) -> dict:  # noqa: ANN001
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(body, preserving_proto_field_name=True)
-
-
 @register_op("file")
 class FileOp:
     def __init__(self, vertex: Vertex) -> None:
@@ -53,14 +56,17 @@ class FileOp:
     # -- cache -----------------------------------------------------------------------------------
 
     def cache_map(self, ctx: OpContext) -> CacheMap:
+        """BuildKit's key: json.Marshal of {Type, Actions (each action's own json.Marshal, a copy's
+        source cut to its base name when it comes from an input), indexes (left out when they are
+        the usual chain)}; per input read by a copy or a user lookup, the selector paths."""
         selectors: dict[int, list[Selector]] = {}
         targets: set[int] = set()
-        actions = []
+        actions: list[str] = []
         indexes = []
         for a in self.op.actions:
             which = a.WhichOneof("action")
             body = getattr(a, which)
-            data = _action_json(body)
+            data = go_proto_value(body)
             if a.input != SCRATCH:
                 targets.add(a.input)
             if which in ("mkdir", "mkfile", "copy") and body.HasField("owner"):
@@ -72,17 +78,19 @@ class FileOp:
                     wildcard=c.allowWildcard and contains_wildcards(c.src),
                     include_patterns=tuple(c.include_patterns), exclude_patterns=tuple(c.exclude_patterns),
                     required_paths=tuple(c.required_paths)))
-                data["src"] = posixpath.basename(c.src)
-            actions.append({which: data})
+                data["src"] = _go_base(c.src)
+            actions.append(base64.b64encode(go_marshal(data)).decode())
             indexes.append([a.input, a.secondaryInput, a.output])
         deps = [Dep() for _ in range(self.n_inputs)]
         for idx, sels in selectors.items():
             if idx in targets or idx >= self.n_inputs:
                 continue
-            paths = sorted({s.path for s in sels}, reverse=True)
+            paths = sorted((s.path for s in sels), key=str.encode, reverse=True)
             deps[idx] = Dep(selector=selector_digest(paths), content=_dedupe(sels))
-        return CacheMap(digest=digest_json({"type": FILE_CACHE_TYPE, "actions": actions, "indexes": indexes}),
-                        deps=deps)
+        key: dict[str, object] = {"Type": FILE_CACHE_TYPE, "Actions": actions}
+        if not _default_indexes(indexes):
+            key["indexes"] = indexes
+        return CacheMap(digest=go_digest(go_marshal(key)), deps=deps)
 
     @staticmethod
     def _owner_selectors(owner: ops_pb2.ChownOpt, selectors: dict[int, list[Selector]]) -> None:
@@ -335,6 +343,30 @@ def _empty_dir():  # noqa: ANN202
     import tempfile
     with tempfile.TemporaryDirectory(prefix="buildkitpy-scratch-") as d:
         yield d
+
+
+def _go_base(p: str) -> str:
+    """Go's ``path.Base``."""
+    if not p:
+        return "."
+    p = p.rstrip("/")
+    return posixpath.basename(p) if p else "/"
+
+
+def _default_indexes(indexes: list[list[int]]) -> bool:
+    """BuildKit's ``isDefaultIndexes``: a chain whose first action reads input 0, each next one the
+    previous action, secondary inputs 1 or none, and only the last action an output (0)."""
+    if not indexes:
+        return False
+    n = len(indexes)
+    for i, (inp, secondary, output) in enumerate(indexes):
+        if inp != (0 if i == 0 else n + i - 1):
+            return False
+        if secondary not in (-1, 1):
+            return False
+        if output != (0 if i == n - 1 else -1):
+            return False
+    return True
 
 
 def _dedupe(sels: list[Selector]) -> list[Selector]:

@@ -31,7 +31,7 @@ from buildkitpy.image.resolve import ResolvedImage
 from buildkitpy.image.resolvemode import parse_resolve_mode, resolve_with_mode
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking
-from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
+from buildkitpy.solver.cachekey import CacheMap, go_digest, go_marshal
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext
 from buildkitpy.solver.ops.source import register_source
@@ -83,12 +83,15 @@ def _platform_of(vertex: Vertex, worker: Any) -> Platform:
     return (from_oci(platforms[0]) if platforms else None) or default_platform()
 
 
-def _platform_key(platform: Platform) -> dict[str, str]:
-    return {"os": platform.os, "architecture": platform.architecture, "variant": platform.variant}
-
-
-def manifest_cache_key(digest: str, platform: Platform) -> str:
-    return sha256_text("buildkit.source.v0", digest, digest_json(_platform_key(platform)))
+def manifest_cache_key(digest: str, platform: Platform, limit: int | None = None) -> str:
+    """BuildKit's key of an image source (its ``mainManifestKey`` under the source op's
+    ``buildkit.source.v0:`` prefix): json.Marshal of {Digest, OS, Arch, Variant, Limit}."""
+    key: dict[str, object] = {"Digest": digest, "OS": platform.os, "Arch": platform.architecture}
+    if platform.variant:
+        key["Variant"] = platform.variant
+    if limit is not None:
+        key["Limit"] = limit
+    return go_digest("buildkit.source.v0:" + go_digest(go_marshal(key)))
 
 
 async def resolve_image_config(worker: Any, ref: str, platform: Platform | None,
@@ -131,8 +134,7 @@ async def resolve_and_pull(worker: Any, identifier: str, attrs: Any, platform: P
     if snapshot is None:  # an image without layers is an empty tree
         mutable = await blocking(worker.snapshots.new_mutable, None, f"empty image {ref}")
         snapshot = await blocking(mutable.commit)
-    key = manifest_cache_key(resolved.digest, platform)
-    return (key if limit is None else sha256_text(key, f"layerlimit={limit}")), snapshot
+    return manifest_cache_key(resolved.digest, platform, limit), snapshot
 
 
 def _resolve_mode(attrs: Any, identifier: str) -> str:
@@ -182,8 +184,7 @@ class ImageSource:
         digest = self.ref.digest or (self.resolved.digest if self.resolved is not None else "")
         if not digest:
             raise InvalidArgument(f"{self.identifier}: tag not resolved before its cache key was needed")
-        key = manifest_cache_key(digest, platform)
-        return CacheMap(digest=key if limit is None else sha256_text(key, f"layerlimit={limit}"))
+        return CacheMap(digest=manifest_cache_key(digest, platform, limit))
 
     async def execute(self, ctx: OpContext,
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:

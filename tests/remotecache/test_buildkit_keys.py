@@ -1,0 +1,169 @@
+"""Our cache keys equal the ones real BuildKit computes, so remote caches interoperate both ways.
+
+The expected digests are fixtures recorded from a real BuildKit daemon (v0.32 built from source,
+``buildkitd --oci-worker=true --save-cache-debug --debugaddr ...`` with a ``docker.io`` mirror on a
+loopback registry serving the conformance corpus's busybox-static image) building, with the real
+``buildctl build --frontend dockerfile.v0 --export-cache type=local,dest=D,mode=max``, this
+Dockerfile and context::
+
+    FROM busybox
+    ENV FOO=bar
+    WORKDIR /app
+    COPY a.txt /app/
+    COPY dir/ /app/dir/
+    RUN echo $FOO > /app/out && cat /app/a.txt >> /app/out
+    RUN ls -la /app > /app/ls
+
+    a.txt = "hello\\n" (0644), dir/ (0755), dir/b.txt = "x\\n", dir/sub/ (0755), dir/sub/c.txt = "y\\n"
+    (all owned by 0:0)
+
+The record digests are those of the exported cache config (``D/blobs/...``, the
+``application/vnd.buildkit.cacheconfig.v0`` blob); which op each record is was read from the
+daemon's ``/debug/cache/all`` (the pre-image of every digest). The ops below are the LLB the
+Dockerfile frontend produced for those steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from buildkitpy.api import ops_pb2
+from buildkitpy.image.platforms import Platform
+from buildkitpy.jobs import Job
+from buildkitpy.remotecache.keys import root_key
+from buildkitpy.solver.cachekey import CacheMap, go_marshal, go_proto_value, selector_digest
+from buildkitpy.solver.contenthash import combine, tree_digest
+from buildkitpy.solver.loader import InputRef, Vertex
+from buildkitpy.solver.ops.base import OpContext
+from buildkitpy.solver.ops.exec import ExecOp
+from buildkitpy.solver.ops.file import FileOp
+from buildkitpy.solver.ops.source_image import ImageSource
+
+BUSYBOX_MANIFEST = "sha256:3b1efa85b9d44689801e27a43cf5393658337c15f2387e5f0f46c2afe990ccbb"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Records of the exported cache config, by step.
+FROM_RECORD = "sha256:f94fa320a2216a10fd535c6304c67d3388488cfc39c93f0aaa160401ef2a4992"
+WORKDIR_RECORD = "sha256:807b3e8722c68572736f54d83fd741a5b1d69ccbef218fae52b4149a56d232ce"
+COPY_FILE_RECORD = "sha256:4246240add2be28e0b1ac58c7fd911a09797ac0790227da9a9e580067e8a53ce"
+COPY_FILE_CONTENT_RECORD = "sha256:c24a47b576469b52903dd7e5045a62fee5855b447dee1771d67b829458d2c08e"
+COPY_DIR_RECORD = "sha256:c91d5f3666a51de550d9168f80c46b2eef5f6fb60d9e0c0de2f33cfed296ad07"
+COPY_DIR_CONTENT_RECORD = "sha256:0e5a09fd846d445e69d0440e708241e3f14cdd50dc7f97e8b24a580e91f969c3"
+RUN1_RECORD = "sha256:7302d3d0028bb3034ea930572c2e88d1ecd60c8d210971edff874bd784b1035a"
+RUN2_RECORD = "sha256:7a80a8b9092dd22201becb1c20416231f7793cc596ce22d7baee059011942cd6"
+ROOT_SELECTOR = "sha256:8a5edab282632443219e051e4ade2d1d5bbc671c781051bf1437897cbdfea0f1"
+# Pre-images the daemon recorded (/debug/cache/all): the file hash of a.txt, the checksum of dir/.
+A_TXT_FILE_HASH = "sha256:09eefdc91e8894bc767daae7daa5a4e8cbf396610f10ae20604d9086c76d4a93"
+DIR_CHECKSUM = "sha256:d96fa1c95619715d638c1e0105d25e3d2c62a8c7b83971f21f420c476ce04092"
+RUN1_PREIMAGE = (
+    '{"Type":"buildkit.exec.v0","Exec":{"meta":{"args":["/bin/sh","-c","echo $FOO \\u003e /app/out '
+    '\\u0026\\u0026 cat /app/a.txt \\u003e\\u003e /app/out"],"env":["PATH=/usr/local/sbin:/usr/local/bin:'
+    '/usr/sbin:/usr/bin:/sbin:/bin","FOO=bar"],"cwd":"/app","removeMountStubsRecursive":true}},'
+    '"OS":"linux","Arch":"amd64"}'
+)
+
+PLATFORM = ops_pb2.Platform(OS="linux", Architecture="amd64")
+
+
+def vertex(op: ops_pb2.Op, kind: str) -> Vertex:
+    op.platform.CopyFrom(PLATFORM)
+    inputs = [InputRef(f"sha256:{n:064x}", 0) for n in range(len(op.inputs))]
+    return Vertex(digest="", op=op, kind=kind, inputs=inputs, name=kind, num_outputs=1,
+                  metadata=ops_pb2.OpMetadata())
+
+
+def context(v: Vertex) -> OpContext:
+    return OpContext(worker=None, job=Job(ref="keys"), vertex=v, shared=None)
+
+
+def file_op(action: ops_pb2.FileAction, n_inputs: int) -> tuple[CacheMap, str]:
+    op = ops_pb2.Op(inputs=[ops_pb2.Input() for _ in range(n_inputs)], file=ops_pb2.FileOp(actions=[action]))
+    v = vertex(op, "file")
+    cm = FileOp(v).cache_map(context(v))
+    return cm, root_key(cm.digest, 0)
+
+
+def copy_action(src: str, dest: str) -> ops_pb2.FileAction:
+    c = ops_pb2.FileActionCopy(src=src, dest=dest, mode=-1, followSymlink=True, dirCopyContents=True,
+                               createDestPath=True, allowWildcard=True, allowEmptyWildcard=True, timestamp=-1)
+    return ops_pb2.FileAction(input=0, secondaryInput=1, output=0, copy=c)
+
+
+def run_op(cmd: str) -> tuple[CacheMap, str]:
+    meta = ops_pb2.Meta(args=["/bin/sh", "-c", cmd], env=[PATH_ENV, "FOO=bar"], cwd="/app",
+                        removeMountStubsRecursive=True)
+    exec_op = ops_pb2.ExecOp(meta=meta, mounts=[ops_pb2.Mount(input=0, dest="/", output=0)])
+    v = vertex(ops_pb2.Op(inputs=[ops_pb2.Input()], exec=exec_op), "exec")
+    cm = ExecOp(v).cache_map(context(v))
+    return cm, root_key(cm.digest, 0)
+
+
+def test_image_source_key():
+    op = ops_pb2.Op(source=ops_pb2.SourceOp(
+        identifier=f"docker-image://docker.io/library/busybox:latest@{BUSYBOX_MANIFEST}"))
+    v = vertex(op, "source")
+    cm = ImageSource(v).cache_map(context(v))
+    assert root_key(cm.digest, 0) == FROM_RECORD
+
+
+def test_workdir_mkdir_key():
+    mkdir = ops_pb2.FileActionMkDir(path="/app", mode=0o755, makeParents=True, timestamp=-1)
+    cm, record = file_op(ops_pb2.FileAction(input=0, secondaryInput=-1, output=0, mkdir=mkdir), 1)
+    assert record == WORKDIR_RECORD
+    assert cm.deps[0].selector == ""  # the mkdir target: linked without a selector, no content key
+
+
+@pytest.mark.parametrize(("src", "dest", "expected"), [
+    ("/a.txt", "/app/", COPY_FILE_RECORD),
+    ("/dir", "/app/dir/", COPY_DIR_RECORD),
+])
+def test_copy_keys(src: str, dest: str, expected: str):
+    cm, record = file_op(copy_action(src, dest), 2)
+    assert record == expected
+    assert cm.deps[1].selector == selector_digest([src])
+    assert [s.path for s in cm.deps[1].content or []] == [src]
+
+
+def test_run_keys():
+    cm, record = run_op("echo $FOO > /app/out && cat /app/a.txt >> /app/out")
+    assert record == RUN1_RECORD
+    assert cm.deps[0].selector == ROOT_SELECTOR
+    assert cm.deps[0].content is None  # BuildKit takes no content key of the root mount
+    assert run_op("ls -la /app > /app/ls")[1] == RUN2_RECORD
+
+
+def test_exec_preimage_is_go_json():
+    meta = ops_pb2.Meta(args=["/bin/sh", "-c", "echo $FOO > /app/out && cat /app/a.txt >> /app/out"],
+                        env=[PATH_ENV, "FOO=bar"], cwd="/app", removeMountStubsRecursive=True)
+    value = {"Type": "buildkit.exec.v0", "Exec": go_proto_value(ops_pb2.ExecOp(meta=meta)), "OS": "linux",
+             "Arch": "amd64"}
+    assert go_marshal(value).decode() == RUN1_PREIMAGE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the recorded checksums are of files owned by 0:0")
+def test_content_checksums(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"hello\n")
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    (tmp_path / "dir" / "b.txt").write_bytes(b"x\n")
+    (tmp_path / "dir" / "sub" / "c.txt").write_bytes(b"y\n")
+    for p in [tmp_path / "a.txt", tmp_path / "dir" / "b.txt", tmp_path / "dir" / "sub" / "c.txt"]:
+        p.chmod(0o644)
+    for p in [tmp_path / "dir", tmp_path / "dir" / "sub"]:
+        p.chmod(0o755)
+    for p in tmp_path.rglob("*"):
+        os.lchown(p, 0, 0)
+    assert tree_digest(str(tmp_path / "a.txt")) == A_TXT_FILE_HASH
+    assert tree_digest(str(tmp_path / "dir")) == DIR_CHECKSUM
+    assert root_key(combine([A_TXT_FILE_HASH]), -1) == COPY_FILE_CONTENT_RECORD
+    assert root_key(combine([DIR_CHECKSUM]), -1) == COPY_DIR_CONTENT_RECORD
+
+
+def test_platform_in_image_key_matters():
+    from buildkitpy.solver.ops.source_image import manifest_cache_key
+
+    amd64 = manifest_cache_key(BUSYBOX_MANIFEST, Platform("linux", "amd64", ""))
+    assert root_key(amd64, 0) == FROM_RECORD
+    assert manifest_cache_key(BUSYBOX_MANIFEST, Platform("linux", "arm64", "v8")) != amd64
+    assert manifest_cache_key(BUSYBOX_MANIFEST, Platform("linux", "amd64", ""), limit=1) != amd64
