@@ -4,24 +4,26 @@ Plain selectors hash as BuildKit's ``cache/contenthash`` does, so content-based 
 real BuildKit's: a file hashes its v1 tarsum header (type, permission bits, uid, gid, size, link
 target, device numbers, kept xattrs; never the name or mtime) followed by its content; a
 directory hashes its own header's digest and, for each child in byte order of names, the child's
-name and digest. Wildcard and include/exclude selectors use a hash of our own (their keys do not
-match BuildKit's). Results are memoised per (snapshot id, selector) in SQLite: snapshots never
-change once committed.
+name and digest; wildcard and include/exclude selectors hash the files and directory headers they
+include, keyed by path (BuildKit's ``includedPaths``). Results are memoised per (snapshot id,
+selector) in SQLite: snapshots never change once committed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import sqlite3
 import stat
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from buildkitpy.errors import SolveError
-from buildkitpy.fsutil.patterns import PatternMatcher
+from buildkitpy.fsutil.patterns import MatchInfo, PatternMatcher, contains_wildcards, glob_match
 from buildkitpy.solver.cachekey import Selector
-from buildkitpy.solver.pathutil import resolve_wildcards, root_path
+from buildkitpy.solver.pathutil import root_path
 
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
@@ -77,14 +79,16 @@ def _file_digest(path: str, st: os.stat_result) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def tree_digest(path: str) -> str:
+def tree_digest(path: str, header: str | None = None) -> str:
     """Digest of a file, symlink (not followed) or whole directory tree, as BuildKit's
-    ``contenthash`` computes it: a directory hashes ``"\0"`` + the digest of its own header, then
-    per child in byte order of names ``"\0" + name`` + the child's digest (recursively)."""
+    ``contenthash`` computes it: a directory hashes a NUL + the digest of its own header (``header``
+    when given), then per child in byte order of names a NUL + the name + the child's digest."""
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         return _file_digest(path, st)
-    h = hashlib.sha256(b"\0" + ("sha256:" + hashlib.sha256(_header(path, st)).hexdigest()).encode())
+    if header is None:
+        header = "sha256:" + hashlib.sha256(_header(path, st)).hexdigest()
+    h = hashlib.sha256(b"\0" + header.encode())
     names = sorted(os.fsencode(n) for n in os.listdir(path))
     for name in names:
         h.update(b"\0" + name)
@@ -92,51 +96,196 @@ def tree_digest(path: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _filtered_digest(base: Path, sel: Selector) -> str:
-    """Hash of (relative path, digest) for every entry the include/exclude patterns keep."""
-    include = PatternMatcher(sel.include_patterns)
-    exclude = PatternMatcher(sel.exclude_patterns)
-    h = hashlib.sha256()
+@dataclass(eq=False)
+class _Included:
+    """One path BuildKit's ``includedPaths`` may hash (a file, symlink or directory header)."""
 
-    def visit(directory: str, rel: str) -> None:
-        for name in sorted(os.listdir(directory)):
-            child_rel = f"{rel}/{name}" if rel else name
-            full = os.path.join(directory, name)
-            st = os.lstat(full)
-            is_dir = stat.S_ISDIR(st.st_mode)
-            excluded = bool(exclude) and exclude.matches_or_parent_matches(child_rel)
-            included = (not include or include.matches_or_parent_matches(child_rel)) and not excluded
-            if included:
-                digest = "sha256:" + hashlib.sha256(_header(full, st)).hexdigest() if is_dir \
-                    else _file_digest(full, st)
-                h.update(child_rel.encode("utf-8", "surrogateescape") + b"\0" + digest.encode() + b"\0")
-            if is_dir and (not excluded or exclude.exclusions) and \
-                    (included or not include or include.could_match_below(child_rel)):
-                visit(full, child_rel)
+    path: str
+    follow: bool = False
+    symlink: bool = False
+    digest: str = ""
+    included: bool = False
+    include_info: MatchInfo = None
+    exclude_info: MatchInfo = None
 
-    if base.is_dir() and not base.is_symlink():
-        visit(str(base), "")
+
+def _key(path: str) -> bytes:
+    return os.fsencode(path).replace(b"/", b"\0")
+
+
+def _records(root: Path, top: str, with_top: bool) -> list[tuple[bytes, str, str]]:
+    """(key, kind, path) of the records BuildKit's contenthash tree holds for the directory at
+    in-root path ``top`` ("" = the root) and below, in key order: ``dir`` (key = the path's),
+    ``header`` (its own header, key + NUL) and ``file`` (files and symlinks). ``with_top``: include
+    ``top``'s own ``dir`` record."""
+    out: list[tuple[bytes, str, str]] = []
+
+    def visit(rel: str) -> None:
+        if with_top or rel != top:
+            out.append((_key(rel), "dir", rel))
+        out.append((_key(rel) + b"\0", "header", rel))
+        full = os.path.join(root, rel.lstrip("/"))
+        for name in os.listdir(full):
+            child = f"{rel}/{name}"
+            if stat.S_ISDIR(os.lstat(os.path.join(full, name)).st_mode):
+                visit(child)
+            else:
+                out.append((_key(child), "file", child))
+
+    visit(top)
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def _in_root(root: Path, p: str, follow_final: bool) -> str | None:
+    """``p`` with its symlinks resolved inside ``root``, as an in-root path ("" = the root), or
+    None when it does not exist."""
+    full = root_path(root, p, follow_final)
+    if not os.path.lexists(full):
+        return None
+    rel = os.path.relpath(full, root)
+    return "" if rel == "." else "/" + rel
+
+
+def _go_split_wildcards(p: str) -> tuple[str, str]:
+    """contenthash's ``splitWildcards``: the path before the first component with a wildcard, and
+    the rest."""
+    parts = posixpath.normpath(p).split("/") if p else ["."]
+    before: list[str] = []
+    after: list[str] = []
+    for part in parts:
+        if not after and contains_wildcards(part):
+            after.append(part)
+        elif after:
+            after.append(part)
+        else:
+            before.append(part or "/")
+    return posixpath.normpath(posixpath.join(*before)) if before else "", \
+        posixpath.join(*after) if after else ""
+
+
+def _included_digest(root: Path, sel: Selector, synced: bool) -> str:
+    """BuildKit's checksum of a wildcard or include/exclude-filtered selector: the digests of the
+    files, symlinks and directory headers it includes (never a directory's recursive digest),
+    keyed by their path under the selector's non-wildcard prefix."""
+    include = PatternMatcher(sel.include_patterns) if sel.include_patterns else None
+    exclude = PatternMatcher(sel.exclude_patterns) if sel.exclude_patterns else None
+    p = posixpath.normpath(posixpath.join("/", sel.path))
+    p = "" if p == "/" else p
+    if sel.wildcard:
+        prefix, rest = _go_split_wildcards(p)
+        prefix = "" if prefix == "/" else prefix
+        follow_final = rest != ""
     else:
-        h.update(_file_digest(str(base), os.lstat(base)).encode())
+        prefix, follow_final = p, False
+    if prefix:
+        resolved = _in_root(root, prefix, follow_final)
+        records = _records(root, resolved, False) \
+            if resolved is not None and os.path.isdir(os.path.join(root, resolved.lstrip("/"))) else []
+    else:
+        resolved = ""
+        records = _records(root, "", True)
+    included: list[_Included] = []
+    parents: list[_Included] = []
+    last_matched = ""
+    for _, kind, path in records:
+        fn = path
+        if resolved is not None and fn.startswith(resolved):
+            fn = prefix + fn[len(resolved):]
+        while parents and not fn.startswith(parents[-1].path + "/"):
+            parents.pop()
+        parent = parents[-1] if parents else None
+        header = kind == "header"  # (BuildKit's skip of a trailing-slash source's own header never
+        # applies: the op's selector reaches it through path.Join, which drops the slash)
+        entry = _Included(fn, follow=parent is None and sel.follow_links)
+        if sel.wildcard:
+            if p and (not last_matched or not fn.startswith(last_matched + "/")):
+                if not glob_match(p, fn):
+                    continue
+                last_matched = fn
+            candidate = _trim_prefix(fn + "/", last_matched + "/").removesuffix("/")
+        else:
+            if not (fn + "/").startswith(p + "/"):
+                break
+            candidate = _trim_prefix(fn + "/", p + "/").removesuffix("/")
+        ok = _should_include(candidate, include, exclude, entry, parent)
+        if not ok and not header:
+            continue
+        if kind == "dir":
+            ok = False  # directory contents are hashed file by file, never as one digest
+        else:
+            full = os.path.join(root, path.lstrip("/"))
+            st = os.lstat(full)
+            entry.symlink = stat.S_ISLNK(st.st_mode)
+            if header:
+                entry.digest = EMPTY_DIGEST if synced and path == "" else \
+                    "sha256:" + hashlib.sha256(_header(full, st)).hexdigest()
+            else:
+                entry.digest = _file_digest(full, st)
+        if ok:
+            for pd in parents:
+                if not pd.included:
+                    included.append(pd)
+                    pd.included = True
+            included.append(entry)
+            entry.included = True
+        if header:
+            parents.append(entry)
+    for req in sel.required_paths:
+        if not any(e.path.startswith(req) for e in included):
+            raise SolveError(f"failed to calculate checksum of ref: required path \"{req}\" not found "
+                             f"(copying \"{sel.path}\")")
+    for e in included:
+        if e.follow and e.symlink:
+            e.digest = tree_digest(str(root_path(root, e.path, True)))
+    if not included:
+        return EMPTY_DIGEST
+    if len(included) == 1 and _go_base(posixpath.normpath(posixpath.join("/", sel.path))) == \
+            _go_base(included[0].path):
+        return included[0].digest
+    h = hashlib.sha256()
+    for e in included:
+        h.update(_key(_trim_prefix(e.path, prefix)) or b"\0")
+        h.update(e.digest.encode())
     return "sha256:" + h.hexdigest()
 
 
-def checksum(root: Path, sel: Selector) -> str:
-    """Checksum of ``sel`` in the tree at ``root``; SolveError if a required path is missing."""
-    if sel.wildcard:
-        matches = resolve_wildcards(root, sel.path, sel.follow_links)
-        if not matches:
-            return EMPTY_DIGEST
-        h = hashlib.sha256()
-        for m in matches:
-            h.update(m.encode() + b"\0" + _checksum_one(root, Selector(
-                m, sel.follow_links, False, sel.include_patterns, sel.exclude_patterns,
-                sel.required_paths)).encode() + b"\0")
-        return "sha256:" + h.hexdigest()
-    return _checksum_one(root, sel)
+def _trim_prefix(s: str, prefix: str) -> str:
+    return s[len(prefix):] if s.startswith(prefix) else s
 
 
-def _checksum_one(root: Path, sel: Selector) -> str:
+def _go_base(p: str) -> str:
+    if not p:
+        return "."
+    p = p.rstrip("/")
+    return posixpath.basename(p) if p else "/"
+
+
+def _should_include(candidate: str, include: PatternMatcher | None, exclude: PatternMatcher | None,
+                    entry: _Included, parent: _Included | None) -> bool:
+    if include is not None:
+        m, entry.include_info = include.matches_using_parent_results(
+            candidate, parent.include_info if parent is not None else [])
+        if not m:
+            return False
+    if exclude is not None:
+        m, entry.exclude_info = exclude.matches_using_parent_results(
+            candidate, parent.exclude_info if parent is not None else [])
+        if m:
+            return False
+    return True
+
+
+def checksum(root: Path, sel: Selector, synced: bool = False) -> str:
+    """Checksum of ``sel`` in the tree at ``root``; SolveError if a required path is missing.
+    ``synced``: the tree is a local source's (BuildKit fills those checksums from the client's
+    file stream, which never sends the root: its header hashes as the empty digest)."""
+    if sel.wildcard or sel.include_patterns or sel.exclude_patterns:
+        return _included_digest(root, sel, synced)
+    return _checksum_one(root, sel, synced)
+
+
+def _checksum_one(root: Path, sel: Selector, synced: bool = False) -> str:
     base = root_path(root, sel.path, sel.follow_links)
     if not os.path.lexists(base):
         raise SolveError(f"failed to calculate checksum of ref: \"{sel.path}\": not found")
@@ -144,9 +293,8 @@ def _checksum_one(root: Path, sel: Selector) -> str:
         if not os.path.lexists(root_path(root, req, False)):
             raise SolveError(f"failed to calculate checksum of ref: required path \"{req}\" not found "
                              f"(copying \"{sel.path}\")")
-    if sel.include_patterns or sel.exclude_patterns:
-        return _filtered_digest(base, sel)
-    return tree_digest(str(base))
+    at_root = os.path.realpath(base) == os.path.realpath(root)
+    return tree_digest(str(base), EMPTY_DIGEST if synced and at_root else None)
 
 
 def combine(digests: list[str]) -> str:
@@ -184,8 +332,10 @@ class ChecksumStore:
         with self._lock:
             self._db.close()
 
-    def snapshot_checksum(self, snapshot, selectors: list[Selector]) -> str:  # noqa: ANN001
-        """Blocking: the combined checksum of ``selectors`` in a committed snapshot."""
+    def snapshot_checksum(self, snapshot, selectors: list[Selector],  # noqa: ANN001
+                          synced: bool = False) -> str:
+        """Blocking: the combined checksum of ``selectors`` in a committed snapshot (``synced``:
+        a local source's, see ``checksum``)."""
         results: dict[Selector, str] = {}
         missing = []
         for sel in selectors:
@@ -197,6 +347,6 @@ class ChecksumStore:
         if missing:
             with snapshot.mount() as root:
                 for sel in missing:
-                    results[sel] = checksum(Path(root), sel)
+                    results[sel] = checksum(Path(root), sel, synced)
                     self.put(snapshot.id, sel, results[sel])
         return combine([results[s] for s in selectors])

@@ -69,7 +69,11 @@ class Build:
 
     async def checksum(self, v: Vertex, cm: CacheMap, index: int, value: Any) -> str:
         try:
-            return await blocking(self.solver.checksums.snapshot_checksum, value, cm.deps[index].content)
+            src = self.graph.vertices.get(v.inputs[index].digest)
+            synced = src is not None and src.kind == "source" and \
+                src.op.source.identifier.startswith("local://")
+            return await blocking(self.solver.checksums.snapshot_checksum, value, cm.deps[index].content,
+                                  synced)
         except SolveError as exc:
             raise SolveError(f"failed to compute cache key: {exc}") from exc
 

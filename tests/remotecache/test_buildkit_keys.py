@@ -167,3 +167,49 @@ def test_platform_in_image_key_matters():
     assert root_key(amd64, 0) == FROM_RECORD
     assert manifest_cache_key(BUSYBOX_MANIFEST, Platform("linux", "arm64", "v8")) != amd64
     assert manifest_cache_key(BUSYBOX_MANIFEST, Platform("linux", "amd64", ""), limit=1) != amd64
+
+
+# A second recording, same daemon and procedure, of a multi-stage build whose context is
+# Dockerfile (MULTI_STAGE below), one.txt = "one\n", two.txt = "two\n", sub/z.dat = "z\n" and a
+# symlink link -> one.txt (files 0644, directories 0755, all 0:0). Its `COPY . .` hashes the whole
+# context (a local source: BuildKit hashes the root's own header as the empty digest, the client
+# never sends it) and `COPY *.txt /txt/` a wildcard (the matches, keyed by path).
+MULTI_STAGE = (
+    "FROM busybox AS base\nARG V=1\nRUN echo $V > /v\nFROM base AS build\nWORKDIR /src\nCOPY . .\n"
+    "RUN --mount=type=cache,target=/cache echo cached > /cache/x; ls /src > /listing\nFROM busybox\n"
+    "COPY --from=build /listing /listing\nCOPY *.txt /txt/\nCOPY --chown=1:1 sub /sub\nADD one.txt /added\n"
+    "USER nobody\nRUN id > /tmp/id || true\nEXPOSE 80\nLABEL a=b\n"
+)
+CONTEXT_ROOT_CHECKSUM = "sha256:69091344ee003835b2bed0b1719ff8ee16bb12927dce1c08cf1e911225064b41"
+CONTEXT_ROOT_CONTENT_RECORD = "sha256:30dccbf6d277984f21b36c921dd1bcc58759fb5f993d966feabb4b1424fd43c2"
+TXT_WILDCARD_CHECKSUM = "sha256:a5efd6c77ba450e6284325a1a608b79dffa4145cc0eae5b22b42eef306a6cd33"
+TXT_WILDCARD_CONTENT_RECORD = "sha256:b826f908c1294ba845f2c65328ea55bb16f1799a664afcbffde24a3e59d82666"
+SUB_CONTENT_RECORD = "sha256:78e37614286d2efb19f87b64dc43d3fbcf022013c1b7d21efbf6f57cd8c1ae8d"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the recorded checksums are of files owned by 0:0")
+def test_context_root_and_wildcard_checksums(tmp_path):
+    from buildkitpy.solver.cachekey import Selector
+    from buildkitpy.solver.contenthash import checksum
+
+    (tmp_path / "Dockerfile").write_text(MULTI_STAGE)
+    (tmp_path / "one.txt").write_text("one\n")
+    (tmp_path / "two.txt").write_text("two\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "z.dat").write_text("z\n")
+    (tmp_path / "link").symlink_to("one.txt")
+    for p in tmp_path.rglob("*"):
+        if not p.is_symlink():
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        os.lchown(p, 0, 0)
+
+    root = checksum(tmp_path, Selector("/", follow_links=True), synced=True)
+    assert root == CONTEXT_ROOT_CHECKSUM
+    assert root_key(combine([root]), -1) == CONTEXT_ROOT_CONTENT_RECORD
+    txt = checksum(tmp_path, Selector("/*.txt", follow_links=True, wildcard=True), synced=True)
+    assert txt == TXT_WILDCARD_CHECKSUM
+    assert root_key(combine([txt]), -1) == TXT_WILDCARD_CONTENT_RECORD
+    sub = checksum(tmp_path, Selector("/sub", follow_links=True), synced=True)
+    assert root_key(combine([sub]), -1) == SUB_CONTENT_RECORD
+    # Outside a local source the root's header is hashed like any directory's.
+    assert checksum(tmp_path, Selector("/", follow_links=True)) != root
