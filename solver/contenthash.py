@@ -171,7 +171,9 @@ def _included_digest(root: Path, sel: Selector, synced: bool) -> str:
     include = PatternMatcher(sel.include_patterns) if sel.include_patterns else None
     exclude = PatternMatcher(sel.exclude_patterns) if sel.exclude_patterns else None
     p = posixpath.normpath(posixpath.join("/", sel.path))
-    p = "" if p == "/" else p
+    # BuildKit skips the source's own header when its (joined) path ends in "/": only "/" does
+    at_root = p == "/"
+    p = "" if at_root else p
     if sel.wildcard:
         prefix, rest = _go_split_wildcards(p)
         prefix = "" if prefix == "/" else prefix
@@ -195,8 +197,9 @@ def _included_digest(root: Path, sel: Selector, synced: bool) -> str:
         while parents and not fn.startswith(parents[-1].path + "/"):
             parents.pop()
         parent = parents[-1] if parents else None
-        header = kind == "header"  # (BuildKit's skip of a trailing-slash source's own header never
-        # applies: the op's selector reaches it through path.Join, which drops the slash)
+        header = kind == "header"
+        if header and fn == p and at_root:
+            continue
         entry = _Included(fn, follow=parent is None and sel.follow_links)
         if sel.wildcard:
             if p and (not last_matched or not fn.startswith(last_matched + "/")):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from buildkitpy.errors import Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking
-from buildkitpy.solver.cachekey import CacheMap, Dep, digest_json
+from buildkitpy.solver.cachekey import CacheMap, Dep
 from buildkitpy.solver.loader import SCRATCH, Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
-from buildkitpy.solver.ops.merge import _op_json
+from buildkitpy.solver.ops.merge import op_digest
 
 
 @register_op("diff")
@@ -17,7 +17,7 @@ class DiffOp:
         self.vertex = vertex
 
     def cache_map(self, ctx: OpContext) -> CacheMap:
-        return CacheMap(digest=digest_json({"type": "buildkit.diff.v0", "op": _op_json(self.vertex)}),
+        return CacheMap(digest=op_digest("buildkit.diff.v0", "Diff", self.vertex),
                         deps=[Dep() for _ in self.vertex.inputs])
 
     async def execute(self, ctx: OpContext,

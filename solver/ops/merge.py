@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking
-from buildkitpy.solver.cachekey import CacheMap, Dep, digest_json
+from buildkitpy.solver.cachekey import CacheMap, Dep, go_digest, go_marshal, go_proto_value
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
 
 
-def _op_json(vertex: Vertex) -> dict:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(getattr(vertex.op, vertex.kind), preserving_proto_field_name=True)
+def op_digest(cache_type: str, field: str, vertex: Vertex) -> str:
+    """BuildKit's key of a merge or diff: json.Marshal of {Type, Merge|Diff: the op}."""
+    return go_digest(go_marshal({"Type": cache_type, field: go_proto_value(getattr(vertex.op, vertex.kind))}))
 
 
 @register_op("merge")
@@ -21,7 +20,7 @@ class MergeOp:
         self.vertex = vertex
 
     def cache_map(self, ctx: OpContext) -> CacheMap:
-        return CacheMap(digest=digest_json({"type": "buildkit.merge.v0", "op": _op_json(self.vertex)}),
+        return CacheMap(digest=op_digest("buildkit.merge.v0", "Merge", self.vertex),
                         deps=[Dep() for _ in self.vertex.inputs])
 
     async def execute(self, ctx: OpContext,

@@ -213,3 +213,41 @@ def test_context_root_and_wildcard_checksums(tmp_path):
     assert root_key(combine([sub]), -1) == SUB_CONTENT_RECORD
     # Outside a local source the root's header is hashed like any directory's.
     assert checksum(tmp_path, Selector("/", follow_links=True)) != root
+
+
+# A third recording (same procedure): `COPY --parents sub/deep/d.txt /p/` (the context root with an
+# include pattern and a required path) and `COPY --exclude=*.dat sub /subx`, over a context with
+# sub/z.dat = "z\n", sub/keep.txt = "k\n", sub/deep/d.txt = "d\n" (0644 files, 0755 dirs, 0:0).
+PARENTS_CHECKSUM = "sha256:14c9ff1a9de2ea4952b8b9f345dd270d39c0a1c85a8be685740fd5b8a68d0415"
+EXCLUDE_CHECKSUM = "sha256:0f346c2f74297103737cadd7be9fee6e386d214925bb1a652a4669bdfc8636cc"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the recorded checksums are of files owned by 0:0")
+def test_filtered_checksums(tmp_path):
+    from buildkitpy.solver.cachekey import Selector
+    from buildkitpy.solver.contenthash import checksum
+
+    (tmp_path / "sub" / "deep").mkdir(parents=True)
+    (tmp_path / "sub" / "z.dat").write_text("z\n")
+    (tmp_path / "sub" / "keep.txt").write_text("k\n")
+    (tmp_path / "sub" / "deep" / "d.txt").write_text("d\n")
+    for p in tmp_path.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+        os.lchown(p, 0, 0)
+
+    parents = Selector("/", follow_links=True, include_patterns=("sub/deep/d.txt",),
+                       required_paths=("/sub/deep/d.txt",))
+    assert checksum(tmp_path, parents, synced=True) == PARENTS_CHECKSUM
+    exclude = Selector("/sub", follow_links=True, exclude_patterns=("*.dat",))
+    assert checksum(tmp_path, exclude, synced=True) == EXCLUDE_CHECKSUM
+
+
+def test_merge_key():
+    """`COPY --link` merges the copy (made on scratch) onto the stage: recorded from the third build
+    (/debug/cache/all: sha256:4362… = {"Type":"buildkit.merge.v0","Merge":{"inputs":[{},{"input":1}]}})."""
+    from buildkitpy.solver.ops.merge import MergeOp
+
+    merge = ops_pb2.MergeOp(inputs=[ops_pb2.MergeInput(input=0), ops_pb2.MergeInput(input=1)])
+    v = vertex(ops_pb2.Op(inputs=[ops_pb2.Input(), ops_pb2.Input()], merge=merge), "merge")
+    cm = MergeOp(v).cache_map(context(v))
+    assert cm.digest == "sha256:436287a2dc2ce494f564331be9ea3a9f27ebec398567877043da2f618f33d6c8"
