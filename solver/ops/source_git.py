@@ -36,7 +36,7 @@ import anyio
 from buildkitpy.errors import InvalidArgument, SolveError, Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking
-from buildkitpy.solver.cachekey import CacheMap, sha256_text
+from buildkitpy.solver.cachekey import CacheMap, go_digest, sha256_text
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext
 from buildkitpy.solver.ops.netsource import KeyedLocks, session_secret
@@ -176,7 +176,7 @@ class GitSource:
         if not self.key_commit:  # resolve() not run: never trust a key
             return CacheMap(digest=sha256_text("buildkit.source.v0", "git", self.identifier, self.remote),
                             ephemeral=True, always_run=True)
-        return CacheMap(digest=sha256_text("buildkit.source.v0", "git", self.cache_key_text()))
+        return CacheMap(digest=go_digest("buildkit.source.v0:" + self.cache_key_text()))
 
     # -- running git -----------------------------------------------------------------------------
 

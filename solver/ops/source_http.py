@@ -17,6 +17,7 @@ again and keeps its key, so everything built on it hits the cache.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import threading
@@ -34,7 +35,7 @@ from buildkitpy import __version__
 from buildkitpy.errors import InvalidArgument, NotFound, SolveError
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.solver.asyncutil import blocking
-from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
+from buildkitpy.solver.cachekey import CacheMap, digest_json, go_digest, go_marshal, sha256_text
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext
 from buildkitpy.solver.ops.netsource import KeyedLocks, check_stop, interruptible, records_for, session_secret
@@ -147,6 +148,18 @@ def _mtime(last_modified: str) -> float:
     return 0.0
 
 
+def _http_time(last_modified: str) -> str:
+    """``Last-Modified`` as Go's ``http.ParseTime`` then ``Format(http.TimeFormat)`` gives it
+    ("" when it does not parse)."""
+    try:
+        when = parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError, IndexError):
+        return ""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.astimezone(datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
 def _canonical_header(name: str) -> str:
     return "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))
 
@@ -193,15 +206,16 @@ class HTTPSource:
         if r is None:  # resolve() not run (not through the scheduler): never trust a key
             return CacheMap(digest=sha256_text("buildkit.source.v0", "http", self.url_key()),
                             ephemeral=True, always_run=True)
-        key = {"Filename": r.filename, "Perm": self.perm, "UID": self.uid, "GID": self.gid,
-               "Checksum": r.digest}
-        if r.last_modified:
-            key["LastModTime"] = r.last_modified
+        # BuildKit's formatCacheKey (json.Marshal of this struct) under the source op's prefix.
+        key: dict[str, object] = {"Filename": r.filename, "Perm": self.perm, "UID": self.uid, "GID": self.gid,
+                                  "Checksum": r.digest}
+        if r.last_modified and _http_time(r.last_modified):
+            key["LastModTime"] = _http_time(r.last_modified)
         if self.auth_header_secret:
             key["AuthHeaderSecret"] = self.auth_header_secret
         if self.headers:
-            key["Header"] = self.headers
-        return CacheMap(digest=sha256_text("buildkit.source.v0", "http", digest_json(key)))
+            key["Header"] = [{"Name": name, "Value": value} for name, value in self.headers]
+        return CacheMap(digest=go_digest("buildkit.source.v0:" + go_digest(go_marshal(key))))
 
     # -- resolve: find the content's checksum ----------------------------------------------------
 

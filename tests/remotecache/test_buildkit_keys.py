@@ -251,3 +251,18 @@ def test_merge_key():
     v = vertex(ops_pb2.Op(inputs=[ops_pb2.Input(), ops_pb2.Input()], merge=merge), "merge")
     cm = MergeOp(v).cache_map(context(v))
     assert cm.digest == "sha256:436287a2dc2ce494f564331be9ea3a9f27ebec398567877043da2f618f33d6c8"
+
+
+def test_http_source_key():
+    """`ADD http://127.0.0.1:5094/f.txt /f.txt` (a file "remote file\\n" served with that
+    Last-Modified): the real daemon recorded sha256:28cd… = "buildkit.source.v0:" + sha256:6d63…,
+    sha256:6d63… = {"Filename":"f.txt","Perm":0,"UID":0,"GID":0,"Checksum":"sha256:983d…",
+    "LastModTime":"Sun, 06 Dec 2026 23:47:11 GMT"}."""
+    from buildkitpy.solver.ops.source_http import HTTPSource, Resolved
+
+    v = vertex(ops_pb2.Op(source=ops_pb2.SourceOp(identifier="http://127.0.0.1:5094/f.txt")), "source")
+    src = HTTPSource(v)
+    content = "sha256:983df9e32ce06c9b2dc3488eb603f14bdc8d1365b84849ce444fb9128a2db3a1"
+    src.resolved = Resolved(content, "f.txt", last_modified="Sun, 06 Dec 2026 23:47:11 GMT")
+    cm = src.cache_map(context(v))
+    assert cm.digest == "sha256:28cd55f848973e7c26bc05b481456f986370c5dfdcde05bff35960f3903e26ce"
