@@ -122,12 +122,19 @@ async def grpc_channel(host: str, *, api_version: str = "", tls: ssl.SSLContext 
 
     reader, writer = await dial_hijack(host, _versioned(api_version, "/grpc"), "h2c", tls=tls)
     send, receive = anyio.create_memory_object_stream[bytes](16)
+    body_error: Exception | None = None  # raised as itself, not in an exception group
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_chunks, receive, writer)
-            async with channel_over_pipe(read_chunks(reader), send) as (channel, _pipe):
-                yield channel
-            tg.cancel_scope.cancel()
+            try:
+                async with channel_over_pipe(read_chunks(reader), send) as (channel, _pipe):
+                    yield channel
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+                body_error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
     finally:
         send.close()
         writer.close()

@@ -216,12 +216,19 @@ class ClientSession:
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await dial(self.metadata())
+            body_error: Exception | None = None  # raised as itself, not in an exception group
             async with anyio.create_task_group() as tg:
                 tg.start_soon(write_chunks, to_daemon_queue, writer)
-                async with serve_over_pipe(self._server(), read_chunks(reader), to_daemon) as pipe:
-                    self._pipe = pipe
-                    yield self
-                tg.cancel_scope.cancel()
+                try:
+                    async with serve_over_pipe(self._server(), read_chunks(reader), to_daemon) as pipe:
+                        self._pipe = pipe
+                        yield self
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+                    body_error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+            if body_error is not None:
+                raise body_error
         finally:
             self._running = False
             to_daemon.close()

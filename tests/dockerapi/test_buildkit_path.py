@@ -25,6 +25,7 @@ import pytest
 from buildkitpy.api import control_pb2
 from buildkitpy.client import engine as engine_client
 from buildkitpy.client.options import ExportEntry
+from buildkitpy.client.rpc_errors import BuildkitError
 from buildkitpy.client.solve import SolveOpt
 from buildkitpy.session.client import ClientSession
 from buildkitpy.session.filesync import FileSyncAttachable
@@ -94,6 +95,33 @@ def test_solve_over_grpc_with_session_over_session_endpoint(engine, tmp_path):
     _, again = anyio.run(build)
     cached = {v.name for s in again for v in s.vertexes if v.cached}
     assert any("RUN --mount=type=secret" in n for n in cached), cached
+
+
+def test_multi_platform_build_keeps_the_host_image(engine, tmp_path):
+    """buildx allows several platforms with the docker driver here (our worker names its snapshotter):
+    the store keeps this machine's image of the index, the one `docker run` would use."""
+    from buildkitpy.worker import host_platform
+
+    ctx = tmp_path / "ctx"
+    _write(ctx, {"Dockerfile": "FROM scratch\nCOPY a.txt /a.txt\n", "a.txt": "multi\n"})
+    host = host_platform()["architecture"]
+    other = "arm64" if host != "arm64" else "amd64"
+
+    async def build(platforms: str) -> dict[str, str]:
+        opt = SolveOpt(frontend="dockerfile.v0", local_dirs={"context": ctx, "dockerfile": ctx},
+                       frontend_attrs={"platform": platforms},
+                       exports=[ExportEntry(type="moby", attrs={"name": "py-multi:latest"})])
+        with anyio.fail_after(120):
+            async with engine_client.connect(engine.host) as client:
+                return (await client.solve(opt)).exporter_response
+
+    response = anyio.run(build, f"linux/{host},linux/{other}")
+    assert "containerimage.config.digest" not in response  # an index
+    inspect = json.loads(engine.docker("image", "inspect", "py-multi").stdout)[0]
+    assert inspect["Architecture"] == host
+    assert _image_files(engine, "py-multi")["a.txt"] == b"multi\n"
+    with pytest.raises(BuildkitError, match="keeps one platform of an image, this machine's"):
+        anyio.run(build, f"linux/{other},linux/s390x")
 
 
 async def _session_dialer(engine) -> Any:
