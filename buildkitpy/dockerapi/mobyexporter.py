@@ -23,6 +23,8 @@ async def export(ctx: ExportContext) -> dict[str, str]:
 
     attrs = {k: v for k, v in ctx.attrs.items() if k not in _MOBY_ONLY}
     attrs.setdefault("store", "true")
+    if attrs.get("name"):  # as the Engine names them ("naming to docker.io/library/app:latest")
+        attrs["name"] = ",".join(_normalized(n) for n in attrs["name"].split(",") if n.strip())
     response = await image.export(ExportContext(index=ctx.index, attrs=attrs, result=ctx.result,
                                                 bridge=ctx.bridge, session=ctx.session,
                                                 progress=ctx.progress))
@@ -78,3 +80,10 @@ def _host_config(content: Any, index_digest: str) -> str:
         doc = json.loads(content.read(entry["digest"]))
         return str((doc.get("config") or {}).get("digest", ""))
     return ""
+
+
+def _normalized(name: str) -> str:
+    from buildkitpy.dockerapi.imagestore import normalize_tag
+
+    name = name.strip()
+    return name if "@" in name else normalize_tag(name)

@@ -80,6 +80,7 @@ def test_solve_over_grpc_with_session_over_session_endpoint(engine, tmp_path):
     assert "[internal] load build definition from Dockerfile" in names
     assert any("RUN --mount=type=cache,target=/cache" in n for n in names)
     assert "py-grpc" in _logs(statuses)
+    assert any(v.name == "naming to docker.io/library/py-engine:latest" for s in statuses for v in s.statuses)
     inspect = json.loads(engine.docker("image", "inspect", "py-engine").stdout)[0]
     assert inspect["Id"] == response["containerimage.config.digest"] == response["containerimage.digest"]
     manifest = json.loads(base64.b64decode(response["containerimage.descriptor"]))["digest"]
