@@ -45,6 +45,10 @@ from buildkitpy.snapshot.mount import (
 
 OVERLAY = "overlay"
 COPY = "copy"
+# Usage stats (last use, handle count) are written at most this often, in one transaction: they
+# only order the GC, so a crash may lose the last second of them, while a write (an fsync) per
+# handle taken made every cache hit of a big graph wait on the disk.
+USAGE_FLUSH_SECONDS = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -220,6 +224,8 @@ class OverlaySnapshotManager:
         self._lock = threading.RLock()
         self._layer_lock = threading.Lock()
         self._refs: dict[str, int] = {}
+        self._usage: dict[str, tuple[float, int]] = {}  # id → (last use, new uses) not written yet
+        self._usage_written = time.monotonic()
         self._mounts: dict[str, _ActiveMount] = {}
         self._db = sqlite3.connect(self._snapshots_dir / "metadata.db", check_same_thread=False,
                                    isolation_level=None)
@@ -258,8 +264,7 @@ class OverlaySnapshotManager:
             if rec is None or rec.kind != "committed":
                 raise KeyError(f"no committed snapshot {snapshot_id!r}")
             self._refs[snapshot_id] = self._refs.get(snapshot_id, 0) + 1
-            self._db.execute("UPDATE snapshots SET last_used=?, usage_count=usage_count+1 WHERE id=?",
-                             (time.time(), snapshot_id))
+            self._note_use(snapshot_id, 1)
             return ImmutableRef(self, rec)
 
     def merge(self, inputs: list[ImmutableRef], description: str = "") -> ImmutableRef:
@@ -319,6 +324,7 @@ class OverlaySnapshotManager:
     def usage(self) -> list[SnapshotUsage]:
         with self._lock:
             records = self._all_records()
+            self._write_usage()
             counts = dict(self._db.execute("SELECT id, usage_count FROM snapshots").fetchall())
             return [SnapshotUsage(r.id, r.parent, r.kind == "active",
                                   r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
@@ -333,6 +339,7 @@ class OverlaySnapshotManager:
                     active.stack.unmount()
                     self._remove_mount_dir(active.path)
                 del self._mounts[key]
+            self._write_usage()
             self._db.close()
 
     # ----------------------------------------------------------------- metadata
@@ -343,8 +350,32 @@ class OverlaySnapshotManager:
     def _data_dir(self, snapshot_id: str) -> Path:
         return self._snapshots_dir / snapshot_id
 
+    def _note_use(self, snapshot_id: str, uses: int) -> None:
+        """Record a use now (under ``_lock``); the database gets it with the next batch."""
+        self._usage[snapshot_id] = (time.time(), self._usage.get(snapshot_id, (0.0, 0))[1] + uses)
+        if time.monotonic() - self._usage_written >= USAGE_FLUSH_SECONDS:
+            self._write_usage()
+
+    def _write_usage(self) -> None:
+        with self._lock:
+            pending, self._usage = self._usage, {}
+            self._usage_written = time.monotonic()
+            if not pending:
+                return
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "UPDATE snapshots SET last_used=MAX(last_used, ?), usage_count=usage_count+? WHERE id=?",
+                    [(last, uses, sid) for sid, (last, uses) in pending.items()])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def _row_to_record(self, row: tuple) -> _Record:
         sid, parent, kind, layers, has_data, desc, created, last_used, size, computed = row
+        if (pending := self._usage.get(sid)) is not None:
+            last_used = max(last_used, pending[0])
         return _Record(sid, parent, kind, json.loads(layers), bool(has_data), desc, created, last_used, size,
                        bool(computed))
 
@@ -376,6 +407,7 @@ class OverlaySnapshotManager:
     def _delete_record(self, snapshot_id: str) -> None:
         """Row first, then data: a crash in between leaves an orphan dir, never a dangling row."""
         self._db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+        self._usage.pop(snapshot_id, None)
         remove_tree(self._data_dir(snapshot_id))
 
     def _check_unused(self, rec: _Record, records: list[_Record]) -> None:
@@ -606,7 +638,7 @@ class OverlaySnapshotManager:
                         lowers = [self._empty_dir, lowers[0]]
                     active = _ActiveMount(point, 1, mount_overlay(point, lowers, base=self.root))
             self._mounts[key] = active
-            self._db.execute("UPDATE snapshots SET last_used=? WHERE id=?", (time.time(), snapshot_id))
+            self._note_use(snapshot_id, 0)
             return active.path
 
     def _release_mount(self, snapshot_id: str, *, writable: bool) -> None:
