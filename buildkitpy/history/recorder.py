@@ -260,11 +260,14 @@ class BuildRecording:
                 await asyncio.wait_for(trigger.wait(), TRACE_WAIT_SECONDS)
             except TimeoutError:
                 pass
-            assert self._stop_trace is not None
-            spans = self._stop_trace()
-            if not spans:
+            stop = self._stop_trace
+            assert stop is not None
+
+            def render() -> bytes:  # (in a thread: a span per vertex makes a big graph's trace long)
+                return "".join(json.dumps(s, indent=2) + "\n" for s in stop()).encode()
+            data = await anyio.to_thread.run_sync(render)
+            if not data:
                 return
-            data = "".join(json.dumps(s, indent=2) + "\n" for s in spans).encode()
             desc = await self.add_blob(data, TRACE_MEDIA_TYPE)
             await self.recorder.store.update_ref(self.record.Ref, lambda r: r.trace.CopyFrom(desc))
         except NotFound:

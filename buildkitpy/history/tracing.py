@@ -40,8 +40,18 @@ _ZERO_SPAN = "0" * 16
 _STATUS_NAMES = {0: "Unset", 1: "Ok", 2: "Error"}
 
 
+_tracers: dict[int, trace.Tracer] = {}
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """The daemon's tracer, made once per tracer provider (``get_tracer`` builds a new one on every
+    call, which a span per vertex paid for)."""
+    provider = trace.get_tracer_provider()
+    t = _tracers.get(id(provider))
+    if t is None:
+        _tracers.clear()  # a replaced provider (tests) drops the old one's tracer
+        t = _tracers[id(provider)] = provider.get_tracer(TRACER_NAME)
+    return t
 
 
 # -- span stubs (the blob's JSON) ----------------------------------------------------------------
@@ -171,29 +181,47 @@ def stubs_from_otlp(resource_spans) -> Iterator[tuple[str, dict]]:  # noqa: ANN0
                 }
 
 
+def _as_stub(span: dict | ReadableSpan) -> dict | None:
+    if isinstance(span, dict):
+        return span
+    try:
+        return stub_from_sdk(span)
+    except Exception:  # noqa: BLE001 - tracing must never break a build
+        log.debug("cannot record span %s", span.name, exc_info=True)
+        return None
+
+
 # -- the recorder --------------------------------------------------------------------------------
 
 
 class TraceRecorder(SpanProcessor):
-    """Finished spans per trace id; kept while a build listens for them, then a minute more."""
+    """Finished spans per trace id; kept while a build listens for them, then a minute more.
+
+    The daemon's own spans are kept as the SDK's (immutable) finished spans and turned into stubs
+    only when a build takes them (``record``'s ``stop``, which the history runs in a worker thread):
+    a span per vertex ends on the event loop, so ending one must stay cheap."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._spans: dict[str, list[dict]] = {}
+        self._spans: dict[str, list[dict | ReadableSpan]] = {}
         self._last: dict[str, float] = {}
         self._listeners: dict[str, int] = {}
         self._closed = False
+        self._next_expiry = 0.0
 
-    def add(self, trace_id: str, stub: dict) -> None:
+    def add(self, trace_id: str, stub: dict | ReadableSpan) -> None:
         with self._lock:
             if self._closed:
                 return
             self._spans.setdefault(trace_id, []).append(stub)
-            self._last[trace_id] = time.monotonic()
-            self._expire()
+            now = time.monotonic()
+            self._last[trace_id] = now
+            if now >= self._next_expiry:  # a scan of every trace, at most once a second
+                self._next_expiry = now + 1.0
+                self._expire(now)
 
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - KEEP_UNLISTENED_SECONDS
+    def _expire(self, now: float) -> None:
+        cutoff = now - KEEP_UNLISTENED_SECONDS
         for tid in [t for t, last in self._last.items() if last < cutoff and t not in self._listeners]:
             self._spans.pop(tid, None)
             self._last.pop(tid, None)
@@ -207,10 +235,11 @@ class TraceRecorder(SpanProcessor):
             if taken:
                 return taken[0]
             with self._lock:
-                spans = list(self._spans.get(trace_id, []))
+                kept = list(self._spans.get(trace_id, []))
                 self._listeners[trace_id] -= 1
                 if not self._listeners[trace_id]:
                     del self._listeners[trace_id]
+            spans = [stub for s in kept if (stub := _as_stub(s)) is not None]
             taken.append(spans)
             return spans
 
@@ -222,7 +251,7 @@ class TraceRecorder(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            self.add(format(span.context.trace_id, "032x"), stub_from_sdk(span))
+            self.add(format(span.context.trace_id, "032x"), span)
         except Exception:  # noqa: BLE001 - tracing must never break a build
             log.debug("cannot record span %s", span.name, exc_info=True)
 
