@@ -223,6 +223,26 @@ def test_usage_reports_sizes_and_in_use(manager):
     assert not {u.id: u for u in manager.usage()}[base.id].in_use
 
 
+def test_usage_stats_are_seen_at_once_and_kept_across_a_restart(tmp_path):
+    mgr = OverlaySnapshotManager(tmp_path / "state")
+    base = commit_with(mgr, None, {"f": "x"})
+    committed_at = {u.id: u for u in mgr.usage()}[base.id].last_used
+    handles = [mgr.get(base.id) for _ in range(3)]
+    for h in handles:
+        h.release()
+    seen = {u.id: u for u in mgr.usage()}[base.id]
+    assert seen.usage_count == 3 and seen.last_used >= committed_at
+    again = mgr.get(base.id)  # taken after usage() wrote the first three: written by close()
+    again.release()
+    base.release()
+    mgr.close()
+    mgr = OverlaySnapshotManager(tmp_path / "state")
+    try:
+        assert {u.id: u for u in mgr.usage()}[base.id].usage_count == 4
+    finally:
+        mgr.close()
+
+
 @pytest.mark.parametrize("n", [90, 150])
 def test_long_chain_beyond_one_page_of_mount_options(tmp_path, n):
     """90 layers only fit as relative paths; 150 need stacked group mounts."""
