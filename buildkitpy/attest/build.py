@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
+
 from buildkitpy.attest import options
 from buildkitpy.attest.capture import BuildCapture, ProvenanceCollector
 from buildkitpy.attest.manifest import ExportProvenance, ProvenanceMaker, history_blob
@@ -62,7 +64,9 @@ class BuildProvenance:
             keys = [k for k, r in result.refs.items() if r is not None]
         for key in keys:
             try:
-                data, annotations = history_blob(maker, key)
+                # (in a thread: it reads every step's layer chain and encodes a predicate listing
+                # every step, which for a big graph is long)
+                data, annotations = await anyio.to_thread.run_sync(history_blob, maker, key)
                 desc = await recording.add_blob(data, "application/vnd.in-toto+json", annotations)
                 recording.add_attestation(desc, result_key=key or "")
             except Exception:  # noqa: BLE001 - the record is kept without it

@@ -235,8 +235,14 @@ def known_layer_descriptors(capture: BuildCapture,
     with capture.lock:
         chains = [(d, i, chain) for d, step in capture.steps.items()
                   for i, chain in enumerate(step.layer_chains)]
+    seen: dict[Any, dict[str, Any] | None] = {}  # steps share most of their chains' layers
+
+    def known(path: Any) -> dict[str, Any] | None:
+        if path not in seen:
+            seen[path] = lookup(path)
+        return seen[path]
     for digest, i, chain in chains:
-        descs = [lookup(p) for p in chain] if chain else []
+        descs = [known(p) for p in chain] if chain else []
         if descs and all(d is not None for d in descs):
             out[(digest, i)] = descs
     return out
