@@ -29,6 +29,7 @@ doubles in ``tests/solver/test_scheduler_core.py``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ class Runtime(Protocol):
 
     async def settled(self, v: Any, facts: Settled) -> None: ...
 
+    # Optional: ``async def settled_many(self, items: list[tuple[Any, Settled]]) -> None``, the
+    # vertices settling together below a hit (cached), in order, each in its own scope.
+
     async def remote_has(self, v: Any, cm: CacheMap, content: list[str | None] | None,
                          lookup: bool) -> bool:
         """Told every vertex's final cache map and checksums (inputs first); with ``lookup``, whether
@@ -136,7 +140,9 @@ class _Once:
     __slots__ = ("done", "value", "failed")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        # asyncio's own event (the daemon and the tests run on asyncio): anyio's wrapper cost a
+        # tenth of a cached graph's time, made twice per vertex
+        self.done = asyncio.Event()
         self.value: Any = None
         self.failed = False
 
@@ -241,11 +247,18 @@ class CoreBuild:
                     outputs[v.digest] = values
         if local:
             await blocking(load)
+        settled: list[tuple[Any, Settled]] = []
         for v, keys in skipped:
-            with self.runtime.scope(v):
-                if keys.remote or (keys.hit is not None and not self._local(keys)):
-                    self.runtime.cached(v)
-                await self._settled(v, keys, cached=True, outputs=outputs.get(v.digest))
+            if keys.remote or (keys.hit is not None and not self._local(keys)):
+                self.runtime.cached(v)
+            settled.append((v, self._facts(v, keys, cached=True, outputs=outputs.get(v.digest))))
+        many = getattr(self.runtime, "settled_many", None)
+        if many is not None:  # all in one go: observers hand the work of hundreds of vertices
+            await many(settled)  # below a hit to their worker thread in one trip, not one each
+        else:
+            for v, facts in settled:
+                with self.runtime.scope(v):
+                    await self.runtime.settled(v, facts)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -359,7 +372,7 @@ class CoreBuild:
         batched into the next trip (one query for the base), so a wide graph does not pay a thread
         hop and a query per vertex."""
         slot: list[Any] = [keys, outputs, None]
-        done = anyio.Event()
+        done = asyncio.Event()
         self._pending.append((slot, done))
         if not self._flushing:
             self._flushing = True
@@ -549,10 +562,13 @@ class CoreBuild:
 
     async def _settled(self, v: Any, keys: _Keys, *, cached: bool, inputs: list[Any] | None = None,
                        outputs: list[Any] | None = None) -> None:
+        await self.runtime.settled(v, self._facts(v, keys, cached=cached, inputs=inputs, outputs=outputs))
+
+    def _facts(self, v: Any, keys: _Keys, *, cached: bool, inputs: list[Any] | None = None,
+               outputs: list[Any] | None = None) -> Settled:
         if inputs is None:
             inputs = [self._loaded(inp) for inp in v.inputs]
-        await self.runtime.settled(v, Settled(keys.cm, keys.input_keys, inputs, keys.content, cached,
-                                              keys.skip, outputs))
+        return Settled(keys.cm, keys.input_keys, inputs, keys.content, cached, keys.skip, outputs)
 
     def _loaded(self, inp: CoreInput) -> Any:
         once = self._results.get(inp.digest)

@@ -43,3 +43,7 @@ class StepObserver(Protocol):
 
     async def settled(self, facts: StepFacts) -> None:
         """A vertex's result is known."""
+
+    async def settled_many(self, job: Job, facts: list[StepFacts]) -> None:
+        """The results of many vertices are known at once (those below a hit, cached), each
+        outside its ``vertex_scope``: the observer opens what it needs itself."""

@@ -127,15 +127,25 @@ class Build:
         if remote is not None and facts.outputs is not None and v.digest in self._nodes:
             await remote.settled(self._nodes[v.digest], facts.outputs)
         observer = self.solver.observer
-        if observer is None:
-            return
+        if observer is not None:
+            await observer.settled(self._step_facts(v, facts))
+
+    async def settled_many(self, items: list[tuple[Vertex, Settled]]) -> None:
+        remote = self.job.remote_cache
+        if remote is not None:
+            for v, facts in items:
+                if facts.outputs is not None and v.digest in self._nodes:
+                    await remote.settled(self._nodes[v.digest], facts.outputs)
+        observer = self.solver.observer
+        if observer is not None and items:
+            await observer.settled_many(self.job, [self._step_facts(v, facts) for v, facts in items])
+
+    def _step_facts(self, v: Vertex, facts: Settled) -> StepFacts:
         names = [self.graph.vertices[i.digest].name for i in v.inputs]
-        await observer.settled(StepFacts(job=self.job, vertex=v, input_names=names, cache_map=facts.cache_map,
-                                         input_keys=facts.input_keys, inputs=facts.inputs,
-                                         content=facts.content, cached=facts.cached,
-                                         lookup_skipped=facts.lookup_skipped,
-                                         op=self._ops[v.digest][0] if v.digest in self._ops else None,
-                                         outputs=facts.outputs))
+        return StepFacts(job=self.job, vertex=v, input_names=names, cache_map=facts.cache_map,
+                         input_keys=facts.input_keys, inputs=facts.inputs, content=facts.content,
+                         cached=facts.cached, lookup_skipped=facts.lookup_skipped,
+                         op=self._ops[v.digest][0] if v.digest in self._ops else None, outputs=facts.outputs)
 
 
 def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:

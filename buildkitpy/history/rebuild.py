@@ -196,8 +196,12 @@ class RebuildRecorder:
                                  "(SELECT name FROM steps ORDER BY updated DESC LIMIT ?)", (MAX_STEPS,))
 
     async def settled(self, facts: StepFacts) -> None:
+        await anyio.to_thread.run_sync(self.settle, facts)
+
+    def settle(self, facts: StepFacts) -> None:
+        """Compare the step with its previous build and keep its fingerprint (blocking)."""
         try:
-            await anyio.to_thread.run_sync(self._settle, facts)
+            self._settle(facts)
         except Exception:  # noqa: BLE001 - a report must never fail a build
             log.warning("cannot record why %s rebuilt", facts.vertex.name, exc_info=True)
 
