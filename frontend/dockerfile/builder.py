@@ -37,6 +37,7 @@ from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
 from .convert_thread import check_size, convert_off_loop
 from .errors import DockerfileError
+from .remote_context import detect as detect_remote_context
 
 if TYPE_CHECKING:
     from buildkitpy.gateway.bridge import GatewayBridge
@@ -238,21 +239,29 @@ async def build(client: FrontendClient) -> FrontendResult:
         raise InvalidArgument(str(e)) from None
     session_id = client.session_id
     filename = options.filename
-    follow = [filename, filename + ".dockerignore"]
-    if posixpath.basename(filename) == "Dockerfile":
-        follow.append(posixpath.join(posixpath.dirname(filename), "dockerfile"))
-    source = llb.local(
-        DOCKERFILE_LOCAL,
-        session_id=session_id or None,
-        follow_paths=follow,
-        shared_key_hint=DOCKERFILE_LOCAL,
-        differ="none",
-        custom_name=f"[internal] load build definition from {filename}",
-    )
+    remote = await detect_remote_context(client, opts, filename)
+    dockerfile_local = opts.get("dockerfilekey", "")  # a local Dockerfile even with a remote context
+    if remote is not None and not dockerfile_local:
+        filename = remote.filename
+        source = remote.dockerfile
+    else:
+        dockerfile_local = dockerfile_local or DOCKERFILE_LOCAL
+        follow = [filename, filename + ".dockerignore"]
+        if posixpath.basename(filename) == "Dockerfile":
+            follow.append(posixpath.join(posixpath.dirname(filename), "dockerfile"))
+        source = llb.local(
+            dockerfile_local,
+            session_id=session_id or None,
+            follow_paths=follow,
+            shared_key_hint=dockerfile_local,
+            differ="none",
+            custom_name=f"[internal] load build definition from {filename}",
+        )
     ref = await _solve_ref(client, source)
     dockerfile = await _read_optional(client, ref, filename)
     if dockerfile is None and posixpath.basename(filename) == "Dockerfile":
-        dockerfile = await _read_optional(client, ref, follow[-1])
+        lower = posixpath.join(posixpath.dirname(filename), "dockerfile")  # moby/moby#10858
+        dockerfile = await _read_optional(client, ref, lower)
     if dockerfile is None:
         raise NotFound(f"failed to read dockerfile: open {filename}: no such file or directory")
 
@@ -275,8 +284,12 @@ async def build(client: FrontendClient) -> FrontendResult:
         raise Unimplemented(f"unsupported request {request}")
     inputs = await client.inputs() if options.named_contexts else {}
 
-    ignore_data = await _read_optional(client, ref, filename + ".dockerignore")
-    if ignore_data is not None:
+    ignore_data = None
+    if remote is None:
+        ignore_data = await _read_optional(client, ref, filename + ".dockerignore")
+    if remote is not None:
+        excludes: list[str] = []  # no .dockerignore applies to a remote context (BuildKit's dockerui)
+    elif ignore_data is not None:
         excludes = read_ignore_file(ignore_data)
     else:
         excludes = await _read_ignore(
@@ -313,6 +326,7 @@ async def build(client: FrontendClient) -> FrontendResult:
         build_platform=client.build_platforms[0] if client.build_platforms else None,
         dockerfile_source=source,
         filename=filename,
+        main_context=remote.context if remote is not None else None,
     )
     if request == subreq.LINT:
         return FrontendResult(metadata=await _lint(dockerfile, filename, source, options.target, linter,

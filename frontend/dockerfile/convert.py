@@ -75,10 +75,14 @@ async def convert(
     build_platform: Platform | None = None,
     linter: Linter | None = None,
     all_stages: bool = False,
+    main_context: llb.State | None = None,
 ) -> ConvertResult:
     """Convert ``dockerfile`` for every target platform in ``opts["platform"]`` (the build platform when
     none is given). ``dockerfile_source`` is the state the file was read from (goes into the
     definition's source map). Raises :class:`ConvertError` naming the line at fault.
+
+    ``main_context`` is a remote build context (``context=<git or http URL>``); without it the
+    context is the client's ``context`` directory.
 
     ``linter`` runs the build checks made while converting (for the first platform only, as
     BuildKit); ``all_stages`` converts unreachable stages too (``frontend.lint`` without a target)."""
@@ -104,6 +108,7 @@ async def convert(
                 llb_caps,
                 linter if i == 0 else None,
                 all_stages,
+                main_context,
             )
         )
     return ConvertResult(results, multi)
@@ -123,8 +128,9 @@ async def _convert_one(
     llb_caps: set[str] | frozenset[str] | None,
     linter: Linter | None = None,
     all_stages: bool = False,
+    main_context: llb.State | None = None,
 ) -> PlatformResult:
-    context_output = Output(_PendingContext(), 0)
+    context_output = main_context.output if main_context is not None else Output(_PendingContext(), 0)
     dctx = DispatchContext(
         options=options,
         target_platform=target or build_platform,
@@ -151,17 +157,17 @@ async def _convert_one(
         lines = getattr(e, "dockerfile_lines", None)
         raise ConvertError(_located(str(e), lines), lines) from None
 
-    # the build context: a session local restricted to the paths the build reads from it
-    paths = _follow_paths(dctx.context_paths)
-    context = llb.local(
-        "context",
-        session_id=session_id or None,
-        exclude_patterns=context_ignore or None,
-        shared_key_hint="context",
-        follow_paths=paths or None,
-        custom_name="[internal] load build context",
-    )
-    context_output.vertex = context.output.vertex
+    if main_context is None:  # the build context: a session local restricted to the paths read from it
+        paths = _follow_paths(dctx.context_paths)
+        context = llb.local(
+            "context",
+            session_id=session_id or None,
+            exclude_patterns=context_ignore or None,
+            shared_key_hint="context",
+            follow_paths=paths or None,
+            custom_name="[internal] load build context",
+        )
+        context_output.vertex = context.output.vertex
 
     img = target_state.image
     if options.labels:
