@@ -114,7 +114,7 @@ async def _named_context(
                 nc.image_config = input_image_config(metadata)
             except DockerfileError as e:
                 raise InvalidArgument(str(e)) from None
-    elif nc.kind in ("oci-layout", "git", "http", "https"):
+    elif nc.kind == "oci-layout":
         raise Unimplemented(f"{nc.kind} named contexts are not supported yet (context {name}={spec})")
     elif nc.kind not in SUPPORTED_KINDS:
         raise InvalidArgument(f"unsupported context source {kind} for {name}")

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from buildkitpy import llb
 from buildkitpy.gocompat import parse_bool
 
 from .errors import DockerfileError
@@ -131,3 +132,14 @@ def _load_query(ref: GitRef, query: str) -> None:
         if ref.ref and ref.ref != branch:
             raise GitRefError(f"ref conflicts: {ref.ref!r} vs {branch!r}")
         ref.ref = branch
+
+
+def checkout(ref: GitRef, spec: str, *, keep_git_dir: bool = False) -> llb.State:
+    """The checkout a git build context names (the main one or a named one), as BuildKit's
+    ``DetectGitContext`` makes it; ``spec`` is the URL as given (it names the progress line)."""
+    if ref.fetch_by_commit:
+        raise GitRefError(f"fetch-by-commit git contexts are not supported yet ({spec})")
+    return llb.git(ref.remote, ref.ref, keep_git_dir=keep_git_dir or ref.keep_git_dir is True,
+                   checksum=ref.checksum or None, subdir=ref.subdir or None,
+                   skip_submodules=ref.submodules is False, custom_name=f"[internal] load git source {spec}")
+

@@ -23,12 +23,13 @@ from buildkitpy.llb.constraints import Metadata, ProgressGroup
 from buildkitpy.llb.vertex import MarshalContext, MarshalledOp, Output, Vertex
 
 from . import image_config as ic
+from .convert_git import GitRefError, checkout, parse_git_ref
 from .errors import DockerfileError
 
 if TYPE_CHECKING:
     from .convert import ImageResolver
 
-SUPPORTED_KINDS = ("local", "docker-image", "input")
+SUPPORTED_KINDS = ("local", "docker-image", "input", "git", "http", "https")
 
 
 class NamedContextError(DockerfileError):
@@ -39,8 +40,8 @@ IMAGE_CONFIG_KEY = "containerimage.config"
 
 @dataclass
 class NamedContext:
-    """A ``context:NAME=...`` option: ``source`` is ``local:DIR``, ``docker-image://REF`` or
-    ``input:KEY``; ``excludes`` the named local directory's ``.dockerignore`` patterns;
+    """A ``context:NAME=...`` option: ``source`` is ``local:DIR``, ``docker-image://REF``,
+    ``input:KEY`` or a git or http(s) URL; ``excludes`` the named local directory's ``.dockerignore`` patterns;
     ``definition``/``image_config`` the frontend input (and its config) an ``input:`` names."""
 
     source: str
@@ -94,7 +95,7 @@ async def load(
         raise NamedContextError(f"oci-layout named contexts are not supported yet (context {key}): "
                          "buildkitpy has no oci-layout source")
     if nc.kind in ("git", "http", "https"):
-        raise NamedContextError(f"{nc.kind} named contexts are not supported yet (context {key})")
+        return _load_remote(nc, key), None
     raise NamedContextError(f"unsupported context source {kind} for {key}")
 
 
@@ -117,6 +118,20 @@ async def _load_image(
     img.pop("created", None)
     st = llb.image(named, platform=platform, custom_name=f"[context {key}] {ref}")
     return st.with_image_config(data), img
+
+
+def _load_remote(nc: NamedContext, key: str) -> llb.State:
+    """A git checkout, or (an http(s) URL that is no git repository) the downloaded file, named
+    ``context`` as BuildKit names it."""
+    try:
+        ref = parse_git_ref(nc.source)
+        if ref is not None:
+            return checkout(ref, nc.source)
+    except GitRefError as e:
+        raise NamedContextError(f"invalid git context {nc.source} for {key}: {e}") from None
+    if nc.kind == "git":
+        raise NamedContextError(f"invalid git context {nc.source} for {key}")
+    return llb.http(nc.source, filename="context", custom_name=f"[context {key}] {nc.source}")
 
 
 def _load_input(nc: NamedContext, name: str, key: str) -> tuple[llb.State, ic.Image | None]:

@@ -20,7 +20,7 @@ from buildkitpy import llb
 from buildkitpy.errors import InvalidArgument
 from buildkitpy.gateway.client import FrontendClient
 
-from .convert_git import GitRef, GitRefError, parse_git_ref
+from .convert_git import GitRefError, checkout, parse_git_ref
 
 HTTP_FILENAME = "context"  # the name BuildKit gives a downloaded context
 KEEP_GIT_DIR_ARG = "build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR"
@@ -41,22 +41,12 @@ def context_spec(opts: dict[str, str]) -> str:
 
 def git_state(spec: str, opts: dict[str, str]) -> llb.State | None:
     """The checkout a git URL names (None when ``spec`` is no git reference)."""
+    keep = opts.get(KEEP_GIT_DIR_ARG, "").lower() in ("1", "t", "true")
     try:
         ref = parse_git_ref(spec)
+        return None if ref is None else checkout(ref, spec, keep_git_dir=keep)
     except GitRefError as e:
         raise InvalidArgument(f"invalid git context {spec}: {e}") from None
-    if ref is None:
-        return None
-    return _checkout(ref, spec, opts)
-
-
-def _checkout(ref: GitRef, spec: str, opts: dict[str, str]) -> llb.State:
-    if ref.fetch_by_commit:
-        raise InvalidArgument(f"fetch-by-commit git contexts are not supported yet ({spec})")
-    keep = ref.keep_git_dir is True or opts.get(KEEP_GIT_DIR_ARG, "").lower() in ("1", "t", "true")
-    return llb.git(ref.remote, ref.ref, keep_git_dir=keep, checksum=ref.checksum or None,
-                   subdir=ref.subdir or None, skip_submodules=ref.submodules is False,
-                   custom_name=f"[internal] load git source {spec}")
 
 
 def is_archive(header: bytes) -> bool:

@@ -127,7 +127,7 @@ def test_input_metadata_carries_a_base64_image_config() -> None:
 
 @pytest.mark.parametrize("spec,message", [
     ("oci-layout://store@sha256:" + "3" * 64, "oci-layout named contexts are not supported yet"),
-    ("git://h/r.git", "git named contexts are not supported yet"),
+    ("git://h/r.git?fetch-by-commit", "fetch-by-commit git contexts are not supported yet"),
     ("bogus:x", "unsupported context source bogus for base"),
     ("input:missing", "invalid input missing for base"),
     ("docker-image://bad ref", "invalid image reference"),

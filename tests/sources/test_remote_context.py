@@ -85,3 +85,17 @@ def test_http_context_plain_dockerfile_and_archive(daemon, tmp_path: Path,  # no
     out = tmp_path / "archive"
     build(daemon, out, "--opt", f"context={http_server.url('/ctx.tar.gz')}")
     assert (out / "got.txt").read_bytes() == b"x\n"
+
+
+def test_git_and_http_named_contexts(daemon, tmp_path: Path, repo: Repo,  # noqa: ANN001
+                                     http_server: FileServer) -> None:
+    http_server.resources["/notes.txt"] = Resource(b"downloaded\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY --from=src main.txt /from-git.txt\n"
+                                    "COPY --from=notes context /from-http.txt\n")
+    out = tmp_path / "out"
+    build(daemon, out, "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
+          "--opt", f"context:src={repo.url}#main:app", "--opt", f"context:notes={http_server.url('/notes.txt')}")
+    assert (out / "from-git.txt").read_text() == "main\n"
+    assert (out / "from-http.txt").read_bytes() == b"downloaded\n"
