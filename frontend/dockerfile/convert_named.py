@@ -41,8 +41,9 @@ IMAGE_CONFIG_KEY = "containerimage.config"
 @dataclass
 class NamedContext:
     """A ``context:NAME=...`` option: ``source`` is ``local:DIR``, ``docker-image://REF``,
-    ``input:KEY`` or a git or http(s) URL; ``excludes`` the named local directory's ``.dockerignore`` patterns;
-    ``definition``/``image_config`` the frontend input (and its config) an ``input:`` names."""
+    ``input:KEY`` or a git or http(s) URL; ``excludes`` the named local directory's
+    ``.dockerignore`` patterns; ``definition``/``image_config`` the frontend input (and its config)
+    an ``input:`` names."""
 
     source: str
     excludes: list[str] = field(default_factory=list)

@@ -96,6 +96,7 @@ def test_git_and_http_named_contexts(daemon, tmp_path: Path, repo: Repo,  # noqa
                                     "COPY --from=notes context /from-http.txt\n")
     out = tmp_path / "out"
     build(daemon, out, "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
-          "--opt", f"context:src={repo.url}#main:app", "--opt", f"context:notes={http_server.url('/notes.txt')}")
+          "--opt", f"context:src={repo.url}#main:app",
+          "--opt", f"context:notes={http_server.url('/notes.txt')}")
     assert (out / "from-git.txt").read_text() == "main\n"
     assert (out / "from-http.txt").read_bytes() == b"downloaded\n"
