@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from buildkitpy.image import mediatypes
 from buildkitpy.image.reference import Reference
 from buildkitpy.image.registry import Descriptor
 from buildkitpy.remotecache.chains import LayerDesc, RemoteIndex, build_config
-from buildkitpy.remotecache.config import CacheLayer, from_dict, record_dict
+from buildkitpy.remotecache.config import CacheLayer, from_dict, go_time, record_dict
 
 CONFIG_KEY = "moby.buildkit.cache.v0"
 MAX_CONFIG_BYTES = 64 << 20
@@ -41,9 +42,11 @@ async def records_for_image(job_cache: Any, layers: list[Path], blobs: list[Any]
         own = [str(p) for p in await anyio.to_thread.run_sync(snap.layers)]
         if not own or own != image[:len(own)]:
             continue
-        chain = [LayerDesc("", blobs[i].digest, blobs[i].size, blobs[i].diff_id)
+        # createdAt as the registry/local exporters give it: Go parses it as a time, "" fails
+        created = go_time(await anyio.to_thread.run_sync(os.path.getmtime, own[-1]))
+        chain = [LayerDesc("", blobs[i].digest, blobs[i].size, blobs[i].diff_id, created)
                  for i in range(len(own))]
-        results[id(node)] = (chain, "")
+        results[id(node)] = (chain, created)
         nodes.append(node)
     if not nodes:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def test_inline_cache_roundtrip(make_daemon, cache_registry, base_image, tmp_pat
     records = json.loads(base64.b64decode(config["moby.buildkit.cache.v0"]))
     results = sorted(r["layers"][0]["layer"] for r in records if r.get("layers"))
     assert results == [0, 1, 2, 3], records  # FROM, RUN, COPY and RUN: each step's top layer index
+    # BuildKit parses createdAt as a Go time: "" made real buildkitd's import fail
+    created = [x["createdAt"] for r in records for x in r.get("layers", [])]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", c) for c in created), created
 
     run2 = build(make_daemon(), ctx, tmp_path / "o2", "--import-cache", f"type=registry,ref={image}")
     assert run2.ran() == set() and len(run2.cached()) == 3, run2.text
