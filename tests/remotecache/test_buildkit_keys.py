@@ -266,3 +266,16 @@ def test_http_source_key():
     src.resolved = Resolved(content, "f.txt", last_modified="Sun, 06 Dec 2026 23:47:11 GMT")
     cm = src.cache_map(context(v))
     assert cm.digest == "sha256:28cd55f848973e7c26bc05b481456f986370c5dfdcde05bff35960f3903e26ce"
+
+
+def test_git_source_key():
+    """`ADD git://127.0.0.1:5095/repo.git#main /src` (a repository whose main is commit b92ae83…):
+    the real daemon recorded sha256:603d… = "buildkit.source.v0:b92ae83f4c1d69072f67ea0eab076fa92e6526ac"."""
+    from buildkitpy.solver.ops.source_git import GitSource
+
+    op = ops_pb2.Op(source=ops_pb2.SourceOp(identifier="git://127.0.0.1:5095/repo.git#main"))
+    v = vertex(op, "source")
+    src = GitSource(v)
+    src.key_commit = "b92ae83f4c1d69072f67ea0eab076fa92e6526ac"  # what resolve() found the ref at
+    cm = src.cache_map(context(v))
+    assert cm.digest == "sha256:603dde040415f9f466892e76c8a56d971253c9a85cc6a5b8513c82397146014e"
