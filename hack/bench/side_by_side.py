@@ -21,8 +21,8 @@ Rows (inputs are generated under --work once and reused):
   cold-20        the same 20 steps after prune --all, without the cache import (the baseline)
 
 The remote-cache rows need ``--cache-registry HOST:PORT`` (e.g. the ``--registry`` one): each
-daemon exports and imports its own cache there (``registry.insecure=true``; a daemon's cache keys
-are its own, so each imports what it exported).
+daemon exports and imports its own cache there (``registry.insecure=true``; the keys are the same
+for both daemons, so either could import the other's, but each row times a daemon with its own).
 """
 
 from __future__ import annotations
