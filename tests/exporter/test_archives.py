@@ -50,6 +50,8 @@ def test_oci_archive_layout_config_and_response(daemon, tmp_path):
     assert entry["annotations"]["io.containerd.image.name"] == "example.com/team/app:1.0"
     assert entry["annotations"]["org.opencontainers.image.ref.name"] == "1.0"
     assert "org.opencontainers.image.created" in entry["annotations"]
+    # the one manifest's entry names its platform, as real BuildKit's index.json does
+    assert entry["platform"] == {"architecture": cfg["architecture"], "os": "linux"}
     assert md["containerimage.digest"] == entry["digest"]
     assert md["containerimage.config.digest"] == image.manifest["config"]["digest"]
     assert md["image.name"] == "example.com/team/app:1.0"

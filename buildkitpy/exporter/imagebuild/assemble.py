@@ -363,7 +363,7 @@ async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *,
         in_index = len(targets) > 1 or attach
         desc = cfgdoc.descriptor(media_type, manifest_digest, len(manifest),
                                  annotations=None if in_index else (options.descriptor_annotations or None),
-                                 platform=platform if in_index else None)
+                                 platform=platform)  # (also alone: BuildKit's index.json entry has it)
         built.append(BuiltManifest(platform, desc, manifest, config, config_digest, layer_descs))
 
     if provenance is not None:  # the history record's provenance lists the exported layers
