@@ -9,6 +9,7 @@ return a result. Refs are lazy: solving happens when something needs the content
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import stat as statmod
@@ -139,14 +140,27 @@ class GatewayBridge:
         except KeyError:
             raise NotFound(f"no such ref {ref_id}") from None
 
-    async def resolve_image_config(self, ref: str, platform: Any = None,
-                                   resolve_mode: str = "") -> tuple[str, bytes]:
+    async def resolve_image_config(self, ref: str, platform: Any = None, resolve_mode: str = "",
+                                   log_name: str = "") -> tuple[str, bytes]:
         """Manifest digest and raw config of an image (``FROM``), through the worker's registry
-        client with the build's session for credentials, under ``resolve_mode`` (default/pull/local)."""
+        client with the build's session for credentials, under ``resolve_mode`` (default/pull/local).
+
+        Shown as a vertex of its own named ``log_name`` (``[internal] load metadata for …``), its
+        digest made from the source and platform, as BuildKit's ``inBuilderContext`` does."""
+        from buildkitpy.llb.platform import default_platform
         from buildkitpy.solver.ops.source_image import resolve_image_config
 
-        resolved = await resolve_image_config(self.solver.worker, ref, platform,
-                                              list(self._solver_job.session_ids), resolve_mode)
+        identifier = "docker-image://" + ref
+        shown = platform if platform is not None else default_platform()
+        vertex = "sha256:" + hashlib.sha256(f"{identifier}{shown}".encode()).hexdigest()
+        self.job.progress.vertex(vertex, log_name or f"resolve image config for {identifier}", started=True)
+        try:
+            resolved = await resolve_image_config(self.solver.worker, ref, platform,
+                                                  list(self._solver_job.session_ids), resolve_mode)
+        except BaseException as exc:
+            self.job.progress.vertex(vertex, completed=True, error=str(exc) or type(exc).__name__)
+            raise
+        self.job.progress.vertex(vertex, completed=True)
         capture = getattr(self.job, "provenance", None)
         if capture is not None:  # the build's provenance lists the images its frontend resolved
             capture.image_resolved(ref, platform, resolved.digest)

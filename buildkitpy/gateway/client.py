@@ -33,8 +33,8 @@ class FrontendClient(Protocol):
 
     async def read_file(self, ref_id: str, path: str, offset: int = 0, length: int = 0) -> bytes: ...
 
-    async def resolve_image_config(self, ref: str, platform: Any = None,
-                                   resolve_mode: str = "") -> tuple[str, bytes]: ...
+    async def resolve_image_config(self, ref: str, platform: Any = None, resolve_mode: str = "",
+                                   log_name: str = "") -> tuple[str, bytes]: ...
 
     async def inputs(self) -> dict[str, ops_pb2.Definition]: ...
 
@@ -71,9 +71,9 @@ class InProcessClient:
     async def read_file(self, ref_id: str, path: str, offset: int = 0, length: int = 0) -> bytes:
         return await self._bridge.read_file(ref_id, path, offset, length)
 
-    async def resolve_image_config(self, ref: str, platform: Any = None,
-                                   resolve_mode: str = "") -> tuple[str, bytes]:
-        return await self._bridge.resolve_image_config(ref, platform, resolve_mode)
+    async def resolve_image_config(self, ref: str, platform: Any = None, resolve_mode: str = "",
+                                   log_name: str = "") -> tuple[str, bytes]:
+        return await self._bridge.resolve_image_config(ref, platform, resolve_mode, log_name)
 
     async def inputs(self) -> dict[str, ops_pb2.Definition]:
         return dict(self._inputs)

@@ -89,9 +89,9 @@ class GrpcClient:
             request.Range.Length = length
         return (await self._call(self._stub.ReadFile(request))).Data
 
-    async def resolve_image_config(self, ref: str, platform: Any = None,
-                                   resolve_mode: str = "") -> tuple[str, bytes]:
-        request = gateway_pb2.ResolveImageConfigRequest(Ref=ref, ResolveMode=resolve_mode)
+    async def resolve_image_config(self, ref: str, platform: Any = None, resolve_mode: str = "",
+                                   log_name: str = "") -> tuple[str, bytes]:
+        request = gateway_pb2.ResolveImageConfigRequest(Ref=ref, ResolveMode=resolve_mode, LogName=log_name)
         if platform is not None:
             request.Platform.OS = platform.os
             request.Platform.Architecture = platform.architecture

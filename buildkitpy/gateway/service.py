@@ -137,7 +137,7 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
     async def ResolveImageConfig(self, request, context):
         bridge = await self._resolve(context)
         digest, config = await bridge.resolve_image_config(request.Ref, _platform(request),
-                                                           request.ResolveMode)
+                                                           request.ResolveMode, request.LogName)
         return gateway_pb2.ResolveImageConfigResponse(Digest=digest, Config=config, Ref=request.Ref)
 
     @_handled
@@ -148,7 +148,8 @@ class LLBBridgeService(gateway_pb2_grpc.LLBBridgeServicer):
             raise Unimplemented(f"resolving source metadata of {identifier.split(':', 1)[0]!r} sources "
                                 "is not supported yet")
         ref = identifier[len("docker-image://"):]
-        digest, config = await bridge.resolve_image_config(ref, _platform(request), request.ResolveMode)
+        digest, config = await bridge.resolve_image_config(ref, _platform(request), request.ResolveMode,
+                                                           request.LogName)
         return gateway_pb2.ResolveSourceMetaResponse(
             Source=request.Source,
             Image=gateway_pb2.ResolveSourceImageResponse(Digest=digest, Config=config))

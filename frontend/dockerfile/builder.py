@@ -10,7 +10,6 @@ frontend image through ``gateway.v0``.
 
 from __future__ import annotations
 
-import functools
 import json
 import posixpath
 from typing import TYPE_CHECKING, Any
@@ -303,9 +302,14 @@ async def build(client: FrontendClient) -> FrontendResult:
     for name, spec in options.named_contexts.items():
         named[name] = await _named_context(client, session_id, name, spec, opts, inputs)
 
-    resolver: Any = client.resolve_image_config
-    if options.image_resolve_mode != "default":  # as BuildKit's ResolveMode
-        resolver = functools.partial(resolver, resolve_mode=options.image_resolve_mode)
+    multi = len(options.platforms) > 1 or options.multi_platform
+    resolve_mode = "" if options.image_resolve_mode == "default" else options.image_resolve_mode
+
+    async def resolver(ref: str, platform: llb.Platform) -> tuple[str, bytes]:
+        """``FROM``'s image config, shown as BuildKit's frontend names it."""
+        prefix = f"[{platform} internal]" if multi and platform is not None else "[internal]"
+        return await client.resolve_image_config(ref, platform, resolve_mode=resolve_mode,
+                                                 log_name=f"{prefix} load metadata for {ref}")
     vertex = _result_vertex(ref)
     try:
         lint_config = checks.linter_config(opts, dockerfile)
