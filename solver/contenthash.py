@@ -17,6 +17,7 @@ import posixpath
 import sqlite3
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +114,13 @@ def _key(path: str) -> bytes:
     return os.fsencode(path).replace(b"/", b"\0")
 
 
-def _records(root: Path, top: str, with_top: bool) -> list[tuple[bytes, str, str]]:
+def _records(root: Path, top: str, with_top: bool,
+             descend: Callable[[str], bool] | None = None) -> list[tuple[bytes, str, str]]:
     """(key, kind, path) of the records BuildKit's contenthash tree holds for the directory at
     in-root path ``top`` ("" = the root) and below, in key order: ``dir`` (key = the path's),
     ``header`` (its own header, key + NUL) and ``file`` (files and symlinks). ``with_top``: include
-    ``top``'s own ``dir`` record."""
+    ``top``'s own ``dir`` record. ``descend``: whether a subdirectory (its in-root path) can hold
+    anything wanted; those it rules out are left out with all they hold."""
     out: list[tuple[bytes, str, str]] = []
 
     def visit(rel: str) -> None:
@@ -128,7 +131,8 @@ def _records(root: Path, top: str, with_top: bool) -> list[tuple[bytes, str, str
         for name in os.listdir(full):
             child = f"{rel}/{name}"
             if stat.S_ISDIR(os.lstat(os.path.join(full, name)).st_mode):
-                visit(child)
+                if descend is None or descend(child):
+                    visit(child)
             else:
                 out.append((_key(child), "file", child))
 
@@ -180,13 +184,22 @@ def _included_digest(root: Path, sel: Selector, synced: bool) -> str:
         follow_final = rest != ""
     else:
         prefix, follow_final = p, False
-    if prefix:
-        resolved = _in_root(root, prefix, follow_final)
-        records = _records(root, resolved, False) \
-            if resolved is not None and os.path.isdir(os.path.join(root, resolved.lstrip("/"))) else []
+    resolved = _in_root(root, prefix, follow_final) if prefix else ""
+    descend = None
+    if sel.wildcard and p:
+        pattern = p.split("/")[1:]
+
+        def descend(child: str) -> bool:  # a directory the pattern cannot reach holds nothing wanted
+            parts = (prefix + child[len(resolved or ""):]).split("/")[1:]
+            n = min(len(parts), len(pattern))
+            return glob_match("/" + "/".join(pattern[:n]), "/" + "/".join(parts[:n]))
+
+    if not prefix:
+        records = _records(root, "", True, descend)
+    elif resolved is not None and os.path.isdir(os.path.join(root, resolved.lstrip("/"))):
+        records = _records(root, resolved, False, descend)
     else:
-        resolved = ""
-        records = _records(root, "", True)
+        records = []
     included: list[_Included] = []
     parents: list[_Included] = []
     last_matched = ""
