@@ -243,19 +243,29 @@ def prune_passes(worker: UsageWorker, cache: CacheRecords, passes: Iterable[Prun
     ``busy`` (builds were running when the pass began) spares cache mounts; blobs are deleted only
     inside ``quiesce`` when it says no build runs (without it: only when not ``busy``)."""
     removed: list[Usage] = []
+    # The records are read once for all the passes (BuildKit's defaults are four): what a pass
+    # removes is gone for the next, nothing else changes in between. Reading them (every snapshot's
+    # row, blob sizes, cache mount trees) was most of a pass, and a pass follows every build.
+    live: list[Usage] | None = None
     for opts in passes:
-        removed += _prune_once(worker, cache, opts, busy=busy, cache_mounts=cache_mounts)
+        if live is None:
+            live = records(worker, cache, cache_mounts)
+        gone = _prune_once(worker, cache, opts, live, busy=busy, cache_mounts=cache_mounts)
+        if gone:
+            ids = {r.id for r in gone}
+            live = [r for r in live if r.id not in ids]
+        removed += gone
     gc = collect_content(worker, quiesce=quiesce or (lambda: nullcontext(not busy)))
     if gc is not None and gc.deleted:
         log.info("prune: deleted %d unreferenced content blobs (%d bytes)", len(gc.deleted), gc.freed)
     return removed
 
 
-def _prune_once(worker: UsageWorker, cache: CacheRecords, opts: PruneOptions, *, busy: bool,
-                cache_mounts: Path | None) -> list[Usage]:
+def _prune_once(worker: UsageWorker, cache: CacheRecords, opts: PruneOptions, current: list[Usage], *,
+                busy: bool, cache_mounts: Path | None) -> list[Usage]:
     flt = parse_all(list(opts.filters))
     now = time.time()
-    live = {r.id: r for r in records(worker, cache, cache_mounts)}
+    live = {r.id: r for r in current}
     total = sum(r.size for r in live.values() if not r.shared)
     limit = keep_bytes(total, free_bytes(worker.root) if opts.min_free_space else 0, opts)
     cutoff = now - opts.keep_duration if opts.keep_duration > 0 else None
