@@ -175,35 +175,44 @@ class RebuildRecorder:
                 return None, None
         return None, None
 
-    def _store(self, keys: list[str], fingerprint: dict, build_ref: str, data: bytes | None = None) -> None:
-        """``data``: the stored form when it is known (an unchanged fingerprint: a COPY of a large
-        context lists every file, and encoding it again cost ~0.3 s per build)."""
-        if data is None:
-            data = zlib.compress(json.dumps(fingerprint, separators=(",", ":")).encode())
+    def _store_many(self, rows: list[tuple[list[str], bytes, str]]) -> None:
+        """``(keys, stored fingerprint, build ref)`` of many steps, in one commit."""
+        now = time.time()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")  # one commit for all of the step's keys
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key in keys:
-                    self._db.execute("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
-                                     "VALUES (?,?,?,?)", (key, data, build_ref, time.time()))
+                self._db.executemany("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
+                                     "VALUES (?,?,?,?)",
+                                     [(key, data, ref, now) for keys, data, ref in rows for key in keys])
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            self._stores += 1
-            if self._stores % 200 == 0:  # keep the newest MAX_STEPS fingerprints
+            before, self._stores = self._stores, self._stores + len(rows)
+            if before // 200 != self._stores // 200:  # keep the newest MAX_STEPS fingerprints
                 self._db.execute("DELETE FROM steps WHERE name NOT IN "
                                  "(SELECT name FROM steps ORDER BY updated DESC LIMIT ?)", (MAX_STEPS,))
 
     async def settled(self, facts: StepFacts) -> None:
-        await anyio.to_thread.run_sync(self.settle, facts)
+        await anyio.to_thread.run_sync(self.settle_many, [facts])
 
-    def settle(self, facts: StepFacts) -> None:
-        """Compare the step with its previous build and keep its fingerprint (blocking)."""
-        try:
-            self._settle(facts)
-        except Exception:  # noqa: BLE001 - a report must never fail a build
-            log.warning("cannot record why %s rebuilt", facts.vertex.name, exc_info=True)
+    def settle_many(self, facts: list[StepFacts]) -> None:
+        """Compare each step with its previous build and keep the fingerprints, all in one commit
+        (blocking; a cached graph settles hundreds of steps together)."""
+        rows: list[tuple[list[str], bytes, str]] = []
+        for f in facts:
+            try:
+                row = self._settle(f)
+            except Exception:  # noqa: BLE001 - a report must never fail a build
+                log.warning("cannot record why %s rebuilt", f.vertex.name, exc_info=True)
+                continue
+            if row is not None:
+                rows.append(row)
+        if rows:
+            try:
+                self._store_many(rows)
+            except Exception:  # noqa: BLE001
+                log.warning("cannot keep the fingerprints of %d steps", len(rows), exc_info=True)
 
     def _fingerprint(self, facts: StepFacts, previous: dict | None) -> dict:
         v, cm = facts.vertex, facts.cache_map
@@ -228,10 +237,13 @@ class RebuildRecorder:
             inputs.append(entry)
         return {"kind": v.kind, "op": op, "cache_digest": cm.digest, "build_args": args, "inputs": inputs}
 
-    def _settle(self, facts: StepFacts) -> None:
+    def _settle(self, facts: StepFacts) -> tuple[list[str], bytes, str] | None:
+        """The step's report, and the row keeping its fingerprint. When the fingerprint is
+        unchanged, its stored form is kept (a COPY of a large context lists every file, and
+        encoding it again cost ~0.3 s per build)."""
         v = facts.vertex
         if facts.cache_map.always_run and not facts.job.no_cache and not v.ignore_cache:
-            return  # local sources: synced on every build, nothing to explain
+            return None  # local sources: synced on every build, nothing to explain
         keys = step_keys(v)
         previous, stored = self._load(keys)
         current = self._fingerprint(facts, previous)
@@ -241,7 +253,9 @@ class RebuildRecorder:
             with self._lock:
                 self._reports.setdefault(facts.job.id, []).append(report)
                 self._by_digest[(facts.job.id, v.digest)] = report
-        self._store(keys, current, facts.job.id, stored if current == previous else None)
+        data = stored if current == previous and stored is not None else \
+            zlib.compress(json.dumps(current, separators=(",", ":")).encode())
+        return keys, data, facts.job.id
 
     def _reason(self, facts: StepFacts, prev: dict | None, cur: dict) -> tuple[str, str]:
         if facts.job.no_cache:
