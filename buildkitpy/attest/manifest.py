@@ -183,9 +183,7 @@ def history_blob(maker: ProvenanceMaker, key: str | None) -> tuple[bytes, dict[s
     req = ProvenanceRequest(mode="max", builder_id=maker.request.builder_id)
     pred = maker.predicate(key, request=req)
     _drop_large_inline_data(pred)
-    data = json.dumps(pred, indent=2, ensure_ascii=False)
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return data.encode(), {PREDICATE_TYPE_ANNOTATION: prov.PREDICATE_V1}
+    return go_json_indent(pred), {PREDICATE_TYPE_ANNOTATION: prov.PREDICATE_V1}
 
 
 # Unlike BuildKit, the history copy leaves out file contents inlined in the LLB (a mkfile's data)

@@ -37,6 +37,7 @@ import anyio
 from buildkitpy.api import control_pb2
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import NotFound, to_rpc_status, unwrap
+from buildkitpy.gocompat import json_indent
 from buildkitpy.history import statusblob
 from buildkitpy.history.store import HistoryStore
 from buildkitpy.history.tracing import BuildSpans
@@ -264,7 +265,7 @@ class BuildRecording:
             assert stop is not None
 
             def render() -> bytes:  # (in a thread: a span per vertex makes a big graph's trace long)
-                return "".join(json.dumps(s, indent=2) + "\n" for s in stop()).encode()
+                return "".join(json_indent(s) + "\n" for s in stop()).encode()
             data = await anyio.to_thread.run_sync(render)
             if not data:
                 return
