@@ -27,6 +27,14 @@ def is_space(ch: str) -> bool:
     return ch in _GO_SPACE
 
 
+_GO_SPACE_RE = re.compile("[" + re.escape(_GO_SPACE_CHARS) + "]+")
+
+
+def fields(s: str) -> list[str]:
+    """``strings.Fields``: the runs of non-space characters."""
+    return [f for f in _GO_SPACE_RE.split(s) if f]
+
+
 def trim_space(s: str) -> str:
     """``strings.TrimSpace``."""
     return s.strip(_GO_SPACE_CHARS)

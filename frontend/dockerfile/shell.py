@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from buildkitpy.gocompat import is_digit, is_letter, is_space, quote
+from buildkitpy.gocompat import fields, is_digit, is_letter, is_space, quote
 
 from .errors import DockerfileError
 
@@ -119,6 +119,10 @@ class Lex:
 
     def process(self, word: str, env: Mapping[str, str]) -> WordResult:
         """Expand ``word``; both the joined result and the split fields are returned."""
+        if ("$" not in word and "<" not in word and "'" not in word and '"' not in word
+                and self.escape_token not in word):
+            # Nothing to expand (most words of a Dockerfile): the word itself, split at white space.
+            return WordResult(word, fields(word))
         self._src = word
         self._pos = 0
         self._env = env
