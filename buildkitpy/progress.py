@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,6 +23,10 @@ STDERR = 2
 
 # Clients split nothing; BuildKit caps a single VertexLog message near 1 MiB, so do we.
 MAX_LOG_CHUNK = 1 << 20
+# A batched subscriber's messages: at most this many updates, and this many bytes (a log chunk
+# alone is up to MAX_LOG_CHUNK; gRPC's default limit is 4 MiB).
+MAX_BATCH_MESSAGES = 1000
+MAX_BATCH_BYTES = 2 << 20
 
 
 def now_timestamp() -> Timestamp:
@@ -114,8 +118,10 @@ class ProgressBus:
 
     # -- consuming -------------------------------------------------------------------------------
 
-    async def subscribe(self) -> AsyncIterator[control_pb2.StatusResponse]:
-        """The history so far, then live updates until ``close``."""
+    async def subscribe(self, *, batch: bool = False) -> AsyncIterator[control_pb2.StatusResponse]:
+        """The history so far, then live updates until ``close``. With ``batch``, the updates
+        ready at once come merged into one message (in order; a client reads each list in turn),
+        as BuildKit's Status sends them: a cached 500-step build made a gRPC message per step."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
@@ -124,15 +130,29 @@ class ProgressBus:
             if not closed:
                 self._subscribers.append((loop, queue))
         try:
-            for msg in backlog:
-                yield msg
+            if batch:
+                for merged in _merged(backlog):
+                    yield merged
+            else:
+                for msg in backlog:
+                    yield msg
             if closed:
                 return
             while True:
                 msg = await queue.get()
                 if msg is None:
                     return
-                yield msg
+                if batch:
+                    ready = [msg]
+                    while not queue.empty() and len(ready) < MAX_BATCH_MESSAGES:
+                        ready.append(queue.get_nowait())
+                    end = ready[-1] is None
+                    for merged in _merged([m for m in ready if m is not None]):
+                        yield merged
+                    if end:
+                        return
+                else:
+                    yield msg
         finally:
             with self._lock:
                 if (loop, queue) in self._subscribers:
@@ -146,6 +166,23 @@ class ProgressBus:
             subscribers = list(self._subscribers)
         for loop, queue in subscribers:
             _put(loop, queue, msg)
+
+
+def _merged(msgs: list[control_pb2.StatusResponse]) -> Iterator[control_pb2.StatusResponse]:
+    """``msgs`` merged in order into as few messages as keep each under MAX_BATCH_BYTES."""
+    out: control_pb2.StatusResponse | None = None
+    size = 0
+    for msg in msgs:
+        n = msg.ByteSize()
+        if out is not None and size + n > MAX_BATCH_BYTES:
+            yield out
+            out = None
+        if out is None:
+            out, size = control_pb2.StatusResponse(), 0
+        out.MergeFrom(msg)
+        size += n
+    if out is not None:
+        yield out
 
 
 def _put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item: object) -> None:

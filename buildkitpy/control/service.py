@@ -129,7 +129,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             await abort_with(context, exc)
             return
         await context.send_initial_metadata((("buildkit-current-timestamp", _now_rfc3339()),))
-        async for msg in job.progress.subscribe():
+        async for msg in job.progress.subscribe(batch=True):
             yield msg
 
     @_handled
