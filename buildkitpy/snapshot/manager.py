@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from buildkitpy.snapshot import layer as layerops
@@ -87,7 +87,7 @@ class SnapshotUsage:
     usage_count: int = 0  # handles taken on it (cache hits included)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Record:
     id: str
     parent: str | None
@@ -235,6 +235,14 @@ class OverlaySnapshotManager:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(snapshots)")}
         if "usage_count" not in columns:  # roots made before usage counts were kept
             self._db.execute("ALTER TABLE snapshots ADD COLUMN usage_count INTEGER NOT NULL DEFAULT 0")
+        # Every row, mirrored in memory (this manager is its database's only writer: the root is
+        # locked to one daemon): a record is read for every handle taken and every layer chain,
+        # and all of them for every GC pass.
+        self._records: dict[str, _Record] = {
+            r[0]: self._row_to_record(r)
+            for r in self._db.execute(f"SELECT {self._COLUMNS} FROM snapshots").fetchall()}
+        self._counts: dict[str, int] = dict(
+            self._db.execute("SELECT id, usage_count FROM snapshots").fetchall())
         self.mode = self._choose_mode(mode)
         self._recover()
 
@@ -323,13 +331,12 @@ class OverlaySnapshotManager:
 
     def usage(self) -> list[SnapshotUsage]:
         with self._lock:
-            records = self._all_records()
-            self._write_usage()
-            counts = dict(self._db.execute("SELECT id, usage_count FROM snapshots").fetchall())
             return [SnapshotUsage(r.id, r.parent, r.kind == "active",
                                   r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
                                   r.size, r.description, r.created, r.last_used,
-                                  tuple(sorted(r.dependencies())), counts.get(r.id, 0)) for r in records]
+                                  tuple(sorted(r.dependencies())),
+                                  self._counts.get(r.id, 0) + self._usage.get(r.id, (0.0, 0))[1])
+                    for r in self._all_records()]
 
     def close(self) -> None:
         """Unmount everything this manager mounted and close the database."""
@@ -371,21 +378,27 @@ class OverlaySnapshotManager:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            for sid, (last, uses) in pending.items():
+                if (rec := self._records.get(sid)) is not None:
+                    self._records[sid] = replace(rec, last_used=max(rec.last_used, last))
+                    self._counts[sid] = self._counts.get(sid, 0) + uses
 
-    def _row_to_record(self, row: tuple) -> _Record:
+    @staticmethod
+    def _row_to_record(row: tuple) -> _Record:
         sid, parent, kind, layers, has_data, desc, created, last_used, size, computed = row
-        if (pending := self._usage.get(sid)) is not None:
-            last_used = max(last_used, pending[0])
         return _Record(sid, parent, kind, json.loads(layers), bool(has_data), desc, created, last_used, size,
                        bool(computed))
+
+    def _with_pending_use(self, rec: _Record) -> _Record:
+        pending = self._usage.get(rec.id)
+        return rec if pending is None or pending[0] <= rec.last_used else replace(rec, last_used=pending[0])
 
     _COLUMNS = "id, parent, kind, layers, has_data, description, created, last_used, size, computed_diff"
 
     def _record_or_none(self, snapshot_id: str) -> _Record | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {self._COLUMNS} FROM snapshots WHERE id=?",
-                                   (snapshot_id,)).fetchone()
-        return self._row_to_record(row) if row else None
+            rec = self._records.get(snapshot_id)
+            return self._with_pending_use(rec) if rec is not None else None
 
     def _record(self, snapshot_id: str) -> _Record:
         rec = self._record_or_none(snapshot_id)
@@ -395,18 +408,21 @@ class OverlaySnapshotManager:
 
     def _all_records(self) -> list[_Record]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM snapshots").fetchall()
-        return [self._row_to_record(r) for r in rows]
+            return [self._with_pending_use(r) for r in self._records.values()]
 
     def _insert(self, rec: _Record) -> None:
         with self._lock:
             self._db.execute(f"INSERT INTO snapshots ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                              (rec.id, rec.parent, rec.kind, json.dumps(rec.layers), int(rec.has_data),
                               rec.description, rec.created, rec.last_used, rec.size, int(rec.computed_diff)))
+            self._records[rec.id] = rec
+            self._counts[rec.id] = 0
 
     def _delete_record(self, snapshot_id: str) -> None:
         """Row first, then data: a crash in between leaves an orphan dir, never a dangling row."""
         self._db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+        self._records.pop(snapshot_id, None)
+        self._counts.pop(snapshot_id, None)
         self._usage.pop(snapshot_id, None)
         remove_tree(self._data_dir(snapshot_id))
 
@@ -585,10 +601,12 @@ class OverlaySnapshotManager:
         data = self._data_dir(snapshot_id)
         size = disk_usage(data / "fs")
         with self._lock:
+            now = time.time()
             self._db.execute("UPDATE snapshots SET kind='committed', size=?, last_used=? WHERE id=?",
-                             (size, time.time(), snapshot_id))
+                             (size, now, snapshot_id))
+            rec = replace(self._records[snapshot_id], kind="committed", size=size, last_used=now)
+            self._records[snapshot_id] = rec
             self._refs[snapshot_id] = self._refs.get(snapshot_id, 0) + 1
-            rec = self._record(snapshot_id)
         remove_tree(data / "work")
         return ImmutableRef(self, rec)
 
