@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildkitpy.snapshot import layer as layerops
@@ -99,13 +99,18 @@ class _Record:
     last_used: float
     size: int
     computed_diff: bool = False  # its own layer came from diff(): may hold whiteouts at any depth
+    # the snapshots it needs (its layers and parent), sorted: made once (every GC pass lists them)
+    needs: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    def dependencies(self) -> set[str]:
+    def __post_init__(self) -> None:
         deps = set(self.layers)
         if self.parent:
             deps.add(self.parent)
         deps.discard(self.id)
-        return deps
+        object.__setattr__(self, "needs", tuple(sorted(deps)))
+
+    def dependencies(self) -> set[str]:
+        return set(self.needs)
 
 
 @dataclass
@@ -318,7 +323,7 @@ class OverlaySnapshotManager:
             progress = True
             while progress:
                 progress = False
-                needed = {dep for r in records.values() for dep in r.dependencies()}
+                needed = {dep for r in records.values() for dep in r.needs}
                 for rec in list(records.values()):
                     if (rec.kind != "committed" or rec.id in keep or rec.id in needed
                             or self._refs.get(rec.id) or self._is_mounted(rec.id)):
@@ -334,7 +339,7 @@ class OverlaySnapshotManager:
             return [SnapshotUsage(r.id, r.parent, r.kind == "active",
                                   r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
                                   r.size, r.description, r.created, r.last_used,
-                                  tuple(sorted(r.dependencies())),
+                                  r.needs,
                                   self._counts.get(r.id, 0) + self._usage.get(r.id, (0.0, 0))[1])
                     for r in self._all_records()]
 
@@ -431,7 +436,7 @@ class OverlaySnapshotManager:
             raise SnapshotInUseError(f"snapshot {rec.id} has {self._refs[rec.id]} open handle(s)")
         if self._is_mounted(rec.id):
             raise SnapshotInUseError(f"snapshot {rec.id} is mounted")
-        users = [r.id for r in records if rec.id in r.dependencies()]
+        users = [r.id for r in records if rec.id in r.needs]
         if users:
             raise SnapshotInUseError(f"snapshot {rec.id} is needed by {', '.join(sorted(users))}")
 
