@@ -17,7 +17,8 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.tu
 @settings(max_examples=400, deadline=None)
 @given(values, st.booleans())
 def test_same_text_as_the_json_module(value, ensure_ascii):
-    assert json_indent(value, ensure_ascii=ensure_ascii) == json.dumps(value, indent=2, ensure_ascii=ensure_ascii)
+    expected = json.dumps(value, indent=2, ensure_ascii=ensure_ascii)
+    assert json_indent(value, ensure_ascii=ensure_ascii) == expected
 
 
 def test_special_values_and_errors():
