@@ -64,7 +64,7 @@ LLB_CAPS = (
     "mergeop",
     "diffop",
     "gc.freespacefilter",  # Prune's max-used-space and min-free-space
-    "exporter.image.attestations",  # attest:provenance (buildkitpy.attest); attest:sbom is refused
+    "exporter.image.attestations",  # attest:provenance and attest:sbom (buildkitpy.attest)
 )
 
 # Present only when the git CLI is installed (the git source runs it).

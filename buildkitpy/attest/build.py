@@ -8,10 +8,11 @@ from typing import Any
 
 import anyio
 
-from buildkitpy.attest import options
+from buildkitpy.attest import bundle, options, sbom
 from buildkitpy.attest.capture import BuildCapture, ProvenanceCollector
 from buildkitpy.attest.manifest import ExportProvenance, ProvenanceMaker, history_blob
 from buildkitpy.attest.provenance import BuildInfo, format_platform
+from buildkitpy.errors import Unimplemented
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ class BuildProvenance:
     def __init__(self, ref: str, frontend: str, frontend_attrs: Mapping[str, str],
                  collector: ProvenanceCollector | None) -> None:
         self.request = options.provenance_request(frontend_attrs)
+        self.sbom = sbom.sbom_request(frontend_attrs)
+        # Result key → the statements of the frontend's attestations (SBOMs), once collected.
+        self.statements: dict[str, list[bundle.Statement]] = {}
         self.frontend = frontend
         self.frontend_attrs = dict(frontend_attrs)
         self._collector = collector
@@ -44,11 +48,22 @@ class BuildProvenance:
         if worker is not None:
             self.maker.layer_lookup = _pulled_layers(worker)
 
+    async def collect(self, bridge: Any, result: Any) -> None:
+        """Solve and read the attestations the frontend attached to ``result`` (the SBOM scans),
+        before anything is exported; a requested SBOM the frontend did not make is an error."""
+        if self.sbom is not None and not sbom.has_sbom(result):
+            raise Unimplemented(
+                f"attest:sbom: the frontend returned no SBOM to attach (scanner {self.sbom.generator}); "
+                "SBOMs are made by the Dockerfile frontend, builds of other frontends or of plain LLB "
+                "are not scanned by this daemon")
+        self.statements = await bundle.collect(bridge, result, self.sbom)
+
     def for_exporter(self, kind: str) -> ExportProvenance | None:
         """What exporter ``kind`` attaches (None: an exporter without attestations)."""
         if self.maker is None or kind not in IMAGE_EXPORTERS + FILE_EXPORTERS:
             return None
-        return ExportProvenance(self.maker, force_inline=kind == "image", requested=self.request is not None)
+        return ExportProvenance(self.maker, force_inline=kind == "image", requested=self.request is not None,
+                                statements=self.statements)
 
     async def record(self, recording: Any) -> None:
         """Attach a max-mode SLSA v1 predicate per result ref to the history record, as BuildKit

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from buildkitpy.attest import provenance as prov
@@ -97,16 +97,31 @@ class ProvenanceMaker:
 
 @dataclass
 class ExportProvenance:
-    """What one exporter gets: the maker, and whether it attaches inline-only attestations."""
+    """What one exporter gets: the provenance maker and the frontend's statements (SBOMs), and
+    whether it attaches inline-only attestations."""
 
     maker: ProvenanceMaker
     force_inline: bool  # the image exporter attaches inline-only attestations too
-    requested: bool = True  # False: nothing to attach, the export only tells the maker its layers
+    requested: bool = True  # False: no provenance to attach, the export only tells the maker its layers
+    # Result key → the frontend's attestations (``buildkitpy.attest.bundle.Statement``).
+    statements: dict[str, list[Any]] = field(default_factory=dict)
 
     def attach(self, multi_platform: bool) -> bool:
-        if not self.requested:
+        """Whether the export is an index with attestation manifests (BuildKit: as soon as one
+        attestation is not inline-only, or the exporter inlines them, every one is attached)."""
+        frontend = any(self.statements.values())
+        if not self.requested and not frontend:
             return False
-        return self.force_inline or not self.maker.request.inline_only or multi_platform
+        return self.force_inline or multi_platform or frontend or not self.maker.request.inline_only
+
+    def _frontend_statements(self, key: str | None, platform: Mapping[str, str]) -> list[Any]:
+        if key is not None:
+            return list(self.statements.get(key, ()))
+        pid = "/".join(p for p in (platform.get("os", ""), platform.get("architecture", ""),
+                                   platform.get("variant", "")) if p)
+        if pid in self.statements:
+            return list(self.statements[pid])
+        return list(next(iter(self.statements.values()))) if len(self.statements) == 1 else []
 
     # What exporters call (they reach this package only through the object in their context).
 
@@ -115,10 +130,24 @@ class ExportProvenance:
 
     def attestation_manifest(self, store: Any, key: str | None, image: dict[str, Any],
                              platform: Mapping[str, str], names: list[str], *, oci: bool,
-                             oci_artifact: bool) -> dict[str, Any]:
+                             oci_artifact: bool) -> dict[str, Any] | None:
         """Write the attestation manifest of the image manifest ``image`` (blocking); returns its
-        index entry."""
-        statements = self.maker.statements(key, image["digest"], platform, names)
+        index entry (None: nothing to attest for this platform). The frontend's statements (the
+        core SBOM first) come before the provenance, as in BuildKit."""
+        from buildkitpy import __version__
+        from buildkitpy.attest import bundle
+
+        statements: list[tuple[str, bytes]] = []
+        subjects = [{"name": prov.image_purl(n, platform), "digest": {"sha256": image["digest"][7:]}}
+                    for n in names]
+        layers = self.maker.exported.get(key, [])
+        for st in self._frontend_statements(key, platform):
+            st = bundle.supplement_sbom(st, layers, f"buildkitpy-{__version__}")
+            statements.append((st.predicate_type, bundle.statement_json(st, subjects)))
+        if self.requested:
+            statements += self.maker.statements(key, image["digest"], platform, names)
+        if not statements:
+            return None
         return write_attestation_manifest(store, statements, image, oci=oci, oci_artifact=oci_artifact)
 
     def files_wanted(self) -> bool:

@@ -199,6 +199,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             # and before any exporter starts, as BuildKit does.
             for ref in result.all_refs():
                 await job.bridge.evaluate(ref)
+            await provenance.collect(job.bridge, result)  # the frontend's attestations (SBOM scans)
             if recording is not None:
                 recording.set_result_metadata(result.metadata)
             provenance.result_ready(result, self.worker)

@@ -41,16 +41,96 @@ class ResultRef:
     request: tuple[str, dict[str, str]] | None = None
 
 
+# gateway.proto's AttestationKind and InTotoSubjectKind
+ATTESTATION_INTOTO = 0
+ATTESTATION_BUNDLE = 1
+SUBJECT_SELF = 0
+SUBJECT_RAW = 1
+
+
+@dataclass
+class InTotoSubject:
+    kind: int = SUBJECT_SELF  # SELF: the exported image manifest; RAW: ``name`` with ``digests``
+    name: str = ""
+    digests: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Attestation:
+    """One attestation a frontend attaches to a result ref (gateway.proto's ``Attestation``):
+    an in-toto predicate in a file of ``ref`` at ``path`` (kind INTOTO), or a directory of in-toto
+    statements (kind BUNDLE, e.g. what an SBOM scanner wrote)."""
+
+    kind: int = ATTESTATION_INTOTO
+    ref: ResultRef | None = None
+    path: str = ""
+    predicate_type: str = ""
+    metadata: dict[str, bytes] = field(default_factory=dict)
+    subjects: list[InTotoSubject] = field(default_factory=list)
+
+
 @dataclass
 class FrontendResult:
     ref: ResultRef | None = None
     refs: dict[str, ResultRef | None] | None = None
     metadata: dict[str, bytes] = field(default_factory=dict)
+    # Result key (the platform id of ``refs.platforms``, or the platform of a single ref) →
+    # what the frontend attached to that result.
+    attestations: dict[str, list[Attestation]] = field(default_factory=dict)
 
     def all_refs(self) -> list[ResultRef]:
         if self.refs is not None:
             return [r for r in self.refs.values() if r is not None]
         return [self.ref] if self.ref is not None else []
+
+    def attestation_refs(self) -> list[ResultRef]:
+        return [a.ref for atts in self.attestations.values() for a in atts if a.ref is not None]
+
+    def attestations_for(self, key: str | None, platform_id: str = "") -> list[Attestation]:
+        """The attestations of result ``key`` (None: the single ref, whose attestations are kept
+        under its platform id, or under the only key there is)."""
+        if key is not None:
+            return list(self.attestations.get(key, ()))
+        if platform_id in self.attestations:
+            return list(self.attestations[platform_id])
+        if len(self.attestations) == 1:
+            return list(next(iter(self.attestations.values())))
+        return []
+
+
+def attestations_to_pb(result: FrontendResult, out: gateway_pb2.Result) -> None:
+    """Copy ``result.attestations`` into the ``attestations`` map of ``out``."""
+    for key, atts in result.attestations.items():
+        entry = out.attestations[key]
+        for a in atts:
+            pb = entry.attestation.add(kind=a.kind, path=a.path, inTotoPredicateType=a.predicate_type)
+            for k, v in a.metadata.items():
+                pb.metadata[k] = v
+            if a.ref is not None:
+                pb.ref.CopyFrom(gateway_pb2.Ref(id=a.ref.id, **{"def": a.ref.definition}))
+            for s in a.subjects:
+                pb.inTotoSubjects.add(kind=s.kind, name=s.name, digest=list(s.digests))
+
+
+def attestations_from_pb(pb: gateway_pb2.Result,
+                         ref: Callable[[gateway_pb2.Ref], ResultRef | None]) -> dict[str, list[Attestation]]:
+    """The ``attestations`` map of ``pb`` (``ref`` turns a ``Ref`` into a result ref)."""
+    out: dict[str, list[Attestation]] = {}
+    for key, entry in pb.attestations.items():
+        atts = []
+        for a in entry.attestation:
+            if a.kind not in (ATTESTATION_INTOTO, ATTESTATION_BUNDLE):
+                raise InvalidArgument(f"unknown attestation kind {a.kind}")
+            subjects = []
+            for s in a.inTotoSubjects:
+                if s.kind not in (SUBJECT_SELF, SUBJECT_RAW):
+                    raise InvalidArgument(f"unknown in-toto subject kind {s.kind}")
+                subjects.append(InTotoSubject(s.kind, s.name, list(s.digest)))
+            atts.append(Attestation(kind=a.kind, ref=ref(a.ref) if a.HasField("ref") else None, path=a.path,
+                                    predicate_type=a.inTotoPredicateType, metadata=dict(a.metadata),
+                                    subjects=subjects))
+        out[key] = atts
+    return out
 
 
 class GatewayBridge:
@@ -168,7 +248,8 @@ class GatewayBridge:
 
     # -- file access ---------------------------------------------------------------------------
 
-    async def _with_root(self, ref_id: str, fn: Callable[[Path], Any]) -> Any:
+    async def with_root(self, ref_id: str, fn: Callable[[Path], Any]) -> Any:
+        """``fn(root)`` on a worker thread with the tree of ref ``ref_id`` mounted read-only at ``root``."""
         ref = self.ref(ref_id)
         snapshot = await self.evaluate(ref) if ref is not None else None
         if snapshot is None:
@@ -192,7 +273,7 @@ class GatewayBridge:
             except IsADirectoryError:
                 raise InvalidArgument(f"read {path}: is a directory") from None
 
-        return await self._with_root(ref_id, read)
+        return await self.with_root(ref_id, read)
 
     async def read_dir(self, ref_id: str, path: str, include_pattern: str = "") -> list:
         import fnmatch
@@ -212,7 +293,7 @@ class GatewayBridge:
                 out.append(_stat_pb(target / name, name))
             return out
 
-        return await self._with_root(ref_id, read)
+        return await self.with_root(ref_id, read)
 
     async def stat_file(self, ref_id: str, path: str) -> fsutil_stat_pb2.Stat:
         def stat(root: Path) -> fsutil_stat_pb2.Stat:
@@ -221,7 +302,7 @@ class GatewayBridge:
                 raise NotFound(f"stat {path}: no such file or directory")
             return _stat_pb(target, os.path.basename(path.rstrip("/")) or "/")
 
-        return await self._with_root(ref_id, stat)
+        return await self.with_root(ref_id, stat)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -232,22 +313,25 @@ class GatewayBridge:
                 out.refs.refs[key].CopyFrom(_ref_pb(ref))
         else:
             out.ref.CopyFrom(_ref_pb(result.ref))
+        attestations_to_pb(result, out)
         return out
 
     def from_pb(self, result: gateway_pb2.Result) -> FrontendResult:
         kind = result.WhichOneof("result")
         metadata = dict(result.metadata)
+        attestations = attestations_from_pb(result, lambda r: self.ref(r.id))
         if kind == "ref":
-            return FrontendResult(ref=self.ref(result.ref.id), metadata=metadata)
+            return FrontendResult(ref=self.ref(result.ref.id), metadata=metadata, attestations=attestations)
         if kind == "refs":
             return FrontendResult(refs={k: self.ref(v.id) for k, v in result.refs.refs.items()},
-                                  metadata=metadata)
+                                  metadata=metadata, attestations=attestations)
         if kind == "refDeprecated":
-            return FrontendResult(ref=self.ref(result.refDeprecated), metadata=metadata)
+            return FrontendResult(ref=self.ref(result.refDeprecated), metadata=metadata,
+                                  attestations=attestations)
         if kind == "refsDeprecated":
             return FrontendResult(refs={k: self.ref(v) for k, v in result.refsDeprecated.refs.items()},
-                                  metadata=metadata)
-        return FrontendResult(metadata=metadata)
+                                  metadata=metadata, attestations=attestations)
+        return FrontendResult(metadata=metadata, attestations=attestations)
 
     def set_return(self, result: FrontendResult | None = None, error: BaseException | None = None) -> None:
         if self._returned.done():

@@ -17,7 +17,7 @@ import grpc
 
 from buildkitpy.api import gateway_pb2, gateway_pb2_grpc, ops_pb2
 from buildkitpy.errors import BuildkitpyError, from_rpc_status, to_rpc_status
-from buildkitpy.gateway.bridge import FrontendResult, ResultRef
+from buildkitpy.gateway.bridge import FrontendResult, ResultRef, attestations_from_pb, attestations_to_pb
 from buildkitpy.llb.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,11 @@ def _result_from_pb(pb: gateway_pb2.Result) -> FrontendResult:
         return ResultRef(id=r.id, definition=getattr(r, "def")) if r.id else None
 
     metadata = dict(pb.metadata)
+    attestations = attestations_from_pb(pb, ref)
     if pb.WhichOneof("result") == "refs":
-        return FrontendResult(refs={k: ref(v) for k, v in pb.refs.refs.items()}, metadata=metadata)
-    return FrontendResult(ref=ref(pb.ref), metadata=metadata)
+        return FrontendResult(refs={k: ref(v) for k, v in pb.refs.refs.items()}, metadata=metadata,
+                              attestations=attestations)
+    return FrontendResult(ref=ref(pb.ref), metadata=metadata, attestations=attestations)
 
 
 def _result_to_pb(result: FrontendResult) -> gateway_pb2.Result:
@@ -139,6 +141,7 @@ def _result_to_pb(result: FrontendResult) -> gateway_pb2.Result:
             out.refs.refs[key].CopyFrom(ref(value))
     else:
         out.ref.CopyFrom(ref(result.ref))
+    attestations_to_pb(result, out)
     return out
 
 

@@ -18,6 +18,7 @@ import anyio
 
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
+from buildkitpy.attest import sbom
 from buildkitpy.errors import (
     BuildkitpyError,
     InvalidArgument,
@@ -236,6 +237,7 @@ async def build(client: FrontendClient) -> FrontendResult:
         options = ConvertOptions.parse(opts)
     except OptionError as e:
         raise InvalidArgument(str(e)) from None
+    sbom_request = sbom.sbom_request(opts)
     session_id = client.session_id
     filename = options.filename
     remote = await detect_remote_context(client, opts, filename)
@@ -339,6 +341,7 @@ async def build(client: FrontendClient) -> FrontendResult:
         return FrontendResult(metadata=await _outline(client, dockerfile, filename, source, vertex, linter,
                                                       convert_args))
     await _parse_tree_checks(dockerfile, linter)
+    scanner = await _sbom_scanner(client, sbom_request, resolve_mode)
     try:
         converted = await convert_off_loop(
             dockerfile,
@@ -360,7 +363,10 @@ async def build(client: FrontendClient) -> FrontendResult:
         if one.base_config is not None:
             metadata["containerimage.base.config"] = one.base_config
         res = await client.solve(definition=one.definition)
-        return FrontendResult(ref=res.ref, metadata=metadata)
+        result = FrontendResult(ref=res.ref, metadata=metadata)
+        if scanner is not None:
+            await _scan(client, scanner, one, result)
+        return result
 
     refs: dict[str, Any] = {}
     metadata = {}
@@ -384,7 +390,34 @@ async def build(client: FrontendClient) -> FrontendResult:
             }
         )
     metadata["refs.platforms"] = json.dumps({"platforms": platforms}, separators=(",", ":")).encode()
-    return FrontendResult(refs=refs, metadata=metadata)
+    result = FrontendResult(refs=refs, metadata=metadata)
+    if scanner is not None:
+        for one in converted.results:
+            await _scan(client, scanner, one, result)
+    return result
+
+
+async def _sbom_scanner(client: FrontendClient, request: sbom.SBOMRequest | None,
+                        resolve_mode: str) -> sbom.Scanner | None:
+    """The SBOM scanner image of ``attest:sbom``, resolved for the build platform (BuildKit runs
+    it there whatever the target platforms)."""
+    if request is None:
+        return None
+    platform = client.build_platforms[0] if client.build_platforms else llb.default_platform()
+    try:
+        _, config = await client.resolve_image_config(request.generator, platform, resolve_mode=resolve_mode)
+    except BuildkitpyError as e:
+        raise type(e)(f"failed to resolve sbom scanner image {request.generator}: {e}") from None
+    return sbom.scanner_from_config(request, config, platform)
+
+
+async def _scan(client: FrontendClient, scanner: sbom.Scanner, one: Any, result: FrontendResult) -> None:
+    """Attach the scan of one platform's result (and its extras) as a bundle attestation; the
+    scan runs when the result is exported."""
+    key = str(one.platform)
+    state = scanner.scan(key, one.state, one.sbom_extras, ignore_cache=one.sbom_ignore_cache)
+    res = await client.solve(definition=llb.marshal(state, platform=one.platform, caps=client.llb_caps))
+    result.attestations.setdefault(key, []).append(sbom.bundle_attestation(res.ref))
 
 
 def _targets(filename: str, dockerfile: bytes) -> dict[str, bytes]:

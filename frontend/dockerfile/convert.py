@@ -14,7 +14,7 @@ is known (its ``local.followpaths``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
@@ -49,6 +49,10 @@ class PlatformResult:
     base_config: bytes | None
     state: llb.State
     target: StageState | None = None  # the target stage as converted (for frontend.outline)
+    # What an SBOM scan mounts besides the result (``BUILDKIT_SBOM_SCAN_CONTEXT``/``_STAGE``), and
+    # whether it must ignore the cache.
+    sbom_extras: dict[str, llb.State] = field(default_factory=dict)
+    sbom_ignore_cache: bool = False
 
 
 @dataclass
@@ -189,7 +193,9 @@ async def _convert_one(
         lines = _lines_of(e.locations, source_map)
         raise ConvertError(_located(str(e), lines), lines) from None
     base = ic.to_json(target_state.base_img) if target_state.base_img is not None else None
-    return PlatformResult(platform, definition, ic.to_json(img), base, target_state.state, target_state)
+    extras, ignore_cache = dctx.sbom_targets(target_state)
+    return PlatformResult(platform, definition, ic.to_json(img), base, target_state.state, target_state,
+                          extras, ignore_cache)
 
 
 def _lines_of(locations: tuple[llb.SourceLocation, ...], source_map: llb.SourceMap) -> tuple[int, int] | None:

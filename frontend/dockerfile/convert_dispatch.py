@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from buildkitpy import llb
+from buildkitpy.attest import sbom
 from buildkitpy.llb import Platform
 
 from . import image_config as ic
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from .convert_opts import ConvertOptions
 
 SCRATCH = "scratch"
-NON_ENV_ARGS = frozenset({"BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"})
+NON_ENV_ARGS = frozenset({sbom.SCAN_CONTEXT_ARG, sbom.SCAN_STAGE_ARG})
 _COPY_LOCAL = dict(
     follow_symlinks=True,
     copy_dir_contents=True,
@@ -220,6 +221,32 @@ class DispatchContext:
         if self.linter is not None and (message := self.linter.error()) is not None:
             raise DispatchError(message)
         return target
+
+    def sbom_targets(self, target: StageState) -> tuple[dict[str, llb.State], bool]:
+        """What an SBOM scan of ``target`` also mounts (BuildKit's ``SBOMTargets.Extras``): the
+        build context when ``BUILDKIT_SBOM_SCAN_CONTEXT`` enables it for the target, and each
+        stage the target builds on that ``BUILDKIT_SBOM_SCAN_STAGE`` enables (true, or a list of
+        stage names; a stage's own ``ARG`` overrides the global one). Also whether the scan must
+        ignore the cache (a scanned stage does)."""
+
+        def enabled(d: StageState, name: str) -> bool:
+            on = False
+            if name in self.global_args:
+                on = sbom.enabled_for_stage(d.stage_name, self.global_args[name])
+            for kv in d.build_args:
+                if kv.key == name and kv.value is not None:
+                    on = sbom.enabled_for_stage(d.stage_name, kv.value)
+            return on
+
+        extras: dict[str, llb.State] = {}
+        ignore_cache = target.ignore_cache
+        if enabled(target, sbom.SCAN_CONTEXT_ARG):
+            extras["context"] = self.build_context
+        for d in self._reachable(target):
+            if d is not target and enabled(d, sbom.SCAN_STAGE_ARG):
+                extras[d.stage_name] = d.state
+                ignore_cache = ignore_cache or d.ignore_cache
+        return extras, ignore_cache
 
     # ---- build checks made while converting ----------------------------------------------------------
     def _lint_default_base_names(self, stages: list[Stage], arg_cmds: list[ArgCommand]) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from buildkitpy.api import ops_pb2
-from buildkitpy.attest import gojson, options
+from buildkitpy.attest import gojson, options, sbom
 from buildkitpy.attest.capture import BuildCapture, ImageSource
 from buildkitpy.attest.provenance import BuildInfo, image_purl, predicate_v1, to_v02
-from buildkitpy.errors import InvalidArgument, Unimplemented
+from buildkitpy.errors import InvalidArgument
 
 
 def test_attrs_parse_like_buildkit() -> None:
@@ -25,8 +25,23 @@ def test_attrs_parse_like_buildkit() -> None:
         options.provenance_request({"attest:provenance": "version="})
     with pytest.raises(InvalidArgument, match='failed to parse reproducible flag "maybe"'):
         options.provenance_request({"attest:provenance": "reproducible=maybe"})
-    with pytest.raises(Unimplemented, match="attest:sbom is not supported.*example/scanner"):
-        options.provenance_request({"attest:SBOM": "generator=example/scanner"})
+    assert options.provenance_request({"attest:SBOM": "generator=example/scanner"}) is None
+
+
+def test_sbom_requests_parse_like_buildkit() -> None:
+    assert sbom.sbom_request({"attest:provenance": ""}) is None
+    assert sbom.sbom_request({"attest:sbom": ""}) == sbom.SBOMRequest(
+        "docker.io/docker/buildkit-syft-scanner:stable-1")
+    req = sbom.sbom_request({"build-arg:BUILDKIT_ATTEST_SBOM": "generator=example/scanner,mode=fast"})
+    assert req == sbom.SBOMRequest("docker.io/example/scanner:latest", {"mode": "fast"})
+    assert sbom.sbom_request({"attest:sbom": "generator=localhost:5000/s@sha256:" + "a" * 64}).generator == \
+        "localhost:5000/s@sha256:" + "a" * 64
+    with pytest.raises(InvalidArgument, match="sbom scanner cannot be empty"):
+        sbom.sbom_request({"attest:sbom": "generator="})
+    with pytest.raises(InvalidArgument, match="failed to parse sbom scanner Bad/Ref"):
+        sbom.sbom_request({"attest:sbom": "generator=Bad/Ref"})
+    assert sbom.enabled_for_stage("build", "true") and not sbom.enabled_for_stage("build", "0")
+    assert sbom.enabled_for_stage("build", "x,build") and not sbom.enabled_for_stage("build", "x,y")
 
 
 def test_package_urls() -> None:

@@ -83,8 +83,10 @@ class Registry:
         return digest
 
     def push_image(self, repo: str, tag: str, layers: list[tuple[bytes, str]],
-                   arch: str = "amd64", variant: str = "", docker_types: bool = False) -> tuple[str, dict]:
-        """Push (uncompressed tar, compression) layers as one image; returns (digest, descriptor)."""
+                   arch: str = "amd64", variant: str = "", docker_types: bool = False,
+                   config: dict | None = None) -> tuple[str, dict]:
+        """Push (uncompressed tar, compression) layers as one image; returns (digest, descriptor).
+        ``config`` replaces the image config's ``config`` (default: PATH=/bin, Cmd sh)."""
         descs, diff_ids = [], []
         for tar_bytes, compression in layers:
             diff_ids.append(sha256(tar_bytes))
@@ -99,11 +101,12 @@ class Registry:
             else:
                 blob, mt = tar_bytes, "application/vnd.oci.image.layer.v1.tar"
             descs.append({"mediaType": mt, "digest": self.push_blob(repo, blob), "size": len(blob)})
-        config = {"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-                  "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+        image = {"architecture": arch, "os": "linux",
+                 "config": config if config is not None else {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+                 "rootfs": {"type": "layers", "diff_ids": diff_ids}}
         if variant:
-            config["variant"] = variant
-        config_bytes = json.dumps(config, sort_keys=True).encode()
+            image["variant"] = variant
+        config_bytes = json.dumps(image, sort_keys=True).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": ("application/vnd.docker.distribution.manifest.v2+json" if docker_types

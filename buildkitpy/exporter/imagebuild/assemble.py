@@ -397,6 +397,8 @@ async def _attestation_manifests(ctx: Any, provenance: Any, options: ImageOption
         desc = await anyio.to_thread.run_sync(
             lambda k=key, d=m.descriptor, p=platform: provenance.attestation_manifest(
                 store, k, d, p, names, oci=options.oci_mediatypes, oci_artifact=artifact))
+        if desc is None:  # nothing attested for this platform
+            continue
         ctx.progress.status(vertex, f"exporting attestation manifest {desc['digest']}",
                             name=f"exporting attestation manifest {desc['digest']}", completed=True)
         out.append(desc)
