@@ -237,6 +237,40 @@ def supplement_sbom(st: Statement, layers: Sequence[tuple[str, Mapping[str, Any]
     if not isinstance(creators, list):
         creators = info["creators"] = []
     creators.append(f"Tool: {builder}")
-    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(_spdx_ordered(doc), separators=(",", ":"), ensure_ascii=False)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return Statement(st.predicate_type, data.encode(), st.path, st.metadata, st.subjects)
+
+
+# The order BuildKit writes an SPDX 2.3 document in (it decodes and re-encodes the core SBOM with
+# the SPDX tools' structs); keys it does not know stay after these, in their order.
+_DOCUMENT_KEYS = ("spdxVersion", "dataLicense", "SPDXID", "name", "documentNamespace", "externalDocumentRefs",
+                  "comment", "creationInfo", "packages", "files", "hasExtractedLicensingInfos",
+                  "relationships", "annotations", "snippets")
+_CREATION_KEYS = ("licenseListVersion", "creators", "created", "comment")
+_FILE_KEYS = ("fileName", "SPDXID", "fileTypes", "checksums", "licenseConcluded", "licenseInfoInFiles",
+              "licenseComments", "copyrightText", "artifactOfs", "comment", "noticeText", "fileContributors",
+              "attributionTexts", "fileDependencies", "annotations")
+_PACKAGE_KEYS = ("name", "SPDXID", "versionInfo", "packageFileName", "supplier", "originator",
+                 "downloadLocation", "filesAnalyzed", "packageVerificationCode", "checksums", "homepage",
+                 "sourceInfo", "licenseConcluded", "licenseInfoFromFiles", "licenseDeclared",
+                 "licenseComments", "copyrightText", "summary", "description", "comment", "externalRefs",
+                 "attributionTexts", "primaryPackagePurpose", "releaseDate", "builtDate", "validUntilDate",
+                 "hasFiles", "annotations")
+
+
+def _ordered(value: Any, keys: tuple[str, ...]) -> Any:
+    if not isinstance(value, dict):
+        return value
+    out = {k: value[k] for k in keys if k in value}
+    out.update((k, v) for k, v in value.items() if k not in out)
+    return out
+
+
+def _spdx_ordered(doc: dict[str, Any]) -> dict[str, Any]:
+    out = _ordered(doc, _DOCUMENT_KEYS)
+    out["creationInfo"] = _ordered(out.get("creationInfo"), _CREATION_KEYS)
+    for key, keys in (("files", _FILE_KEYS), ("packages", _PACKAGE_KEYS)):
+        if isinstance(out.get(key), list):
+            out[key] = [_ordered(x, keys) for x in out[key]]
+    return out

@@ -111,6 +111,11 @@ def test_sbom_pushed_with_the_image_as_subject(daemon, registry, tmp_path) -> No
     assert files["/from-build.txt"]["comment"] == f"layerID: {layers[3]}"
     creators = pred["creationInfo"]["creators"]
     assert creators[0] == "Tool: test-scanner" and creators[1].startswith("Tool: buildkitpy-")
+    # in the order real BuildKit re-encodes the core document in (seen side by side)
+    assert list(pred) == ["spdxVersion", "dataLicense", "SPDXID", "name", "documentNamespace", "comment",
+                          "creationInfo", "files"]
+    assert list(pred["creationInfo"]) == ["creators", "created"]
+    assert list(files["/a.txt"]) == ["fileName", "SPDXID", "checksums", "copyrightText", "comment"]
     assert "generating sbom using" in res.stderr.decode()
 
 
