@@ -230,9 +230,13 @@ class ControlService(control_pb2_grpc.ControlServicer):
             if provenance is not None:
                 provenance.close()
             await self.jobs.finish(job)
-            self.gc.trigger()
-            if recording is not None:
-                await history_api.complete(recording, failure)
+            try:
+                if recording is not None:
+                    await history_api.complete(recording, failure)
+            finally:
+                # Once the record is complete: the pass (a worker thread, holding the GIL much of
+                # its time) no longer delays the end of the build its client waits for.
+                self.gc.trigger()
 
 
 def _now_rfc3339() -> str:
