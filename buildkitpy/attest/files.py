@@ -1,23 +1,32 @@
-"""Provenance next to exported files (``local`` and ``tar`` exporters), as BuildKit's local exporter
-writes it: ``provenance.json`` (or the attestation's ``filename``, after the exporter's
-``attestation-prefix``) holding the in-toto statement whose subjects are every regular file of the
-output with its sha256. Inline-only provenance (buildx's default) is not written."""
+"""Attestations next to exported files (``local`` and ``tar`` exporters), as BuildKit's local exporter
+writes them: one indented in-toto statement per attestation, named after it (after the exporter's
+``attestation-prefix``): the frontend's (the SBOMs: ``sbom.spdx.json``, ``sbom-context.spdx.json``,
+…) first, then ``provenance.json`` (or the provenance's ``filename``), each with every regular file
+of the output and its sha256 as subjects. Inline-only provenance (buildx's default) is not
+written."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat as statmod
 from pathlib import Path
 from typing import Any
 
 from buildkitpy.attest.manifest import STATEMENT_TYPE
+from buildkitpy.errors import InvalidArgument
 from buildkitpy.exporter.imagebuild.config import go_json_indent
 
 
+def _provenance_wanted(provenance: Any) -> bool:
+    return bool(provenance.requested and not provenance.maker.request.inline_only)
+
+
 def wanted(provenance: Any) -> bool:
-    """Whether a files exporter writes the statement (requested, not inline-only)."""
-    return provenance is not None and provenance.requested and not provenance.maker.request.inline_only
+    """Whether a files exporter writes statements (frontend attestations, or provenance requested
+    and not inline-only)."""
+    return provenance is not None and (_provenance_wanted(provenance) or any(provenance.statements.values()))
 
 
 def file_subjects(root: Path) -> list[dict[str, Any]]:
@@ -42,10 +51,26 @@ def file_subjects(root: Path) -> list[dict[str, Any]]:
     return out
 
 
-def statement_file(provenance: Any, key: str | None, root: Path, attrs: dict[str, str]) -> tuple[str, bytes]:
-    """(file name, indented statement) for the output tree ``root`` of result ref ``key`` (blocking)."""
-    maker = provenance.maker
-    statement = {"_type": STATEMENT_TYPE, "predicateType": maker.predicate_type(),
-                 "subject": file_subjects(root), "predicate": maker.predicate(key)}
-    name = attrs.get("attestation-prefix", "") + os.path.basename(maker.request.filename)
-    return name, go_json_indent(statement)
+def statement_files(provenance: Any, key: str | None, root: Path,
+                    attrs: dict[str, str]) -> list[tuple[str, bytes]]:
+    """(file name, indented statement) for each attestation of the output tree ``root`` of result
+    ref ``key`` (blocking)."""
+    from buildkitpy.attest import bundle
+
+    subjects = file_subjects(root)
+    prefix = attrs.get("attestation-prefix", "")
+    out: list[tuple[str, bytes]] = []
+    for st in provenance.frontend_statements(key, {}):
+        doc = json.loads(bundle.statement_json(st, subjects))
+        out.append((prefix + os.path.basename(st.path), go_json_indent(doc)))
+    if _provenance_wanted(provenance):
+        maker = provenance.maker
+        statement = {"_type": STATEMENT_TYPE, "predicateType": maker.predicate_type(),
+                     "subject": subjects, "predicate": maker.predicate(key)}
+        out.append((prefix + os.path.basename(maker.request.filename), go_json_indent(statement)))
+    seen: set[str] = set()
+    for name, _ in out:
+        if name in seen:
+            raise InvalidArgument(f"duplicate attestation path name {name}")
+        seen.add(name)
+    return out

@@ -114,7 +114,8 @@ class ExportProvenance:
             return False
         return self.force_inline or multi_platform or frontend or not self.maker.request.inline_only
 
-    def _frontend_statements(self, key: str | None, platform: Mapping[str, str]) -> list[Any]:
+    def frontend_statements(self, key: str | None, platform: Mapping[str, str]) -> list[Any]:
+        """The frontend's statements for result ``key`` (None: the single result, of ``platform``)."""
         if key is not None:
             return list(self.statements.get(key, ()))
         pid = "/".join(p for p in (platform.get("os", ""), platform.get("architecture", ""),
@@ -141,7 +142,7 @@ class ExportProvenance:
         subjects = [{"name": prov.image_purl(n, platform), "digest": {"sha256": image["digest"][7:]}}
                     for n in names]
         layers = self.maker.exported.get(key, [])
-        for st in self._frontend_statements(key, platform):
+        for st in self.frontend_statements(key, platform):
             st = bundle.supplement_sbom(st, layers, f"buildkitpy-{__version__}")
             statements.append((st.predicate_type, bundle.statement_json(st, subjects)))
         if self.requested:
@@ -155,11 +156,12 @@ class ExportProvenance:
 
         return files.wanted(self)
 
-    def statement_file(self, key: str | None, root: Any, attrs: dict[str, str]) -> tuple[str, bytes]:
-        """(file name, statement) to write next to the exported tree ``root`` (blocking)."""
+    def statement_files(self, key: str | None, root: Any, attrs: dict[str, str]) -> list[tuple[str, bytes]]:
+        """(file name, statement) for each attestation to write next to the exported tree ``root``
+        (blocking)."""
         from buildkitpy.attest import files
 
-        return files.statement_file(self, key, root, attrs)
+        return files.statement_files(self, key, root, attrs)
 
 
 def image_names(attrs: Mapping[str, str], metadata: Mapping[str, bytes]) -> list[str]:

@@ -35,14 +35,18 @@ async def mounted(ctx: ExportContext, ref):
 
 async def _provenance_files(ctx: ExportContext, key: str | None, src: Path, prefix: str,
                             stack: AsyncExitStack) -> list[tuple[str, Path]]:
-    """The provenance statement to send with the tree at ``src`` (none unless requested and not
-    inline-only); its temporary file lives until ``stack`` closes."""
+    """The attestation statements to send with the tree at ``src`` (buildkitpy.attest.files); their
+    temporary files live until ``stack`` closes."""
     if ctx.provenance is None or not ctx.provenance.files_wanted():
         return []
-    name, data = await anyio.to_thread.run_sync(ctx.provenance.statement_file, key, src, ctx.attrs)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="buildkitpy-attest-"))) / "statement"
-    tmp.write_bytes(data)
-    return [(prefix + name, tmp)]
+    statements = await anyio.to_thread.run_sync(ctx.provenance.statement_files, key, src, ctx.attrs)
+    tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="buildkitpy-attest-")))
+    out = []
+    for i, (name, data) in enumerate(statements):
+        tmp = tmpdir / f"statement{i}"
+        tmp.write_bytes(data)
+        out.append((prefix + name, tmp))
+    return out
 
 
 async def export(ctx: ExportContext) -> dict[str, str]:

@@ -212,12 +212,12 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     async def produce() -> None:
         async with send, AsyncExitStack() as stack:
             roots = [(prefix, await stack.enter_async_context(mounted(ctx, ref))) for prefix, ref in refs]
-            extra = []  # the provenance statement next to the files (buildkitpy.attest.files)
+            extra = []  # the attestation statements next to the files (buildkitpy.attest.files)
             if ctx.provenance is not None and ctx.provenance.files_wanted():
                 for (prefix, root), key in zip(roots, keys, strict=True):
-                    name, data = await anyio.to_thread.run_sync(ctx.provenance.statement_file, key, root,
+                    statements = await anyio.to_thread.run_sync(ctx.provenance.statement_files, key, root,
                                                                 ctx.attrs)
-                    extra.append((prefix + name, data))
+                    extra += [(prefix + name, data) for name, data in statements]
             await anyio.to_thread.run_sync(write_trees, roots, emit, extra)
 
     async def chunks():

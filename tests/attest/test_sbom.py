@@ -7,6 +7,7 @@ tree under ``$BUILDKIT_SCAN_SOURCE_EXTRAS``) as SPDX documents in in-toto statem
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 from image.registryfixture import Registry, TarBuilder, busybox_rootfs, start_registry
@@ -167,3 +168,28 @@ def test_bad_scanners_fail_naming_the_scanner(daemon, registry, tmp_path) -> Non
     res, _ = build(daemon, tmp_path, text, f"type=oci,dest={tmp_path / 'bad.tar'}",
                    "attest:sbom=generator=Not/A/Valid:ref", check=False)
     assert res.returncode != 0 and "failed to parse sbom scanner Not/A/Valid:ref" in res.stderr.decode()
+
+
+@needs_root
+def test_local_and_tar_exports_write_the_sbom_next_to_the_files(daemon, registry, tmp_path) -> None:  # noqa: ANN001
+    """As BuildKit's local exporter: each attestation as an indented statement named after it, the
+    SBOM before the provenance, every exported file as subject (no layer ids: there are no layers)."""
+    text = f"FROM {registry.host}/test/busybox\nCOPY a.txt /a.txt\n"
+    scanner = f"attest:sbom=generator={registry.host}/test/scanner:1"
+    out = tmp_path / "out"
+    build(daemon, tmp_path, text, f"type=local,dest={out}", scanner, "attest:provenance=mode=min")
+    sbom_file = (out / "sbom.spdx.json").read_text()
+    assert sbom_file.startswith('{\n  "_type": "https://in-toto.io/Statement/v1",\n')
+    st = json.loads(sbom_file)
+    assert st["predicateType"] == SPDX
+    assert {"name": "a.txt", "digest": {"sha256": sha256(b"aaa\n")[7:]}} in st["subject"]
+    assert {s["name"] for s in st["subject"]} >= {"a.txt", "bin/busybox", "etc/passwd"}
+    assert "/a.txt" in spdx_files(st) and "comment" not in spdx_files(st)["/a.txt"]
+    assert json.loads((out / "provenance.json").read_text())["subject"] == st["subject"]
+    dest = tmp_path / "out.tar"
+    build(daemon, tmp_path, text, f"type=tar,dest={dest},attestation-prefix=att-", scanner)
+    with tarfile.open(dest) as t:
+        names = t.getnames()
+        assert "att-sbom.spdx.json" in names and "a.txt" in names
+        assert not any("provenance" in n for n in names)
+        assert json.loads(t.extractfile("att-sbom.spdx.json").read())["predicateType"] == SPDX
