@@ -12,7 +12,6 @@ from buildkitpy.attest import bundle, options, sbom
 from buildkitpy.attest.capture import BuildCapture, ProvenanceCollector
 from buildkitpy.attest.manifest import ExportProvenance, ProvenanceMaker, history_blob
 from buildkitpy.attest.provenance import BuildInfo, format_platform
-from buildkitpy.errors import Unimplemented
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +49,11 @@ class BuildProvenance:
 
     async def collect(self, bridge: Any, result: Any) -> None:
         """Solve and read the attestations the frontend attached to ``result`` (the SBOM scans),
-        before anything is exported; a requested SBOM the frontend did not make is an error."""
+        before anything is exported. A requested SBOM the frontend did not make (plain LLB, a
+        frontend that does not scan) is made here, as BuildKit's SBOM processor does: each result
+        ref scanned alone, without extras."""
         if self.sbom is not None and not sbom.has_sbom(result):
-            raise Unimplemented(
-                f"attest:sbom: the frontend returned no SBOM to attach (scanner {self.sbom.generator}); "
-                "SBOMs are made by the Dockerfile frontend, builds of other frontends or of plain LLB "
-                "are not scanned by this daemon")
+            await _scan_results(bridge, result, self.sbom, self.frontend_attrs)
         self.statements = await bundle.collect(bridge, result, self.sbom)
 
     def for_exporter(self, kind: str) -> ExportProvenance | None:
@@ -110,3 +108,41 @@ def _pulled_layers(worker: Any) -> Any:
         return {"mediaType": pulled[1], "digest": pulled[0], "size": pulled[2]}
 
     return lookup
+
+
+async def _scan_results(bridge: Any, result: Any, request: sbom.SBOMRequest,
+                        attrs: Mapping[str, str]) -> None:
+    """Attach a scan of each result ref to ``result`` (keys: its ``refs.platforms`` ids, or the
+    worker's platform for a single ref)."""
+    import json
+
+    from buildkitpy import llb
+    from buildkitpy.errors import BuildkitpyError, InvalidArgument
+
+    worker = bridge.solver.worker
+    p = (getattr(worker, "platforms", None) or [{}])[0]
+    platform = llb.Platform(p.get("os", "linux"), p.get("architecture", "amd64"), p.get("variant", ""))
+    try:
+        _, config = await bridge.resolve_image_config(request.generator, platform,
+                                                      attrs.get("image-resolve-mode", ""))
+    except BuildkitpyError as e:
+        raise type(e)(f"failed to resolve sbom scanner image {request.generator}: {e}") from None
+    scanner = sbom.scanner_from_config(request, config, platform)
+    ignore_cache = attrs.get("no-cache") == ""
+    targets: list[tuple[str, Any]] = []
+    if result.refs is None:
+        targets = [(str(platform), result.ref)]
+    elif "refs.platforms" in (result.metadata or {}):
+        try:
+            ids = [e["id"] for e in json.loads(result.metadata["refs.platforms"])["platforms"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise InvalidArgument(f"invalid refs.platforms metadata: {e}") from None
+        targets = [(i, result.refs.get(i)) for i in ids]
+    else:
+        targets = list(result.refs.items())
+    for key, ref in targets:
+        if ref is None:
+            continue
+        state = scanner.scan(key, llb.from_definition(ref.definition), {}, ignore_cache=ignore_cache)
+        scanned = await bridge.solve(definition=llb.marshal(state, platform=platform))
+        result.attestations.setdefault(key, []).append(sbom.bundle_attestation(scanned.ref))

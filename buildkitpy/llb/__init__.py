@@ -9,6 +9,7 @@ client/llb does for the same calls (same op bytes, so same digests).
 
 from . import caps
 from .constraints import OpOptions, ProgressGroup
+from .definition import from_definition
 from .errors import LLBError
 from .exec import SSH, ExecState, Mount, RunOptions, Secret, bind, cache, secret, ssh, tmpfs
 from .fileop import Chown, FileAction, copy, mkdir, mkfile, rm, symlink
@@ -26,5 +27,5 @@ __all__ = [
     "bind", "cache", "secret", "ssh", "tmpfs", "Chown", "FileAction", "copy", "mkdir", "mkfile", "rm",
     "symlink", "head", "marshal", "required_caps", "diff", "merge", "Platform", "default_platform",
     "normalize_image_ref", "git", "http", "image", "local", "SourceLocation", "SourceMap", "State",
-    "scratch", "digest_of",
+    "scratch", "digest_of", "from_definition",
 ]

@@ -193,3 +193,25 @@ def test_local_and_tar_exports_write_the_sbom_next_to_the_files(daemon, registry
         assert "att-sbom.spdx.json" in names and "a.txt" in names
         assert not any("provenance" in n for n in names)
         assert json.loads(t.extractfile("att-sbom.spdx.json").read())["predicateType"] == SPDX
+
+
+@needs_root
+def test_plain_llb_builds_are_scanned_by_the_daemon(daemon, registry, tmp_path) -> None:  # noqa: ANN001
+    """No frontend to scan the result: the daemon runs the scanner on it (BuildKit's SBOM processor)."""
+    from buildkitpy import llb
+
+    state = llb.image(f"{registry.host}/test/busybox").file(llb.mkfile("/made.txt", 0o644, b"made\n"))
+    dest = tmp_path / "llb.tar"
+    res = daemon.client("build", "--progress", "plain", "--output", f"type=oci,dest={dest}",
+                        "--opt", f"attest:sbom=generator={registry.host}/test/scanner:1",
+                        input=state.marshal().SerializeToString())
+    assert "generating sbom using" in res.stderr.decode()
+    top, files = read_layout(dest)
+    index = json.loads(files["blobs/sha256/" + top["manifests"][0]["digest"][7:]])
+    image_entry, att_entry = index["manifests"]
+    att = json.loads(files["blobs/sha256/" + att_entry["digest"][7:]])
+    [st] = [json.loads(files["blobs/sha256/" + x["digest"][7:]]) for x in att["layers"]]
+    assert st["predicateType"] == SPDX and st["subject"] == []  # no image name, so no subjects
+    assert {"/made.txt", "/bin/busybox"} <= set(spdx_files(st))
+    image = json.loads(files["blobs/sha256/" + image_entry["digest"][7:]])
+    assert spdx_files(st)["/made.txt"]["comment"] == f"layerID: {image['layers'][-1]['digest']}"
