@@ -215,3 +215,28 @@ def test_plain_llb_builds_are_scanned_by_the_daemon(daemon, registry, tmp_path) 
     assert {"/made.txt", "/bin/busybox"} <= set(spdx_files(st))
     image = json.loads(files["blobs/sha256/" + image_entry["digest"][7:]])
     assert spdx_files(st)["/made.txt"]["comment"] == f"layerID: {image['layers'][-1]['digest']}"
+
+
+@needs_root
+def test_multi_platform_one_scan_per_platform(daemon, registry, tmp_path) -> None:  # noqa: ANN001
+    """Each platform's result is scanned (by the scanner for the build platform) and gets its own
+    attestation manifest with that platform's manifest as subject."""
+    text = "FROM scratch\nARG TARGETARCH\nCOPY a.txt /a-$TARGETARCH.txt\n"
+    dest = tmp_path / "multi.tar"
+    res, _ = build(daemon, tmp_path, text, f"type=oci,dest={dest},name=example.com/m:1",
+                   f"attest:sbom=generator={registry.host}/test/scanner:1",
+                   "platform=linux/amd64,linux/arm64")
+    log = res.stderr.decode()
+    assert "[linux/amd64] generating sbom using" in log and "[linux/arm64] generating sbom using" in log
+    top, files = read_layout(dest)
+    index = json.loads(files["blobs/sha256/" + top["manifests"][0]["digest"][7:]])
+    images, atts = index["manifests"][:2], index["manifests"][2:]
+    assert [m["platform"]["architecture"] for m in images] == ["amd64", "arm64"]
+    for image, entry in zip(images, atts, strict=True):
+        assert entry["annotations"]["vnd.docker.reference.digest"] == image["digest"]
+        att = json.loads(files["blobs/sha256/" + entry["digest"][7:]])
+        [st] = [json.loads(files["blobs/sha256/" + x["digest"][7:]]) for x in att["layers"]]
+        arch = image["platform"]["architecture"]
+        assert st["subject"] == [{"name": f"pkg:docker/example.com/m@1?platform=linux%2F{arch}",
+                                  "digest": {"sha256": image["digest"][7:]}}]
+        assert set(spdx_files(st)) == {f"/a-{arch}.txt"}
