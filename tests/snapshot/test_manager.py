@@ -99,6 +99,25 @@ def test_mutable_sees_parent_and_commit_freezes(manager):
     base.release()
 
 
+def test_mutable_overlay_is_volatile_and_mounts_again(manager):
+    """A writable overlay skips the sync of the whole upper filesystem at unmount (volatile), and
+    the marker overlay leaves for that is removed, so the same mutable mounts again."""
+    base = commit_with(manager, None, {"a": "1"})
+    mut = manager.new_mutable(base)
+    for round_ in ("first", "second"):
+        with mut.mount() as root:
+            if manager.mode == "overlay":
+                with open("/proc/self/mountinfo") as f:
+                    options = next(line.split(" - ")[1] for line in f if f" {root} " in line)
+                assert {"volatile", "fsync=volatile"} & set(options.split()[2].split(","))
+            (root / round_).write_text(round_)
+    committed = mut.commit()
+    with committed.mount() as root:
+        assert tree(root) == {"a": "1", "first": "first", "second": "second"}
+    committed.release()
+    base.release()
+
+
 def test_released_mutable_leaves_nothing(manager):
     base = commit_with(manager, None, {"a": "1"})
     mut = manager.new_mutable(base)
