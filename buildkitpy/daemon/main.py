@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from buildkitpy import __version__
-from buildkitpy.api import control_pb2_grpc, gateway_pb2_grpc
+from buildkitpy.api import gateway_pb2_grpc
 from buildkitpy.daemon.config import DEFAULT_ADDRESS, Config, load_config
 from buildkitpy.daemon.rootlock import RootLockedError, acquire_root_lock
 
@@ -121,7 +121,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
     from buildkitpy.gateway.service import LLBBridgeService, jobs_resolver
     from buildkitpy.history.daemon import open_history
     from buildkitpy.jobs import JobRegistry
-    from buildkitpy.session.manager import SessionManager
+    from buildkitpy.session.manager import SessionManager, add_control_to_server
     from buildkitpy.solver.solver import Solver
     from buildkitpy.worker import open_worker
 
@@ -144,7 +144,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
                           passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
                           busy=lambda: bool(jobs.active()), quiesce=jobs.quiesced)
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    control_pb2_grpc.add_ControlServicer_to_server(
+    add_control_to_server(
         ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions, worker_record=record,
                        history=history.recorder, gc=gc),
         server)

@@ -58,6 +58,21 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
+def encode_bytes_message(data: bytes) -> bytes:
+    """The encoding of ``BytesMessage{data}`` (field 1, length-delimited; every BytesMessage of the
+    protos is this one), built directly: protobuf's constructor and serializer copy a large payload
+    several times, 0.15 s per 200 MB here against 0.01 s for the join."""
+    n = len(data)
+    if not n:
+        return b""  # proto3 leaves an empty field out
+    prefix = bytearray(b"\n")
+    while n >= 0x80:
+        prefix.append(n & 0x7F | 0x80)
+        n >>= 7
+    prefix.append(n)
+    return b"".join((prefix, data))
+
+
 @dataclass
 class Pipe:
     """State of one spliced connection. ``closed`` is set once both directions have stopped;

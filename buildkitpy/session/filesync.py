@@ -41,6 +41,7 @@ from buildkitpy.fsutil.receiver import Receiver
 from buildkitpy.fsutil.sender import Finish, Sender, SendFile
 from buildkitpy.fsutil.threaded import ThreadedSink
 from buildkitpy.fsutil.walk import WalkEntry, WalkError, walk
+from buildkitpy.session.bridge import encode_bytes_message
 
 __all__ = [
     "FILESYNC_DIFFCOPY", "FILESEND_DIFFCOPY", "TransferStats", "FileSyncError",
@@ -435,7 +436,7 @@ async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id:
                 if call.done():
                     break  # the client already answered (e.g. ALREADY_EXISTS); _expect_ok reports it
                 part = chunk if len(chunk) <= MAX_BYTES_CHUNK else bytes(view[i:i + MAX_BYTES_CHUNK])
-                await call.write(_bytes_message(part))
+                await call.write(encode_bytes_message(part))
                 total += len(part)
             if call.done():
                 break
@@ -448,20 +449,6 @@ async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id:
     finally:
         call.cancel()
     return total
-
-
-def _bytes_message(data: bytes) -> bytes:
-    """The encoding of ``BytesMessage{data}`` (field 1, length-delimited), built directly: protobuf's
-    serializer copies large payloads several times slower than a join (0.2 s per 200 MB here)."""
-    n = len(data)
-    if not n:
-        return b""  # proto3 leaves an empty field out
-    prefix = bytearray(b"\n")
-    while n >= 0x80:
-        prefix.append(n & 0x7F | 0x80)
-        n >>= 7
-    prefix.append(n)
-    return b"".join((prefix, data))
 
 
 async def _expect_ok(call: Any) -> None:

@@ -199,8 +199,9 @@ async def test_raw_bytes_export_and_exporter_routing(tmp_path):
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 2_097_151, 2_097_152, 3 * 1024 * 1024])
 def test_bytes_messages_are_encoded_as_protobuf_does(size):
     from buildkitpy.api import filesync_pb2
+    from buildkitpy.session.bridge import encode_bytes_message
 
     data = os.urandom(size)
-    encoded = filesync._bytes_message(data)
+    encoded = encode_bytes_message(data)
     assert encoded == filesync_pb2.BytesMessage(data=data).SerializeToString()
     assert filesync_pb2.BytesMessage.FromString(encoded).data == data

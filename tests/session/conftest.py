@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from buildkitpy.api import control_pb2_grpc
-from buildkitpy.session.manager import HealthCheckConfig, SessionManager
+from buildkitpy.session.manager import HealthCheckConfig, SessionManager, add_control_to_server
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ class Daemon:
 async def start_daemon(socket_path: str, health: HealthCheckConfig | None = None) -> Daemon:
     sessions = SessionManager(health=health)
     server = grpc.aio.server()
-    control_pb2_grpc.add_ControlServicer_to_server(SessionOnlyControl(sessions), server)
+    add_control_to_server(SessionOnlyControl(sessions), server)
     assert server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     channel = grpc.aio.insecure_channel(f"unix:{socket_path}")
