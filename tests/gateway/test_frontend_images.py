@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from image.registryfixture import busybox_rootfs
 
 from tests.conftest import BIN, needs_root
 
@@ -68,6 +70,34 @@ def test_syntax_directive_and_buildkit_syntax_run_the_image(gw_daemon, images, t
     assert res.returncode == 1
     assert "exit code: 5" in err and "Dockerfile:2" in err, err
     assert f"docker-image://{images.frontend.rsplit(':', 1)[0]}@sha256:" in err
+
+
+def test_an_sbom_made_inside_a_frontend_image(gw_daemon, images, tmp_path):
+    """Our Dockerfile frontend image scans the result through the LLBBridge and returns the scan as
+    a bundle attestation in ``Return``; the daemon exports it as the daemon-side frontend's would."""
+    from attest.test_sbom import SCAN_SCRIPT, script_layer
+
+    reg = images.registry
+    reg.push_image("test/scanner", "1", [(busybox_rootfs(), "gzip"), (script_layer(SCAN_SCRIPT), "gzip")],
+                   config={"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sh", "/scan.sh"]})
+    ctx = _context(tmp_path, f"FROM {images.busybox}\nCOPY a.txt /a.txt\n", {"a.txt": "scanned\n"})
+    dest = tmp_path / "image.tar"
+    gw_daemon.client("build", "--progress", "plain", "--frontend", "gateway.v0", "--local", f"context={ctx}",
+                     "--local", f"dockerfile={ctx}", "--opt", f"source={images.frontend}",
+                     "--opt", f"attest:sbom=generator={reg.host}/test/scanner:1",
+                     "--output", f"type=oci,dest={dest}", timeout=180)
+    with tarfile.open(dest) as t:
+        blobs = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+    blob = lambda d: json.loads(blobs["blobs/sha256/" + d[7:]])  # noqa: E731
+    index = blob(json.loads(blobs["index.json"])["manifests"][0]["digest"])
+    image, entry = index["manifests"]
+    assert entry["annotations"]["vnd.docker.reference.digest"] == image["digest"]
+    [layer] = blob(entry["digest"])["layers"]
+    statement = blob(layer["digest"])
+    assert statement["predicateType"] == "https://spdx.dev/Document"
+    files = {f["fileName"]: f for f in statement["predicate"]["files"]}
+    assert files["/a.txt"]["comment"] == f"layerID: {blob(image['digest'])['layers'][-1]['digest']}"
+    assert _runc_containers(gw_daemon) == []
 
 
 def test_the_bridge_api_from_inside_a_frontend_image(gw_daemon, images, tmp_path):
