@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from buildkitpy.attest import sbom
-from buildkitpy.errors import BuildkitpyError, InvalidArgument, SolveError
+from buildkitpy.errors import BuildkitpyError, Canceled, InvalidArgument, SolveError
 
 MAX_ATTESTATION_BYTES = 40 << 20
 PROVENANCE_PREFIX = "https://slsa.dev/provenance/"
@@ -106,14 +106,12 @@ def go_map_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _failed(err: BaseException, message: str) -> BaseException:
+def _failed(err: BuildkitpyError, message: str) -> BuildkitpyError:
     if isinstance(err, SolveError):
         return SolveError(message, vertex=err.vertex, exit_code=err.exit_code)
-    if isinstance(err, BuildkitpyError):
-        out = BuildkitpyError(message)
-        out.grpc_code = err.grpc_code
-        return out
-    return err
+    out = BuildkitpyError(message)
+    out.grpc_code = err.grpc_code
+    return out
 
 
 async def collect(bridge: Any, result: Any,
@@ -132,8 +130,8 @@ async def collect(bridge: Any, result: Any,
                 raise InvalidArgument(f"attestation of {key} has no ref with its content")
             try:
                 await bridge.evaluate(att.ref)
-            except BaseException as e:
-                if not is_sbom:
+            except BuildkitpyError as e:
+                if not is_sbom or isinstance(e, Canceled):
                     raise
                 raise _failed(e, f"sbom scanner {scanner} failed for {key}: {e}") from None
             if att.kind == ATTESTATION_BUNDLE:
