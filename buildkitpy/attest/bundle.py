@@ -58,7 +58,7 @@ def _read_regular(path: Path, shown: str) -> bytes:
     return path.read_bytes()
 
 
-def _unbundle_dir(root: Path, att: Any) -> list[Statement]:
+def unbundle_dir(root: Path, att: Any) -> list[Statement]:
     """The statements of bundle ``att`` whose ref's tree is at ``root`` (blocking)."""
     from buildkitpy.gateway.bridge import SUBJECT_RAW, InTotoSubject
     from buildkitpy.snapshot.fs import secure_join
@@ -135,7 +135,7 @@ async def collect(bridge: Any, result: Any,
                     raise
                 raise _failed(e, f"sbom scanner {scanner} failed for {key}: {e}") from None
             if att.kind == ATTESTATION_BUNDLE:
-                found = await bridge.with_root(att.ref.id, lambda root, a=att: _unbundle_dir(root, a))
+                found = await bridge.with_root(att.ref.id, lambda root, a=att: unbundle_dir(root, a))
                 if is_sbom and not found:
                     raise InvalidArgument(
                         f"sbom scanner {scanner} wrote no SBOM for {key}: it must write in-toto statements "

@@ -3,6 +3,8 @@ the v0.2 conversion and the per-platform image filter (values as BuildKit produc
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from buildkitpy.api import ops_pb2
@@ -135,3 +137,67 @@ def test_history_copy_leaves_out_large_inline_file_data() -> None:
     assert [len(m["data"]) for m in mkfile] == [16, 87384]  # base64 in the attestation, as BuildKit's
     _drop_large_inline_data(pred)
     assert "data" in mkfile[0] and "data" not in mkfile[1]
+
+
+def _bundle_dir(tmp_path, files: dict[str, bytes]):  # noqa: ANN001, ANN202
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return out
+
+
+def test_bundles_unbundle_like_buildkit(tmp_path) -> None:  # noqa: ANN001
+    """A scanner's output directory: one in-toto statement per file, in name order, the core SBOM
+    first, each file's subjects kept (none: the image), predicates as Go re-encodes them."""
+    from buildkitpy.attest import bundle
+    from buildkitpy.gateway.bridge import SUBJECT_RAW, InTotoSubject
+
+    spdx = "https://spdx.dev/Document"
+    statement = {"_type": "https://in-toto.io/Statement/v0.1", "predicateType": spdx, "subject": [],
+                 "predicate": {"spdxVersion": "SPDX-2.3", "name": "<x>"}}
+    raw = {"_type": "x", "predicateType": spdx, "subject": [{"name": "f", "digest": {"sha256": "ab"}}],
+           "predicate": {"b": 1, "a": 2}}
+    root = _bundle_dir(tmp_path, {"sbom-context.spdx.json": json.dumps(raw).encode(),
+                                  "sbom.spdx.json": json.dumps(statement).encode()})
+    att = sbom.bundle_attestation(None)
+    found = bundle.unbundle_dir(root.parent, type(att)(kind=att.kind, path="out",
+                                                          predicate_type=spdx, metadata=att.metadata))
+    found.sort(key=lambda s: not s.is_core_sbom)
+    assert [s.path for s in found] == ["out/sbom.spdx.json", "out/sbom-context.spdx.json"]
+    assert found[0].predicate == b'{"name":"\\u003cx\\u003e","spdxVersion":"SPDX-2.3"}'
+    assert found[1].subjects == [InTotoSubject(SUBJECT_RAW, "f", ["sha256:ab"])]
+    subjects = [{"name": "pkg:docker/x@1", "digest": {"sha256": "cd"}}]
+    assert json.loads(bundle.statement_json(found[0], subjects))["subject"] == subjects
+    assert json.loads(bundle.statement_json(found[1], subjects))["subject"] == [
+        {"name": "f", "digest": {"sha256": "ab"}}]
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("sbom.spdx.json", b"not json", "cannot decode in-toto statement /sbom.spdx.json"),
+    ("sbom.spdx.json", b"[1]", "not a JSON object"),
+    ("sbom.spdx.json", b'{"predicateType": "https://example.com/other"}', "not the required"),
+    ("sbom.spdx.json", b'{"predicateType": "https://spdx.dev/Document", "subject": ["x"]}', "bad subject"),
+])
+def test_bad_bundle_entries_are_refused_clearly(tmp_path, name, data, message) -> None:  # noqa: ANN001
+    from buildkitpy.attest import bundle
+
+    root = _bundle_dir(tmp_path, {name: data})
+    att = sbom.bundle_attestation(None)
+    with pytest.raises(InvalidArgument, match=message):
+        bundle.unbundle_dir(root, att)
+
+
+def test_bundle_entries_must_be_regular_files(tmp_path) -> None:  # noqa: ANN001
+    from buildkitpy.attest import bundle
+
+    root = _bundle_dir(tmp_path, {})
+    (root / "sbom.spdx.json").symlink_to("/etc/passwd")
+    with pytest.raises(InvalidArgument, match="/sbom.spdx.json is not a regular file"):
+        bundle.unbundle_dir(root, sbom.bundle_attestation(None))
+    provenance = tmp_path / "p"
+    provenance.mkdir()
+    (provenance / "x.json").write_text('{"predicateType": "https://slsa.dev/provenance/v1"}')
+    att = sbom.bundle_attestation(None)
+    with pytest.raises(InvalidArgument, match="frontend may not bundle provenance attestations"):
+        bundle.unbundle_dir(provenance, type(att)(kind=att.kind, metadata=att.metadata))
