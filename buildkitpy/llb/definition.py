@@ -43,26 +43,47 @@ def _metadata(md: ops_pb2.OpMetadata | None) -> Metadata:
 
 
 def from_definition(definition: ops_pb2.Definition) -> State:
-    """The result of ``definition`` as a state (scratch for an empty one)."""
+    """The result of ``definition`` as a state (scratch for an empty one). Ops may come in any order,
+    as BuildKit's ``NewDefinitionOp`` takes them; each is found by digest (no recursion, so no depth
+    limit)."""
     ops = list(getattr(definition, "def"))
     if not ops:
         return State()
+    by_digest = {digest_of(data): data for data in ops[:-1]}
+    parsed: dict[str, ops_pb2.Op] = {}
     vertices: dict[str, _DefinedOp] = {}
-    for data in ops[:-1]:
-        op = ops_pb2.Op.FromString(data)
-        inputs = []
-        for inp in op.inputs:
-            if inp.digest not in vertices:
-                raise LLBError(f"invalid definition: op {digest_of(data)} uses {inp.digest}, "
-                               "which is not defined before it")
-            inputs.append(Output(vertices[inp.digest], int(inp.index)))
-        dgst = digest_of(data)
-        md = definition.metadata[dgst] if dgst in definition.metadata else None
-        vertices[dgst] = _DefinedOp(data, _metadata(md), inputs)
+
+    def op_of(dgst: str, user: str) -> ops_pb2.Op:
+        if dgst not in parsed:
+            if dgst not in by_digest:
+                raise LLBError(f"invalid definition: op {user} uses {dgst}, which is not one of its ops")
+            parsed[dgst] = ops_pb2.Op.FromString(by_digest[dgst])
+        return parsed[dgst]
+
+    def build(root: str, user: str) -> _DefinedOp:
+        stack = [root]
+        op_of(root, user)
+        while stack:
+            dgst = stack[-1]
+            if dgst in vertices:
+                stack.pop()
+                continue
+            missing = [i.digest for i in parsed[dgst].inputs if i.digest not in vertices]
+            if missing:  # (inputs are digests of other ops' bytes: they cannot form a cycle)
+                for m in missing:
+                    op_of(m, dgst)
+                stack.extend(missing)
+                continue
+            md = definition.metadata[dgst] if dgst in definition.metadata else None
+            inputs = [Output(vertices[i.digest], int(i.index)) for i in parsed[dgst].inputs]
+            vertices[dgst] = _DefinedOp(by_digest[dgst], _metadata(md), inputs)
+            stack.pop()
+        return vertices[root]
+
+    for dgst in by_digest:  # every op, reachable or not, must be well formed
+        build(dgst, dgst)
     terminal = ops_pb2.Op.FromString(ops[-1])
     if not terminal.inputs:
         return State()
     head = terminal.inputs[0]
-    if head.digest not in vertices:
-        raise LLBError(f"invalid definition: its result {head.digest} is not one of its ops")
-    return State.from_output(Output(vertices[head.digest], int(head.index)))
+    return State.from_output(Output(build(head.digest, digest_of(ops[-1])), int(head.index)))

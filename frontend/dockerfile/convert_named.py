@@ -10,7 +10,6 @@ the frontend passed as an input, with ``input-metadata:KEY`` carrying its image 
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ from typing import TYPE_CHECKING
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
 from buildkitpy.llb import Platform
-from buildkitpy.llb.constraints import Metadata, ProgressGroup
-from buildkitpy.llb.vertex import MarshalContext, MarshalledOp, Output, Vertex
 
 from . import image_config as ic
 from .convert_git import GitRefError, checkout, parse_git_ref
@@ -154,63 +151,17 @@ def input_image_config(metadata_json: str) -> bytes | None:
         raise NamedContextError(f"failed to parse input metadata {metadata_json}: {e}") from None
 
 
-# ---- a solved definition as a state (client/llb's DefinitionOp) -------------------------------------------
-class _DefinitionVertex(Vertex):
-    """One op of an existing definition, marshalled back to its exact bytes and metadata."""
-
-    def __init__(self, data: bytes, metadata: Metadata, inputs: list[Output]) -> None:
-        self._data = data
-        self._metadata = metadata
-        self._inputs = inputs
-
-    def inputs(self) -> list[Output]:
-        return self._inputs
-
-    def _marshal(self, ctx: MarshalContext) -> MarshalledOp:
-        return MarshalledOp(llb.vertex.digest_of(self._data), self._data, copy.deepcopy(self._metadata), ())
-
-
 def definition_state(definition: ops_pb2.Definition) -> llb.State:
-    """The result of ``definition`` as a state whose ops keep their digests (source maps are dropped)."""
+    """The result of an input's definition as a state whose ops keep their digests
+    (``llb.from_definition``; source maps are dropped)."""
     raw = list(getattr(definition, "def"))
-    if not raw:
-        return llb.scratch()
-    by_digest = {llb.vertex.digest_of(b): b for b in raw}
-    vertices: dict[str, _DefinitionVertex] = {}
-
-    def vertex(dgst: str) -> _DefinitionVertex:
-        if dgst in vertices:
-            return vertices[dgst]
-        if dgst not in by_digest:
-            raise NamedContextError(f"invalid input definition: op {dgst} is missing")
-        op = ops_pb2.Op.FromString(by_digest[dgst])
-        inputs = [Output(vertex(i.digest), i.index) for i in op.inputs]
-        vertices[dgst] = _DefinitionVertex(by_digest[dgst], _metadata(definition.metadata.get(dgst)), inputs)
-        return vertices[dgst]
-
-    terminal = ops_pb2.Op.FromString(raw[-1])
-    if not terminal.inputs:
+    if raw and not ops_pb2.Op.FromString(raw[-1]).inputs:
         raise NamedContextError("invalid input definition: no terminal op")
-    head = terminal.inputs[0]
-    return llb.State.from_output(Output(vertex(head.digest), head.index))
-
-
-def _metadata(md: ops_pb2.OpMetadata | None) -> Metadata:
-    if md is None:
-        return Metadata()
-    out = Metadata(
-        ignore_cache=md.ignore_cache,
-        description=dict(md.description),
-        caps={c for c, on in md.caps.items() if on},
-    )
-    if md.HasField("export_cache"):
-        out.export_cache = md.export_cache.Value
-    if md.HasField("progress_group"):
-        pg = md.progress_group
-        out.progress_group = ProgressGroup(pg.id, pg.name, pg.weak)
-    if md.HasField("linux_resources"):
-        out.linux_resources = md.linux_resources
-    return out
+    try:
+        return llb.from_definition(definition)
+    except llb.LLBError as e:
+        reason = str(e).removeprefix("invalid definition: ")
+        raise NamedContextError(f"invalid input definition: {reason}") from None
 
 
 def _format_all(p: Platform) -> str:

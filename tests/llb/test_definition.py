@@ -30,5 +30,19 @@ def test_empty_and_broken_definitions() -> None:
     broken = ops_pb2.Definition()
     op = ops_pb2.Op(inputs=[ops_pb2.Input(digest="sha256:" + "0" * 64, index=0)])
     getattr(broken, "def").extend([op.SerializeToString(), ops_pb2.Op().SerializeToString()])
-    with pytest.raises(llb.LLBError, match="not defined before it"):
+    with pytest.raises(llb.LLBError, match="which is not one of its ops"):
         llb.from_definition(broken)
+
+
+def test_ops_in_any_order() -> None:
+    """BuildKit's NewDefinitionOp finds inputs by digest, so a definition need not list its ops in
+    dependency order."""
+    state = llb.image("busybox").run(["true"]).root().file(llb.mkdir("/d", 0o755))
+    first = llb.marshal(state, platform="linux/amd64")
+    ops = list(getattr(first, "def"))
+    shuffled = ops_pb2.Definition()
+    shuffled.CopyFrom(first)
+    del getattr(shuffled, "def")[:]
+    getattr(shuffled, "def").extend([*reversed(ops[:-1]), ops[-1]])
+    again = llb.marshal(llb.from_definition(shuffled), platform="linux/amd64")
+    assert list(getattr(again, "def")) == ops
