@@ -117,24 +117,15 @@ async def grpc_channel(host: str, *, api_version: str = "", tls: ssl.SSLContext 
                        ) -> AsyncIterator[grpc.aio.Channel]:
     """A ``grpc.aio.Channel`` to the Engine's BuildKit over one ``POST /grpc`` connection (it does
     not redial: when the connection ends, calls fail with UNAVAILABLE)."""
-    from buildkitpy.session.bridge import channel_over_pipe
+    from buildkitpy.session.bridge import channel_over_pipe, in_background
     from buildkitpy.session.client import read_chunks, write_chunks
 
     reader, writer = await dial_hijack(host, _versioned(api_version, "/grpc"), "h2c", tls=tls)
     send, receive = anyio.create_memory_object_stream[bytes](16)
-    body_error: Exception | None = None  # raised as itself, not in an exception group
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write_chunks, receive, writer)
-            try:
-                async with channel_over_pipe(read_chunks(reader), send) as (channel, _pipe):
-                    yield channel
-            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
-                body_error = exc
-            finally:
-                tg.cancel_scope.cancel()
-        if body_error is not None:
-            raise body_error
+        async with in_background(write_chunks, receive, writer):
+            async with channel_over_pipe(read_chunks(reader), send) as (channel, _pipe):
+                yield channel
     finally:
         send.close()
         writer.close()

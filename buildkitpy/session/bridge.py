@@ -31,7 +31,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -238,7 +238,7 @@ async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObje
                     raise
         # The socket file and its directory are gone now: nobody, including a reconnecting
         # channel, can reach the other end of `sock` any more.
-        async with _splicing(sock, incoming, outgoing, pipe):
+        async with in_background(_splice_then_mark_closed, sock, incoming, outgoing, pipe):
             yield channel, pipe
     finally:
         pipe.closed.set()
@@ -272,7 +272,7 @@ async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes
             except BaseException:
                 connecting.close()
                 raise
-        async with _splicing(sock, incoming, outgoing, pipe):
+        async with in_background(_splice_then_mark_closed, sock, incoming, outgoing, pipe):
             yield pipe
     finally:
         pipe.closed.set()
@@ -285,16 +285,15 @@ async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes
 
 
 @contextlib.asynccontextmanager
-async def _splicing(sock: SocketConnection, incoming: AsyncIterable[bytes],
-                    outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> AsyncIterator[None]:
-    """Splice in the background while the body runs; stop when it exits.
+async def in_background(func: Callable[..., Awaitable[object]], *args: object) -> AsyncIterator[None]:
+    """Run ``func(*args)`` in a task while the body runs; cancel it when the body exits.
 
-    An error raised by the body comes out as itself, not wrapped in an exception group (the
-    splice never raises, so there is nothing to group it with).
+    An error raised by the body comes out as itself, not wrapped in an exception group (callers
+    give tasks that end quietly when cancelled: pipes and splices).
     """
     body_error: Exception | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_splice_then_mark_closed, sock, incoming, outgoing, pipe)
+        tg.start_soon(func, *args)
         try:
             yield
         except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group

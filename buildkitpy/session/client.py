@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from buildkitpy import errors
 from buildkitpy.api import control_pb2, control_pb2_grpc
-from buildkitpy.session.bridge import SERVER_OPTIONS, Pipe, serve_over_pipe
+from buildkitpy.session.bridge import SERVER_OPTIONS, Pipe, in_background, serve_over_pipe
 from buildkitpy.session.manager import (
     HEADER_HEALTH_CUSTOM_TIMEOUT,
     HEADER_SESSION_ID,
@@ -216,19 +216,10 @@ class ClientSession:
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await dial(self.metadata())
-            body_error: Exception | None = None  # raised as itself, not in an exception group
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(write_chunks, to_daemon_queue, writer)
-                try:
-                    async with serve_over_pipe(self._server(), read_chunks(reader), to_daemon) as pipe:
-                        self._pipe = pipe
-                        yield self
-                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
-                    body_error = exc
-                finally:
-                    tg.cancel_scope.cancel()
-            if body_error is not None:
-                raise body_error
+            async with in_background(write_chunks, to_daemon_queue, writer):
+                async with serve_over_pipe(self._server(), read_chunks(reader), to_daemon) as pipe:
+                    self._pipe = pipe
+                    yield self
         finally:
             self._running = False
             to_daemon.close()
