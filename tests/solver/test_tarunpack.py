@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import subprocess
@@ -14,34 +13,19 @@ import pytest
 
 from buildkitpy.errors import SolveError
 from buildkitpy.solver.ops.tarunpack import unpack
-
-
-def archive(path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for info, data in members:
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    for k, v in attrs.items():
-        setattr(info, k, v)
-    return info
+from tests.tarfiles import member, write_tar
 
 
 def test_hard_link_to_a_missing_member_names_it(tmp_path: Path) -> None:
-    tar = archive(tmp_path / "a.tar", (member("ok.txt"), b"x"),
-                  (member("link", tarfile.LNKTYPE, linkname="missing"), b""))
+    tar = write_tar(tmp_path / "a.tar", (member("ok.txt"), b"x"),
+                    (member("link", tarfile.LNKTYPE, linkname="missing"), b""))
     with pytest.raises(SolveError) as err:
         unpack(tar, tmp_path / "dest", None)
     assert str(err.value) == "failed to extract a.tar: link 'link': no such file or directory"
 
 
 def test_device_node_without_cap_mknod_says_so(tmp_path: Path) -> None:
-    tar = archive(tmp_path / "d.tar", (member("null", tarfile.CHRTYPE, devmajor=1, devminor=3), b""))
+    tar = write_tar(tmp_path / "d.tar", (member("null", tarfile.CHRTYPE, devmajor=1, devminor=3), b""))
     (tmp_path / "dest").mkdir()
     # in a new user namespace root has no CAP_MKNOD over the host's devices: mknod is EPERM there
     script = ("import sys; from pathlib import Path; from buildkitpy.solver.ops.tarunpack import unpack\n"
@@ -59,8 +43,8 @@ def test_a_directory_over_a_symlink_replaces_it_instead_of_chmodding_its_target(
     outside = tmp_path / "outside"
     outside.mkdir(mode=0o755)
     os.chmod(outside, 0o755)
-    tar = archive(tmp_path / "a.tar", (member("etc", tarfile.SYMTYPE, linkname=str(outside)), b""),
-                  (member("etc", tarfile.DIRTYPE, mode=0o777), b""))
+    tar = write_tar(tmp_path / "a.tar", (member("etc", tarfile.SYMTYPE, linkname=str(outside)), b""),
+                    (member("etc", tarfile.DIRTYPE, mode=0o777), b""))
     unpack(tar, tmp_path / "dest", None)
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o755
     assert (tmp_path / "dest" / "etc").is_dir() and not (tmp_path / "dest" / "etc").is_symlink()
