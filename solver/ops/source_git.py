@@ -198,18 +198,23 @@ class GitSource:
             cmd.append(f"--git-dir={git_dir}")
         if work_tree is not None:
             cmd.append(f"--work-tree={work_tree}")
-        cmd += ["-c", "protocol.ext.allow=never", *args]
-        try:
-            res = await anyio.run_process(cmd, check=False, env=self._env(), umask=0o022,
-                                          cwd=str(cwd or work_tree or git_dir or "/"), stdin=None)
-        except FileNotFoundError:
-            raise SolveError("git source: the git binary is not installed on the daemon's host") from None
-        if res.returncode != 0:
+        cmd += ["-c", "protocol.ext.allow=never"]
+        while True:
+            try:
+                res = await anyio.run_process([*cmd, *args], check=False, env=self._env(), umask=0o022,
+                                              cwd=str(cwd or work_tree or git_dir or "/"), stdin=None)
+            except FileNotFoundError:
+                raise SolveError("git source: the git binary is not installed on the daemon's host") from None
+            if res.returncode == 0:
+                return res.stdout.decode(errors="replace")
             out = (res.stderr or res.stdout).decode(errors="replace").strip()
-            out = out.replace(self.remote, redact(self.remote))
-            prefix = f"{what}: " if what else ""
-            raise GitCommandError(f"{prefix}git {args[0]} failed (exit {res.returncode}): {out}")
-        return res.stdout.decode(errors="replace")
+            retry = _fallback_args(args, out)
+            if retry is None:
+                break
+            args = retry
+        out = out.replace(self.remote, redact(self.remote))
+        prefix = f"{what}: " if what else ""
+        raise GitCommandError(f"{prefix}git {args[0]} failed (exit {res.returncode}): {out}")
 
     async def _auth(self, ctx: OpContext) -> None:
         """An Authorization header for http(s) remotes from the build's optional secrets."""
@@ -402,6 +407,21 @@ class GitSource:
         if self.mtime == "commit":
             out = await self.git("log", "-1", "--format=%ct", self.commit + "^{commit}", git_dir=bare)
             await blocking(_set_mtimes, root, int(out.strip()))
+
+
+def _fallback_args(args: tuple[str, ...], stderr: str) -> tuple[str, ...] | None:
+    """The arguments to retry a failed git command with, as BuildKit's git CLI does, or None.
+
+    A server that cannot serve shallow fetches (git's dumb HTTP transport, some old servers) fails
+    ``--depth=1``: fetch the whole history instead. A server that refuses wants by commit ("not our
+    ref", "unadvertised object") is asked for its refs without the commit; the caller then checks
+    that the commit arrived."""
+    if ("--depth" in stderr or "shallow" in stderr) and "--depth=1" in args:
+        return tuple(a for a in args if a != "--depth=1")
+    if ("not our ref" in stderr or "unadvertised object" in stderr) and len(args) > 2 \
+            and args[0] == "fetch" and is_commit_sha(args[-1]):
+        return args[:-1]
+    return None
 
 
 def _lift_subdir(work: Path, subdir: str, root: Path) -> None:
