@@ -1,0 +1,451 @@
+"""The daemon's session channel (pipechannel + the sans-I/O h2 core) against independent peers.
+
+A real grpcio server (a separate HTTP/2 implementation) serves on a unix socket; the channel runs
+over the bytes of one connection to it, read and written by the test like a session pipe. A
+scripted raw HTTP/2 peer (hpack for its headers) plays a client that resets streams or sends
+malformed frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import grpc
+import hpack
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from buildkitpy.session import h2
+from buildkitpy.session.pipechannel import PipeChannel, channel_over_pipe
+
+pytestmark = pytest.mark.anyio
+
+SERVICE = "buildkitpy.test.Peer"
+
+
+def _method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+class _Servicer:
+    """Raw-bytes handlers of every call shape."""
+
+    def __init__(self) -> None:
+        self.seen_metadata: list[tuple[str, str | bytes]] = []
+        self.cancelled = asyncio.Event()
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.seen_metadata = list(context.invocation_metadata() or ())
+            await context.send_initial_metadata((("initial-key", "v1"), ("initial-bin", b"\x00\xff")))
+            context.set_trailing_metadata((("trailer-key", "t1"),))
+            return request
+
+        async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "naïve 100% failure\nline 2")
+
+        async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return b""
+
+        async def produce(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            count, size = struct.unpack(">II", request)
+            for i in range(count):
+                yield i.to_bytes(4, "big") * (size // 4)
+
+        async def total(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+            n = 0
+            async for request in requests:
+                n += len(request)
+            return str(n).encode()
+
+        async def echo_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+                              ) -> AsyncIterator[bytes]:
+            async for request in requests:
+                yield request
+
+        async def answer_early(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[bytes]:
+            await requests.__anext__()
+            yield b"early"
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+            "Produce": grpc.unary_stream_rpc_method_handler(produce),
+            "Total": grpc.stream_unary_rpc_method_handler(total),
+            "EchoStream": grpc.stream_stream_rpc_method_handler(echo_stream),
+            "AnswerEarly": grpc.stream_stream_rpc_method_handler(answer_early),
+        })
+
+
+@pytest.fixture
+def servicer() -> _Servicer:
+    return _Servicer()
+
+
+async def _read_socket(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    while data := await reader.read(64 << 10):
+        yield data
+
+
+async def _write_socket(receive, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):  # the server went away
+        async with receive:
+            async for chunk in receive:
+                writer.write(chunk)
+                await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _channel_to(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> AsyncIterator[tuple[PipeChannel, object]]:
+    send, receive = anyio.create_memory_object_stream[bytes](16)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_write_socket, receive, writer)
+        async with channel_over_pipe(_read_socket(reader), send) as (channel, pipe):
+            yield channel, pipe
+        tg.cancel_scope.cancel()
+    writer.close()
+
+
+@pytest.fixture
+async def grpc_channel(short_dir, servicer) -> AsyncIterator[PipeChannel]:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20),
+                                      ("grpc.max_send_message_length", 16 << 20)])
+    server.add_generic_rpc_handlers((servicer.handlers(),))
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    path = f"{short_dir}/peer.sock"
+    assert server.add_insecure_port(f"unix:{path}")
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+        async with _channel_to(reader, writer) as (channel, _pipe):
+            yield channel
+    finally:
+        await server.stop(grace=None)
+
+
+async def test_every_call_shape_with_metadata_and_status(grpc_channel, servicer):
+    call = grpc_channel.unary_unary(_method("Echo"))(b"hello", metadata=(("x-key", "value"),
+                                                                          ("x-raw-bin", b"\x01\x02")))
+    assert await call == b"hello"
+    assert await call.code() == grpc.StatusCode.OK
+    assert ("x-key", "value") in servicer.seen_metadata
+    assert ("x-raw-bin", b"\x01\x02") in servicer.seen_metadata
+    assert dict(await call.initial_metadata())["initial-bin"] == b"\x00\xff"
+    assert ("trailer-key", "t1") in list(await call.trailing_metadata())
+
+    # Typed stubs work on the channel as they are.
+    reply = await health_pb2_grpc.HealthStub(grpc_channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_channel.unary_unary(_method("Fail"))(b"")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details() == "naïve 100% failure\nline 2"  # percent-decoded
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_channel.unary_unary("/no.Such/Method")(b"")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    produced = [m async for m in grpc_channel.unary_stream(_method("Produce"))(struct.pack(">II", 5, 8))]
+    assert produced == [i.to_bytes(4, "big") * 2 for i in range(5)]
+
+    assert await grpc_channel.stream_unary(_method("Total"))(iter([b"ab", b"cde"])) == b"5"
+
+    async def requests():
+        for i in range(3):
+            yield b"%d" % i
+    assert [m async for m in grpc_channel.stream_stream(_method("EchoStream"))(requests())] == \
+        [b"0", b"1", b"2"]
+
+    bidi = grpc_channel.stream_stream(_method("EchoStream"))()
+    for word in (b"one", b"two"):
+        await bidi.write(word)
+        assert await bidi.read() == word
+    await bidi.done_writing()
+    assert await bidi.read() is grpc.aio.EOF
+    assert await bidi.code() == grpc.StatusCode.OK
+
+
+async def test_deadline_and_cancel(grpc_channel, servicer):
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_channel.unary_unary(_method("Slow"))(b"", timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
+
+    call = grpc_channel.unary_unary(_method("Slow"))(b"")
+    await asyncio.sleep(0.2)
+    assert call.cancel()
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    with anyio.fail_after(5):
+        await servicer.cancelled.wait()  # the RST_STREAM reached the server
+
+    # A server that answers before the client finished: the client's writes stop quietly.
+    call = grpc_channel.stream_stream(_method("AnswerEarly"))()
+    await call.write(b"first")
+    assert await call.read() == b"early"
+    assert await call.read() is grpc.aio.EOF
+    with pytest.raises(asyncio.InvalidStateError):
+        await call.write(b"too late")
+    await call.done_writing()  # a no-op on a finished call, as in grpc.aio
+
+
+async def test_streams_over_the_windows_both_ways(grpc_channel):
+    """>16 MiB each way through one stream, and a server stream read slowly: flow control holds
+    in both directions (peer windows honoured, ours given back as messages are consumed)."""
+    chunk = os.urandom(1 << 20)
+    total = 40 << 20
+    call = grpc_channel.stream_stream(_method("EchoStream"))(iter([chunk] * (total // len(chunk))))
+    received = 0
+    with anyio.fail_after(60):
+        async for reply in call:
+            assert reply == chunk
+            received += len(reply)
+    assert received == total
+
+    count, size = 48, 1 << 20
+    stream = grpc_channel.unary_stream(_method("Produce"))(struct.pack(">II", count, size))
+    with anyio.fail_after(60):
+        for i in range(count):
+            message = await stream.read()
+            assert message[:4] == i.to_bytes(4, "big") and len(message) == size
+            if i == 0:
+                await asyncio.sleep(0.5)  # the server fills our 16 MiB window and must wait
+        assert await stream.read() is grpc.aio.EOF
+
+    assert await grpc_channel.stream_unary(_method("Total"))(iter([chunk] * 20)) == str(20 << 20).encode()
+
+
+async def test_many_concurrent_streams(grpc_channel):
+    async def unary(i: int) -> None:
+        payload = os.urandom(i * 97 % 70_000)
+        assert await grpc_channel.unary_unary(_method("Echo"))(payload) == payload
+
+    async def streaming(i: int) -> None:
+        parts = [os.urandom(1000 + i) for _ in range(50)]
+        call = grpc_channel.stream_stream(_method("EchoStream"))(iter(parts))
+        assert [m async for m in call] == parts
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for i in range(300):
+                tg.start_soon(unary, i)
+            for i in range(40):
+                tg.start_soon(streaming, i)
+
+
+async def test_the_server_going_away_fails_calls_with_unavailable(short_dir, servicer):
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((servicer.handlers(),))
+    path = f"{short_dir}/gone.sock"
+    assert server.add_insecure_port(f"unix:{path}")
+    await server.start()
+    reader, writer = await asyncio.open_unix_connection(path)
+    async with _channel_to(reader, writer) as (channel, pipe):
+        call = channel.unary_unary(_method("Slow"))(b"")
+        await asyncio.sleep(0.2)
+        await server.stop(grace=None)
+        with anyio.fail_after(5):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            await pipe.closed.wait()
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(_method("Echo"))(b"")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.UsageError, match="Channel is closed"):
+        channel.unary_unary(_method("Echo"))(b"")
+
+
+# -- a scripted peer ---------------------------------------------------------------------------------
+
+
+class _RawPeer:
+    """The server end of the pipe, written frame by frame."""
+
+    def __init__(self) -> None:
+        self.to_channel, self._incoming = anyio.create_memory_object_stream[bytes](100)
+        self._from_channel, self.from_channel = anyio.create_memory_object_stream[bytes](100)
+        self.received = bytearray()
+        self.encoder = hpack.Encoder()
+
+    async def incoming(self) -> AsyncIterator[bytes]:
+        async with self._incoming:
+            async for chunk in self._incoming:
+                yield chunk
+
+    async def send(self, data: bytes) -> None:
+        await self.to_channel.send(data)
+
+    async def frames(self) -> AsyncIterator[tuple[int, int, int, bytes]]:
+        """Frames the channel sent (after the preface)."""
+        buf = b""
+        async for chunk in self.from_channel:
+            buf += chunk
+            if buf.startswith(h2.PREFACE):
+                buf = buf[len(h2.PREFACE):]
+            while len(buf) >= 9:
+                length = int.from_bytes(buf[:3], "big")
+                if len(buf) < 9 + length:
+                    break
+                yield buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + length]
+                buf = buf[9 + length:]
+
+    async def wait_for(self, kind: int, frames) -> tuple[int, int, int, bytes]:
+        with anyio.fail_after(5):
+            async for f in frames:
+                if f[0] == kind:
+                    return f
+        raise AssertionError("the channel ended before sending the frame")
+
+    def headers(self, sid: int, fields, end_stream: bool = False) -> bytes:
+        flags = h2.FLAG_END_HEADERS | (h2.FLAG_END_STREAM if end_stream else 0)
+        return h2.frame(h2.HEADERS, flags, sid, self.encoder.encode(fields))
+
+
+@contextlib.asynccontextmanager
+async def _raw_channel() -> AsyncIterator[tuple[PipeChannel, object, _RawPeer]]:
+    peer = _RawPeer()
+    async with channel_over_pipe(peer.incoming(), peer._from_channel) as (channel, pipe):
+        await peer.send(h2.frame(h2.SETTINGS, 0, 0))
+        yield channel, pipe, peer
+    peer.to_channel.close()
+
+
+@pytest.mark.parametrize("code,expected", [
+    (h2.CANCEL, grpc.StatusCode.CANCELLED),
+    (h2.REFUSED_STREAM, grpc.StatusCode.UNAVAILABLE),
+    (h2.INTERNAL_ERROR, grpc.StatusCode.INTERNAL),
+    (h2.ENHANCE_YOUR_CALM, grpc.StatusCode.RESOURCE_EXHAUSTED),
+])
+async def test_a_peer_resetting_streams(code, expected):
+    async with _raw_channel() as (channel, pipe, peer):
+        frames = peer.frames()
+        call = channel.unary_stream(_method("Produce"))(b"")
+        sid = (await peer.wait_for(h2.HEADERS, frames))[2]
+        await peer.send(peer.headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+                        + h2.frame(h2.DATA, 0, sid, b"\0\0\0\0\2ok")
+                        + h2.frame(h2.RST_STREAM, 0, sid, struct.pack(">L", code)))
+        assert await call.read() == b"ok"  # what came before the reset is delivered
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == expected
+        # The connection goes on: the next call works.
+        second = channel.unary_unary(_method("Echo"))(b"x")
+        sid = (await peer.wait_for(h2.HEADERS, frames))[2]
+        await peer.send(peer.headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+                        + h2.frame(h2.DATA, 0, sid, b"\0\0\0\0\1y")
+                        + peer.headers(sid, [("grpc-status", "0")], end_stream=True))
+        assert await second == b"y"
+        assert not pipe.closed.is_set()
+
+
+async def test_pings_are_answered_and_window_updates_sent():
+    async with _raw_channel() as (channel, _pipe, peer):
+        frames = peer.frames()
+        await peer.send(h2.frame(h2.PING, 0, 0, b"12345678"))
+        ack = await peer.wait_for(h2.PING, frames)
+        assert ack[1] == h2.FLAG_ACK and ack[3] == b"12345678"
+
+
+@pytest.mark.parametrize("garbage,why", [
+    (b"this is not HTTP/2 at all" * 10, "did not start with SETTINGS"),
+    (h2.frame(h2.SETTINGS, 0, 0) + b"\x00\x40\x01" + b"\0" * 6, "maximum frame size"),
+    (h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.HEADERS, h2.FLAG_END_HEADERS, 1, b"\xff\xff\xff\xff"),
+     "bad header block"),
+    (h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.DATA, 0, 7, b"x"), "never opened"),
+    (h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.PING, 0, 0, b"short"), "malformed PING"),
+    (h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.WINDOW_UPDATE, 0, 0, b"\0\0\0\0"), "WINDOW_UPDATE of 0"),
+    (h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HL", h2.SETTINGS_MAX_FRAME_SIZE, 5)),
+     "invalid SETTINGS_MAX_FRAME_SIZE"),
+])
+async def test_malformed_input_closes_the_connection_with_a_clear_error(garbage, why):
+    peer = _RawPeer()
+    async with channel_over_pipe(peer.incoming(), peer._from_channel) as (channel, pipe):
+        frames = peer.frames()
+        call = channel.unary_unary(_method("Echo"))(b"x")
+        await peer.wait_for(h2.HEADERS, frames)
+        await peer.send(garbage)
+        with anyio.fail_after(5):
+            await pipe.closed.wait()
+            goaway = await peer.wait_for(h2.GOAWAY, frames)
+        assert why in str(pipe.error)
+        assert why in goaway[3].decode()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert why in info.value.details()
+
+
+async def test_a_bad_stream_fails_only_its_call():
+    async with _raw_channel() as (channel, pipe, peer):
+        frames = peer.frames()
+        compressed = channel.unary_unary(_method("Echo"))(b"x")
+        sid = (await peer.wait_for(h2.HEADERS, frames))[2]
+        await peer.send(peer.headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+                        + h2.frame(h2.DATA, 0, sid, b"\1\0\0\0\1y"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await compressed
+        assert info.value.code() == grpc.StatusCode.INTERNAL and "compressed" in info.value.details()
+        assert (await peer.wait_for(h2.RST_STREAM, frames))[2] == sid
+
+        too_big = channel.unary_unary(_method("Echo"))(b"x")
+        sid = (await peer.wait_for(h2.HEADERS, frames))[2]
+        await peer.send(peer.headers(sid, [(":status", "200")])
+                        + h2.frame(h2.DATA, 0, sid, b"\0" + struct.pack(">L", (16 << 20) + 1)))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await too_big
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        not_found = channel.unary_unary(_method("Echo"))(b"x")
+        sid = (await peer.wait_for(h2.HEADERS, frames))[2]
+        await peer.send(peer.headers(sid, [(":status", "404")], end_stream=True))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await not_found
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert not pipe.closed.is_set()
+
+
+async def test_goaway_fails_new_and_unprocessed_calls():
+    async with _raw_channel() as (channel, _pipe, peer):
+        frames = peer.frames()
+        kept = channel.unary_unary(_method("Echo"))(b"x")
+        first = (await peer.wait_for(h2.HEADERS, frames))[2]
+        dropped = channel.unary_unary(_method("Echo"))(b"x")
+        await peer.wait_for(h2.HEADERS, frames)
+        await peer.send(h2.frame(h2.GOAWAY, 0, 0, struct.pack(">LL", first, 0) + b"shutting down"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await dropped
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in info.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(_method("Echo"))(b"x")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        await peer.send(peer.headers(first, [(":status", "200")])
+                        + h2.frame(h2.DATA, 0, first, b"\0\0\0\0\1z")
+                        + peer.headers(first, [("grpc-status", "0")], end_stream=True))
+        assert await kept == b"z"
+
+
+def test_timeouts_are_encoded_in_at_most_eight_digits():
+    assert h2._encode_timeout(0.3) == "300000u"
+    assert h2._encode_timeout(60) == "60000000u"
+    assert h2._encode_timeout(1000) == "1000000m"
+    assert h2._encode_timeout(10**9) == "16666667M"
+
