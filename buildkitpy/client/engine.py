@@ -16,13 +16,16 @@ import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
-import grpc
 
 from buildkitpy.client.connection import AddressError, Client
 from buildkitpy.client.rpc_errors import BuildkitError
+
+if TYPE_CHECKING:
+    from buildkitpy.session.pipechannel import PipeChannel
 
 # Like the docker CLI's (and Go's net/http), a request line and its headers.
 MAX_RESPONSE_HEAD = 1 << 20
@@ -114,11 +117,12 @@ def _message(status: int, body: bytes) -> str:
 
 @contextlib.asynccontextmanager
 async def grpc_channel(host: str, *, api_version: str = "", tls: ssl.SSLContext | None = None
-                       ) -> AsyncIterator[grpc.aio.Channel]:
-    """A ``grpc.aio.Channel`` to the Engine's BuildKit over one ``POST /grpc`` connection (it does
-    not redial: when the connection ends, calls fail with UNAVAILABLE)."""
-    from buildkitpy.session.bridge import channel_over_pipe, in_background
+                       ) -> AsyncIterator[PipeChannel]:
+    """A channel (used like a ``grpc.aio.Channel``) to the Engine's BuildKit over one ``POST /grpc``
+    connection (it does not redial: when the connection ends, calls fail with UNAVAILABLE)."""
+    from buildkitpy.session.bridge import in_background
     from buildkitpy.session.client import read_chunks, write_chunks
+    from buildkitpy.session.pipechannel import channel_over_pipe
 
     reader, writer = await dial_hijack(host, _versioned(api_version, "/grpc"), "h2c", tls=tls)
     send, receive = anyio.create_memory_object_stream[bytes](16)

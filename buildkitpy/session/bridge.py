@@ -1,22 +1,17 @@
-"""grpcio over a byte pipe: the ``Control.Session`` BytesMessage stream carries a whole HTTP/2
-connection, and grpcio can only speak HTTP/2 over sockets it opens itself.
+"""A grpcio server over a byte pipe: the ``Control.Session`` BytesMessage stream carries a whole
+HTTP/2 connection, and grpcio can only speak HTTP/2 over sockets it opens itself.
 
-So each side puts a private unix socket between grpcio and the pipe and splices bytes across:
-
-* daemon side (:func:`channel_over_pipe`): a listener in a fresh 0700 temp dir; a
-  ``grpc.aio`` channel dials it; we accept exactly one connection, then delete the socket file and
-  the dir so the channel can never reconnect to anything (a broken pipe fails calls with
-  UNAVAILABLE instead of silently redialing).
-* client side (:func:`serve_over_pipe`): a ``grpc.aio`` server bound to such a socket; we dial it
-  once ourselves and delete the socket file and the dir right away.
+So our client (:func:`serve_over_pipe`) binds its ``grpc.aio`` server to a private unix socket
+(in a fresh 0700 temp dir), dials it once itself, deletes the socket file and the dir right away,
+and splices bytes between that connection and the pipe. (The daemon's side, the gRPC client of the
+session, needs no socket: :mod:`buildkitpy.session.pipechannel` runs HTTP/2 on the chunks.)
 
 The pipe is given as an async iterable of incoming chunks and a memory stream for outgoing chunks
 (each socket read becomes one outgoing chunk). Incoming chunks are written to the socket at once
 when they come alone, and coalesced when they come in a burst (a chunk within ``COALESCE_IDLE``
-of the last write waits up to ``COALESCE_DELAY`` for others): BuildKit's clients put each HTTP/2
-frame of the inner connection in a message of its own, so an unchanged 10,000-file context
-arrives as ~12,000 messages of ~70 bytes, and one socket write (and one wake-up and read of
-grpc's inner connection) per message cost a quarter of the daemon's CPU for that transfer.
+of the last write waits up to ``COALESCE_DELAY`` for others): a peer may put each HTTP/2 frame
+in a message of its own (BuildKit's clients do), and one socket write (and one wake-up and read
+of grpc's connection) per message of ~70 bytes costs more than the frame's own work.
 
 When either direction ends or fails, both stop, the socket and the outgoing stream are closed, and
 :attr:`Pipe.closed` is set.
@@ -47,22 +42,6 @@ READ_CHUNK_SIZE = 256 << 10
 COALESCE_IDLE = 0.001
 COALESCE_DELAY = 0.0003
 COALESCE_MAX = 64 << 10
-# How long the daemon waits for its own channel to dial the private socket.
-CONNECT_TIMEOUT = 10.0
-# Once the socket is closed, calls in flight fail with UNAVAILABLE within moments; closing the
-# channel before that would instead cancel them, raising a bare CancelledError in their callers.
-CHANNEL_CLOSE_GRACE = 2.0
-
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
-    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-    ("grpc.enable_retries", 0),
-    ("grpc.enable_http_proxy", 0),
-    # Never share the subchannel (and its one connection) with another channel.
-    ("grpc.use_local_subchannel_pool", 1),
-    # BuildKit dials "localhost" over the hijacked stream.
-    ("grpc.default_authority", "localhost"),
-]
 
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
@@ -206,48 +185,6 @@ async def splice(sock: SocketConnection, incoming: AsyncIterable[bytes],
     async with anyio.create_task_group() as tg:
         tg.start_soon(pipe_to_socket, tg.cancel_scope)
         tg.start_soon(socket_to_pipe, tg.cancel_scope)
-
-
-@contextlib.asynccontextmanager
-async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObjectSendStream[bytes],
-                            *, connect_timeout: float = CONNECT_TIMEOUT
-                            ) -> AsyncIterator[tuple[grpc.aio.Channel, Pipe]]:
-    """Daemon side: a ``grpc.aio.Channel`` whose only connection is the pipe.
-
-    Yields ``(channel, pipe)``. On exit the splice is stopped, the channel closed (cancelling
-    calls in flight) and the socket and ``outgoing`` closed. Raises ``TimeoutError`` if grpc never
-    dials in.
-    """
-    pipe = Pipe()
-    channel: grpc.aio.Channel | None = None
-    sock: SocketConnection | None = None
-    try:
-        with private_socket_path("buildkitpy-session-") as path:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-                listener.setblocking(False)
-                listener.bind(path)
-                listener.listen(1)
-                channel = grpc.aio.insecure_channel(f"unix:{path}", options=CHANNEL_OPTIONS)
-                channel.get_state(try_to_connect=True)
-                with anyio.fail_after(connect_timeout):
-                    accepted, _ = await asyncio.get_running_loop().sock_accept(listener)
-                try:
-                    sock = await SocketConnection.open(accepted)
-                except BaseException:
-                    accepted.close()
-                    raise
-        # The socket file and its directory are gone now: nobody, including a reconnecting
-        # channel, can reach the other end of `sock` any more.
-        async with in_background(_splice_then_mark_closed, sock, incoming, outgoing, pipe):
-            yield channel, pipe
-    finally:
-        pipe.closed.set()
-        outgoing.close()
-        with anyio.CancelScope(shield=True):
-            if sock is not None:
-                await sock.aclose()
-            if channel is not None:
-                await channel.close(grace=CHANNEL_CLOSE_GRACE)
 
 
 @contextlib.asynccontextmanager

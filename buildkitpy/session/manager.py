@@ -2,7 +2,8 @@
 
 A build client opens ``Control.Session`` and serves its attachables (FileSync, Secrets, Auth, ...)
 over that stream; the daemon is the gRPC *client* of those services. :class:`SessionManager` turns
-each such stream into a :class:`Session` holding a ``grpc.aio.Channel`` to the client, keeps it
+each such stream into a :class:`Session` holding a channel to the client (a
+:class:`~buildkitpy.session.pipechannel.PipeChannel`, used like a ``grpc.aio.Channel``), keeps it
 registered while it lives, health-checks it like BuildKit does, and lets the solver wait for a
 session by id (:meth:`SessionManager.get`).
 
@@ -32,7 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from buildkitpy import errors
 from buildkitpy.api import control_pb2, control_pb2_grpc
-from buildkitpy.session.bridge import CONNECT_TIMEOUT, Pipe, channel_over_pipe, encode_bytes_message
+from buildkitpy.session.bridge import Pipe, encode_bytes_message
+from buildkitpy.session.pipechannel import PipeChannel, channel_over_pipe
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,6 @@ _OUTGOING_QUEUE = 16
 
 class SessionAlreadyExists(errors.BuildkitpyError):
     grpc_code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class SessionUnavailable(errors.BuildkitpyError):
-    """The client's session endpoint could not be reached through the stream."""
-
-    grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,7 @@ class Session:
     ``closed`` before calling.
     """
 
-    def __init__(self, header: SessionHeader, channel: grpc.aio.Channel) -> None:
+    def __init__(self, header: SessionHeader, channel: PipeChannel) -> None:
         self.id = header.id
         self.shared_key = header.shared_key
         self.name = header.name
@@ -158,10 +154,8 @@ class Session:
 class SessionManager:
     """Registry of the sessions clients hold open with this daemon."""
 
-    def __init__(self, *, health: HealthCheckConfig | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, *, health: HealthCheckConfig | None = None) -> None:
         self.health = health or HealthCheckConfig()
-        self.connect_timeout = connect_timeout
         self._sessions: dict[str, Session] = {}
         self._changed: anyio.Event | None = None
 
@@ -211,27 +205,21 @@ class SessionManager:
 
     async def _run(self, header: SessionHeader, incoming: AsyncIterable[bytes],
                    outgoing: MemoryObjectSendStream[bytes]) -> None:
-        try:
-            bridge = channel_over_pipe(incoming, outgoing, connect_timeout=self.connect_timeout)
-            async with bridge as (channel, pipe):
-                session = Session(header, channel)
-                self._register(session)
-                try:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(_close_when_pipe_ends, session, pipe)
-                        tg.start_soon(monitor_health, session,
-                                      self.health.with_custom_timeout(header.health_custom_timeout))
-                        await session._close_requested.wait()
-                        tg.cancel_scope.cancel()
-                finally:
-                    session.close("the session stream ended")  # no-op if a reason is already set
-                    session.closed.set()
-                    self._unregister(session)
-                    log.debug("session %s closed: %s", session.id, session.close_reason)
-        except TimeoutError as err:
-            raise SessionUnavailable(
-                f"session {header.id}: the daemon could not connect to the session bridge within "
-                f"{self.connect_timeout:g}s") from err
+        async with channel_over_pipe(incoming, outgoing) as (channel, pipe):
+            session = Session(header, channel)
+            self._register(session)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_close_when_pipe_ends, session, pipe)
+                    tg.start_soon(monitor_health, session,
+                                  self.health.with_custom_timeout(header.health_custom_timeout))
+                    await session._close_requested.wait()
+                    tg.cancel_scope.cancel()
+            finally:
+                session.close("the session stream ended")  # no-op if a reason is already set
+                session.closed.set()
+                self._unregister(session)
+                log.debug("session %s closed: %s", session.id, session.close_reason)
 
     # -- lookup ------------------------------------------------------------------------------------
 
