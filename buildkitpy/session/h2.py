@@ -161,6 +161,7 @@ class H2Connection:
         self._got_settings = False
         self._continuation: Stream | None = None  # the stream whose header block is unfinished
         self._continuation_id = 0
+        self._continuation_size = 0
         self._send_window = DEFAULT_WINDOW
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_FRAME_SIZE
@@ -377,7 +378,8 @@ class H2Connection:
                 block = stream_c._header_block
                 assert block is not None
                 block.append(bytes(view[start:pos]))
-                if sum(map(len, block)) > MAX_HEADER_BLOCK:
+                self._continuation_size += length
+                if self._continuation_size > MAX_HEADER_BLOCK:
                     raise H2ProtocolError("header block too large", ENHANCE_YOUR_CALM)
                 if flags & FLAG_END_HEADERS:
                     self._continuation = None
@@ -474,6 +476,7 @@ class H2Connection:
         else:
             self._continuation = stream
             self._continuation_id = sid
+            self._continuation_size = len(payload)
 
     def _header_block_done(self, stream: Stream, sid: int) -> None:
         block = stream._header_block or []

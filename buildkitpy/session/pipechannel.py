@@ -80,13 +80,15 @@ class PipeCall:
         self._request_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._response_task: asyncio.Future[Any] | None = None
+        self._loop = asyncio.get_running_loop()
         conn = channel._conn
         self._stream: Stream = conn.open_stream(method, _metadata_tuple(metadata), timeout)
         # Weakly: a call dropped without cancel() is garbage, and then cancelled (as in grpc.aio).
         self._stream.waker = weakref.WeakMethod(self._wake)
         if timeout is not None and not self._stream.done:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._deadline)
-        channel._calls.add(self)
+            self._timer = self._loop.call_later(timeout, self._deadline)
+        if not self._stream.done:
+            channel._calls.add(self)
         channel._kick()
 
     # -- state ---------------------------------------------------------------------------------------
@@ -106,10 +108,11 @@ class PipeCall:
         return True
 
     def __del__(self) -> None:
+        # The collector may run in any thread: the stream is cancelled from the loop.
         stream = getattr(self, "_stream", None)
         if stream is not None and stream.status is None:
-            with contextlib.suppress(Exception):
-                self._end(grpc.StatusCode.CANCELLED, "the call was garbage collected")
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._channel._orphaned, stream)
 
     def _end(self, code: grpc.StatusCode, details: str) -> None:
         self._channel._conn.cancel_stream(self._stream, code, details)
@@ -319,10 +322,9 @@ class PipeChannel:
     async def close(self, grace: float | None = None) -> None:
         """Fail every call in flight with CANCELLED (after up to ``grace`` seconds) and refuse new
         ones."""
-        if grace and self._calls:
+        if grace:
             with anyio.move_on_after(grace):
-                while self._calls:
-                    call = next(iter(self._calls))
+                for call in list(self._calls):
                     await call._status()
         self._closed = True
         self._conn.close(grpc.StatusCode.CANCELLED, _CHANNEL_CLOSED)
@@ -347,6 +349,11 @@ class PipeChannel:
             if stream.waker is not None and (wake := stream.waker()) is not None:
                 wake()
 
+    def _orphaned(self, stream: Stream) -> None:
+        if stream.status is None:
+            self._conn.cancel_stream(stream, grpc.StatusCode.CANCELLED, "the call was garbage collected")
+            self._kick()
+
     def _lost(self, reason: str) -> None:
         self._conn.connection_lost(reason)
         self._wake_changed()
@@ -365,6 +372,9 @@ class PipeChannel:
                 if chunk:
                     conn.receive_data(chunk)
                     self._kick()
+                    if conn.outbound_size > OUTBOUND_HIGH_WATER:
+                        # Answers (PING ACKs, ...) the peer does not read: read no more from it.
+                        await self._drained()
         except H2ProtocolError as err:
             pipe.error = err
             reason = str(conn.closed)

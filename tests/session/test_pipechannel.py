@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import struct
 import time
@@ -449,3 +450,29 @@ def test_timeouts_are_encoded_in_at_most_eight_digits():
     assert h2._encode_timeout(1000) == "1000000m"
     assert h2._encode_timeout(10**9) == "16666667M"
 
+
+
+async def test_a_dropped_call_is_cancelled(grpc_channel, servicer):
+    call = grpc_channel.unary_unary(_method("Slow"))(b"")
+    await asyncio.sleep(0.2)
+    del call  # never awaited nor cancelled: collected, and then cancelled as grpc.aio does
+    gc.collect()
+    with anyio.fail_after(5):
+        await servicer.cancelled.wait()
+    assert await grpc_channel.unary_unary(_method("Echo"))(b"still") == b"still"
+
+
+async def test_a_long_header_block_in_tiny_continuations_ends_the_connection():
+    async with _raw_channel() as (channel, pipe, peer):
+        frames = peer.frames()
+        call = channel.unary_unary(_method("Echo"))(b"x")
+        sid = (await peer.wait_for(h2.HEADERS, frames))[2]
+        flood = [h2.frame(h2.HEADERS, 0, sid, b"\x00")]
+        flood += [h2.frame(h2.CONTINUATION, 0, sid, b"\x00" * 64)] * ((h2.MAX_HEADER_BLOCK >> 6) + 2)
+        with anyio.fail_after(10):
+            for i in range(0, len(flood), 1000):
+                await peer.send(b"".join(flood[i:i + 1000]))
+            await pipe.closed.wait()
+        assert "header block too large" in str(pipe.error)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
