@@ -33,7 +33,7 @@ class Worker:
     snapshots: SnapshotManager
     sessions: Any  # buildkitpy.session.manager.SessionManager
     executor: Any = None  # buildkitpy.executor.runc.RuncExecutor
-    max_parallelism: int = 4
+    max_parallelism: int = 0  # vertices executing at once; 0: no limit
     labels: dict[str, str] = field(default_factory=dict)
     platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
     insecure_entitlements: frozenset[str] = frozenset()
@@ -47,7 +47,6 @@ class Worker:
 
 def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
     """The daemon's worker over ``cfg.root``: overlay snapshots, runc when installed."""
-    import os
     import shutil
 
     from buildkitpy.snapshot.manager import OverlaySnapshotManager
@@ -66,7 +65,7 @@ def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
     # The manager's merge/diff take its own ImmutableRef, narrower than the protocol's snapshots.
     return Worker(id=worker_id, root=Path(cfg.root), snapshots=snapshots,  # type: ignore[arg-type]
                   sessions=sessions, executor=executor, platforms=platforms,
-                  max_parallelism=cfg.max_parallelism or os.cpu_count() or 4,
+                  max_parallelism=cfg.max_parallelism,
                   insecure_entitlements=frozenset(cfg.insecure_entitlements), config=cfg)
 
 

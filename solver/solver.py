@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +65,11 @@ class Solver:
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
+        """How many vertices execute at once, across builds: ``max_parallelism``, or any number when
+        it is 0 (BuildKit's default: its semaphore exists only when max-parallelism is set)."""
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(max(1, int(self.worker.max_parallelism)))
+            n = int(self.worker.max_parallelism)
+            self._limiter = anyio.CapacityLimiter(n if n > 0 else math.inf)
         return self._limiter
 
     async def solve(self, definition: ops_pb2.Definition, job: Job) -> Result:

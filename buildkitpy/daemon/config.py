@@ -58,7 +58,7 @@ class Config:
     addresses: list[str] = field(default_factory=list)
     tls: TLSConfig = field(default_factory=TLSConfig)
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
-    max_parallelism: int = 0  # 0: number of CPUs
+    max_parallelism: int = 0  # 0: no limit (BuildKit's default)
     gc: bool = True
     gc_policies: list[GCPolicy] = field(default_factory=list)
     insecure_entitlements: list[str] = field(default_factory=list)
