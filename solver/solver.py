@@ -50,6 +50,7 @@ class Solver:
 
     def __init__(self, worker) -> None:  # noqa: ANN001 - buildkitpy.worker.Worker
         from buildkitpy.solver.ops.cachemounts import CacheMounts
+        from buildkitpy.solver.ops.local_reuse import SharedKeyIndex
 
         self.worker = worker
         root = worker.root
@@ -57,6 +58,7 @@ class Solver:
         self.cache = SQLiteCacheStorage(root / "cache.db", worker.snapshots)
         self.checksums = ChecksumStore(root / "cache.db")
         self.cache_mounts = CacheMounts(root / "cachemounts")
+        self.local_sources = SharedKeyIndex(root)  # the previous copy of each local source
         self._limiter: anyio.CapacityLimiter | None = None
         self.core = SolverCore(self.cache, lambda: self.limiter)
         self.last_build: Build | None = None
@@ -85,3 +87,4 @@ class Solver:
     def close(self) -> None:
         self.cache.close()
         self.checksums.close()
+        self.local_sources.close()

@@ -15,9 +15,10 @@ recorded copy and records its own result, the last to finish winning.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,33 +32,48 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS local_sources (shared_key TEXT PRIMARY KE
 
 
 class SharedKeyIndex:
-    """Blocking SQLite access (call through a worker thread); a connection per call keeps it simple
-    and thread-safe, and it is a handful of calls per transfer."""
+    """Blocking SQLite access (call through a worker thread), thread-safe: one connection for the
+    worker's life, one statement at a time. A connection per call cost a checkpoint and a sync to
+    the disk whenever it was the last one open, and concurrent writers then waited in SQLite's busy
+    handler: 16 concurrent builds' lookups and records took 23-40 ms each, some up to 0.5 s.
+    ``synchronous=NORMAL`` as the build cache's database: a record lost to a power cut only makes
+    the next transfer a full one."""
 
     def __init__(self, worker_root: Path) -> None:
         self.path = Path(worker_root) / DB_NAME
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(_SCHEMA)
-        return db
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            self._db = db
+        return self._db
 
     def get(self, shared_key: str) -> str | None:
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT snapshot_id FROM local_sources WHERE shared_key=?",
-                             (shared_key,)).fetchone()
+        with self._lock:
+            row = self._conn().execute("SELECT snapshot_id FROM local_sources WHERE shared_key=?",
+                                       (shared_key,)).fetchone()
         return row[0] if row else None
 
     def put(self, shared_key: str, snapshot_id: str) -> None:
-        with closing(self._connect()) as db:
-            db.execute("INSERT OR REPLACE INTO local_sources VALUES (?, ?, ?)",
-                       (shared_key, snapshot_id, time.time()))
+        with self._lock:
+            self._conn().execute("INSERT OR REPLACE INTO local_sources VALUES (?, ?, ?)",
+                                 (shared_key, snapshot_id, time.time()))
 
     def forget(self, shared_key: str) -> None:
-        with closing(self._connect()) as db:
-            db.execute("DELETE FROM local_sources WHERE shared_key=?", (shared_key,))
+        with self._lock:
+            self._conn().execute("DELETE FROM local_sources WHERE shared_key=?", (shared_key,))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 @dataclass

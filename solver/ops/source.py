@@ -142,7 +142,7 @@ class LocalSource:
                       inputs: list[ImmutableSnapshot | None]) -> list[ImmutableSnapshot]:
         session = await self._session(ctx)
         key = self.shared_key(session)
-        index = SharedKeyIndex(ctx.worker.root)
+        index: SharedKeyIndex = ctx.shared.local_sources
         # An empty session key stands for any directory of any buildctl: waiting for another
         # transfer under it would serialise unrelated builds for nothing.
         async with claim(ctx.worker.root, key, wait=bool(session.shared_key)) as owned:
