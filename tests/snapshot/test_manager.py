@@ -5,6 +5,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,35 @@ def test_shared_mount_is_refcounted_and_unmounted_on_last_release(manager):
     assert mounted_under(manager.root) == []
     child.release()
     base.release()
+
+
+def test_concurrent_mounts_of_one_snapshot_share_it_and_the_last_release_unmounts(manager):
+    """Mount and unmount run outside the manager's lock: users arriving while the mount (or the
+    unmount) is under way wait for it, so each sees the whole tree and none is left mounted."""
+    base = commit_with(manager, None, {"a": "1"})
+    child = commit_with(manager, base, {"b": "2"})
+    others = [commit_with(manager, base, {f"c{i}": str(i)}) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def use(ref, expect: dict[str, str]) -> None:
+        try:
+            for _ in range(15):
+                with ref.mount() as root:
+                    assert tree(root) == expect
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(child, {"a": "1", "b": "2"})) for _ in range(8)]
+    threads += [threading.Thread(target=use, args=(o, {"a": "1", f"c{i}": str(i)}))
+                for i, o in enumerate(others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert mounted_under(manager.root) == []
+    for ref in (*others, child, base):
+        ref.release()
 
 
 def test_mutable_sees_parent_and_commit_freezes(manager):
