@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from pathlib import Path
 
 from buildkitpy.executor.spec import DEFAULT_HOSTNAME, HostIP, NetworkMode
@@ -67,7 +68,8 @@ def host_resolv_conf_path(network: NetworkMode) -> Path:
 
 
 def write_atomically(path: Path, content: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    # unique per thread too: steps are prepared in worker threads, several at once
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
     tmp.write_text(content)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
