@@ -167,8 +167,14 @@ def log_folder(root: Path, build_ref: str) -> Path:
 
 
 def _trim(logs: Path, keep_builds: int) -> None:
+    """Remove the oldest build folders beyond ``keep_builds``; the folders are only stat'ed when
+    there are too many (every build's first step gets here)."""
     try:
-        folders = sorted((p for p in logs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        with os.scandir(logs) as entries:
+            folders = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        if len(folders) <= keep_builds:
+            return
+        folders.sort(key=lambda p: os.stat(p).st_mtime)
     except FileNotFoundError:
         return
     for old in folders[:-keep_builds]:
