@@ -155,8 +155,10 @@ def write_trees(roots: list[tuple[str, Path]], emit: Callable[[bytes], None],
     prefix), owners and modes as stored, hardlinks kept; then the ``extra`` (name, content) files
     (0600, root, now: the provenance statement). Returns the bytes written."""
     out = _Chunker(emit)
-    seen: dict[tuple[int, int], str] = {}
     for prefix, root in roots:
+        # hard links are found per tree, as fsutil's SubDirFS walks each platform's dir on its
+        # own: two platforms' trees may be one snapshot, or share inodes (solver.ops.fscopy)
+        seen: dict[tuple[int, int], str] = {}
         for path, name, st in _entries(str(root), prefix.rstrip("/")):
             fmt = statmod.S_IFMT(st.st_mode)
             if fmt == statmod.S_IFREG:
