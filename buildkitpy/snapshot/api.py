@@ -10,8 +10,9 @@ Everything here is synchronous and thread-safe: the solver calls it through
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +54,25 @@ class MutableSnapshot(Protocol):
         """Discard without committing (removes the upper dir)."""
 
 
+@dataclass(frozen=True)
+class LinkLayer:
+    """One layer of a ``LinkSource``: its id, its directory, and the inodes it shares with older
+    layers, each mapped to the layer that first held it (``SnapshotManager.record_shared``)."""
+
+    id: str
+    path: Path
+    shared: Mapping[int, str]
+
+
+@dataclass(frozen=True)
+class LinkSource:
+    """Where the files of a snapshot's tree live (``SnapshotManager.link_source``): its layers,
+    topmost first. A regular file of ``mount()`` at path ``p`` is the file ``layer.path / p`` of
+    the topmost layer that has ``p``, when both report the same inode number."""
+
+    layers: tuple[LinkLayer, ...]
+
+
 class SnapshotManager(Protocol):
     def new_mutable(self, parent: ImmutableSnapshot | None, description: str = "") -> MutableSnapshot:
         ...
@@ -66,6 +86,19 @@ class SnapshotManager(Protocol):
     def diff(self, lower: ImmutableSnapshot | None, upper: ImmutableSnapshot,
              description: str = "") -> ImmutableSnapshot:
         """A snapshot holding only the changes from lower to upper (DiffOp)."""
+
+    def link_source(self, snapshot: ImmutableSnapshot) -> LinkSource | None:
+        """The layers holding the files of ``snapshot.mount()``, which a copy may hard-link into
+        a ``link_target``, or None."""
+
+    def link_target(self, mutable: MutableSnapshot) -> bool:
+        """Whether ``mutable.mount()`` is its own layer's directory (no lower layers), so a file
+        of a ``link_source`` can be hard-linked into it."""
+
+    def record_shared(self, mutable: MutableSnapshot, shared: Mapping[int, str]) -> None:
+        """Before ``commit``: the inodes hard-linked into ``mutable`` from other layers, each
+        mapped to the layer that first held it. Merges read it to keep one inode out of two
+        paths of one tree."""
 
     def walk_ids(self) -> Iterator[str]:
         """Every committed snapshot id (for disk usage and prune)."""

@@ -7,11 +7,22 @@ On disk, under ``<root>``::
                                copy mode: the snapshot's full tree
     snapshots/<id>/work        overlay workdir while the snapshot is mutable
     snapshots/<id>/diff        copy mode: its own layer, computed when a merge/diff needs it
+    snapshots/<id>/shared.json inodes of its layer hard-linked from older layers (``record_shared``)
     mounts/<id>[.rw]           shared, reference-counted mount points
 
 Every snapshot records ``layers``: the ids of the snapshots whose own layers make up its tree,
 lowest first. A merge or a diff of a child against its ancestor is just a new list over existing
 layers, so neither copies data in overlay mode.
+
+Layers may share inodes: a copy into a layer made from scratch hard-links the regular files of a
+single-layer source whose metadata it keeps (``solver.ops.fscopy``), which is safe because no
+layer directory is written after its commit (writes go to a new overlay upper; the local source
+syncs into a new snapshot on top of the previous one and replaces entries by unlink + create). What
+must not happen is one inode at two paths of one tree, which the tree's readers (a container's
+``stat``, tar writers, copies) would take for a hard link: every such layer records its shared
+inodes, and ``merge`` stacks, instead of a layer that shares an inode with another layer of the
+merge, a private copy of it. Chains cannot meet the case: only a layer without lowers receives
+links, and layers made on top of others are overlay uppers (copy-up makes new inodes).
 
 Crash safety: data is created before its row and a row is deleted before its data, so a row never
 points at missing data; a restart removes rows of mutable snapshots (no process can still hold
@@ -29,12 +40,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildkitpy.snapshot import layer as layerops
+from buildkitpy.snapshot.api import LinkLayer, LinkSource
 from buildkitpy.snapshot.fs import copy_tree, disk_usage, remove_tree
 from buildkitpy.snapshot.mount import (
     OVERLAYFS_SUPER_MAGIC,
@@ -52,6 +64,7 @@ COPY = "copy"
 # only order the GC, so a crash may lose the last second of them, while a write (an fsync) per
 # handle taken made every cache hit of a big graph wait on the disk.
 USAGE_FLUSH_SECONDS = 1.0
+SHARED_FILE = "shared.json"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -237,6 +250,7 @@ class OverlaySnapshotManager:
         self._usage: dict[str, tuple[float, int]] = {}  # id → (last use, new uses) not written yet
         self._usage_written = time.monotonic()
         self._mounts: dict[str, _ActiveMount] = {}
+        self._shared: dict[str, dict[int, str]] = {}  # layer id → its SHARED_FILE, as read
         self._db = sqlite3.connect(self._snapshots_dir / "metadata.db", check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -291,7 +305,12 @@ class OverlaySnapshotManager:
         if len(inputs) == 1:
             return inputs[0].clone()
         layers = _dedupe_keep_last([lid for ref in inputs for lid in self._record(ref.id).layers])
-        return self._new_view(layers, description)
+        copies: list[str] = []
+        try:
+            return self._new_view(self._unshare(layers, copies), description)
+        finally:
+            for sid in copies:
+                self._unref(sid)
 
     def diff(self, lower: ImmutableRef | None, upper: ImmutableRef, description: str = "") -> ImmutableRef:
         upper_rec = self._record(upper.id)
@@ -303,6 +322,27 @@ class OverlaySnapshotManager:
         if upper_rec.layers[:len(lower_rec.layers)] == lower_rec.layers:
             return self._new_view(upper_rec.layers[len(lower_rec.layers):], description)
         return self._new_computed_diff(lower, upper, description)
+
+    def link_source(self, snapshot: ImmutableRef) -> LinkSource | None:
+        rec = self._record(snapshot.id)
+        if self.mode != OVERLAY or rec.kind != "committed" or not rec.layers:
+            return None
+        return LinkSource(tuple(LinkLayer(lid, self._layer_dir(lid), self._shared_inodes(lid))
+                                for lid in reversed(rec.layers)))
+
+    def link_target(self, mutable: MutableRef) -> bool:
+        rec = self._record(mutable.id)
+        return self.mode == OVERLAY and rec.kind == "active" and rec.layers == [rec.id]
+
+    def record_shared(self, mutable: MutableRef, shared: Mapping[int, str]) -> None:
+        if not shared:
+            return
+        data = self._data_dir(mutable.id)
+        tmp = data / (SHARED_FILE + ".tmp")
+        tmp.write_text(json.dumps({str(ino): layer for ino, layer in shared.items()}))
+        os.replace(tmp, data / SHARED_FILE)
+        with self._lock:
+            self._shared[mutable.id] = dict(shared)
 
     def walk_ids(self) -> Iterator[str]:
         with self._lock:
@@ -434,6 +474,7 @@ class OverlaySnapshotManager:
         self._records.pop(snapshot_id, None)
         self._counts.pop(snapshot_id, None)
         self._usage.pop(snapshot_id, None)
+        self._shared.pop(snapshot_id, None)
         remove_tree(self._data_dir(snapshot_id))
 
     def _check_unused(self, rec: _Record, records: list[_Record]) -> None:
@@ -580,6 +621,56 @@ class OverlaySnapshotManager:
             self._insert(rec)
             self._refs[sid] = self._refs.get(sid, 0) + 1
         return ImmutableRef(self, rec)
+
+    def _shared_inodes(self, layer_id: str) -> dict[int, str]:
+        with self._lock:
+            known = self._shared.get(layer_id)
+        if known is not None:
+            return known
+        try:
+            raw = json.loads((self._data_dir(layer_id) / SHARED_FILE).read_text())
+        except FileNotFoundError:
+            raw = {}
+        shared = {int(ino): layer for ino, layer in raw.items()}
+        with self._lock:
+            self._shared[layer_id] = shared
+        return shared
+
+    def _unshare(self, layers: list[str], copies: list[str]) -> list[str]:
+        """``layers`` with every layer that shares an inode with another of them (one that first
+        held it, or an earlier layer sharing it too) replaced by a private copy of it (appended to
+        ``copies``, each holding a reference until the caller's view needs it)."""
+        if self.mode != OVERLAY:
+            return layers
+        shared = {lid: self._shared_inodes(lid) for lid in layers}
+        if not any(shared.values()):
+            return layers
+        present = set(layers)
+        held: set[int] = set()  # inodes shared into the layers kept so far
+        out = []
+        for lid in layers:
+            inodes = shared[lid]
+            if any(ino in held or (origin in present and origin != lid) for ino, origin in inodes.items()):
+                lid = self._private_copy(lid)
+                copies.append(lid)
+            else:
+                held.update(inodes)
+            out.append(lid)
+        return out
+
+    def _private_copy(self, layer_id: str) -> str:
+        """A new committed layer with the contents of ``layer_id``, a layer without lowers (only
+        those receive links), in inodes of its own (``cp -a`` keeps only the links inside it)."""
+        sid = self._new_id()
+        data = self._data_dir(sid)
+        data.mkdir()
+        copy_tree(self._layer_dir(layer_id), data / "fs")
+        now = time.time()
+        with self._lock:
+            self._insert(_Record(sid, None, "committed", [sid], True, f"private copy of {layer_id}", now,
+                                 now, disk_usage(data / "fs")))
+            self._refs[sid] = self._refs.get(sid, 0) + 1
+        return sid
 
     def _new_computed_diff(self, lower: ImmutableRef, upper: ImmutableRef, description: str) -> ImmutableRef:
         sid = self._new_id()

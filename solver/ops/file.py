@@ -4,6 +4,10 @@ Action indexes (``input``, ``secondaryInput``, an owner's ``byName.input``): ``-
 ``< len(op.inputs)`` an op input, otherwise the result of action ``index - len(op.inputs)``. An
 action result used once, by the next action's ``input`` only and not an output, stays a mutable
 snapshot that the next action keeps writing to; anything else is committed.
+
+A copy into a destination made from scratch may hard-link files of the source's layers instead of
+copying them (``fscopy``'s module docstring says when that is sound); the inodes linked into each
+destination are recorded on it before its commit (``SnapshotManager.record_shared``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from buildkitpy.solver.cachekey import (
 )
 from buildkitpy.solver.loader import SCRATCH, Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
-from buildkitpy.solver.ops.fscopy import CopyOptions, apply_owner, copy, mkdir_all, set_times
+from buildkitpy.solver.ops.fscopy import CopyOptions, Sharing, apply_owner, copy, mkdir_all, set_times
 from buildkitpy.solver.ops.modestr import ModeSet
 from buildkitpy.solver.ops.tarunpack import is_archive, unpack
 from buildkitpy.solver.ops.users import lookup_group, lookup_user
@@ -114,6 +118,7 @@ class FileOp:
 class _Slot:
     mutable: MutableSnapshot | None = None
     committed: ImmutableSnapshot | None = None
+    linked: dict[int, str] | None = None  # inodes hard-linked into ``mutable`` → their first layer
 
 
 class _FileRun:
@@ -125,6 +130,11 @@ class _FileRun:
         self.slots: dict[int, _Slot] = {}
         self.outputs: dict[int, ImmutableSnapshot] = {}
         self.uses: dict[int, int] = {}
+        # Hard links instead of copies only when no action can write into an existing file.
+        self.may_share = not any(
+            a.WhichOneof("action") == "mkfile"
+            or (a.WhichOneof("action") == "copy" and a.copy.attemptUnpackDockerCompatibility)
+            for a in op.actions)
         for a in op.actions:
             for idx in (a.input, a.secondaryInput, *self._name_inputs(a)):
                 if idx >= self.n_inputs:
@@ -150,13 +160,13 @@ class _FileRun:
             prev = self.slots.get(a.input) if a.input >= self.n_inputs else None
             if prev is not None and prev.mutable is not None and self.uses.get(a.input, 0) == 1:
                 slot.mutable, prev.mutable = prev.mutable, None  # hand the writable tree over
+                slot.linked, prev.linked = prev.linked, None
             else:
                 parent = await self._committed(a.input)
                 slot.mutable = await blocking(snapshots.new_mutable, parent, self.ctx.vertex.name)
-            await blocking(self._apply, a, slot.mutable)
+            await blocking(self._apply, a, slot)
             if a.output != -1 or self.uses.get(idx, 0) != 1:
-                mutable, slot.mutable = slot.mutable, None
-                slot.committed = await blocking(mutable.commit)
+                slot.committed = await blocking(self._commit, slot)
                 if a.output != -1:
                     self.outputs[a.output] = await blocking(slot.committed.clone)
         return [self.outputs.pop(i) for i in range(len(self.outputs))]
@@ -175,9 +185,30 @@ class _FileRun:
             return self.inputs[idx]
         slot = self.slots[idx]
         if slot.committed is None:
-            mutable, slot.mutable = slot.mutable, None
-            slot.committed = await blocking(mutable.commit)
+            slot.committed = await blocking(self._commit, slot)
         return slot.committed
+
+    def _commit(self, slot: _Slot) -> ImmutableSnapshot:
+        mutable, slot.mutable = slot.mutable, None
+        assert mutable is not None
+        if slot.linked:
+            self.ctx.worker.snapshots.record_shared(mutable, slot.linked)
+        return mutable.commit()
+
+    def _sharing(self, idx: int, slot: _Slot, src_root: Path, dst_root: Path) -> Sharing | None:
+        """Whether this copy may hard-link from source ``idx`` into ``slot`` (blocking)."""
+        if not self.may_share or idx == SCRATCH or slot.mutable is None:
+            return None
+        snapshots = self.ctx.worker.snapshots
+        snap = self.inputs[idx] if idx < self.n_inputs else self.slots[idx].committed
+        if snap is None or not snapshots.link_target(slot.mutable):
+            return None
+        source = snapshots.link_source(snap)
+        if source is None:
+            return None
+        if slot.linked is None:
+            slot.linked = {}
+        return Sharing(source, str(src_root), os.stat(dst_root).st_dev, slot.linked)
 
     def _source_tree(self, idx: int, stack: contextlib.ExitStack) -> Path | None:
         """A read-only path of an action source (blocking, inside ``stack``)."""
@@ -190,11 +221,12 @@ class _FileRun:
 
     # -- actions (blocking) ----------------------------------------------------------------------
 
-    def _apply(self, a: ops_pb2.FileAction, target: MutableSnapshot) -> None:
+    def _apply(self, a: ops_pb2.FileAction, slot: _Slot) -> None:
         which = a.WhichOneof("action")
         body = getattr(a, which)
+        assert slot.mutable is not None
         with contextlib.ExitStack() as stack:
-            root = stack.enter_context(target.mount())
+            root = stack.enter_context(slot.mutable.mount())
             owner = self._owner(body.owner, stack) if which != "rm" and body.HasField("owner") else None
             try:
                 if which == "mkdir":
@@ -207,9 +239,12 @@ class _FileRun:
                     self._symlink(root, body, owner)
                 else:
                     src_root = self._source_tree(a.secondaryInput, stack)
+                    share = None
                     if src_root is None:
                         src_root = Path(stack.enter_context(_empty_dir()))
-                    self._copy(src_root, root, body, owner)
+                    else:
+                        share = self._sharing(a.secondaryInput, slot, src_root, root)
+                    self._copy(src_root, root, body, owner, share)
             except SolveError:
                 raise
             except OSError as exc:
@@ -294,7 +329,7 @@ class _FileRun:
 
     @staticmethod
     def _copy(src_root: Path, dst_root: Path, a: ops_pb2.FileActionCopy,
-              owner: tuple[int, int] | None) -> None:
+              owner: tuple[int, int] | None, share: Sharing | None = None) -> None:
         src = clean_path(a.src)
         dest = clean_path(a.dest)
         if not a.createDestPath:
@@ -307,7 +342,8 @@ class _FileRun:
                            mode=None if (mode_set is not None or a.mode == -1) else a.mode,
                            mode_set=mode_set, include=PatternMatcher(a.include_patterns),
                            exclude=PatternMatcher(a.exclude_patterns), copy_dir_contents=a.dirCopyContents,
-                           follow_links=a.followSymlink, always_replace=a.alwaysReplaceExistingDestPaths)
+                           follow_links=a.followSymlink, always_replace=a.alwaysReplaceExistingDestPaths,
+                           share=share)
         if a.allowWildcard:
             matches = resolve_wildcards(src_root, src, a.followSymlink)
             if not matches:
