@@ -5,7 +5,7 @@ The stream is laid out like BuildKit's (Go's ``archive/tar`` defaults, as fsutil
 writes it): sorted paths, directories with a trailing ``/``, mtimes rounded to the second, plain
 ustar headers and a PAX header only for what ustar cannot hold (long or non-ASCII names, large
 numbers). Headers are packed here rather than through ``tarfile`` and file contents are read
-straight into the outgoing chunks, which keeps the per-file cost of a 10,000-file context low.
+straight into the outgoing messages, which keeps the per-file cost of a 10,000-file context low.
 """
 
 from __future__ import annotations
@@ -37,26 +37,51 @@ class TarError(OSError):
 
 
 class _Chunker:
-    """Collects the stream's pieces and hands ``emit`` chunks of about ``CHUNK`` bytes."""
+    """Lays the stream out in one reused buffer and hands ``emit`` each ``CHUNK`` of it already
+    encoded as a ``BytesMessage``: file contents are read straight into the buffer (``readv``), a
+    few bytes of room before the payload take the message's tag and length, so every byte is
+    copied once from the page cache and once into the message, with no per-file allocation."""
 
     def __init__(self, emit: Callable[[bytes], None]) -> None:
         self._emit = emit
-        self._parts: list[bytes] = []
-        self._size = 0
+        self._buf = bytearray(filesync.MESSAGE_HEADROOM + CHUNK)
+        self._view = memoryview(self._buf)
+        self._pos = filesync.MESSAGE_HEADROOM  # where the next byte of the stream goes
+        self._end = len(self._buf)
         self.total = 0
 
     def put(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size >= CHUNK:
-            self.flush()
+        view = memoryview(data)
+        while view:
+            room = self._end - self._pos
+            if not room:
+                self.flush()
+                continue
+            n = min(room, len(view))
+            self._view[self._pos:self._pos + n] = view[:n]
+            self._pos += n
+            view = view[n:]
+
+    def read_file(self, fd: int, size: int, path: str) -> None:
+        """Append exactly ``size`` bytes of the open file ``fd``."""
+        left = size
+        while left:
+            room = self._end - self._pos
+            if not room:
+                self.flush()
+                continue
+            n = os.readv(fd, (self._view[self._pos:self._pos + min(room, left)],))
+            if not n:
+                raise TarError(f"{path}: file shrank while being exported ({size} bytes listed)")
+            self._pos += n
+            left -= n
 
     def flush(self) -> None:
-        if self._parts:
-            chunk = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self._parts, self._size = [], 0
-            self.total += len(chunk)
-            self._emit(chunk)
+        size = self._pos - filesync.MESSAGE_HEADROOM
+        if size:
+            self.total += size
+            self._emit(filesync.frame_bytes_message(self._view, size))
+            self._pos = filesync.MESSAGE_HEADROOM
 
 
 _MAGIC = b"ustar\x0000"
@@ -114,13 +139,7 @@ def _header(name: str, st: os.stat_result, typeflag: bytes, size: int = 0, linkn
 def _copy_file(path: str, size: int, out: _Chunker) -> None:
     fd = os.open(path, _READ_FLAGS)
     try:
-        left = size
-        while left:
-            data = os.read(fd, min(left, CHUNK))
-            if not data:
-                raise TarError(f"{path}: file shrank while being exported ({size} bytes listed)")
-            out.put(data)
-            left -= len(data)
+        out.read_file(fd, size, path)
     finally:
         os.close(fd)
     if size % BLOCK:
@@ -151,9 +170,10 @@ def _entries(root: str, name: str) -> Iterator[tuple[str, str, os.stat_result]]:
 
 def write_trees(roots: list[tuple[str, Path]], emit: Callable[[bytes], None],
                 extra: list[tuple[str, bytes]] | None = None) -> int:
-    """Write the trees as one tar stream through ``emit``: sorted, relative names (each under its
-    prefix), owners and modes as stored, hardlinks kept; then the ``extra`` (name, content) files
-    (0600, root, now: the provenance statement). Returns the bytes written."""
+    """Write the trees as one tar stream through ``emit``, in ``BytesMessage`` encodings of up to
+    ``CHUNK`` payload bytes (``filesync.send_messages`` sends them as they are): sorted, relative
+    names (each under its prefix), owners and modes as stored, hardlinks kept; then the ``extra``
+    (name, content) files (0600, root, now: the provenance statement). Returns the bytes written."""
     out = _Chunker(emit)
     for prefix, root in roots:
         # hard links are found per tree, as fsutil's SubDirFS walks each platform's dir on its
@@ -230,7 +250,7 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
-            await filesync.send_bytes(session.channel, chunks(), exporter_id=str(ctx.index))
+            await filesync.send_messages(session.channel, chunks(), exporter_id=str(ctx.index))
     except BaseException as exc:
         ctx.progress.vertex(vertex, error=str(exc) or type(exc).__name__, completed=True)
         raise

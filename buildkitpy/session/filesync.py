@@ -22,7 +22,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -45,7 +45,7 @@ from buildkitpy.session.bridge import encode_bytes_message
 
 __all__ = [
     "FILESYNC_DIFFCOPY", "FILESEND_DIFFCOPY", "TransferStats", "FileSyncError",
-    "receive_dir", "send_dir", "send_bytes",
+    "receive_dir", "send_dir", "send_bytes", "send_messages", "frame_bytes_message",
     "FileSyncAttachable", "FileSendAttachable", "LocalDirTarget", "DirTarget", "FileTarget",
     "WriterTarget",
 ]
@@ -65,6 +65,8 @@ KEY_EXPORTER_MULTI_PLATFORM = "buildkit-exporter-multi-platform"
 
 # BuildKit splits raw exporter output so messages stay well below gRPC's 4 MiB default limit.
 MAX_BYTES_CHUNK = 3 * 1024 * 1024
+# Room before a payload for a BytesMessage's tag and length (a varint of up to 4 bytes: < 256 MiB).
+MESSAGE_HEADROOM = 5
 _PROGRESS_INTERVAL = 0.1  # seconds between progress callbacks
 
 
@@ -419,27 +421,55 @@ def _with_file(entries: list[WalkEntry], rel: str, path: Path) -> list[WalkEntry
     return out[:at] + [entry] + out[at:]
 
 
+def frame_bytes_message(buf: memoryview, size: int) -> bytes:
+    """The ``BytesMessage`` encoding of the ``size`` payload bytes at ``buf[MESSAGE_HEADROOM:]``,
+    made with one copy: its tag and length are written into the headroom just before them."""
+    if not 0 < size <= MAX_BYTES_CHUNK:
+        raise ValueError(f"a framed payload must have 1 to {MAX_BYTES_CHUNK} bytes, not {size}")
+    prefix = bytearray()
+    n = size
+    while n >= 0x80:
+        prefix.append(n & 0x7F | 0x80)
+        n >>= 7
+    prefix.append(n)
+    start = MESSAGE_HEADROOM - 1 - len(prefix)
+    buf[start] = 0x0A  # field 1, length-delimited
+    buf[start + 1:MESSAGE_HEADROOM] = prefix
+    return bytes(buf[start:MESSAGE_HEADROOM + size])
+
+
 async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id: str = "0",
                      metadata: Mapping[str, str] | None = None) -> int:
     """tar/oci exporters: stream raw bytes to the client's FileSend target ``exporter_id``.
 
     ``metadata`` becomes ``exporter-md-<key>`` request metadata. Returns the bytes sent.
     """
+    async def messages() -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            view = memoryview(chunk)
+            for i in range(0, len(view), MAX_BYTES_CHUNK):
+                part = chunk if len(chunk) <= MAX_BYTES_CHUNK else bytes(view[i:i + MAX_BYTES_CHUNK])
+                if part:
+                    yield encode_bytes_message(part)
+
+    return await send_messages(channel, messages(), exporter_id=exporter_id, metadata=metadata)
+
+
+async def send_messages(channel: Any, messages: AsyncIterable[bytes], *, exporter_id: str = "0",
+                        metadata: Mapping[str, str] | None = None) -> int:
+    """``send_bytes`` for output already encoded as ``BytesMessage``s of at most
+    ``MAX_BYTES_CHUNK`` payload bytes each (``frame_bytes_message``). Returns the payload bytes sent.
+    """
     md = [(KEY_EXPORTER_META_PREFIX + k.lower(), v) for k, v in (metadata or {}).items()]
     md.append((KEY_EXPORTER_ID, str(exporter_id)))
     call = _raw_stream_stream(_channel_of(channel), FILESEND_DIFFCOPY)(metadata=md)
     total = 0
     try:
-        async for chunk in chunks:
-            view = memoryview(chunk)
-            for i in range(0, len(view), MAX_BYTES_CHUNK):
-                if call.done():
-                    break  # the client already answered (e.g. ALREADY_EXISTS); _expect_ok reports it
-                part = chunk if len(chunk) <= MAX_BYTES_CHUNK else bytes(view[i:i + MAX_BYTES_CHUNK])
-                await call.write(encode_bytes_message(part))
-                total += len(part)
+        async for message in messages:
             if call.done():
-                break
+                break  # the client already answered (e.g. ALREADY_EXISTS); _expect_ok reports it
+            await call.write(message)
+            total += _payload_size(message)
         if not call.done():
             await call.done_writing()
         await _expect_ok(call)
@@ -449,6 +479,17 @@ async def send_bytes(channel: Any, chunks: AsyncIterable[bytes], *, exporter_id:
     finally:
         call.cancel()
     return total
+
+
+def _payload_size(message: bytes) -> int:
+    """The payload size of an encoded ``BytesMessage`` (its length varint; 0 for an empty one)."""
+    size = shift = 0
+    for i in range(1, min(len(message), 6)):
+        size |= (message[i] & 0x7F) << shift
+        if message[i] < 0x80:
+            break
+        shift += 7
+    return size
 
 
 async def _expect_ok(call: Any) -> None:

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from buildkitpy.api import filesync_pb2
 from buildkitpy.exporter import tar as tarexp
 
 SECOND = 1_000_000_000
 
 
 def stream(roots: list[tuple[str, Path]]) -> tuple[bytes, list[int]]:
-    chunks: list[bytes] = []
-    total = tarexp.write_trees(roots, chunks.append)
+    messages: list[bytes] = []
+    total = tarexp.write_trees(roots, messages.append)
+    chunks = [filesync_pb2.BytesMessage.FromString(m).data for m in messages]
+    assert all(chunks)  # never an empty message
     data = b"".join(chunks)
     assert total == len(data)
     return data, [len(c) for c in chunks]

@@ -205,3 +205,16 @@ def test_bytes_messages_are_encoded_as_protobuf_does(size):
     encoded = encode_bytes_message(data)
     assert encoded == filesync_pb2.BytesMessage(data=data).SerializeToString()
     assert filesync_pb2.BytesMessage.FromString(encoded).data == data
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 16383, 16384, 2_097_151, 2_097_152, 3 * 1024 * 1024])
+def test_framed_bytes_messages_are_encoded_as_protobuf_does(size):
+    from buildkitpy.api import filesync_pb2
+
+    data = os.urandom(size)
+    buf = bytearray(b"\xee" * filesync.MESSAGE_HEADROOM) + data + b"trailing bytes not in the message"
+    encoded = filesync.frame_bytes_message(memoryview(buf), size)
+    assert encoded == filesync_pb2.BytesMessage(data=data).SerializeToString()
+    assert filesync._payload_size(encoded) == size
+    with pytest.raises(ValueError):
+        filesync.frame_bytes_message(memoryview(bytearray(10)), 0)
