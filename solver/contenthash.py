@@ -17,9 +17,11 @@ import posixpath
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from buildkitpy.errors import SolveError
 from buildkitpy.fsutil.patterns import MatchInfo, PatternMatcher, contains_wildcards, glob_match
@@ -63,12 +65,44 @@ def _header(path: str, st: os.stat_result) -> bytes:
     link = os.readlink(path).encode("utf-8", "surrogateescape") if kind == stat.S_IFLNK else b""
     size = st.st_size if kind == stat.S_IFREG else 0
     dev = st.st_rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
-    data = b"name" + b"mode%d" % perm + b"uid%d" % st.st_uid + b"gid%d" % st.st_gid + b"size%d" % size
-    data += b"typeflag" + _TYPEFLAGS.get(kind, b"0") + b"linkname" + link + b"uname" + b"gname"
+    return _pack_header(perm, st.st_uid, st.st_gid, size, _TYPEFLAGS.get(kind, b"0"), link, dev,
+                        _xattrs(path))
+
+
+def _pack_header(perm: int, uid: int, gid: int, size: int, typeflag: bytes, link: bytes, dev: int,
+                 xattrs: list[tuple[str, bytes]]) -> bytes:
+    data = b"name" + b"mode%d" % perm + b"uid%d" % uid + b"gid%d" % gid + b"size%d" % size
+    data += b"typeflag" + typeflag + b"linkname" + link + b"uname" + b"gname"
     data += b"devmajor%d" % os.major(dev) + b"devminor%d" % os.minor(dev)
-    for name, value in _xattrs(path):
+    for name, value in xattrs:
         data += name.encode() + value
     return data
+
+
+# What a regular file's digest was computed for (``FileRecord``): its st_mode, uid, gid, size and
+# mtime. A recorded digest stands for a file on disk only while these still match its lstat.
+FileMeta = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """The digest of a regular file in a snapshot, known without reading it (from the stream that
+    wrote it, as BuildKit's local source fills its contenthash records during the transfer)."""
+
+    digest: str
+    meta: FileMeta
+
+
+def file_meta(st: os.stat_result) -> FileMeta:
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+
+
+def regular_file_hasher(perm: int, uid: int, gid: int, size: int,
+                        xattrs: Sequence[tuple[str, bytes]] = ()) -> Any:
+    """A sha256 already fed the tarsum header of a regular file with these permission bits
+    (including setuid/setgid/sticky), owner, size and kept xattrs (see ``_xattrs``): feed it the
+    contents for the file's digest (``"sha256:" + hexdigest()``), the one ``tree_digest`` gives."""
+    return hashlib.sha256(_pack_header(perm, uid, gid, size, b"0", b"", 0, list(xattrs)))
 
 
 def _file_digest(path: str, st: os.stat_result) -> str:
@@ -80,20 +114,31 @@ def _file_digest(path: str, st: os.stat_result) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def tree_digest(path: str, header: str | None = None) -> str:
+def tree_digest(path: str, header: str | None = None, known: Mapping[str, FileRecord] | None = None,
+                rel: str = "") -> str:
     """Digest of a file, symlink (not followed) or whole directory tree, as BuildKit's
     ``contenthash`` computes it: a directory hashes a NUL + the digest of its own header (``header``
-    when given), then per child in byte order of names a NUL + the name + the child's digest."""
+    when given), then per child in byte order of names a NUL + the name + the child's digest.
+    ``known``: digests of regular files by their path under the tree's root (``rel`` is ``path``'s),
+    used instead of reading a file while its lstat still matches what the digest was made for."""
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
+        if known is not None:
+            record = known.get(rel)
+            if record is not None and record.meta == file_meta(st):
+                return record.digest
         return _file_digest(path, st)
     if header is None:
         header = "sha256:" + hashlib.sha256(_header(path, st)).hexdigest()
     h = hashlib.sha256(b"\0" + header.encode())
     names = sorted(os.fsencode(n) for n in os.listdir(path))
+    bpath = os.fsencode(path)
     for name in names:
         h.update(b"\0" + name)
-        h.update(tree_digest(os.fsdecode(os.path.join(os.fsencode(path), name))).encode())
+        child_rel = None
+        if known is not None:
+            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+        h.update(tree_digest(os.fsdecode(os.path.join(bpath, name)), None, known, child_rel or "").encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -292,16 +337,19 @@ def _should_include(candidate: str, include: PatternMatcher | None, exclude: Pat
     return True
 
 
-def checksum(root: Path, sel: Selector, synced: bool = False) -> str:
+def checksum(root: Path, sel: Selector, synced: bool = False,
+             known: Mapping[str, FileRecord] | None = None) -> str:
     """Checksum of ``sel`` in the tree at ``root``; SolveError if a required path is missing.
     ``synced``: the tree is a local source's (BuildKit fills those checksums from the client's
-    file stream, which never sends the root: its header hashes as the empty digest)."""
+    file stream, which never sends the root: its header hashes as the empty digest). ``known``:
+    digests of its regular files by path (``tree_digest``)."""
     if sel.wildcard or sel.include_patterns or sel.exclude_patterns:
         return _included_digest(root, sel, synced)
-    return _checksum_one(root, sel, synced)
+    return _checksum_one(root, sel, synced, known)
 
 
-def _checksum_one(root: Path, sel: Selector, synced: bool = False) -> str:
+def _checksum_one(root: Path, sel: Selector, synced: bool = False,
+                  known: Mapping[str, FileRecord] | None = None) -> str:
     base = root_path(root, sel.path, sel.follow_links)
     if not os.path.lexists(base):
         raise SolveError(f"failed to calculate checksum of ref: \"{sel.path}\": not found")
@@ -310,7 +358,12 @@ def _checksum_one(root: Path, sel: Selector, synced: bool = False) -> str:
             raise SolveError(f"failed to calculate checksum of ref: required path \"{req}\" not found "
                              f"(copying \"{sel.path}\")")
     at_root = os.path.realpath(base) == os.path.realpath(root)
-    return tree_digest(str(base), EMPTY_DIGEST if synced and at_root else None)
+    rel = ""
+    if known is not None and not at_root:
+        rel = os.path.relpath(os.path.realpath(base), os.path.realpath(root))
+        if rel.startswith("../"):
+            known = None
+    return tree_digest(str(base), EMPTY_DIGEST if synced and at_root else None, known, rel)
 
 
 def combine(digests: list[str]) -> str:
@@ -320,10 +373,15 @@ def combine(digests: list[str]) -> str:
 
 
 class ChecksumStore:
-    """SQLite memo of checksums per (snapshot id, selector)."""
+    """SQLite memo of checksums per (snapshot id, selector), and in memory the digests of the files
+    the last few local source transfers wrote (``remember_files``), so that the first checksum of
+    such a snapshot does not read the files back."""
+
+    MAX_REMEMBERED = 4  # snapshots whose file records are kept (a 10,000-file context: ~2 MB)
 
     def __init__(self, db_path: Path) -> None:
         self._lock = threading.Lock()
+        self._files: OrderedDict[str, dict[str, FileRecord]] = OrderedDict()
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS checksums_v2 (snapshot_id TEXT NOT NULL, "
@@ -343,6 +401,19 @@ class ChecksumStore:
     def forget(self, snapshot_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM checksums_v2 WHERE snapshot_id=?", (snapshot_id,))
+            self._files.pop(snapshot_id, None)
+
+    def remember_files(self, snapshot_id: str, files: dict[str, FileRecord]) -> None:
+        """The digests of regular files in a committed snapshot, by path under its root."""
+        with self._lock:
+            self._files[snapshot_id] = files
+            self._files.move_to_end(snapshot_id)
+            while len(self._files) > self.MAX_REMEMBERED:
+                self._files.popitem(last=False)
+
+    def files_of(self, snapshot_id: str) -> dict[str, FileRecord] | None:
+        with self._lock:
+            return self._files.get(snapshot_id)
 
     def close(self) -> None:
         with self._lock:
@@ -361,8 +432,9 @@ class ChecksumStore:
             else:
                 results[sel] = cached
         if missing:
+            known = self.files_of(snapshot.id)
             with snapshot.mount() as root:
                 for sel in missing:
-                    results[sel] = checksum(Path(root), sel, synced)
+                    results[sel] = checksum(Path(root), sel, synced, known)
                     self.put(snapshot.id, sel, results[sel])
         return combine([results[s] for s in selectors])

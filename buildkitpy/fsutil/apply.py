@@ -23,10 +23,10 @@ import os
 import shutil
 import stat as st
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from buildkitpy.api import fsutil_stat_pb2
 from buildkitpy.fsutil import modes
@@ -35,9 +35,14 @@ from buildkitpy.fsutil.errors import ApplyError
 ApplyMode = Literal["fresh", "merge", "sync"]
 # "metadata": keep existing entries whose metadata matches (fsutil's DiffMetadata); "none": rewrite all.
 Differ = Literal["none", "metadata"]
-# Called once per applied entry: its Stat and, for regular files written in this transfer, the sha256
-# hex digest of the data (None for other entries and for files kept unchanged from a previous copy).
+# Called once per applied entry: its Stat and, for regular files written in this transfer, the hex
+# digest of the data (sha256, or the ``content_hasher``'s), for files kept unchanged from a previous
+# copy their ``previous_digests`` entry; None for other entries and files without a digest.
 EntryCallback = Callable[[fsutil_stat_pb2.Stat, str | None], None]
+# fsutil's ContentHasher: the hash a regular file's contents are fed to as they are written, given
+# its Stat (None: no digest for this file). It may hash the Stat's owner, permissions and size too:
+# the digest is reported only if the file ends up with exactly those on disk.
+ContentHasher = Callable[[fsutil_stat_pb2.Stat], Any]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -52,7 +57,8 @@ _COMPARED_MODE_BITS = (modes.MODE_TYPE | modes.MODE_PERM | modes.MODE_SETUID | m
 class _PendingFile:
     stat: fsutil_stat_pb2.Stat
     fd: int | None
-    hasher: object | None  # hashlib sha256 when a callback wants digests
+    hasher: Any  # hashlib sha256 (or the content hasher's) when a callback wants digests
+    written: int = 0
 
 
 @dataclass(slots=True)
@@ -76,11 +82,16 @@ class DiskWriter:
     dates) says too little about the contents of a copy whose origin is unknown.
     ``owner``: force this uid/gid on everything (the client side writes files as its own user);
     otherwise the uid/gid from the stream are applied.
+    ``on_entry``, ``content_hasher``, ``previous_digests``: see ``EntryCallback`` and
+    ``ContentHasher``; ``previous_digests`` are the digests of the files of the previous copy in
+    ``dest`` by path, reported for those kept as they were.
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, mode: ApplyMode = "fresh",
                  owner: tuple[int, int] | None = None, on_entry: EntryCallback | None = None,
-                 differ: Differ = "none", fine_mtimes_only: bool = False) -> None:
+                 differ: Differ = "none", fine_mtimes_only: bool = False,
+                 content_hasher: ContentHasher | None = None,
+                 previous_digests: Mapping[str, str] | None = None) -> None:
         if mode not in ("fresh", "merge", "sync"):
             raise ValueError(f"unknown apply mode {mode!r}")
         if differ not in ("none", "metadata"):
@@ -91,6 +102,8 @@ class DiskWriter:
         self.fine_mtimes_only = fine_mtimes_only
         self.owner = owner
         self.on_entry = on_entry
+        self.content_hasher = content_hasher
+        self.previous_digests = previous_digests or {}
         self._is_root = os.geteuid() == 0
         self._my_ids = (os.geteuid(), os.getegid())
         try:
@@ -133,7 +146,8 @@ class DiskWriter:
             if existing is not None:
                 if self.differ == "metadata" and self._unchanged(pfd, name, stat, existing):
                     self.entries_kept += 1
-                    self._notify(stat, None)
+                    kept_digest = self.previous_digests.get(path) if st.S_ISREG(existing.st_mode) else None
+                    self._notify(stat, kept_digest)
                     return False
             self.modified = True
             if existing is not None:
@@ -164,7 +178,9 @@ class DiskWriter:
             raise
         except OSError as e:
             raise ApplyError(f"cannot create {modes.describe(mode)} {path!r}: {e.strerror}") from None
-        hasher = hashlib.sha256() if self.on_entry is not None else None
+        hasher = None
+        if self.on_entry is not None:
+            hasher = hashlib.sha256() if self.content_hasher is None else self.content_hasher(stat)
         kept: int | None = fd
         if self._open_files >= _MAX_OPEN_FILES:
             os.close(fd)
@@ -189,7 +205,8 @@ class DiskWriter:
         except OSError as e:
             raise ApplyError(f"cannot write {pf.stat.path!r}: {e.strerror}") from None
         if pf.hasher is not None:
-            pf.hasher.update(chunk)  # type: ignore[attr-defined]
+            pf.hasher.update(chunk)
+        pf.written += len(chunk)
         self.bytes_written += len(chunk)
 
     def file_done(self, entry_id: int) -> None:
@@ -206,6 +223,9 @@ class DiskWriter:
             self._set_owner_fd(fd, stat)
             os.chmod(fd, modes.permission_bits_from_go(stat.mode))
             os.utime(fd, ns=(stat.modTime, stat.modTime))
+            digest = pf.hasher.hexdigest() if pf.hasher is not None else None
+            if digest is not None and self.content_hasher is not None and not self._as_stated(fd, pf):
+                digest = None
         except ApplyError:
             raise
         except OSError as e:
@@ -213,7 +233,17 @@ class DiskWriter:
         finally:
             os.close(fd)
         self.files_written += 1
-        self._notify(stat, pf.hasher.hexdigest() if pf.hasher is not None else None)  # type: ignore
+        self._notify(stat, digest)
+
+    @staticmethod
+    def _as_stated(fd: int, pf: _PendingFile) -> bool:
+        """Whether the file has exactly the size, permissions and owner of its Stat (what a content
+        hasher may have hashed): the kernel may drop a setgid bit, a sender may send fewer bytes."""
+        stat = pf.stat
+        current = os.fstat(fd)
+        return (pf.written == stat.size == current.st_size
+                and st.S_IMODE(current.st_mode) == modes.permission_bits_from_go(stat.mode)
+                and (current.st_uid, current.st_gid) == (stat.uid, stat.gid))
 
     def finish(self) -> None:
         """Everything arrived: delete what the stream left out (sync), then give directories their

@@ -34,7 +34,7 @@ import grpc
 from buildkitpy import errors
 from buildkitpy.api import filesync_pb2, fsutil_stat_pb2, fsutil_wire_pb2
 from buildkitpy.fsutil import packets
-from buildkitpy.fsutil.apply import ApplyMode, Differ, DiskWriter, EntryCallback
+from buildkitpy.fsutil.apply import ApplyMode, ContentHasher, Differ, DiskWriter, EntryCallback
 from buildkitpy.fsutil.errors import ApplyError, DiffCopyError, RemoteError
 from buildkitpy.fsutil.patterns import PatternError
 from buildkitpy.fsutil.receiver import Receiver
@@ -341,7 +341,9 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
                       exclude_patterns: Sequence[str] = (), follow_paths: Sequence[str] = (),
                       progress: Callable[[int], None] | None = None, mode: ApplyMode = "fresh",
                       differ: Differ = "none", on_entry: EntryCallback | None = None,
-                      disk_thread: bool = False, fine_mtimes_only: bool = False) -> TransferStats:
+                      disk_thread: bool = False, fine_mtimes_only: bool = False,
+                      content_hasher: ContentHasher | None = None,
+                      previous_digests: Mapping[str, str] | None = None) -> TransferStats:
     """Pull the client's directory ``dir_name`` into ``dest`` (FileSync.DiffCopy, we receive).
 
     ``dest`` must be empty in the default ``fresh`` mode. ``mode="sync"`` turns a previous copy in
@@ -350,7 +352,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     BuildKit's incremental context transfer; ``fine_mtimes_only`` keeps only files whose mtime has
     sub-second digits (for a previous copy that may come from another directory).
     ``progress(bytes_so_far)`` is called as the transfer goes (for "transferring <name>:"
-    statuses); ``on_entry(stat, sha256_hex | None)`` for every applied entry. ``disk_thread`` moves
+    statuses); ``on_entry(stat, sha256_hex | None)`` for every applied entry (``content_hasher``
+    and ``previous_digests``: see ``DiskWriter``). ``disk_thread`` moves
     file creation off the event loop (``ThreadedSink``); it is off by default because on 2 busy
     cores the GIL hand-offs cost more than they overlap.
     Raises ``DiffCopyError`` if the client breaks the protocol, ``RemoteError`` if it aborts,
@@ -366,7 +369,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
         md = [(KEY_DIR_NAME, quote_plus(dir_name, safe="")), (KEY_DIR_NAME + "-encoded", "1")] + md[1:]
     if disk_thread and differ != "none" and mode != "fresh":
         raise ValueError("disk_thread cannot be combined with a differ: it requests every file up front")
-    disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ, fine_mtimes_only=fine_mtimes_only)
+    disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ, fine_mtimes_only=fine_mtimes_only,
+                      content_hasher=content_hasher, previous_digests=previous_digests)
     writer: DiskWriter | ThreadedSink = ThreadedSink(disk) if disk_thread else disk
     receiver = Receiver(writer)
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)

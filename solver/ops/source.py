@@ -20,15 +20,19 @@ empty key they do not.
 from __future__ import annotations
 
 import json
+import stat as statmod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from buildkitpy.api import fsutil_stat_pb2
 from buildkitpy.errors import InvalidArgument, SessionNotFound, Unimplemented
+from buildkitpy.fsutil import modes
 from buildkitpy.snapshot.api import ImmutableSnapshot
 from buildkitpy.snapshot.fs import copy_tree
 from buildkitpy.solver.asyncutil import blocking
 from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
+from buildkitpy.solver.contenthash import FileRecord, regular_file_hasher
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
 from buildkitpy.solver.ops.local_reuse import SharedKeyIndex, claim
@@ -148,11 +152,15 @@ class LocalSource:
         async with claim(ctx.worker.root, key, wait=bool(session.shared_key)) as owned:
             previous = await self._previous(ctx, index, key) if self.differ == "metadata" else None
             previous_id = previous.id if previous is not None else None
+            checksums = getattr(ctx.shared, "checksums", None)
+            records = _FileRecords(checksums.files_of(previous_id) if checksums and previous_id else None)
             try:
-                result = await self._transfer(ctx, session, previous)
+                result = await self._transfer(ctx, session, previous, records)
             finally:
                 if previous is not None:
                     await blocking(previous.release)
+            if checksums is not None and result.id != previous_id:
+                checksums.remember_files(result.id, records.files)
             # An unchanged transfer returns the recorded copy itself: nothing to record (a write
             # with a sync to the disk, 5-50 ms here, for every local source of every build).
             if (owned or not session.shared_key) and result.id != previous_id:
@@ -173,8 +181,8 @@ class LocalSource:
             await blocking(index.forget, key)
             return None
 
-    async def _transfer(self, ctx: OpContext, session: Any,
-                        previous: ImmutableSnapshot | None) -> ImmutableSnapshot:
+    async def _transfer(self, ctx: OpContext, session: Any, previous: ImmutableSnapshot | None,
+                        records: _FileRecords) -> ImmutableSnapshot:
         """Receive into a new snapshot: on top of ``previous`` (sync, only changes), on a local copy
         of it when its layer chain is too deep, or from scratch. A sync that changed nothing gives
         ``previous`` itself (another handle on it), so unchanged contexts never stack layers."""
@@ -194,7 +202,8 @@ class LocalSource:
                     session.channel, dest, dir_name=self.name, include_patterns=self.include_patterns,
                     exclude_patterns=self.exclude_patterns, follow_paths=self.follow_paths,
                     progress=progress, mode="sync" if previous is not None else "fresh",
-                    differ="metadata", fine_mtimes_only=not session.shared_key)
+                    differ="metadata", fine_mtimes_only=not session.shared_key,
+                    on_entry=records, content_hasher=_content_hasher, previous_digests=records.previous)
                 progress(progress.last, done=True)
             finally:
                 await blocking(mount.__exit__, None, None, None)
@@ -205,6 +214,33 @@ class LocalSource:
         except BaseException:
             await blocking(mutable.release)
             raise
+
+
+class _FileRecords:
+    """The digests of the regular files a transfer writes (hashed as they arrive) or keeps from the
+    previous copy, for the checksum of the new snapshot (``ChecksumStore.remember_files``): like
+    BuildKit's local source, which fills its contenthash records from the transfer, the files are
+    then not read back to compute a COPY's cache key."""
+
+    def __init__(self, previous: dict[str, FileRecord] | None) -> None:
+        self.files: dict[str, FileRecord] = {}
+        # hex digests of the previous copy's files, for DiskWriter's previous_digests
+        self.previous = {path: r.digest.removeprefix("sha256:") for path, r in (previous or {}).items()}
+
+    def __call__(self, stat: fsutil_stat_pb2.Stat, digest: str | None) -> None:
+        if digest is None or stat.linkname or not modes.is_regular(stat.mode):
+            return
+        meta = (statmod.S_IFREG | modes.permission_bits_from_go(stat.mode), stat.uid, stat.gid, stat.size,
+                stat.modTime)
+        self.files[stat.path] = FileRecord("sha256:" + digest, meta)
+
+
+def _content_hasher(stat: fsutil_stat_pb2.Stat) -> Any:
+    """The contenthash digest of a regular file as it will be on disk (None when it keeps xattrs,
+    which are hashed from the disk)."""
+    if stat.xattrs or stat.linkname or not modes.is_regular(stat.mode):
+        return None
+    return regular_file_hasher(modes.permission_bits_from_go(stat.mode), stat.uid, stat.gid, stat.size)
 
 
 def _copy_snapshot(snapshot: ImmutableSnapshot, dest: Path) -> None:
