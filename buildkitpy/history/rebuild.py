@@ -44,6 +44,7 @@ MAX_FILES = 20000  # per input: beyond this only the checksum is compared
 MAX_VALUE = 80  # characters of a changed value shown in a reason
 MAX_STEPS = 10000  # fingerprints kept (newest first)
 MAX_INLINE = 1024  # longer op strings are fingerprinted by digest
+MAX_OP_FIELDS = 4096  # ops whose fields are kept in memory
 
 BuildArgs = Callable[[str], Mapping[str, str] | None]
 
@@ -146,6 +147,10 @@ class RebuildRecorder:
         self._stores = 0
         self._reports: dict[str, list[dict]] = {}
         self._by_digest: dict[tuple[str, str], dict] = {}
+        # vertex digest -> the op's fields (the digest is that of the op's bytes, so the fields of
+        # a digest never change; read-only once made): a cached graph settles the same hundreds of
+        # ops every build, and turning each into a dict was a third of settling it
+        self._op_fields: dict[str, dict] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -216,8 +221,13 @@ class RebuildRecorder:
 
     def _fingerprint(self, facts: StepFacts, previous: dict | None) -> dict:
         v, cm = facts.vertex, facts.cache_map
-        op = _compact(json_format.MessageToDict(v.op, preserving_proto_field_name=True))
-        op.pop("inputs", None)
+        op = self._op_fields.get(v.digest)
+        if op is None:
+            op = _compact(json_format.MessageToDict(v.op, preserving_proto_field_name=True))
+            op.pop("inputs", None)
+            if len(self._op_fields) >= MAX_OP_FIELDS:
+                self._op_fields.clear()
+            self._op_fields[v.digest] = op
         args = {k.removeprefix("build-arg:"): val for k, val in (self._build_args(facts.job.id) or {}).items()
                 if k.startswith("build-arg:")}
         inputs = []
