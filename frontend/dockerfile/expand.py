@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 
 from .instructions import (
     AddCommand,
@@ -25,6 +26,7 @@ from .instructions import (
     KeyValuePair,
     LabelCommand,
     RunCommand,
+    SourceContent,
     StopSignalCommand,
     UserCommand,
     VolumeCommand,
@@ -52,7 +54,10 @@ def expand(
     Names referenced but not set are added to ``unmatched`` when given (BuildKit's UndefinedVar
     lint). Raises ``ShellExpansionError`` (or ``MountError`` for a RUN mount) like BuildKit.
     """
-    ins = copy.deepcopy(instruction)
+    # A shallow copy: every field expanded below is replaced by a new value (the pairs, heredoc
+    # bodies and ARG defaults by new objects), never changed in place, so the parsed instruction
+    # stays as written. (A deep copy of every instruction was a tenth of converting a long file.)
+    ins = copy.copy(instruction)
     lex = Lex(escape_token)
 
     def word(value: str) -> str:
@@ -61,15 +66,13 @@ def expand(
             unmatched.update(result.unmatched)
         return result.result
 
-    def kvps(pairs: list[KeyValuePair]) -> None:
-        for kv in pairs:
-            kv.key = word(kv.key)
-            kv.value = word(kv.value)
+    def kvps(pairs: list[KeyValuePair]) -> list[KeyValuePair]:
+        return [replace(kv, key=word(kv.key), value=word(kv.value)) for kv in pairs]
 
     if isinstance(ins, EnvCommand):
-        kvps(ins.env)
+        ins.env = kvps(ins.env)
     elif isinstance(ins, LabelCommand):
-        kvps(ins.labels)
+        ins.labels = kvps(ins.labels)
     elif isinstance(ins, AddCommand | CopyCommand):
         if isinstance(ins, CopyCommand) and ins.from_:
             # BuildKit checks this with an empty environment: any "$name" at all is refused.
@@ -83,12 +86,15 @@ def expand(
         ins.dest_path = word(ins.dest_path)
         # Heredoc bodies: always "\" as escape and quotes kept, as a shell would treat the file.
         raw = Lex("\\", skip_process_quotes=True)
-        for content in ins.source_contents:
-            if content.expand:
-                result = raw.process(content.data, env)
-                if unmatched is not None:
-                    unmatched.update(result.unmatched)
-                content.data = result.result
+
+        def body(content: SourceContent) -> SourceContent:
+            if not content.expand:
+                return content
+            result = raw.process(content.data, env)
+            if unmatched is not None:
+                unmatched.update(result.unmatched)
+            return replace(content, data=result.result)
+        ins.source_contents = [body(c) for c in ins.source_contents]
     elif isinstance(ins, WorkdirCommand):
         ins.path = word(ins.path)
     elif isinstance(ins, UserCommand):
@@ -101,9 +107,7 @@ def expand(
         ins.ports = [p for port in ins.ports for p in lex.process(port, env).words]
     elif isinstance(ins, ArgCommand):
         # Only defaults: a value passed with --build-arg replaces the default unexpanded.
-        for arg in ins.args:
-            if arg.value is not None:
-                arg.value = word(arg.value)
+        ins.args = [arg if arg.value is None else replace(arg, value=word(arg.value)) for arg in ins.args]
     elif isinstance(ins, RunCommand):
         ins.mounts = [parse_mount(spec, word) for spec in ins.mount_specs]
     elif isinstance(ins, FromCommand):
