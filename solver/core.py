@@ -80,6 +80,10 @@ class Runtime(Protocol):
     async def checksum(self, v: Any, cm: CacheMap, index: int, value: Any) -> str:
         """The content checksum of input ``index`` over ``cm.deps[index].content``."""
 
+    # Optional: ``async def checksum_many(self, items: list[tuple[Any, CacheMap, int, Any]])
+    # -> list[str | Exception]``, the checksums of many ``(v, cm, index, value)`` at once (in one
+    # worker-thread trip), each item's failure in its place.
+
     async def execute(self, v: Any, inputs: list[Any]) -> list[Any]:
         """Run the op (inputs borrowed); returns one new value per output (owned by the caller)."""
 
@@ -188,8 +192,10 @@ class CoreBuild:
         self._results: dict[str, _Once] = {}
         self._held: list[Any] = []
         self._layer_ids: dict[tuple[str, str], list[str]] = {}
-        self._pending: list[tuple[list[Any], anyio.Event]] = []
+        self._pending: list[tuple[list[Any], asyncio.Event]] = []
         self._flushing = False
+        self._sums: list[tuple[list[Any], asyncio.Event]] = []
+        self._summing = False
         self._needed: dict[str, set[int]] = {}
         for v in vertices.values():
             for inp in v.inputs:
@@ -362,8 +368,41 @@ class CoreBuild:
                 out.append(None)
                 continue
             value = (await once.get())[inp.index]
-            out.append(await self.runtime.checksum(v, cm, i, value))
+            out.append(await self._checksum(v, cm, i, value))
         return out
+
+    async def _checksum(self, v: Any, cm: CacheMap, index: int, value: Any) -> str:
+        """The runtime's checksum; with ``checksum_many``, the checksums asked for while one batch
+        is in a worker thread go together in the next (the COPYs of a cached graph all ask once
+        the context arrives: one trip, not one each)."""
+        many = getattr(self.runtime, "checksum_many", None)
+        if many is None:
+            return await self.runtime.checksum(v, cm, index, value)
+        slot: list[Any] = [(v, cm, index, value), None]
+        done = asyncio.Event()
+        self._sums.append((slot, done))
+        if not self._summing:
+            self._summing = True
+            self._tg.start_soon(self._flush_checksums, many)
+        await done.wait()
+        if isinstance(slot[1], Exception):
+            raise slot[1]
+        return slot[1]
+
+    async def _flush_checksums(self, many: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
+        try:
+            while self._sums:
+                await anyio.sleep(0)  # let the vertices that are ready now queue theirs
+                batch, self._sums = self._sums, []
+                try:
+                    results = await many([slot[0] for slot, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each waiter fails with it
+                    results = [exc] * len(batch)
+                for (slot, done), res in zip(batch, results, strict=True):
+                    slot[1] = res
+                    done.set()
+        finally:
+            self._summing = False
 
     async def _lookup(self, keys: list[CacheKey],
                       outputs: list[int]) -> dict[int, tuple[str, CacheResult]] | None:

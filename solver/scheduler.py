@@ -68,14 +68,25 @@ class Build:
         return self.job.no_cache or v.ignore_cache or cm.always_run
 
     async def checksum(self, v: Vertex, cm: CacheMap, index: int, value: Any) -> str:
-        try:
-            src = self.graph.vertices.get(v.inputs[index].digest)
-            synced = src is not None and src.kind == "source" and \
-                src.op.source.identifier.startswith("local://")
-            return await blocking(self.solver.checksums.snapshot_checksum, value, cm.deps[index].content,
-                                  synced)
-        except SolveError as exc:
-            raise SolveError(f"failed to compute cache key: {exc}") from exc
+        return _raised(await self.checksum_many([(v, cm, index, value)]))[0]
+
+    async def checksum_many(self, items: list[tuple[Vertex, CacheMap, int, Any]]) -> list[str | Exception]:
+        def run() -> list[str | Exception]:
+            out: list[str | Exception] = []
+            for v, cm, index, value in items:
+                try:
+                    src = self.graph.vertices.get(v.inputs[index].digest)
+                    synced = src is not None and src.kind == "source" and \
+                        src.op.source.identifier.startswith("local://")
+                    out.append(self.solver.checksums.snapshot_checksum(value, cm.deps[index].content, synced))
+                except SolveError as exc:
+                    err = SolveError(f"failed to compute cache key: {exc}")
+                    err.__cause__ = exc
+                    out.append(err)
+                except Exception as exc:  # noqa: BLE001 - the vertex fails with it, not the batch
+                    out.append(exc)
+            return out
+        return await blocking(run)
 
     async def execute(self, v: Vertex, inputs: list[Any]) -> list[Any]:
         op, ctx = self._op(v)
@@ -146,6 +157,13 @@ class Build:
                          input_keys=facts.input_keys, inputs=facts.inputs, content=facts.content,
                          cached=facts.cached, lookup_skipped=facts.lookup_skipped,
                          op=self._ops[v.digest][0] if v.digest in self._ops else None, outputs=facts.outputs)
+
+
+def _raised(results: list[str | Exception]) -> list[str]:
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+    return results  # type: ignore[return-value]
 
 
 def _as_solve_error(exc: BaseException, v: Vertex) -> BuildkitpyError:
