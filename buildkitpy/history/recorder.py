@@ -37,10 +37,9 @@ import anyio
 from buildkitpy.api import control_pb2
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import NotFound, to_rpc_status, unwrap
-from buildkitpy.gocompat import json_indent
 from buildkitpy.history import statusblob
 from buildkitpy.history.store import HistoryStore
-from buildkitpy.history.tracing import BuildSpans
+from buildkitpy.history.tracing import BuildSpans, render_stubs
 from buildkitpy.progress import ProgressBus, now_timestamp
 from buildkitpy.solver.steplog import log_folder
 
@@ -265,7 +264,7 @@ class BuildRecording:
             assert stop is not None
 
             def render() -> bytes:  # (in a thread: a span per vertex makes a big graph's trace long)
-                return "".join(json_indent(s) + "\n" for s in stop()).encode()
+                return render_stubs(stop()).encode()
             data = await anyio.to_thread.run_sync(render)
             if not data:
                 return

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -29,6 +30,8 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from buildkitpy.gocompat import json_indent
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +126,65 @@ def stub_from_sdk(span: ReadableSpan) -> dict:
         "Status": {"Code": _STATUS_NAMES.get(span.status.status_code.value, "Unset"),
                    "Description": span.status.description or ""},
         "DroppedAttributes": 0, "DroppedEvents": 0, "DroppedLinks": 0, "ChildSpanCount": 0,
-        "Resource": _attributes(span.resource.attributes.items()) if span.resource else [],
-        "InstrumentationLibrary": {"Name": scope.name if scope else "",
-                                   "Version": (scope.version or "") if scope else "",
-                                   "SchemaURL": "", "Attributes": None},
+        "Resource": _resource(span.resource),
+        "InstrumentationLibrary": _library(scope),
     }
+
+
+# The daemon's spans share one resource and one scope: their stubs share one (read-only) value of
+# each, which ``render_stubs`` then encodes once. Keyed by identity, the object kept with its value.
+_SHARED: dict[tuple[str, int], tuple[object, object]] = {}
+
+
+def _shared(kind: str, obj: object, make: Callable[[], object]) -> Any:
+    got = _SHARED.get((kind, id(obj)))
+    if got is not None and got[0] is obj:
+        return got[1]
+    value = make()
+    if len(_SHARED) >= 64:
+        _SHARED.clear()
+    _SHARED[(kind, id(obj))] = (obj, value)
+    return value
+
+
+def _resource(resource: Resource | None) -> list[dict]:
+    if not resource:
+        return []
+    return _shared("resource", resource, lambda: _attributes(resource.attributes.items()))
+
+
+def _library(scope: Any) -> dict:
+    if scope is None:
+        return {"Name": "", "Version": "", "SchemaURL": "", "Attributes": None}
+    return _shared("scope", scope, lambda: {"Name": scope.name, "Version": scope.version or "",
+                                            "SchemaURL": "", "Attributes": None})
+
+
+_TAIL = ("Resource", "InstrumentationLibrary")
+
+
+def render_stubs(stubs: list[dict]) -> str:
+    """``json_indent(stub) + "\\n"`` for each stub, the same text; a Resource or
+    InstrumentationLibrary value that many stubs share is encoded once (they were half of every
+    span's encoding, and a cached graph of 500 steps has a span per step)."""
+    done: dict[int, str] = {}  # id of a shared value -> its text, indented as a field of a stub
+
+    def field(value: object) -> str:
+        text = done.get(id(value))
+        if text is None:
+            text = done[id(value)] = json_indent(value).replace("\n", "\n  ")
+        return text
+
+    out: list[str] = []
+    for stub in stubs:
+        keys = tuple(stub)
+        if len(keys) <= 2 or keys[-2:] != _TAIL:
+            out.append(json_indent(stub) + "\n")
+            continue
+        head = json_indent({k: stub[k] for k in keys[:-2]})
+        out.append(f'{head[:-2]},\n  "Resource": {field(stub["Resource"])},\n  '
+                   f'"InstrumentationLibrary": {field(stub["InstrumentationLibrary"])}\n}}\n')
+    return "".join(out)
 
 
 def _any_value(v: common_pb2.AnyValue) -> object:

@@ -96,3 +96,38 @@ def test_spans_exported_over_otlp(tmp_path, monkeypatch: pytest.MonkeyPatch) -> 
     finally:
         stop_daemon(d)
         server.stop(0)
+
+
+def test_render_stubs_is_each_stub_indented_like_go() -> None:
+    """The trace blob: ``json_indent`` of each stub and a newline, the same text when the stubs
+    share their resource and scope (encoded once), when they do not, and for other shapes."""
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from buildkitpy.gocompat import json_indent
+    from buildkitpy.history import tracing
+
+    recorder = tracing.TraceRecorder()
+    provider = TracerProvider(resource=Resource.create({"service.name": "buildkitd", "x": 1.5, "é": "ü\n"}))
+    provider.add_span_processor(recorder)
+    tracer = provider.get_tracer("github.com/x", "1.0")
+    with tracer.start_as_current_span("root") as root:
+        stop = recorder.record(format(root.get_span_context().trace_id, "032x"))
+        for i in range(20):
+            with tracer.start_as_current_span(f"v{i} \"q\" ☃", attributes={"a": i, "b": [1, 2]}) as span:
+                span.add_event("e", {"k": "v"})
+    stubs = stop()
+    assert stubs[0]["Resource"] is stubs[1]["Resource"]
+    client = trace_pb2.ResourceSpans(
+        resource=resource_pb2.Resource(attributes=[common_pb2.KeyValue(
+            key="service.name", value=common_pb2.AnyValue(string_value="buildx"))]),
+        scope_spans=[trace_pb2.ScopeSpans(spans=[trace_pb2.Span(trace_id=b"\1" * 16, span_id=b"\2" * 8,
+                                                                name=f"c{i}") for i in range(3)])])
+    stubs += [stub for _, stub in tracing.stubs_from_otlp([client])]
+    stubs += [{"Name": "other order", "Resource": [], "InstrumentationLibrary": {}, "Extra": 1},
+              {"Resource": [], "InstrumentationLibrary": {}}, {}]
+    text = tracing.render_stubs(stubs)
+    assert text == "".join(json_indent(s) + "\n" for s in stubs)
+    assert json.loads(text.split("\n}\n")[0] + "\n}")["Name"].startswith("v0")
