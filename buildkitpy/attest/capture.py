@@ -345,7 +345,7 @@ class ProvenanceCollector:
         step = step_capture(vertex, op_impl)
         for snap in outputs or []:
             try:
-                step.layer_chains.append([str(p) for p in snap.layers()] if snap is not None else [])
+                step.layer_chains.append(snap.layer_dirs() if snap is not None else [])
             except Exception:  # noqa: BLE001 - a chain we cannot read just lists no layers
                 step.layer_chains.append([])
         with capture.lock:

@@ -26,6 +26,9 @@ class ImmutableSnapshot(Protocol):
     def layers(self) -> list[Path]:
         """Diff directories of the whole chain, lowest first (overlay whiteouts inside)."""
 
+    def layer_dirs(self) -> list[str]:
+        """``layers()`` as strings (cheaper: provenance reads the chain of every settled step)."""
+
     def mount(self) -> AbstractContextManager[Path]:
         """A read-only view of the merged tree, valid until the context exits."""
 

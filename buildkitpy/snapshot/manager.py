@@ -162,6 +162,9 @@ class ImmutableRef:
     def layers(self) -> list[Path]:
         return self._manager._layer_paths(self.id)
 
+    def layer_dirs(self) -> list[str]:
+        return self._manager._layer_dir_strs(self.id)
+
     @contextmanager
     def mount(self) -> Iterator[Path]:
         self._check()
@@ -591,6 +594,15 @@ class OverlaySnapshotManager:
         if self.mode == COPY:
             return [self._data_dir(snapshot_id) / "fs"]
         return [self._layer_dir(lid) for lid in rec.layers]
+
+    def _layer_dir_strs(self, snapshot_id: str) -> list[str]:
+        """``_layer_paths`` as strings, in overlay mode without a Path per layer (a cached graph's
+        500 steps have chains of ~20 layers each, and their Paths were most of noting them)."""
+        if self.mode != OVERLAY:
+            return [str(p) for p in self._layer_paths(snapshot_id)]
+        rec = self._record(snapshot_id)
+        base = str(self._snapshots_dir)
+        return [f"{base}/{lid}/fs" for lid in rec.layers]
 
     def lower_layers(self, layer: Path) -> list[Path] | None:
         """The layers beneath ``layer`` in the chain it was created on (its own snapshot's

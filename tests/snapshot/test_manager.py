@@ -61,6 +61,7 @@ def test_chain_mounts_show_merged_tree_and_deletions(manager):
         assert is_whiteout(os.lstat(child.layers()[1] / "dir" / "b"))
     else:
         assert len(child.layers()) == 1
+    assert child.layer_dirs() == [str(p) for p in child.layers()]
     for ref in (child, base):
         ref.release()
 
@@ -195,6 +196,7 @@ def test_merge_stacks_layers_and_whiteouts(manager):
         assert (root / "etc/foo").read_text() == "image"
     if manager.mode == "overlay":
         assert len(merged.layers()) == 3
+    assert merged.layer_dirs() == [str(p) for p in merged.layers()]
     for ref in (merged2, merged, other, image2, image):
         ref.release()
 
