@@ -350,9 +350,10 @@ class CoreBuild:
         lookup = keys.hit is None and not skip
         keys.remote = await self.runtime.remote_has(v, cm, keys.content, lookup) and lookup
         if keys.hit is not None and self._local(keys):
-            # a hit in a layer or a remote cache is reported once loaded (a bad blob makes it run)
-            with self.runtime.scope(v):
-                self.runtime.cached(v)
+            # a hit in a layer or a remote cache is reported once loaded (a bad blob makes it run).
+            # No scope here: the vertex's one scope (its span) is entered when it settles, loaded
+            # or skipped below a hit, as BuildKit traces a cached vertex once.
+            self.runtime.cached(v)
         return keys
 
     def _local(self, keys: _Keys) -> bool:
