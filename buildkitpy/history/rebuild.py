@@ -30,6 +30,7 @@ from pathlib import Path
 
 import anyio
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from buildkitpy.fsutil.patterns import PatternMatcher
 from buildkitpy.solver.cachekey import Selector
@@ -84,6 +85,16 @@ def _compact(obj: object) -> object:
     if isinstance(obj, str) and len(obj) > MAX_INLINE:
         return f"sha256:{hashlib.sha256(obj.encode()).hexdigest()} ({len(obj)} characters)"
     return obj
+
+
+def _op_key(op: Message) -> tuple[str | None, bytes, bytes | None, bytes | None]:
+    """Everything of a ``pb.Op`` but its inputs, as bytes: the op body, platform and constraints
+    (None when not set: an empty one set is a field of its own in the op's fields)."""
+    kind = op.WhichOneof("op")
+    body = getattr(op, kind).SerializeToString(deterministic=True) if kind else b""
+    return (kind, body,
+            op.platform.SerializeToString(deterministic=True) if op.HasField("platform") else None,
+            op.constraints.SerializeToString(deterministic=True) if op.HasField("constraints") else None)
 
 
 def _env(op: dict) -> dict[str, str] | None:
@@ -147,10 +158,11 @@ class RebuildRecorder:
         self._stores = 0
         self._reports: dict[str, list[dict]] = {}
         self._by_digest: dict[tuple[str, str], dict] = {}
-        # vertex digest -> the op's fields (the digest is that of the op's bytes, so the fields of
-        # a digest never change; read-only once made): a cached graph settles the same hundreds of
-        # ops every build, and turning each into a dict was a third of settling it
-        self._op_fields: dict[str, dict] = {}
+        # the op's bytes without its inputs (``_op_key``) -> its fields but the inputs (read-only
+        # once made): a cached graph settles the same hundreds of ops every build, and turning
+        # each into a dict was a third of settling them. (Not by vertex digest: a COPY from the
+        # context has a new one every build, the local source's session being in it.)
+        self._op_fields: dict[tuple[str | None, bytes, bytes | None, bytes | None], dict] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -221,13 +233,14 @@ class RebuildRecorder:
 
     def _fingerprint(self, facts: StepFacts, previous: dict | None) -> dict:
         v, cm = facts.vertex, facts.cache_map
-        op = self._op_fields.get(v.digest)
+        key = _op_key(v.op)
+        op = self._op_fields.get(key)
         if op is None:
             op = _compact(json_format.MessageToDict(v.op, preserving_proto_field_name=True))
             op.pop("inputs", None)
             if len(self._op_fields) >= MAX_OP_FIELDS:
                 self._op_fields.clear()
-            self._op_fields[v.digest] = op
+            self._op_fields[key] = op
         args = {k.removeprefix("build-arg:"): val for k, val in (self._build_args(facts.job.id) or {}).items()
                 if k.startswith("build-arg:")}
         inputs = []
