@@ -50,6 +50,10 @@ def _ts(value: int) -> int | None:
     return None if value == -1 else value
 
 
+MAX_CACHE_MAPS = 16384
+_CACHE_MAPS: dict[tuple[bytes, int], CacheMap] = {}  # see FileOp.cache_map
+
+
 @register_op("file")
 class FileOp:
     def __init__(self, vertex: Vertex) -> None:
@@ -62,7 +66,23 @@ class FileOp:
     def cache_map(self, ctx: OpContext) -> CacheMap:
         """BuildKit's key: json.Marshal of {Type, Actions (each action's own json.Marshal, a copy's
         source cut to its base name when it comes from an input), indexes (left out when they are
-        the usual chain)}; per input read by a copy or a user lookup, the selector paths."""
+        the usual chain)}; per input read by a copy or a user lookup, the selector paths.
+
+        It depends on the op's bytes and its number of inputs only, so it is remembered by them
+        (at most ``MAX_CACHE_MAPS``): a cached graph of 500 COPYs made the same 500 again every
+        build (the vertex digests change, the context's session being in them), each a walk of
+        the op's fields and two JSON encodings. Each call gets its own copy."""
+        key = (self.op.SerializeToString(deterministic=True), self.n_inputs)
+        cm = _CACHE_MAPS.get(key)
+        if cm is None:
+            cm = self._cache_map()
+            if len(_CACHE_MAPS) >= MAX_CACHE_MAPS:
+                _CACHE_MAPS.clear()
+            _CACHE_MAPS[key] = cm
+        deps = [Dep(d.selector, None if d.content is None else list(d.content)) for d in cm.deps]
+        return CacheMap(digest=cm.digest, deps=deps, ephemeral=cm.ephemeral, always_run=cm.always_run)
+
+    def _cache_map(self) -> CacheMap:
         selectors: dict[int, list[Selector]] = {}
         targets: set[int] = set()
         actions: list[str] = []
