@@ -307,11 +307,20 @@ async def build(client: FrontendClient) -> FrontendResult:
     multi = len(options.platforms) > 1 or options.multi_platform
     resolve_mode = "" if options.image_resolve_mode == "default" else options.image_resolve_mode
 
+    resolved: dict[tuple[str, str], tuple[str, bytes]] = {}
+
     async def resolver(ref: str, platform: llb.Platform) -> tuple[str, bytes]:
-        """``FROM``'s image config, shown as BuildKit's frontend names it."""
-        prefix = f"[{platform} internal]" if multi and platform is not None else "[internal]"
-        return await client.resolve_image_config(ref, platform, resolve_mode=resolve_mode,
-                                                 log_name=f"{prefix} load metadata for {ref}")
+        """``FROM``'s image config, shown as BuildKit's frontend names it; asked once per image and
+        platform in this build, as its stages resolve the same name alike (graph-500's 25 ``FROM
+        busybox`` were 25 registry requests in a row; BuildKit's concurrent resolutions of them
+        collapse into one)."""
+        key = (ref, str(platform))
+        got = resolved.get(key)
+        if got is None:
+            prefix = f"[{platform} internal]" if multi and platform is not None else "[internal]"
+            got = resolved[key] = await client.resolve_image_config(
+                ref, platform, resolve_mode=resolve_mode, log_name=f"{prefix} load metadata for {ref}")
+        return got
     vertex = _result_vertex(ref)
     try:
         lint_config = checks.linter_config(opts, dockerfile)
