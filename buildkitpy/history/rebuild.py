@@ -179,15 +179,31 @@ class RebuildRecorder:
 
     # -- fingerprints ----------------------------------------------------------------------------
 
-    def _load(self, keys: list[str]) -> tuple[dict | None, bytes | None]:
-        """The newest fingerprint under the first of ``keys`` that has one, and its stored form."""
+    def _rows(self, names: list[str]) -> dict[str, bytes]:
+        """The stored fingerprints of ``names`` (those that have one), in few queries: a cached
+        graph settles hundreds of steps together, and a query each was a quarter of it."""
+        out: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(names))
+        with self._lock:
+            for i in range(0, len(unique), 500):
+                chunk = unique[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                out.update(self._db.execute(f"SELECT name, fingerprint FROM steps WHERE name IN ({marks})",
+                                            chunk))
+        return out
+
+    def _load(self, keys: list[str],
+              rows: dict[str, bytes] | None = None) -> tuple[dict | None, bytes | None]:
+        """The newest fingerprint under the first of ``keys`` that has one, and its stored form
+        (from ``rows`` when given: ``_rows`` of at least ``keys``)."""
+        if rows is None:
+            rows = self._rows(keys)
         for key in keys:
-            with self._lock:
-                row = self._db.execute("SELECT fingerprint FROM steps WHERE name=?", (key,)).fetchone()
-            if row is None:
+            data = rows.get(key)
+            if data is None:
                 continue
             try:
-                return json.loads(zlib.decompress(row[0])), row[0]
+                return json.loads(zlib.decompress(data)), data
             except (zlib.error, ValueError):
                 return None, None
         return None, None
@@ -217,9 +233,13 @@ class RebuildRecorder:
         """Compare each step with its previous build and keep the fingerprints, all in one commit
         (blocking; a cached graph settles hundreds of steps together)."""
         rows: list[tuple[list[str], bytes, str]] = []
+        try:
+            stored = self._rows([key for f in facts for key in step_keys(f.vertex)])
+        except Exception:  # noqa: BLE001 - each step then reads its own (and reports its failure)
+            stored = None
         for f in facts:
             try:
-                row = self._settle(f)
+                row = self._settle(f, stored)
             except Exception:  # noqa: BLE001 - a report must never fail a build
                 log.warning("cannot record why %s rebuilt", f.vertex.name, exc_info=True)
                 continue
@@ -260,7 +280,8 @@ class RebuildRecorder:
             inputs.append(entry)
         return {"kind": v.kind, "op": op, "cache_digest": cm.digest, "build_args": args, "inputs": inputs}
 
-    def _settle(self, facts: StepFacts) -> tuple[list[str], bytes, str] | None:
+    def _settle(self, facts: StepFacts,
+                stored_rows: dict[str, bytes] | None = None) -> tuple[list[str], bytes, str] | None:
         """The step's report, and the row keeping its fingerprint. When the fingerprint is
         unchanged, its stored form is kept (a COPY of a large context lists every file, and
         encoding it again cost ~0.3 s per build)."""
@@ -268,7 +289,7 @@ class RebuildRecorder:
         if facts.cache_map.always_run and not facts.job.no_cache and not v.ignore_cache:
             return None  # local sources: synced on every build, nothing to explain
         keys = step_keys(v)
-        previous, stored = self._load(keys)
+        previous, stored = self._load(keys, stored_rows)
         current = self._fingerprint(facts, previous)
         if not facts.cached and self._build_args(facts.job.id) is not None:
             kind, reason = self._reason(facts, previous, current)
