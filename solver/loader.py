@@ -124,12 +124,13 @@ def load_definition(defn: ops_pb2.Definition) -> LoadedGraph:
             if inp.index < 0 or inp.index >= src.num_outputs:
                 raise InvalidArgument(f"invalid LLB vertex {orig}: input {pos} selects output {inp.index} of "
                                       f"{src.digest} ({src.name}), which has {src.num_outputs} output(s)")
-        num_outputs = _VALID_OPS.get(orig)
+        valid_key = _validation_key(kind, op)
+        num_outputs = _VALID_OPS.get(valid_key)
         if num_outputs is None:
             num_outputs = _validate_op(orig, kind, op)
             if len(_VALID_OPS) >= MAX_VALID_OPS:
                 _VALID_OPS.clear()
-            _VALID_OPS[orig] = num_outputs
+            _VALID_OPS[valid_key] = num_outputs
         name = metadata.description.get("llb.customname") or _op_name(kind, op, inputs, vertices)
         vertex = Vertex(digest=new, op=op, kind=kind, inputs=inputs, name=name, num_outputs=num_outputs,
                         metadata=metadata, sources=sources.get(orig, []), original_digest=orig)
@@ -297,11 +298,21 @@ def _validate_platform(dgst: str, op: ops_pb2.Op) -> None:
             raise _bad(dgst, f"invalid platform {label} {value!r}")
 
 
-# Ops that passed ``_validate_op``, by the digest of their bytes (the only thing it reads), with
-# their number of outputs: a graph is loaded again for every build, and walking every field of
-# every op for NUL bytes was a third of loading 500 ops.
+# Ops that passed ``_validate_op``, by ``_validation_key``, with their number of outputs: a graph
+# is loaded again for every build, and walking every field of every op for NUL bytes was a third
+# of loading 500 ops.
 MAX_VALID_OPS = 65536
-_VALID_OPS: dict[str, int] = {}
+_VALID_OPS: dict[tuple[str, bytes, bytes | None, bytes | None, int], int] = {}
+
+
+def _validation_key(kind: str, op: ops_pb2.Op) -> tuple[str, bytes, bytes | None, bytes | None, int]:
+    """What ``_validate_op`` reads of an op in the graph, as bytes: all of it but its inputs'
+    digests (those are digests of ops in the definition: no NUL byte to find), which are new for
+    every build downstream of a local source (its session is in its op)."""
+    return (kind, getattr(op, kind).SerializeToString(deterministic=True),
+            op.platform.SerializeToString(deterministic=True) if op.HasField("platform") else None,
+            op.constraints.SerializeToString(deterministic=True) if op.HasField("constraints") else None,
+            len(op.inputs))
 
 
 def _validate_op(dgst: str, kind: str, op: ops_pb2.Op) -> int:
