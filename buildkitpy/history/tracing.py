@@ -15,6 +15,7 @@ The blob format is BuildKit's (``application/vnd.buildkit.otlp.json.v0``): JSON-
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import threading
@@ -62,8 +63,14 @@ def tracer() -> trace.Tracer:
 
 def _go_time(ns: int) -> str:
     secs, frac = divmod(int(ns), 1_000_000_000)
-    base = datetime.datetime.fromtimestamp(secs, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return base + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"
+    return _go_seconds(secs) + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _go_seconds(secs: int) -> str:
+    """The date and time of a second (spans come by the hundred within a few seconds, and making
+    a datetime and formatting it was most of turning a client's span into a stub)."""
+    return datetime.datetime.fromtimestamp(secs, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _span_context(trace_id: str, span_id: str, flags: int = 1, remote: bool = False) -> dict:
