@@ -301,18 +301,22 @@ def _validate_platform(dgst: str, op: ops_pb2.Op) -> None:
 # Ops that passed ``_validate_op``, by ``_validation_key``, with their number of outputs: a graph
 # is loaded again for every build, and walking every field of every op for NUL bytes was a third
 # of loading 500 ops.
+# Keyed by a digest, not the bytes: a client's ops can be megabytes each (inline file data).
 MAX_VALID_OPS = 65536
-_VALID_OPS: dict[tuple[str, bytes, bytes | None, bytes | None, int], int] = {}
+_VALID_OPS: dict[bytes, int] = {}
 
 
-def _validation_key(kind: str, op: ops_pb2.Op) -> tuple[str, bytes, bytes | None, bytes | None, int]:
-    """What ``_validate_op`` reads of an op in the graph, as bytes: all of it but its inputs'
+def _validation_key(kind: str, op: ops_pb2.Op) -> bytes:
+    """The digest of what ``_validate_op`` reads of an op in the graph: all of it but its inputs'
     digests (those are digests of ops in the definition: no NUL byte to find), which are new for
     every build downstream of a local source (its session is in its op)."""
-    return (kind, getattr(op, kind).SerializeToString(deterministic=True),
-            op.platform.SerializeToString(deterministic=True) if op.HasField("platform") else None,
-            op.constraints.SerializeToString(deterministic=True) if op.HasField("constraints") else None,
-            len(op.inputs))
+    h = hashlib.sha256(b"%s\0%d\0" % (kind.encode(), len(op.inputs)))
+    platform = op.platform.SerializeToString(deterministic=True) if op.HasField("platform") else b"-"
+    constraints = op.constraints.SerializeToString(deterministic=True) if op.HasField("constraints") else b"-"
+    for part in (getattr(op, kind).SerializeToString(deterministic=True), platform, constraints):
+        h.update(b"%d:" % len(part))
+        h.update(part)
+    return h.digest()
 
 
 def _validate_op(dgst: str, kind: str, op: ops_pb2.Op) -> int:

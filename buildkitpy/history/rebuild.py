@@ -46,6 +46,7 @@ MAX_VALUE = 80  # characters of a changed value shown in a reason
 MAX_STEPS = 10000  # fingerprints kept (newest first)
 MAX_INLINE = 1024  # longer op strings are fingerprinted by digest
 MAX_OP_FIELDS = 4096  # ops whose fields are kept in memory
+MAX_KEPT_OP = 8192  # bytes of an op body at most, for its fields to be kept
 
 BuildArgs = Callable[[str], Mapping[str, str] | None]
 
@@ -87,11 +88,14 @@ def _compact(obj: object) -> object:
     return obj
 
 
-def _op_key(op: Message) -> tuple[str | None, bytes, bytes | None, bytes | None]:
+def _op_key(op: Message) -> tuple[str | None, bytes, bytes | None, bytes | None] | None:
     """Everything of a ``pb.Op`` but its inputs, as bytes: the op body, platform and constraints
-    (None when not set: an empty one set is a field of its own in the op's fields)."""
+    (None when not set: an empty one set is a field of its own in the op's fields); None for an op
+    too large to keep (inline file data: its fields are made each time)."""
     kind = op.WhichOneof("op")
     body = getattr(op, kind).SerializeToString(deterministic=True) if kind else b""
+    if len(body) > MAX_KEPT_OP:
+        return None
     return (kind, body,
             op.platform.SerializeToString(deterministic=True) if op.HasField("platform") else None,
             op.constraints.SerializeToString(deterministic=True) if op.HasField("constraints") else None)
@@ -254,13 +258,14 @@ class RebuildRecorder:
     def _fingerprint(self, facts: StepFacts, previous: dict | None) -> dict:
         v, cm = facts.vertex, facts.cache_map
         key = _op_key(v.op)
-        op = self._op_fields.get(key)
+        op = self._op_fields.get(key) if key is not None else None
         if op is None:
             op = _compact(json_format.MessageToDict(v.op, preserving_proto_field_name=True))
             op.pop("inputs", None)
-            if len(self._op_fields) >= MAX_OP_FIELDS:
-                self._op_fields.clear()
-            self._op_fields[key] = op
+            if key is not None:
+                if len(self._op_fields) >= MAX_OP_FIELDS:
+                    self._op_fields.clear()
+                self._op_fields[key] = op
         args = {k.removeprefix("build-arg:"): val for k, val in (self._build_args(facts.job.id) or {}).items()
                 if k.startswith("build-arg:")}
         inputs = []

@@ -51,6 +51,8 @@ def _ts(value: int) -> int | None:
 
 
 MAX_CACHE_MAPS = 16384
+# Ops larger than this (inline file data) are not remembered: their maps are made each time.
+MAX_REMEMBERED_OP = 8192
 _CACHE_MAPS: dict[tuple[bytes, int], CacheMap] = {}  # see FileOp.cache_map
 
 
@@ -69,10 +71,14 @@ class FileOp:
         the usual chain)}; per input read by a copy or a user lookup, the selector paths.
 
         It depends on the op's bytes and its number of inputs only, so it is remembered by them
-        (at most ``MAX_CACHE_MAPS``): a cached graph of 500 COPYs made the same 500 again every
-        build (the vertex digests change, the context's session being in them), each a walk of
-        the op's fields and two JSON encodings. Each call gets its own copy."""
-        key = (self.op.SerializeToString(deterministic=True), self.n_inputs)
+        (at most ``MAX_CACHE_MAPS`` ops of at most ``MAX_REMEMBERED_OP`` bytes each): a cached
+        graph of 500 COPYs made the same 500 again every build (the vertex digests change, the
+        context's session being in them), each a walk of the op's fields and two JSON encodings.
+        Each call gets its own copy."""
+        body = self.op.SerializeToString(deterministic=True)
+        if len(body) > MAX_REMEMBERED_OP:
+            return self._cache_map()
+        key = (body, self.n_inputs)
         cm = _CACHE_MAPS.get(key)
         if cm is None:
             cm = self._cache_map()

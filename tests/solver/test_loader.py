@@ -184,3 +184,17 @@ def test_nul_bytes_and_bad_platforms_are_refused(op: ops_pb2.Op, message: str) -
     b = LLB()
     with pytest.raises(InvalidArgument, match=message):
         load_definition(b.definition(b.add(op)))
+
+
+def test_remembered_validations_hold_digests_not_op_bytes():
+    """Ops that passed validation are remembered across builds by a digest: a client's ops can be
+    megabytes each (inline file data), and keeping their bytes as keys would grow without bound."""
+    from buildkitpy import llb
+    from buildkitpy.solver import loader
+
+    payload = b"x" * (1 << 20)
+    state = llb.scratch().file(llb.mkfile("/big", 0o644, payload))
+    load_definition(llb.marshal(state))
+    assert loader._VALID_OPS
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in loader._VALID_OPS)
+    assert sum(len(k) for k in loader._VALID_OPS) < len(payload)
