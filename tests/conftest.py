@@ -126,3 +126,15 @@ def make_daemon(tmp_path):
     yield make
     for d in started:
         stop_daemon(d)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A short temp dir (unix socket paths are limited to 107 bytes)."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="bkpy-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

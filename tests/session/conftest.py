@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -51,16 +49,6 @@ async def start_daemon(socket_path: str, health: HealthCheckConfig | None = None
 async def stop_daemon(daemon: Daemon) -> None:
     await daemon.channel.close()
     await daemon.server.stop(grace=None)
-
-
-@pytest.fixture
-def short_dir():
-    """A short temp dir (unix socket paths are limited to 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="bkpy-t")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

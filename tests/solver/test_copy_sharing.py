@@ -30,15 +30,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def short_dir():  # noqa: ANN201 - unix socket paths are limited to 107 bytes
-    import shutil
-    import tempfile
-    path = tempfile.mkdtemp(prefix="bkpy-z")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def source_tree(b: LLB) -> str:
     """A committed tree made by a FileOp of its own (mkfile: that op copies nothing)."""
     return b.file([mkdir("/d", output=-1), mkfile("/d/big", BIG, 0o644, input=0, output=-1),

@@ -32,15 +32,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def short_dir():  # noqa: ANN201 - unix socket paths are limited to 107 bytes
-    import shutil
-    import tempfile
-    path = tempfile.mkdtemp(prefix="bkpy-s")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def local(b: LLB, session_id: str, name: str = "ctx", **attrs: str) -> str:
     op = ops_pb2.Op(source=ops_pb2.SourceOp(identifier=f"local://{name}",
                                             attrs={"local.session": session_id, **attrs}))
