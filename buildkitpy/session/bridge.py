@@ -50,19 +50,24 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
+def bytes_message_prefix(size: int) -> bytes:
+    """What precedes ``size`` payload bytes in an encoded ``BytesMessage``: field 1's tag
+    (length-delimited) and the length as a varint."""
+    prefix = bytearray(b"\n")
+    while size >= 0x80:
+        prefix.append(size & 0x7F | 0x80)
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix)
+
+
 def encode_bytes_message(data: bytes) -> bytes:
     """The encoding of ``BytesMessage{data}`` (field 1, length-delimited; every BytesMessage of the
     protos is this one), built directly: protobuf's constructor and serializer copy a large payload
     several times, 0.15 s per 200 MB here against 0.01 s for the join."""
-    n = len(data)
-    if not n:
+    if not data:
         return b""  # proto3 leaves an empty field out
-    prefix = bytearray(b"\n")
-    while n >= 0x80:
-        prefix.append(n & 0x7F | 0x80)
-        n >>= 7
-    prefix.append(n)
-    return b"".join((prefix, data))
+    return b"".join((bytes_message_prefix(len(data)), data))
 
 
 @dataclass

@@ -41,7 +41,7 @@ from buildkitpy.fsutil.receiver import Receiver
 from buildkitpy.fsutil.sender import Finish, Sender, SendFile
 from buildkitpy.fsutil.threaded import ThreadedSink
 from buildkitpy.fsutil.walk import WalkEntry, WalkError, walk
-from buildkitpy.session.bridge import encode_bytes_message
+from buildkitpy.session.bridge import bytes_message_prefix, encode_bytes_message
 
 __all__ = [
     "FILESYNC_DIFFCOPY", "FILESEND_DIFFCOPY", "TransferStats", "FileSyncError",
@@ -430,15 +430,9 @@ def frame_bytes_message(buf: memoryview, size: int) -> bytes:
     made with one copy: its tag and length are written into the headroom just before them."""
     if not 0 < size <= MAX_BYTES_CHUNK:
         raise ValueError(f"a framed payload must have 1 to {MAX_BYTES_CHUNK} bytes, not {size}")
-    prefix = bytearray()
-    n = size
-    while n >= 0x80:
-        prefix.append(n & 0x7F | 0x80)
-        n >>= 7
-    prefix.append(n)
-    start = MESSAGE_HEADROOM - 1 - len(prefix)
-    buf[start] = 0x0A  # field 1, length-delimited
-    buf[start + 1:MESSAGE_HEADROOM] = prefix
+    prefix = bytes_message_prefix(size)
+    start = MESSAGE_HEADROOM - len(prefix)
+    buf[start:MESSAGE_HEADROOM] = prefix
     return bytes(buf[start:MESSAGE_HEADROOM + size])
 
 
