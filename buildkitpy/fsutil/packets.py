@@ -39,6 +39,29 @@ def data_packet(entry_id: int, data: bytes = b"") -> fsutil_wire_pb2.Packet:
     return Packet(type=DATA, ID=entry_id, data=data)
 
 
+_DATA_TYPE = bytes((1 << 3, DATA))  # field 1 (type), varint
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_data_packet(entry_id: int, data: bytes = b"") -> bytes:
+    """``data_packet(entry_id, data).SerializeToString()``, built directly: the Packet's
+    constructor and serializer each copy a (1 MiB) chunk, this joins it once."""
+    parts = [_DATA_TYPE]
+    if entry_id:
+        parts += (b"\x18", _varint(entry_id))  # field 3 (ID), varint
+    if data:
+        parts += (b"\x22", _varint(len(data)), data)  # field 4 (data), length-delimited
+    return b"".join(parts)
+
+
 def fin_packet() -> fsutil_wire_pb2.Packet:
     return Packet(type=FIN)
 

@@ -79,11 +79,21 @@ class Sender:
         At most the announced size is sent (the listing is the snapshot). A file that cannot be
         opened any more is sent as empty, like fsutil does.
         """
-        entry_id = request.entry_id
+        for chunk in self.data_chunks(request):
+            yield packets.data_packet(request.entry_id, chunk)
+
+    def encoded_data_packets(self, request: SendFile) -> Iterator[bytes]:
+        """``data_packets`` already encoded (``packets.encode_data_packet``: one copy of a chunk
+        where building and serializing a Packet made two)."""
+        for chunk in self.data_chunks(request):
+            yield packets.encode_data_packet(request.entry_id, chunk)
+
+    def data_chunks(self, request: SendFile) -> Iterator[bytes]:
+        """The payloads of ``data_packets``: the file's chunks, then ``b""``."""
         try:
             fd = os.open(request.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
-            yield packets.data_packet(entry_id)
+            yield b""
             return
         try:
             remaining = request.size
@@ -97,8 +107,8 @@ class Sender:
                     break
                 remaining -= len(data)
                 self.bytes_sent += len(data)
-                yield packets.data_packet(entry_id, data)
+                yield data
         finally:
             os.close(fd)
         self.files_sent += 1
-        yield packets.data_packet(entry_id)
+        yield b""

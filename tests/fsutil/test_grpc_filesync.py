@@ -3,11 +3,13 @@ daemon-side functions calling them through a channel."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import grpc
 import pytest
 from fsutil_helpers import build_rich_tree, manifest
@@ -16,6 +18,7 @@ from buildkitpy.api import fsutil_wire_pb2
 from buildkitpy.fsutil import modes, packets
 from buildkitpy.fsutil.errors import DiffCopyError
 from buildkitpy.session import filesync
+from buildkitpy.session.pipechannel import channel_over_pipe
 
 pytestmark = pytest.mark.anyio
 
@@ -137,14 +140,49 @@ async def test_hostile_client_cannot_escape_the_destination(tmp_path):
     assert os.listdir(tmp_path / "dest") == ["link"]
 
 
-async def test_local_export_round_trip_merges_into_existing_dir(tmp_path):
+@asynccontextmanager
+async def serving_over_pipe(tmp_path: Path, *attachables):
+    """``serving``, but the daemon's side is a session's channel: the HTTP/2 connection run by
+    ``channel_over_pipe`` on the socket's bytes (its calls have ``write_many``)."""
+    server = grpc.aio.server()
+    for a in attachables:
+        a.add_to_server(server)
+    path = f"{tmp_path}/attachables.sock"
+    server.add_insecure_port(f"unix:{path}")
+    await server.start()
+    reader, writer = await asyncio.open_unix_connection(path)
+
+    async def incoming():
+        while data := await reader.read(64 << 10):
+            yield data
+
+    async def write_out(receive) -> None:
+        async with receive:
+            async for chunk in receive:
+                writer.write(chunk)
+                await writer.drain()
+
+    send, receive = anyio.create_memory_object_stream[bytes](16)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_out, receive)
+            async with channel_over_pipe(incoming(), send) as (channel, _pipe):
+                yield channel
+            tg.cancel_scope.cancel()
+    finally:
+        writer.close()
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("over", [serving, serving_over_pipe], ids=["grpc", "session-pipe"])
+async def test_local_export_round_trip_merges_into_existing_dir(tmp_path, over):
     src = tmp_path / "result"
     build_rich_tree(src, files=200, big=1_000_000)
     out = tmp_path / "out"
     (out / "many").mkdir(parents=True)
     (out / "many" / "already-there").write_text("kept")
     target = filesync.FileSendAttachable({"0": filesync.LocalDirTarget(out)})
-    async with serving(tmp_path, target) as ch:
+    async with over(tmp_path, target) as ch:
         stats = await filesync.send_dir(ch, src, exporter_id="0")
     expected = manifest(src)
     got = manifest(out)
@@ -218,3 +256,10 @@ def test_framed_bytes_messages_are_encoded_as_protobuf_does(size):
     assert filesync._payload_size(encoded) == size
     with pytest.raises(ValueError):
         filesync.frame_bytes_message(memoryview(bytearray(10)), 0)
+
+
+@pytest.mark.parametrize("entry_id, data", [(0, b""), (1, b""), (127, b"x"), (128, b"y" * 200),
+                                            (2**32 - 1, os.urandom(70_000))])
+def test_data_packets_are_encoded_as_protobuf_does(entry_id, data):
+    expected = packets.data_packet(entry_id, data).SerializeToString()
+    assert packets.encode_data_packet(entry_id, data) == expected

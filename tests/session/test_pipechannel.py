@@ -234,6 +234,45 @@ async def test_streams_over_the_windows_both_ways(grpc_channel):
     assert await grpc_channel.stream_unary(_method("Total"))(iter([chunk] * 20)) == str(20 << 20).encode()
 
 
+async def test_write_many_sends_every_message_in_order_over_the_windows(grpc_channel):
+    """``write_many`` (a filesync sender's batches): hundreds of small messages and large ones in
+    a few writes arrive as the messages they were, in order, past the peer's 64 KiB initial window."""
+    batches = [[os.urandom(i % 300) for i in range(500)],
+               [os.urandom(1 << 20), b"", os.urandom(17_000), os.urandom(5)],
+               [os.urandom(16_384 - 5), os.urandom(16_384)]]
+    call = grpc_channel.stream_stream(_method("EchoStream"))()
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        async for reply in call:
+            received.append(reply)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_all)
+            for batch in batches:
+                await call.write_many(batch)
+            await call.done_writing()
+    assert received == [m for batch in batches for m in batch]
+    with pytest.raises(asyncio.InvalidStateError):
+        await call.write_many([b"too late"])
+
+
+def test_chunks_to_send_splits_the_queued_bytes_without_reordering():
+    conn = h2.H2Connection()
+    conn.data_to_send()  # the preface and settings
+    assert conn.chunks_to_send(10) == []
+    pieces = [b"abc", memoryview(b"defghijklmnop"), b"", b"q" * 25, memoryview(b"rs")]
+    for piece in pieces:
+        conn._emit(piece)
+    chunks = conn.chunks_to_send(10)
+    assert b"".join(chunks) == b"".join(bytes(p) for p in pieces)
+    assert [len(c) for c in chunks] == [10, 10, 10, 10, 3]
+    assert conn.outbound_size == 0 and conn.data_to_send() == b""
+    conn._emit(b"small")
+    assert conn.chunks_to_send(10) == [b"small"]
+
+
 async def test_many_concurrent_streams(grpc_channel):
     async def unary(i: int) -> None:
         payload = os.urandom(i * 97 % 70_000)
