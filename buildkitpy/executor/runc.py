@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -46,7 +47,9 @@ class ContainerStartError(BuildkitpyError):
 class RuncExecutor:
     def __init__(self, root: Path, runc: str = "runc") -> None:
         self.root = Path(root).absolute()
-        self.runc = runc
+        # Looked up once (as Go's exec.Command does): a bare name made every step's spawn try each
+        # PATH directory in the child, with the event loop blocked in vfork until the exec.
+        self.runc = shutil.which(runc) or runc
         self._state_dir = self.root / "runc-state"
         self._bundles_dir = self.root / "bundles"
         for d in (self._state_dir, self._bundles_dir):
