@@ -52,15 +52,19 @@ class Receiver:
         self.listing_done = False
         self.fin_sent = False
         self.done = False
-        self.bytes_received = 0  # STAT + DATA payload bytes, for "transferring context" progress
+        # Encoded size of the packets received, for "transferring context" progress (as fsutil).
+        self.bytes_received = 0
         self.files_received = 0
 
     @property
     def entry_count(self) -> int:
         return len(self._entries)
 
-    def receive(self, packet: fsutil_wire_pb2.Packet) -> Sequence[fsutil_wire_pb2.Packet]:
-        """Handle one packet from the sender; returns the packets to send back (REQ, FIN)."""
+    def receive(self, packet: fsutil_wire_pb2.Packet, size: int | None = None
+                ) -> Sequence[fsutil_wire_pb2.Packet]:
+        """Handle one packet from the sender (``size``: its encoded size, if known); returns the
+        packets to send back (REQ, FIN)."""
+        self.bytes_received += packet.ByteSize() if size is None else size
         t = packet.type
         if t == packets.DATA:
             return self._data(packet.ID, packet.data)
@@ -100,7 +104,6 @@ class Receiver:
         self._validator.check(stat)
         entry_id = len(self._entries)
         self._entries.append(stat)
-        self.bytes_received += stat.ByteSize()
         if self.sink.entry(entry_id, stat):
             if not modes.is_regular(stat.mode) or stat.linkname:
                 raise DiffCopyError(f"internal: sink asked for contents of non-file {stat.path!r}")
@@ -123,7 +126,6 @@ class Receiver:
             if req.received > req.stat.size:
                 raise DiffCopyError(f"sender sent more data than announced for {req.stat.path!r} "
                                     f"(size {req.stat.size}, got at least {req.received} bytes)")
-            self.bytes_received += len(data)
             self.sink.data(entry_id, data)
             return _NOTHING
         del self._requested[entry_id]

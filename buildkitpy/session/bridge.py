@@ -33,6 +33,8 @@ import anyio
 import grpc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from buildkitpy.api.filesync_pb2 import BytesMessage as _BytesMessage
+
 # BuildKit's limit (containerd defaults) in both directions.
 MAX_MESSAGE_SIZE = 16 << 20
 # One socket read becomes one BytesMessage; large reads keep per-message overhead low.
@@ -68,6 +70,27 @@ def encode_bytes_message(data: bytes) -> bytes:
     if not data:
         return b""  # proto3 leaves an empty field out
     return b"".join((bytes_message_prefix(len(data)), data))
+
+
+def bytes_message_data(message: bytes) -> bytes:
+    """The payload of an encoded ``BytesMessage`` (the inverse of :func:`encode_bytes_message`):
+    read directly when the message is field 1 alone, as every client sends it, and by protobuf
+    otherwise (fields repeated or unknown: the last field 1 wins). Raises protobuf's
+    ``DecodeError`` for bytes that are no BytesMessage."""
+    n = len(message)
+    if n > 1 and message[0] == 0x0A:
+        size = shift = 0
+        pos = 1
+        while pos < n and pos <= 5:
+            byte = message[pos]
+            size |= (byte & 0x7F) << shift
+            pos += 1
+            if byte < 0x80:
+                if pos + size == n:
+                    return message[pos:]
+                break
+            shift += 7
+    return _BytesMessage.FromString(message).data
 
 
 @dataclass

@@ -131,6 +131,21 @@ class _ClientCallStream:
         await self.call.done_writing()
 
 
+class _ConsumedCallStream(_ClientCallStream):
+    """A call of a :class:`~buildkitpy.session.pipechannel.PipeChannel`: the packets go to a
+    handler as they are received (``PipeCall.consume``), not to a task reading them one by one."""
+
+    async def consume(self, handle: Callable[[fsutil_wire_pb2.Packet, int], None]) -> None:
+        """``handle(packet, encoded_size)`` for every packet until the call ends with OK."""
+        decode = packets.decode_packet
+
+        def on_message(message: bytes) -> None:
+            handle(decode(message), len(message))
+
+        self.call.consume(on_message)
+        await self.call.consumed_all()
+
+
 class _ServerContextStream:
     """The server side of a stream-stream call (``context.read``/``write``) carrying Packets."""
 
@@ -199,26 +214,35 @@ async def _run_receiver(stream: _PacketStream, receiver: Receiver,
         await stream.done_writing()
 
     last_report = 0.0
+
+    def handle(packet: fsutil_wire_pb2.Packet, size: int | None = None) -> None:
+        nonlocal last_report
+        for reply in receiver.receive(packet, size):
+            send.send_nowait(reply)
+        if receiver.fin_sent:
+            send.close()  # FIN is the last thing a receiver sends
+        if progress is not None:
+            now = time.monotonic()
+            if now - last_report >= _PROGRESS_INTERVAL:
+                last_report = now
+                progress(receiver.bytes_received)
+
     try:
         async with _single_error(), anyio.create_task_group() as tg:
             tg.start_soon(writer)
             with send:
-                while True:
-                    packet = await stream.read()
-                    if packet is None:
-                        receiver.end_of_stream()
-                        break
-                    for reply in receiver.receive(packet):
-                        send.send_nowait(reply)
-                    if receiver.fin_sent:
-                        send.close()  # FIN is the last thing a receiver sends
-                    if progress is not None:
-                        now = time.monotonic()
-                        if now - last_report >= _PROGRESS_INTERVAL:
-                            last_report = now
-                            progress(receiver.bytes_received)
-                    if receiver.done and not drain:
-                        break
+                if drain and isinstance(stream, _ConsumedCallStream):
+                    await stream.consume(handle)
+                    receiver.end_of_stream()
+                else:
+                    while True:
+                        packet = await stream.read()
+                        if packet is None:
+                            receiver.end_of_stream()
+                            break
+                        handle(packet)
+                        if receiver.done and not drain:
+                            break
     except (DiffCopyError, ApplyError) as exc:
         await _send_err(stream, exc)
         raise
@@ -424,8 +448,9 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     writer: DiskWriter | ThreadedSink = ThreadedSink(disk) if disk_thread else disk
     receiver = Receiver(writer)
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)
+    stream = _ConsumedCallStream(call) if hasattr(call, "consume") else _ClientCallStream(call)
     try:
-        await _run_receiver(_ClientCallStream(call), receiver, progress, drain=True)
+        await _run_receiver(stream, receiver, progress, drain=True)
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
         raise await _rpc_error(f"receiving {dir_name!r} from the client", exc, call) from None
     finally:

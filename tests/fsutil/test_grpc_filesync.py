@@ -18,6 +18,7 @@ from buildkitpy.api import fsutil_wire_pb2
 from buildkitpy.fsutil import modes, packets
 from buildkitpy.fsutil.errors import DiffCopyError
 from buildkitpy.session import filesync
+from buildkitpy.session.bridge import bytes_message_data
 from buildkitpy.session.pipechannel import channel_over_pipe
 
 pytestmark = pytest.mark.anyio
@@ -243,6 +244,29 @@ def test_bytes_messages_are_encoded_as_protobuf_does(size):
     encoded = encode_bytes_message(data)
     assert encoded == filesync_pb2.BytesMessage(data=data).SerializeToString()
     assert filesync_pb2.BytesMessage.FromString(encoded).data == data
+    assert bytes_message_data(encoded) == data
+
+
+@pytest.mark.parametrize("encoded", [
+    b"\n\x03abc\n\x02xy",  # field 1 twice: the last wins
+    b"\n\x03abc\x10\x01",  # an unknown field after it
+    b"\x10\x01\n\x03abc",  # and before it
+    b"\n\x80\x01" + b"a" * 128,  # a length of two varint bytes
+    b"\n\x83\x00abc",  # a length in a longer varint than needed
+    b"",
+])
+def test_bytes_message_data_reads_what_protobuf_reads(encoded):
+    from buildkitpy.api import filesync_pb2
+
+    assert bytes_message_data(encoded) == filesync_pb2.BytesMessage.FromString(encoded).data
+
+
+@pytest.mark.parametrize("garbage", [b"\n\x05ab", b"\n", b"\n\xff\xff\xff\xff\xff\xff", b"\x0f"])
+def test_bytes_message_data_refuses_what_is_no_bytes_message(garbage):
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
+        bytes_message_data(garbage)
 
 
 @pytest.mark.parametrize("size", [1, 127, 128, 16383, 16384, 2_097_151, 2_097_152, 3 * 1024 * 1024])

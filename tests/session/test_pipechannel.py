@@ -273,6 +273,55 @@ def test_chunks_to_send_splits_the_queued_bytes_without_reordering():
     assert conn.chunks_to_send(10) == [b"small"]
 
 
+async def test_a_consumer_gets_every_response_in_order(grpc_channel):
+    """``consume``: responses go to the consumer as they arrive (several in one chunk, one per
+    frame, across the windows), ``consumed_all`` returns when the call ended with OK, raises the
+    consumer's error (which stops the consumption), and the call's error."""
+    got: list[bytes] = []
+    count, size = 40, 1 << 20
+    call = grpc_channel.unary_stream(_method("Produce"))(struct.pack(">II", count, size))
+    call.consume(got.append)
+    with anyio.fail_after(60):
+        await call.consumed_all()
+    assert [m[:4] for m in got] == [i.to_bytes(4, "big") for i in range(count)]
+    assert all(len(m) == size for m in got)
+
+    parts = [os.urandom(1 + i) for i in range(300)]
+    echoed: list[bytes] = []
+    call = grpc_channel.stream_stream(_method("EchoStream"))(iter(parts))
+    call.consume(echoed.append)
+    with anyio.fail_after(60):
+        await call.consumed_all()
+    assert echoed == parts
+
+    def refuse(message: bytes) -> None:
+        seen.append(message)
+        if len(seen) == 3:
+            raise ValueError("enough")
+
+    seen: list[bytes] = []
+    call = grpc_channel.unary_stream(_method("Produce"))(struct.pack(">II", 10, 8))
+    call.consume(refuse)
+    with anyio.fail_after(10), pytest.raises(ValueError, match="enough"):
+        await call.consumed_all()
+    assert len(seen) == 3
+    call.cancel()
+
+    call = grpc_channel.unary_unary(_method("Fail"))(b"")
+    call.consume(got.append)
+    with anyio.fail_after(10), pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.consumed_all()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    call = grpc_channel.unary_unary(_method("Slow"))(b"")
+    call.consume(got.append)
+    waiting = asyncio.ensure_future(call.consumed_all())
+    await asyncio.sleep(0.2)
+    call.cancel()
+    with anyio.fail_after(10), pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
 async def test_many_concurrent_streams(grpc_channel):
     async def unary(i: int) -> None:
         payload = os.urandom(i * 97 % 70_000)
