@@ -382,6 +382,7 @@ class ChecksumStore:
     def __init__(self, db_path: Path) -> None:
         self._lock = threading.Lock()
         self._files: OrderedDict[str, dict[str, FileRecord]] = OrderedDict()
+        self._metas: OrderedDict[str, dict[str, FileMeta]] = OrderedDict()
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS checksums_v2 (snapshot_id TEXT NOT NULL, "
@@ -402,6 +403,7 @@ class ChecksumStore:
         with self._lock:
             self._db.execute("DELETE FROM checksums_v2 WHERE snapshot_id=?", (snapshot_id,))
             self._files.pop(snapshot_id, None)
+            self._metas.pop(snapshot_id, None)
 
     def remember_files(self, snapshot_id: str, files: dict[str, FileRecord]) -> None:
         """The digests of regular files in a committed snapshot, by path under its root."""
@@ -414,6 +416,20 @@ class ChecksumStore:
     def files_of(self, snapshot_id: str) -> dict[str, FileRecord] | None:
         with self._lock:
             return self._files.get(snapshot_id)
+
+    def remember_file_metas(self, snapshot_id: str, metas: dict[str, FileMeta]) -> None:
+        """The ``file_meta`` of regular files in a committed snapshot, by path under its root, as a
+        local source transfer saw them on disk (``DiskWriter.files_as_stated``): the next transfer
+        onto it compares with them instead of an lstat of each file."""
+        with self._lock:
+            self._metas[snapshot_id] = metas
+            self._metas.move_to_end(snapshot_id)
+            while len(self._metas) > self.MAX_REMEMBERED:
+                self._metas.popitem(last=False)
+
+    def file_metas_of(self, snapshot_id: str) -> dict[str, FileMeta] | None:
+        with self._lock:
+            return self._metas.get(snapshot_id)
 
     def close(self) -> None:
         with self._lock:

@@ -61,12 +61,27 @@ class _PendingFile:
     written: int = 0
 
 
+# What a directory listing tells of an existing entry without a stat (the d_type of readdir).
+_OTHER, _DIR, _FILE = 0, 1, 2
+
+
 @dataclass(slots=True)
 class _Listing:
-    """Sync mode: a directory the stream is inside of, with its existing entries not yet streamed."""
+    """Sync mode: a directory the stream is inside of, with its existing entries not yet streamed
+    (by name: _DIR, _FILE or _OTHER)."""
 
     path: str
-    leftover: dict[str, os.stat_result]
+    leftover: dict[str, int]
+
+
+class _Recorded:
+    """The fields of an ``os.stat_result`` that the differ compares, from a record of the file
+    (``previous_files``) instead of an lstat."""
+
+    __slots__ = ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns")
+
+    def __init__(self, meta: tuple[int, int, int, int, int]) -> None:
+        self.st_mode, self.st_uid, self.st_gid, self.st_size, self.st_mtime_ns = meta
 
 
 class DiskWriter:
@@ -85,13 +100,24 @@ class DiskWriter:
     ``on_entry``, ``content_hasher``, ``previous_digests``: see ``EntryCallback`` and
     ``ContentHasher``; ``previous_digests`` are the digests of the files of the previous copy in
     ``dest`` by path, reported for those kept as they were.
+    ``previous_files`` (sync mode): the ``(st_mode, st_uid, st_gid, st_size, st_mtime_ns)`` of
+    regular files of ``dest`` by path, known to be exactly so on disk (the records of a committed
+    snapshot that ``dest`` is mounted on, made when its files were written or kept): the differ
+    compares a listed regular file with its record instead of an lstat of it. Directories, other
+    entries, files without a record and hardlinks are lstat'ed as without it.
+    ``collect_files``: fill ``files_as_stated`` with the ``(st_mode, st_uid, st_gid, st_size,
+    st_mtime_ns)`` of the regular files (not hardlinks) that end up on disk exactly as their Stat
+    says: those kept (as compared) and those written whose fstat matches it. What a later sync
+    onto a snapshot of ``dest`` can be given as ``previous_files``.
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, mode: ApplyMode = "fresh",
                  owner: tuple[int, int] | None = None, on_entry: EntryCallback | None = None,
                  differ: Differ = "none", fine_mtimes_only: bool = False,
                  content_hasher: ContentHasher | None = None,
-                 previous_digests: Mapping[str, str] | None = None) -> None:
+                 previous_digests: Mapping[str, str] | None = None,
+                 previous_files: Mapping[str, tuple[int, int, int, int, int]] | None = None,
+                 collect_files: bool = False) -> None:
         if mode not in ("fresh", "merge", "sync"):
             raise ValueError(f"unknown apply mode {mode!r}")
         if differ not in ("none", "metadata"):
@@ -104,6 +130,8 @@ class DiskWriter:
         self.on_entry = on_entry
         self.content_hasher = content_hasher
         self.previous_digests = previous_digests or {}
+        self.previous_files = previous_files or {}
+        self.files_as_stated: dict[str, tuple[int, int, int, int, int]] | None = {} if collect_files else None
         self._is_root = os.geteuid() == 0
         self._my_ids = (os.geteuid(), os.getegid())
         try:
@@ -139,19 +167,23 @@ class DiskWriter:
             if self._listings:
                 self._leave_listings_until(parent)
             pfd = self._dir_fd(parent)
-            existing = self._existing(pfd, name)
+            existing = self._existing(pfd, name, stat)
             if modes.is_dir(mode):
                 self._directory(pfd, name, stat, existing)
                 return False
             if existing is not None:
                 if self.differ == "metadata" and self._unchanged(pfd, name, stat, existing):
                     self.entries_kept += 1
+                    if (self.files_as_stated is not None and st.S_ISREG(existing.st_mode)
+                            and not stat.linkname):
+                        self.files_as_stated[path] = (existing.st_mode, existing.st_uid, existing.st_gid,
+                                                      existing.st_size, existing.st_mtime_ns)
                     kept_digest = self.previous_digests.get(path) if st.S_ISREG(existing.st_mode) else None
                     self._notify(stat, kept_digest)
                     return False
             self.modified = True
             if existing is not None:
-                self._remove(pfd, name, existing)
+                self._remove(pfd, name, st.S_ISDIR(existing.st_mode))
             if modes.is_symlink(mode):
                 os.symlink(stat.linkname, name, dir_fd=pfd)
                 self._finish_special(pfd, name, stat, chmod=False)
@@ -224,8 +256,14 @@ class DiskWriter:
             os.chmod(fd, modes.permission_bits_from_go(stat.mode))
             os.utime(fd, ns=(stat.modTime, stat.modTime))
             digest = pf.hasher.hexdigest() if pf.hasher is not None else None
-            if digest is not None and self.content_hasher is not None and not self._as_stated(fd, pf):
-                digest = None
+            if self.files_as_stated is not None or (digest is not None and self.content_hasher is not None):
+                current = os.fstat(fd)
+                if self._as_stated(current, pf):
+                    if self.files_as_stated is not None and current.st_mtime_ns == stat.modTime:
+                        self.files_as_stated[stat.path] = (current.st_mode, current.st_uid, current.st_gid,
+                                                           current.st_size, current.st_mtime_ns)
+                elif self.content_hasher is not None:
+                    digest = None
         except ApplyError:
             raise
         except OSError as e:
@@ -236,11 +274,10 @@ class DiskWriter:
         self._notify(stat, digest)
 
     @staticmethod
-    def _as_stated(fd: int, pf: _PendingFile) -> bool:
+    def _as_stated(current: os.stat_result, pf: _PendingFile) -> bool:
         """Whether the file has exactly the size, permissions and owner of its Stat (what a content
         hasher may have hashed): the kernel may drop a setgid bit, a sender may send fewer bytes."""
         stat = pf.stat
-        current = os.fstat(fd)
         return (pf.written == stat.size == current.st_size
                 and st.S_IMODE(current.st_mode) == modes.permission_bits_from_go(stat.mode)
                 and (current.st_uid, current.st_gid) == (stat.uid, stat.gid))
@@ -323,15 +360,25 @@ class DiskWriter:
     # -- existing entries (merge and sync) -------------------------------------------------------
 
     @staticmethod
-    def _list(fd: int) -> dict[str, os.stat_result]:
+    def _list(fd: int) -> dict[str, int]:
+        """The entries of a directory and their kinds, from readdir's d_type (lstat only where the
+        filesystem does not give it)."""
         with os.scandir(fd) as it:
-            return {e.name: e.stat(follow_symlinks=False) for e in it}
+            return {e.name: _DIR if e.is_dir(follow_symlinks=False)
+                    else _FILE if e.is_file(follow_symlinks=False) else _OTHER for e in it}
 
-    def _existing(self, pfd: int, name: str) -> os.stat_result | None:
-        """What is at ``name`` in the parent now (never followed), or None."""
+    def _existing(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat) -> os.stat_result | _Recorded | None:
+        """What is at ``name`` in the parent now (never followed), or None; from its record when
+        ``stat`` is a plain regular file and the listing says a regular file is there."""
         if self._listings:
-            return self._listings[-1].leftover.pop(name, None)
-        if self.mode == "fresh":
+            kind = self._listings[-1].leftover.pop(name, None)
+            if kind is None:
+                return None
+            if kind == _FILE and not stat.linkname and modes.is_regular(stat.mode):
+                meta = self.previous_files.get(stat.path)
+                if meta is not None:
+                    return _Recorded(meta)
+        elif self.mode == "fresh":
             return None
         try:
             return os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -350,22 +397,22 @@ class DiskWriter:
         if listing.leftover:
             self.modified = True
             fd = self._dir_fd(listing.path)
-            for name, existing in listing.leftover.items():
-                self._remove(fd, name, existing)
+            for name, kind in listing.leftover.items():
+                self._remove(fd, name, kind == _DIR)
                 self.entries_deleted += 1
 
     @staticmethod
-    def _remove(pfd: int, name: str, existing: os.stat_result) -> None:
-        if st.S_ISDIR(existing.st_mode):
+    def _remove(pfd: int, name: str, is_dir: bool) -> None:
+        if is_dir:
             shutil.rmtree(name, dir_fd=pfd)  # fd-based: never follows a symlink inside
         else:
             os.unlink(name, dir_fd=pfd)
 
     def _directory(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat,
-                   existing: os.stat_result | None) -> None:
+                   existing: os.stat_result | _Recorded | None) -> None:
         reuse = existing is not None and st.S_ISDIR(existing.st_mode)
         if existing is not None and not reuse:
-            self._remove(pfd, name, existing)
+            self._remove(pfd, name, False)
         if not reuse:
             os.mkdir(name, 0o700, dir_fd=pfd)
         fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
@@ -386,11 +433,13 @@ class DiskWriter:
         self._dirs.append(stat)
         self._notify(stat, None)
 
-    def _unchanged(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat, existing: os.stat_result) -> bool:
+    def _unchanged(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat,
+                   existing: os.stat_result | _Recorded) -> bool:
         """fsutil's metadata differ: same type and permissions, owner, mtime, and by type the size,
         link target (symlinks), inode (hardlinks) or device numbers. Contents are not compared."""
         mode = stat.mode
         if stat.linkname and not modes.is_symlink(mode):  # hardlink: already the same inode?
+            assert isinstance(existing, os.stat_result)  # a hardlink is never taken from a record
             if not st.S_ISREG(existing.st_mode):
                 return False
             lparent, _, lname = stat.linkname.rpartition("/")
@@ -408,6 +457,7 @@ class DiskWriter:
         if modes.is_symlink(mode):
             return os.readlink(name, dir_fd=pfd) == stat.linkname
         if modes.is_device(mode):
+            assert isinstance(existing, os.stat_result)  # only regular files are
             return (os.major(existing.st_rdev), os.minor(existing.st_rdev)) == (stat.devmajor, stat.devminor)
         return existing.st_size == stat.size
 

@@ -89,6 +89,8 @@ class TransferStats:
     kept: int = 0  # entries already in dest with the same metadata (differ="metadata")
     deleted: int = 0  # entries in dest the client no longer has (mode="sync")
     modified: bool = True  # False when dest was left exactly as it was (an unchanged sync)
+    # receive_dir(collect_files=True): DiskWriter.files_as_stated
+    files_as_stated: dict[str, tuple[int, int, int, int, int]] | None = None
 
 
 # -- transport adapters ----------------------------------------------------------------------------
@@ -417,7 +419,9 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
                       differ: Differ = "none", on_entry: EntryCallback | None = None,
                       disk_thread: bool = False, fine_mtimes_only: bool = False,
                       content_hasher: ContentHasher | None = None,
-                      previous_digests: Mapping[str, str] | None = None) -> TransferStats:
+                      previous_digests: Mapping[str, str] | None = None,
+                      previous_files: Mapping[str, tuple[int, int, int, int, int]] | None = None,
+                      collect_files: bool = False) -> TransferStats:
     """Pull the client's directory ``dir_name`` into ``dest`` (FileSync.DiffCopy, we receive).
 
     ``dest`` must be empty in the default ``fresh`` mode. ``mode="sync"`` turns a previous copy in
@@ -426,8 +430,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     BuildKit's incremental context transfer; ``fine_mtimes_only`` keeps only files whose mtime has
     sub-second digits (for a previous copy that may come from another directory).
     ``progress(bytes_so_far)`` is called as the transfer goes (for "transferring <name>:"
-    statuses); ``on_entry(stat, sha256_hex | None)`` for every applied entry (``content_hasher``
-    and ``previous_digests``: see ``DiskWriter``). ``disk_thread`` moves
+    statuses); ``on_entry(stat, sha256_hex | None)`` for every applied entry (``content_hasher``,
+    ``previous_digests``, ``previous_files`` and ``collect_files``: see ``DiskWriter``). ``disk_thread`` moves
     file creation off the event loop (``ThreadedSink``); it is off by default because on 2 busy
     cores the GIL hand-offs cost more than they overlap.
     Raises ``DiffCopyError`` if the client breaks the protocol, ``RemoteError`` if it aborts,
@@ -444,7 +448,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     if disk_thread and differ != "none" and mode != "fresh":
         raise ValueError("disk_thread cannot be combined with a differ: it requests every file up front")
     disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ, fine_mtimes_only=fine_mtimes_only,
-                      content_hasher=content_hasher, previous_digests=previous_digests)
+                      content_hasher=content_hasher, previous_digests=previous_digests,
+                      previous_files=previous_files, collect_files=collect_files)
     writer: DiskWriter | ThreadedSink = ThreadedSink(disk) if disk_thread else disk
     receiver = Receiver(writer)
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)
@@ -457,7 +462,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
         call.cancel()
         writer.close()
     return TransferStats(receiver.entry_count, writer.files_written, writer.bytes_written,
-                         time.monotonic() - started, disk.entries_kept, disk.entries_deleted, disk.modified)
+                         time.monotonic() - started, disk.entries_kept, disk.entries_deleted, disk.modified,
+                         disk.files_as_stated)
 
 
 async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",

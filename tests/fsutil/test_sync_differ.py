@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat as statmod
 
 import pytest
 from fsutil_helpers import build_rich_tree, manifest, pump
@@ -22,15 +23,42 @@ FILE = 0o644
 LINK = modes.MODE_SYMLINK | 0o777
 
 
-def transfer(src, dest, *, differ: str = "metadata",
-             fine_mtimes_only: bool = False) -> tuple[Receiver, DiskWriter, dict[str, str | None]]:
+def transfer(src, dest, *, differ: str = "metadata", fine_mtimes_only: bool = False,
+             records: dict | None = None) -> tuple[Receiver, DiskWriter, dict[str, str | None]]:
+    """One sync of ``src`` into ``dest``. ``records``: kept across transfers like the local
+    source's metadata of the files (``files_as_stated``), given to the next sync as
+    ``previous_files``; each time checked against an lstat of every file."""
     digests: dict[str, str | None] = {}
+    extra = {} if records is None else {"previous_files": dict(records), "collect_files": True}
     writer = DiskWriter(dest, mode="sync", differ=differ, fine_mtimes_only=fine_mtimes_only,
-                        on_entry=lambda s, d: digests.__setitem__(s.path, d))
+                        on_entry=lambda s, d: digests.__setitem__(s.path, d), **extra)
     receiver = Receiver(writer)
-    pump(Sender(walk(src)), receiver)
+    entries = walk(src)
+    pump(Sender(entries), receiver)
     assert receiver.done
+    if records is not None:  # every regular file on disk as it is, but the hardlinks sent as such
+        hardlinks = {e.stat.path for e in entries if e.stat.linkname and modes.is_regular(e.stat.mode)}
+        assert writer.files_as_stated == {p: m for p, m in on_disk_files(dest).items() if p not in hardlinks}
+        records.clear()
+        records.update(writer.files_as_stated)
     return receiver, writer, digests
+
+
+def on_disk_files(root) -> dict[str, tuple[int, int, int, int, int]]:
+    out = {}
+    for d, _dirs, files in os.walk(root):
+        for n in files:
+            st = os.lstat(os.path.join(d, n))
+            if statmod.S_ISREG(st.st_mode):
+                out[os.path.relpath(os.path.join(d, n), root)] = (st.st_mode, st.st_uid, st.st_gid,
+                                                                 st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(params=["lstat", "records"])
+def records(request) -> dict | None:
+    """Each differ test runs comparing with an lstat of the previous copy and with its records."""
+    return {} if request.param == "records" else None
 
 
 def inodes(root) -> dict[str, int]:
@@ -38,24 +66,27 @@ def inodes(root) -> dict[str, int]:
             for d, dirs, files in os.walk(root) for n in dirs + files}
 
 
-def test_unchanged_second_transfer_requests_nothing_and_touches_nothing(tmp_path):
+def test_unchanged_second_transfer_requests_nothing_and_touches_nothing(tmp_path, records):
     src, dest = tmp_path / "src", tmp_path / "dest"
     build_rich_tree(src, files=300, big=200_000)
-    first, _, _ = transfer(src, dest)
+    first, _, _ = transfer(src, dest, records=records)
     assert first.files_received > 300
     before_inodes, before = inodes(dest), manifest(dest)
-    again, writer, digests = transfer(src, dest)
+    kept_records = dict(records or {})
+    again, writer, digests = transfer(src, dest, records=records)
     assert again.files_received == 0 and not writer.modified
     assert writer.entries_deleted == 0 and writer.entries_kept == again.entry_count - len(writer._dirs)
     assert manifest(dest) == before == manifest(src)
     assert inodes(dest) == before_inodes  # nothing was re-created
     assert digests["big.bin"] is None  # kept, not received
+    if records is not None:
+        assert records == kept_records and len(records) > 300
 
 
-def test_changes_are_applied_and_only_changed_files_requested(tmp_path):
+def test_changes_are_applied_and_only_changed_files_requested(tmp_path, records):
     src, dest = tmp_path / "src", tmp_path / "dest"
     build_rich_tree(src, files=200, big=100_000)
-    transfer(src, dest)
+    transfer(src, dest, records=records)
     mtime = os.lstat(src / "big.bin").st_mtime_ns
     (src / "big.bin").write_bytes(b"new contents")  # content + size + mtime change
     (src / "many" / "d000" / "f00001.txt").write_bytes(b"same size")  # content change
@@ -72,7 +103,7 @@ def test_changes_are_applied_and_only_changed_files_requested(tmp_path):
     (src / "empty" / "new").write_text("new file")
     os.unlink(src / "hl-b")
     (src / "hl-b").write_text("no longer linked\n")
-    receiver, writer, digests = transfer(src, dest)
+    receiver, writer, digests = transfer(src, dest, records=records)
     assert manifest(dest) == manifest(src)
     assert sorted(p for p, d in digests.items() if d) == sorted(
         ["big.bin", "many/d000/f00001.txt", "mode0777", "empty/new", "hl-b"])
@@ -112,13 +143,14 @@ def test_fine_mtimes_only_refetches_files_with_whole_second_mtimes(tmp_path):
     assert receiver.files_received == 1 and digests["fine"] is None  # kept
 
 
-@pytest.mark.parametrize("change", ["add", "delete", "chmod-dir", "mtime-dir", "file"])
-def test_any_change_marks_the_destination_modified(tmp_path, change):
+@pytest.mark.parametrize("change", ["add", "delete", "chmod-dir", "mtime-dir", "file", "chmod-file",
+                                    "mtime-file", "symlink"])
+def test_any_change_marks_the_destination_modified(tmp_path, change, records):
     src, dest = tmp_path / "src", tmp_path / "dest"
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_text("f")
-    transfer(src, dest)
-    _, writer, _ = transfer(src, dest)
+    transfer(src, dest, records=records)
+    _, writer, _ = transfer(src, dest, records=records)
     assert not writer.modified
     if change == "add":
         (src / "d" / "g").write_text("g")
@@ -128,10 +160,19 @@ def test_any_change_marks_the_destination_modified(tmp_path, change):
         os.chmod(src / "d", 0o700)
     elif change == "mtime-dir":
         os.utime(src / "d", ns=(10**18, 10**18))
+    elif change == "chmod-file":
+        os.chmod(src / "d" / "f", 0o600)
+    elif change == "mtime-file":
+        os.utime(src / "d" / "f", ns=(10**18 + 1, 10**18 + 1))
+    elif change == "symlink":
+        (src / "d" / "f").unlink()
+        os.symlink("elsewhere", src / "d" / "f")
     else:
         (src / "d" / "f").write_text("longer")
-    _, writer, _ = transfer(src, dest)
+    receiver, writer, _ = transfer(src, dest, records=records)
     assert writer.modified and manifest(dest) == manifest(src)
+    if change in ("file", "chmod-file", "mtime-file"):
+        assert receiver.files_received == 1
 
 
 def test_sync_without_differ_still_deletes(tmp_path):
