@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from google.protobuf.message import Message
+
 from buildkitpy.api import ops_pb2
 from buildkitpy.attest import gojson
 from buildkitpy.attest.capture import Capture
@@ -392,11 +394,37 @@ def build_steps(definition: ops_pb2.Definition | None,
         op.CopyFrom(ops[d])
         inputs = [f"step{indexes[inp.digest]}:{inp.index}" for inp in op.inputs]
         del op.inputs[:]
-        step: dict[str, Any] = {"id": f"step{i}", "op": gojson.to_go(op)}
+        step: dict[str, Any] = {"id": f"step{i}", "op": _go(op)}
         if inputs:
             step["inputs"] = inputs
         steps.append(step)
     return steps, {d: f"step{i}" for d, i in sorted(indexes.items())}, indexes
+
+
+# An op's (or a source location's) Go JSON by its bytes: a build of a Dockerfile makes the same ops
+# as its previous build but for the local sources' sessions (the COPYs of graph-500: 475 of its 500
+# ops; their inputs' digests are not in the bytes, ``build_steps`` drops the inputs first), and
+# turning each op into Go JSON field by field was two thirds of a cached graph's provenance. Kept
+# only for messages of at most MAX_KEPT_GO bytes, whose values nobody changes: the history drops
+# only inline data beyond 64 KiB (``manifest._drop_large_inline_data``).
+MAX_GO = 4096
+MAX_KEPT_GO = 8192
+_GO: dict[tuple[str, bytes], dict[str, Any]] = {}
+
+
+def _go(msg: Message) -> dict[str, Any]:
+    """``gojson.to_go(msg)``, shared with every equal message (read-only)."""
+    data = msg.SerializeToString(deterministic=True)
+    if len(data) > MAX_KEPT_GO:
+        return gojson.to_go(msg)
+    key = (msg.DESCRIPTOR.full_name, data)
+    got = _GO.get(key)
+    if got is None:
+        got = gojson.to_go(msg)
+        if len(_GO) >= MAX_GO:
+            _GO.clear()
+        _GO[key] = got
+    return got
 
 
 def _source_metadata(definition: ops_pb2.Definition | None,
@@ -420,7 +448,7 @@ def _source_metadata(definition: ops_pb2.Definition | None,
                 info["llbDefinition"] = steps
                 info["digestMapping"] = mapping
         infos.append(info)
-    locations = {f"step{indexes[k]}": gojson.to_go(v) for k, v in definition.Source.locations.items()
+    locations = {f"step{indexes[k]}": _go(v) for k, v in definition.Source.locations.items()
                  if k in indexes}
     out: dict[str, Any] = {}
     if locations:

@@ -137,6 +137,16 @@ def test_history_copy_leaves_out_large_inline_file_data() -> None:
     assert [len(m["data"]) for m in mkfile] == [16, 87384]  # base64 in the attestation, as BuildKit's
     _drop_large_inline_data(pred)
     assert "data" in mkfile[0] and "data" not in mkfile[1]
+    # the next build of the same ops (their Go JSON is remembered by their bytes) is whole again
+    again = predicate_v1(options.ProvenanceRequest(), info, BuildCapture("r").capture_for(definition, []),
+                         definition, 1.0)
+    steps = again["buildDefinition"]["internalParameters"]["buildConfig"]["llbDefinition"]
+    assert [len(s["op"]["Op"]["file"]["actions"][0]["Action"]["mkfile"]["data"]) for s in steps[:2]] == \
+        [16, 87384]
+    for step, dt in zip(steps, getattr(definition, "def"), strict=True):
+        op = ops_pb2.Op.FromString(dt)
+        del op.inputs[:]
+        assert step["op"] == gojson.to_go(op)
 
 
 def _bundle_dir(tmp_path, files: dict[str, bytes]):  # noqa: ANN001, ANN202
