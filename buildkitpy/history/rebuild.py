@@ -47,6 +47,8 @@ MAX_STEPS = 10000  # fingerprints kept (newest first)
 MAX_INLINE = 1024  # longer op strings are fingerprinted by digest
 MAX_OP_FIELDS = 4096  # ops whose fields are kept in memory
 MAX_KEPT_OP = 8192  # bytes of an op body at most, for its fields to be kept
+MAX_DECODED = 4096  # stored fingerprints kept decoded in memory
+MAX_KEPT_DECODED = 4096  # bytes of a stored fingerprint at most, for it to be kept decoded
 
 BuildArgs = Callable[[str], Mapping[str, str] | None]
 
@@ -167,6 +169,10 @@ class RebuildRecorder:
         # each into a dict was a third of settling them. (Not by vertex digest: a COPY from the
         # context has a new one every build, the local source's session being in it.)
         self._op_fields: dict[tuple[str | None, bytes, bytes | None, bytes | None], dict] = {}
+        # a stored fingerprint -> its decoded form (read-only): a cached step's fingerprint is the
+        # one it had the build before, and the steps of a cached graph were each read back,
+        # decompressed and parsed every build
+        self._decoded: dict[bytes, dict] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -206,10 +212,19 @@ class RebuildRecorder:
             data = rows.get(key)
             if data is None:
                 continue
+            decoded = self._decoded.get(data)
+            if decoded is not None:
+                return decoded, data
             try:
-                return json.loads(zlib.decompress(data)), data
+                decoded = json.loads(zlib.decompress(data))
             except (zlib.error, ValueError):
                 return None, None
+            if len(data) <= MAX_KEPT_DECODED:
+                with self._lock:
+                    if len(self._decoded) >= MAX_DECODED:
+                        self._decoded.clear()
+                    self._decoded[data] = decoded
+            return decoded, data
         return None, None
 
     def _store_many(self, rows: list[tuple[list[str], bytes, str]]) -> None:
@@ -271,9 +286,12 @@ class RebuildRecorder:
         inputs = []
         prev_inputs = (previous or {}).get("inputs", [])
         for i, (name, keys, dep) in enumerate(zip(facts.input_names, facts.input_keys, cm.deps, strict=True)):
-            entry: dict = {"name": name, "key": keys.stable.id}
+            entry: dict = {"name": name}
             checksum = facts.content[i] if facts.content is not None else None
             if checksum is not None and dep.content:
+                # the checksum, not the input's key (unused for such an input, ``_reason``): the
+                # key of a local source is new every build (its session), and with it every COPY
+                # from the context had a new fingerprint to encode and compress every build
                 entry["checksum"] = checksum
                 prev = prev_inputs[i] if i < len(prev_inputs) else {}
                 if prev.get("checksum") == checksum and "files" in prev:
@@ -282,6 +300,8 @@ class RebuildRecorder:
                     snap = facts.inputs[i]
                     with snap.mount() as root:
                         entry["files"] = file_digests(Path(root), dep.content)
+            else:
+                entry["key"] = keys.stable.id
             inputs.append(entry)
         return {"kind": v.kind, "op": op, "cache_digest": cm.digest, "build_args": args, "inputs": inputs}
 
