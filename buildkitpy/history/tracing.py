@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -168,6 +169,56 @@ def _library(scope: Any) -> dict:
 
 
 _TAIL = ("Resource", "InstrumentationLibrary")
+# The fields of a stub as ``stub_from_sdk`` and ``stubs_from_otlp`` make them, in order.
+_STUB_KEYS = ("Name", "SpanContext", "Parent", "SpanKind", "StartTime", "EndTime", "Attributes", "Events",
+              "Links", "Status", "DroppedAttributes", "DroppedEvents", "DroppedLinks", "ChildSpanCount",
+              "Resource", "InstrumentationLibrary")
+_CONTEXT_KEYS = ("TraceID", "SpanID", "TraceFlags", "TraceState", "Remote")
+_STATUS_KEYS = ("Code", "Description")
+
+
+def _context_text(ctx: object) -> str | None:
+    """``json_indent`` of a span context as a field of a stub, or None for another shape."""
+    if type(ctx) is not dict or tuple(ctx) != _CONTEXT_KEYS:
+        return None
+    tid, sid, flags, state, remote = ctx.values()
+    if not (type(tid) is str and type(sid) is str and type(flags) is str and type(state) is str
+            and type(remote) is bool):
+        return None
+    enc = encode_basestring_ascii
+    return (f'{{\n    "TraceID": {enc(tid)},\n    "SpanID": {enc(sid)},\n    "TraceFlags": {enc(flags)},'
+            f'\n    "TraceState": {enc(state)},\n    "Remote": {"true" if remote else "false"}\n  }}')
+
+
+def _list_text(items: object) -> str | None:
+    if type(items) is not list:
+        return None
+    return "[]" if not items else json_indent(items).replace("\n", "\n  ")
+
+
+def _head_text(stub: dict) -> str | None:
+    """``json_indent`` of a stub of the usual shape up to its "Resource" (exclusive), made with
+    templates for its fixed parts (the generic walk of every field of 500 spans was most of
+    rendering a cached graph's trace); None for any other shape."""
+    name, ctx, parent, kind, start, end, attrs, events, links, status, da, de, dl, cc = \
+        (stub[k] for k in _STUB_KEYS[:14])
+    if not (type(name) is str and type(kind) is int and type(start) is str and type(end) is str
+            and type(da) is int and type(de) is int and type(dl) is int and type(cc) is int
+            and type(status) is dict and tuple(status) == _STATUS_KEYS
+            and type(status["Code"]) is str and type(status["Description"]) is str):
+        return None
+    ctx_text, parent_text = _context_text(ctx), _context_text(parent)
+    attrs_text, events_text, links_text = _list_text(attrs), _list_text(events), _list_text(links)
+    if ctx_text is None or parent_text is None or attrs_text is None or events_text is None \
+            or links_text is None:
+        return None
+    enc = encode_basestring_ascii
+    return (f'{{\n  "Name": {enc(name)},\n  "SpanContext": {ctx_text},\n  "Parent": {parent_text},\n'
+            f'  "SpanKind": {kind},\n  "StartTime": {enc(start)},\n  "EndTime": {enc(end)},\n'
+            f'  "Attributes": {attrs_text},\n  "Events": {events_text},\n  "Links": {links_text},\n'
+            f'  "Status": {{\n    "Code": {enc(status["Code"])},\n    "Description": '
+            f'{enc(status["Description"])}\n  }},\n  "DroppedAttributes": {da},\n  "DroppedEvents": {de},\n'
+            f'  "DroppedLinks": {dl},\n  "ChildSpanCount": {cc}')
 
 
 def render_stubs(stubs: list[dict]) -> str:
@@ -188,8 +239,10 @@ def render_stubs(stubs: list[dict]) -> str:
         if len(keys) <= 2 or keys[-2:] != _TAIL:
             out.append(json_indent(stub) + "\n")
             continue
-        head = json_indent({k: stub[k] for k in keys[:-2]})
-        out.append(f'{head[:-2]},\n  "Resource": {field(stub["Resource"])},\n  '
+        head = _head_text(stub) if keys == _STUB_KEYS else None
+        if head is None:
+            head = json_indent({k: stub[k] for k in keys[:-2]})[:-2]
+        out.append(f'{head},\n  "Resource": {field(stub["Resource"])},\n  '
                    f'"InstrumentationLibrary": {field(stub["InstrumentationLibrary"])}\n}}\n')
     return "".join(out)
 

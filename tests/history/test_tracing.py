@@ -128,6 +128,11 @@ def test_render_stubs_is_each_stub_indented_like_go() -> None:
     stubs += [stub for _, stub in tracing.stubs_from_otlp([client])]
     stubs += [{"Name": "other order", "Resource": [], "InstrumentationLibrary": {}, "Extra": 1},
               {"Resource": [], "InstrumentationLibrary": {}}, {}]
+    # the usual shape with values of other types (rendered generically, the same text)
+    odd = [dict(stubs[0], SpanKind=True), dict(stubs[0], Name=None), dict(stubs[0], Events=()),
+           dict(stubs[0], Status={"Description": "", "Code": "Ok"}),
+           dict(stubs[0], Parent=dict(stubs[0]["Parent"], Remote=1)), dict(stubs[0], DroppedLinks=2.5)]
+    stubs += odd
     text = tracing.render_stubs(stubs)
     assert text == "".join(json_indent(s) + "\n" for s in stubs)
     assert json.loads(text.split("\n}\n")[0] + "\n}")["Name"].startswith("v0")
