@@ -30,6 +30,7 @@ from buildkitpy.errors import (
 from buildkitpy.frontend.dockerignore import read_ignore_file
 from buildkitpy.gateway.bridge import FrontendResult
 
+from . import convert_memo
 from . import lint as checks
 from . import subrequests as subreq
 from .convert import ConvertError, NamedContext
@@ -351,12 +352,23 @@ async def build(client: FrontendClient) -> FrontendResult:
                                                       convert_args))
     await _parse_tree_checks(dockerfile, linter)
     scanner = await _sbom_scanner(client, sbom_request, resolve_mode)
+    # a remembered conversion has no states of this build: not when a scan needs them
+    memo_key = convert_memo.memo_key(dockerfile, **convert_args) if scanner is None else None
+    converted = None
+    if memo_key is not None and (entry := convert_memo.recall(memo_key)) is not None \
+            and await convert_memo.answers_match(entry, resolver):
+        converted = await anyio.to_thread.run_sync(convert_memo.rebound, entry, session_id)
     try:
-        converted = await convert_off_loop(
-            dockerfile,
-            **convert_args,
-            linter=linter,
-        )
+        if converted is None:
+            calls: list[Any] = []
+            warned = len(linter.warnings)
+            converted = await convert_off_loop(
+                dockerfile,
+                **dict(convert_args, resolve_image=convert_memo.recording(resolver, calls)),
+                linter=linter,
+            )
+            if memo_key is not None and len(linter.warnings) == warned:
+                convert_memo.remember(memo_key, session_id, calls, converted)
     except ConvertError as e:
         sources = []
         if e.lines:
@@ -424,6 +436,7 @@ async def _scan(client: FrontendClient, scanner: sbom.Scanner, one: Any, result:
     """Attach the scan of one platform's result (and its extras) as a bundle attestation; the
     scan runs when the result is exported."""
     key = str(one.platform)
+    assert one.state is not None  # (a conversion is remembered only for builds without a scan)
     state = scanner.scan(key, one.state, one.sbom_extras, ignore_cache=one.sbom_ignore_cache)
     res = await client.solve(definition=llb.marshal(state, platform=one.platform, caps=client.llb_caps))
     result.attestations.setdefault(key, []).append(sbom.bundle_attestation(res.ref))

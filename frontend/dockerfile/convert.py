@@ -47,7 +47,7 @@ class PlatformResult:
     definition: ops_pb2.Definition
     image_config: bytes
     base_config: bytes | None
-    state: llb.State
+    state: llb.State | None  # None from a remembered conversion (``convert_memo``: an earlier build's)
     target: StageState | None = None  # the target stage as converted (for frontend.outline)
     # What an SBOM scan mounts besides the result (``BUILDKIT_SBOM_SCAN_CONTEXT``/``_STAGE``), and
     # whether it must ignore the cache.
