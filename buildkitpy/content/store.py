@@ -97,7 +97,7 @@ class BlobWriter:
         self._file.close()
         final = self._store.path(self.digest)
         os.chmod(self._tmp, 0o444)
-        os.rename(self._tmp, final)
+        self._store._place(self._tmp, final, self.offset)
         self.committed = True
         if labels:
             self._store.set_labels(self.digest, labels)
@@ -126,6 +126,7 @@ class ContentStore:
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._digest_locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._bytes: int | None = None  # the blobs' total size, once ``stored_bytes`` has added it up
         self._db = sqlite3.connect(self.root / "metadata.db", check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -161,6 +162,21 @@ class ContentStore:
     def walk(self) -> Iterator[str]:
         for entry in os.scandir(self._blobs_dir):
             yield "sha256:" + entry.name
+
+    def stored_bytes(self) -> int:
+        """The total size of the blobs this store holds: added up on the first call, then kept
+        as this store commits, adopts and deletes blobs (it must be the only writer of its
+        directory, as the worker's store is)."""
+        with self._lock:
+            if self._bytes is None:
+                total = 0
+                for entry in os.scandir(self._blobs_dir):
+                    try:
+                        total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        pass
+                self._bytes = total
+            return self._bytes
 
     # ----------------------------------------------------------------- writing
 
@@ -214,7 +230,7 @@ class ContentStore:
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
                 os.chmod(path, 0o444)
-                os.rename(path, self.path(digest))
+                self._place(path, self.path(digest), os.stat(path).st_size)
         finally:
             self._release_digest_lock(digest, lock)
         if labels:
@@ -236,11 +252,15 @@ class ContentStore:
     def delete(self, digest: str) -> None:
         lock = self._acquire_digest_lock(validate_digest(digest))
         try:
-            try:
-                os.unlink(self.path(digest))
-            except FileNotFoundError:
-                raise NotFound(f"content {digest} not found") from None
-            with self._lock:
+            path = self.path(digest)
+            with self._lock:  # the total and the directory change together (``stored_bytes``)
+                try:
+                    size = os.stat(path).st_size
+                    os.unlink(path)
+                except FileNotFoundError:
+                    raise NotFound(f"content {digest} not found") from None
+                if self._bytes is not None:
+                    self._bytes -= size
                 self._db.execute("DELETE FROM labels WHERE digest=?", (digest,))
         finally:
             self._release_digest_lock(digest, lock)
@@ -248,6 +268,13 @@ class ContentStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _place(self, src: Path, final: Path, size: int) -> None:
+        """Rename a complete blob into place (the caller holds its digest's lock)."""
+        with self._lock:
+            os.rename(src, final)
+            if self._bytes is not None:
+                self._bytes += size
 
     # ----------------------------------------------------------------- per-digest locks
 

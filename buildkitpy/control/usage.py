@@ -142,6 +142,23 @@ def _cache_mount_records(root: Path | None) -> list[Usage]:
     return out
 
 
+def tracked_bytes(worker: UsageWorker) -> int | None:
+    """At least the total size of the snapshot records (``records`` without cache mounts), read
+    from running totals in constant time: every snapshot's size plus every blob in the content
+    store (a record counts only the blobs kept for it). None when the worker keeps no such totals."""
+    total_size = getattr(worker.snapshots, "total_size", None)
+    if total_size is None or getattr(worker, "root", None) is None:
+        return None
+    from buildkitpy.solver.ops.source_image import puller_for
+
+    return int(total_size()) + puller_for(worker).store.stored_bytes()
+
+
+def cache_mount_bytes(root: Path | None) -> int:
+    """The total size of the cache mount records (walks their trees)."""
+    return sum(r.size for r in _cache_mount_records(root))
+
+
 def records(worker: UsageWorker, cache: CacheRecords, cache_mounts: Path | None = None) -> list[Usage]:
     """Every record, in use or not, with BuildKit's in-use rule: held by a build, or under a record
     that is."""
@@ -212,9 +229,17 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def has_size_limit(opts: PruneOptions) -> bool:
+    return bool(opts.max_used_space or opts.reserved_space or opts.min_free_space)
+
+
 def keep_bytes(total: int, free: int, opts: PruneOptions) -> int:
-    """How many bytes of cache a pass may leave (0: no size limit), as BuildKit computes it."""
-    if not (opts.max_used_space or opts.reserved_space or opts.min_free_space):
+    """How many bytes of cache a pass may leave (0: no size limit), as BuildKit computes it.
+
+    ``total - keep_bytes(total, ...)`` never decreases as ``total`` grows, so a pass with a size
+    limit that has nothing to remove at an upper bound of the total has nothing to remove at the
+    total either (``control.gc`` relies on it)."""
+    if not has_size_limit(opts):
         return 0
     keep = opts.max_used_space
     excess = opts.min_free_space - free
@@ -242,6 +267,13 @@ def prune_passes(worker: UsageWorker, cache: CacheRecords, passes: Iterable[Prun
 
     ``busy`` (builds were running when the pass began) spares cache mounts; blobs are deleted only
     inside ``quiesce`` when it says no build runs (without it: only when not ``busy``)."""
+    return run_passes(worker, cache, passes, busy=busy, cache_mounts=cache_mounts, quiesce=quiesce)[0]
+
+
+def run_passes(worker: UsageWorker, cache: CacheRecords, passes: Iterable[PruneOptions], *,
+               busy: bool, cache_mounts: Path | None = None,
+               quiesce: Quiesce | None = None) -> tuple[list[Usage], list[Usage]]:
+    """``prune_passes``, returning the records removed and the records left."""
     removed: list[Usage] = []
     # The records are read once for all the passes (BuildKit's defaults are four): what a pass
     # removes is gone for the next, nothing else changes in between. Reading them (every snapshot's
@@ -258,7 +290,7 @@ def prune_passes(worker: UsageWorker, cache: CacheRecords, passes: Iterable[Prun
     gc = collect_content(worker, quiesce=quiesce or (lambda: nullcontext(not busy)))
     if gc is not None and gc.deleted:
         log.info("prune: deleted %d unreferenced content blobs (%d bytes)", len(gc.deleted), gc.freed)
-    return removed
+    return removed, live or []
 
 
 def _prune_once(worker: UsageWorker, cache: CacheRecords, opts: PruneOptions, current: list[Usage], *,
@@ -280,13 +312,11 @@ def _prune_once(worker: UsageWorker, cache: CacheRecords, opts: PruneOptions, cu
         for r in live.values():
             if r.in_use or r.id in needed or r.id in failed:
                 continue
-            if not opts.all and (r.record_type in (TYPE_INTERNAL, TYPE_FRONTEND) or r.shared):
-                continue
             if cutoff is not None and r.last_used_at and r.last_used_at > cutoff:
                 continue
             if r.record_type == TYPE_CACHE_MOUNT and busy:
                 continue  # a running build may be using the directory
-            if _matches(flt, r):
+            if selected(r, opts, flt):
                 candidates.append(r)
         if not candidates:
             break
@@ -300,6 +330,14 @@ def _prune_once(worker: UsageWorker, cache: CacheRecords, opts: PruneOptions, cu
             else:
                 failed.add(r.id)
     return removed
+
+
+def selected(record: Usage, opts: PruneOptions, flt: Filter) -> bool:
+    """Whether a pass of ``opts`` (filters ``flt``) may remove ``record`` once it is old enough and
+    nothing uses it."""
+    if not opts.all and (record.record_type in (TYPE_INTERNAL, TYPE_FRONTEND) or record.shared):
+        return False
+    return _matches(flt, record)
 
 
 def _remove(worker: UsageWorker, cache: CacheRecords, record: Usage, cache_mounts: Path | None) -> bool:

@@ -141,6 +141,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
 
     history = open_history(cfg, worker, solver)
     gc = GarbageCollector(worker, solver.cache, cache_mounts=solver.cache_mounts.root,
+                          cache_mount_generation=solver.cache_mounts.generation,
                           passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
                           busy=lambda: bool(jobs.active()), quiesce=jobs.quiesced)
     server = grpc.aio.server(options=GRPC_OPTIONS)

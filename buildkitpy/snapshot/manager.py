@@ -270,6 +270,9 @@ class OverlaySnapshotManager:
             for r in self._db.execute(f"SELECT {self._COLUMNS} FROM snapshots").fetchall()}
         self._counts: dict[str, int] = dict(
             self._db.execute("SELECT id, usage_count FROM snapshots").fetchall())
+        # The sum of every record's size, kept as records come, grow and go (the GC's check after
+        # a build reads it instead of every record).
+        self._bytes = sum(r.size for r in self._records.values())
         self.mode = self._choose_mode(mode)
         self._recover()
 
@@ -382,6 +385,11 @@ class OverlaySnapshotManager:
                     progress = True
         return removed
 
+    def total_size(self) -> int:
+        """The sum of every snapshot's size (what ``usage`` reports, added up), without listing them."""
+        with self._lock:
+            return self._bytes
+
     def usage(self) -> list[SnapshotUsage]:
         with self._lock:
             return [SnapshotUsage(r.id, r.parent, r.kind == "active",
@@ -469,12 +477,14 @@ class OverlaySnapshotManager:
                              (rec.id, rec.parent, rec.kind, json.dumps(rec.layers), int(rec.has_data),
                               rec.description, rec.created, rec.last_used, rec.size, int(rec.computed_diff)))
             self._records[rec.id] = rec
+            self._bytes += rec.size
             self._counts[rec.id] = 0
 
     def _delete_record(self, snapshot_id: str) -> None:
         """Row first, then data: a crash in between leaves an orphan dir, never a dangling row."""
         self._db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
-        self._records.pop(snapshot_id, None)
+        if (rec := self._records.pop(snapshot_id, None)) is not None:
+            self._bytes -= rec.size
         self._counts.pop(snapshot_id, None)
         self._usage.pop(snapshot_id, None)
         self._shared.pop(snapshot_id, None)
@@ -718,6 +728,7 @@ class OverlaySnapshotManager:
             self._db.execute("UPDATE snapshots SET kind='committed', size=?, last_used=? WHERE id=?",
                              (size, now, snapshot_id))
             rec = replace(self._records[snapshot_id], kind="committed", size=size, last_used=now)
+            self._bytes += size - self._records[snapshot_id].size
             self._records[snapshot_id] = rec
             self._refs[snapshot_id] = self._refs.get(snapshot_id, 0) + 1
         remove_tree(data / "work")

@@ -31,6 +31,14 @@ class CacheMounts:
         self.root = root
         self._locks: dict[str, anyio.Lock] = {}
         self._private_busy: dict[str, set[int]] = {}
+        self._uses = 0  # cache directories taken and given back
+        self._held = 0
+
+    def generation(self) -> int | None:
+        """Moves whenever a build has taken or given back a cache directory; None while one is
+        held. The directories' contents change only while held, so the GC measures them again only
+        when this is None or moved."""
+        return None if self._held else self._uses
 
     def _dir(self, key: str, slot: int, seed: ImmutableSnapshot | None) -> Path:
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -66,7 +74,17 @@ class CacheMounts:
     async def acquire(self, cache_id: str, sharing: int, seed: ImmutableSnapshot | None = None):  # noqa: ANN201
         """Hold the cache directory for ``cache_id`` (seeded from ``seed`` when first created)."""
         key = cache_id if seed is None else f"{cache_id}:{seed.id}"
+        self._uses += 1
+        self._held += 1
+        try:
+            async with self._hold(key, sharing, seed) as path:
+                yield path
+        finally:
+            self._held -= 1
+            self._uses += 1
 
+    @asynccontextmanager
+    async def _hold(self, key: str, sharing: int, seed: ImmutableSnapshot | None):  # noqa: ANN202
         async def get(slot: int = 0) -> Path:
             async with self._locks.setdefault("create:" + key, anyio.Lock()):
                 return await anyio.to_thread.run_sync(self._dir, key, slot, seed)

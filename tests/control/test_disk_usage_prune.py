@@ -13,6 +13,9 @@ import pytest
 
 from buildkitpy import llb
 from buildkitpy.api import control_pb2, control_pb2_grpc
+from tests.acceptance.helpers import Runner, base, sh
+from tests.conftest import start_daemon, stop_daemon
+from tests.executor.conftest import build_busybox_rootfs, need_root
 
 MB = 1000 * 1000
 
@@ -160,3 +163,87 @@ def test_gc_policy_ceiling_holds_over_a_soak_of_distinct_builds(make_daemon, tmp
         assert max(stores) <= ceiling + newest + overhead, stores
         # the newest build's result is still cached
         assert any(f"soak{builds - 1}.bin" in r.Description for r in du(control))
+
+
+def wait_within(control, ceiling: int, seconds: float = 20) -> int:
+    deadline = time.monotonic() + seconds
+    while (used := total(du(control))) > ceiling and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return used
+
+
+def test_gc_ceiling_holds_after_many_builds_below_it_and_a_restart(tmp_path):
+    """The check after a build works from running totals (``control.gc``): builds below the ceiling
+    remove nothing, and once the store crosses it, the ceiling holds again, also after a restart
+    (the totals then start from what the store holds, not from zero)."""
+    ceiling_mb = 30
+    config = tmp_path / "buildkitd.toml"
+    config.write_text('[worker.oci]\n  gc = true\n  [[worker.oci.gcpolicy]]\n    all = true\n'
+                      f'    maxUsedSpace = "{ceiling_mb}MB"\n')
+    ceiling = ceiling_mb * MB
+    d = start_daemon(tmp_path / "d", "--config", str(config))
+    try:
+        channel, control = stub(d)
+        with channel:
+            for i in range(8):
+                build(d, tmp_path, f"small{i}", MB // 2)
+            below = du(control)
+            assert total(below) <= ceiling
+            for i in range(8):  # below the ceiling nothing goes
+                assert any(f"small{i}.bin" in r.Description for r in below), i
+    finally:
+        stop_daemon(d)
+    d = start_daemon(tmp_path / "d", "--config", str(config))
+    try:
+        channel, control = stub(d)
+        with channel:
+            assert total(du(control)) == total(below)  # the pass at startup had nothing to do
+            for i in range(4):
+                build(d, tmp_path, f"big{i}", 6 * MB)
+                assert wait_within(control, ceiling) <= ceiling, i
+                assert any(f"big{i}.bin" in r.Description for r in du(control)), i
+            # what went first were the least recently used: the builds before the restart
+            assert not any("small0.bin" in r.Description for r in du(control))
+    finally:
+        stop_daemon(d)
+
+
+def test_gc_policy_without_a_size_limit_removes_records_once_past_keep_duration(make_daemon, tmp_path):
+    """A policy without a size limit removes what was not used within its keepDuration; the check
+    after a build knows when the oldest record it keeps expires and runs the pass then."""
+    config = tmp_path / "buildkitd.toml"
+    config.write_text('[worker.oci]\n  gc = true\n  [[worker.oci.gcpolicy]]\n    all = true\n'
+                      '    keepDuration = "6s"\n')
+    d = make_daemon("--config", str(config))
+    channel, control = stub(d)
+    with channel:
+        build(d, tmp_path, "old", MB // 2)
+        assert any("old.bin" in r.Description for r in du(control))
+        time.sleep(7)
+        build(d, tmp_path, "new", MB // 2)
+        deadline = time.monotonic() + 20
+        while any("old.bin" in r.Description for r in du(control)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any("old.bin" in r.Description for r in du(control))
+
+
+def test_gc_ceiling_holds_while_a_cache_mount_grows(make_daemon, tmp_path):
+    """A cache mount grows with no new snapshot or blob: the check after a build measures cache
+    mounts again once a build has used one, and the pass brings the store back under the ceiling."""
+    need_root()
+    ceiling_mb = 20
+    config = tmp_path / "buildkitd.toml"
+    config.write_text('[worker.oci]\n  gc = true\n  [[worker.oci.gcpolicy]]\n    all = true\n'
+                      f'    maxUsedSpace = "{ceiling_mb}MB"\n')
+    d = make_daemon("--config", str(config))
+    runner = Runner(d, build_busybox_rootfs(tmp_path / "rootfs"))
+    channel, control = stub(d)
+    with channel:
+        grew = False
+        for i in range(5):
+            runner.build(sh(base(), f"head -c 6000000 /dev/urandom > /c/part{i}",
+                            mounts=[llb.cache("/c", "growing")]).root(), None)
+            mounts = du(control, "type==exec.cachemount")
+            grew = grew or total(mounts) > 6 * MB
+            assert wait_within(control, ceiling_mb * MB) <= ceiling_mb * MB, i
+        assert grew  # it held more than one build's data before the ceiling was reached
