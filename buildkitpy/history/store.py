@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS records (
     completed_at REAL NOT NULL,
     pinned INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS records_by_age ON records (pinned, completed_at);
 """
 
 
@@ -231,15 +232,21 @@ class HistoryStore:
     async def gc(self) -> None:
         """Apply ``[history]`` limits: remove unpinned records beyond the newest ``max_entries``
         that are also older than ``max_age``."""
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT ref, completed_at FROM records WHERE pinned=0 ORDER BY completed_at DESC").fetchall()
-        if len(rows) <= self.limits.max_entries:
-            return
+        # This runs after every build: through the index it reads only the records that go (and,
+        # once some are old enough, counts the younger ones), not every record.
         cutoff = time.time() - self.limits.max_age
-        for ref, completed_at in rows[self.limits.max_entries:]:
-            if completed_at < cutoff:
-                self._delete(ref)
+        with self._db_lock:
+            if self._db.execute("SELECT 1 FROM records WHERE pinned=0 AND completed_at < ? LIMIT 1",
+                                (cutoff,)).fetchone() is None:
+                return
+            young = self._db.execute("SELECT count(*) FROM records WHERE pinned=0 AND completed_at >= ?",
+                                     (cutoff,)).fetchone()[0]
+            # the old ones among the newest max_entries stay
+            refs = [r[0] for r in self._db.execute(
+                "SELECT ref FROM records WHERE pinned=0 AND completed_at < ? ORDER BY completed_at DESC "
+                "LIMIT -1 OFFSET ?", (cutoff, max(0, self.limits.max_entries - young))).fetchall()]
+        for ref in refs:
+            self._delete(ref)
 
     # -- finalizing ------------------------------------------------------------------------------
 
