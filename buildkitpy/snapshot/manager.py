@@ -392,12 +392,20 @@ class OverlaySnapshotManager:
 
     def usage(self) -> list[SnapshotUsage]:
         with self._lock:
-            return [SnapshotUsage(r.id, r.parent, r.kind == "active",
-                                  r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
-                                  r.size, r.description, r.created, r.last_used,
-                                  r.needs,
-                                  self._counts.get(r.id, 0) + self._usage.get(r.id, (0.0, 0))[1])
-                    for r in self._all_records()]
+            return [self._usage_of(r) for r in self._all_records()]
+
+    def usage_of(self, snapshot_id: str) -> SnapshotUsage | None:
+        """One snapshot's ``usage`` record (None if there is no such snapshot)."""
+        with self._lock:
+            rec = self._record_or_none(snapshot_id)
+            return self._usage_of(rec) if rec is not None else None
+
+    def _usage_of(self, r: _Record) -> SnapshotUsage:
+        return SnapshotUsage(r.id, r.parent, r.kind == "active",
+                             r.kind == "active" or bool(self._refs.get(r.id)) or self._is_mounted(r.id),
+                             r.size, r.description, r.created, r.last_used,
+                             r.needs,
+                             self._counts.get(r.id, 0) + self._usage.get(r.id, (0.0, 0))[1])
 
     def close(self) -> None:
         """Unmount everything this manager mounted and close the database."""

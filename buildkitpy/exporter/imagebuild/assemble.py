@@ -214,10 +214,14 @@ def _epoch(ctx: Any, options: ImageOptions, key: str | None) -> int | None:
 
 
 def _layer_metas(worker: Any, layers: list[Path]) -> list[cfgdoc.LayerMeta]:
-    by_id = {u.id: u for u in worker.snapshots.usage()} if hasattr(worker.snapshots, "usage") else {}
+    # each layer's own record (listing every snapshot made an export's cost grow with the store)
+    usage_of = getattr(worker.snapshots, "usage_of", None)
+    if usage_of is None:
+        by_id = {u.id: u for u in worker.snapshots.usage()} if hasattr(worker.snapshots, "usage") else {}
+        usage_of = by_id.get
     out = []
     for path in layers:
-        usage = by_id.get(path.parent.name)
+        usage = usage_of(path.parent.name)
         out.append(cfgdoc.LayerMeta(usage.created if usage else os.stat(path).st_mtime,
                                     usage.description if usage else ""))
     return out
