@@ -1,15 +1,23 @@
 """The worker: the bundle of local resources a build runs on (one per daemon, like BuildKit's OCI
-worker). The solver and the exporters reach snapshots, the executor and client sessions through it."""
+worker). The solver and the exporters reach snapshots, the executor, client sessions, the image
+puller (content store and chain index), the network sources' records and the exported layer blobs
+through it; it opens the stores under its root when first asked for and closes them in ``close``."""
 
 from __future__ import annotations
 
 import platform as _platform
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildkitpy.snapshot.api import SnapshotManager
+
+if TYPE_CHECKING:
+    from buildkitpy.image.layerblobs import BlobCache
+    from buildkitpy.image.pull import ImagePuller
+    from buildkitpy.snapshot.sourcerecords import SourceRecords
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
          "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
@@ -40,8 +48,58 @@ class Worker:
     config: Any = None  # buildkitpy.daemon.config.Config (registry settings, ...)
     # Content-store digests other parts still point at, kept by content GC (build history results).
     content_roots: list[Callable[[], set[str]]] = field(default_factory=list)
+    # The stores under ``root`` the worker opens when first asked for (see the properties below).
+    _image_puller: ImagePuller | None = field(default=None, init=False, repr=False)
+    _source_records: SourceRecords | None = field(default=None, init=False, repr=False)
+    _blob_cache: BlobCache | None = field(default=None, init=False, repr=False)
+    _open_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def image_puller(self) -> ImagePuller:
+        """The worker's puller: its content store (``<root>/content``), chain index and the
+        downloads and unpacks in flight, shared by every pull."""
+        with self._open_lock:
+            if self._image_puller is None:
+                from buildkitpy.content.store import ContentStore
+                from buildkitpy.image.pull import ImagePuller
+
+                root = Path(self.root).absolute()
+                self._image_puller = ImagePuller(root, ContentStore(root), self.snapshots)
+            return self._image_puller
+
+    @property
+    def source_records(self) -> SourceRecords:
+        """What the network sources remember about the snapshots they made (``<root>/sources.db``)."""
+        with self._open_lock:
+            if self._source_records is None:
+                from buildkitpy.snapshot.sourcerecords import SourceRecords
+
+                root = Path(self.root).absolute()
+                root.mkdir(parents=True, exist_ok=True)
+                self._source_records = SourceRecords(root / "sources.db")
+            return self._source_records
+
+    @property
+    def blob_cache(self) -> BlobCache:
+        """The exported layers' blobs by (layer, variant) (``<root>/exporter/layers.db``)."""
+        with self._open_lock:
+            if self._blob_cache is None:
+                from buildkitpy.image.layerblobs import BlobCache
+
+                self._blob_cache = BlobCache(Path(self.root).absolute() / "exporter" / "layers.db")
+            return self._blob_cache
 
     def close(self) -> None:
+        with self._open_lock:
+            puller, records, blobs = self._image_puller, self._source_records, self._blob_cache
+            self._image_puller = self._source_records = self._blob_cache = None
+        if puller is not None:
+            puller.close()
+            puller.store.close()
+        if records is not None:
+            records.close()
+        if blobs is not None:
+            blobs.close()
         self.snapshots.close()
 
 

@@ -94,9 +94,7 @@ def _pulled_layers(worker: Any) -> Any:
     """Layer directory → descriptor of the registry blob it was pulled from (if still stored)."""
     from pathlib import Path
 
-    from buildkitpy.solver.ops.source_image import puller_for
-
-    puller = puller_for(worker)
+    puller = worker.image_puller
     if getattr(worker.snapshots, "mode", "overlay") != "overlay":
         return None  # copy-mode snapshots have no per-layer directories
 

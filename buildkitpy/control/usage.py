@@ -22,11 +22,15 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from buildkitpy.control.filters import Filter, parse_all
 from buildkitpy.errors import BuildkitpyError
 from buildkitpy.snapshot.fs import remove_tree
+
+if TYPE_CHECKING:
+    from buildkitpy.image.layerblobs import BlobCache
+    from buildkitpy.image.pull import ImagePuller
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,12 @@ class UsageWorker(Protocol):
     root: Path
     snapshots: SnapshotStore
 
+    @property
+    def image_puller(self) -> ImagePuller: ...
+
+    @property
+    def blob_cache(self) -> BlobCache: ...
+
 
 # -- records ---------------------------------------------------------------------------------------
 
@@ -97,12 +107,9 @@ def _record_type(description: str) -> str:
 
 def _blob_sizes(worker: UsageWorker) -> dict[str, int]:
     """Snapshot id -> bytes of the content-store blobs kept for it (pulled and exported layers)."""
-    from buildkitpy.exporter.imagebuild.assemble import _blob_cache
-    from buildkitpy.solver.ops.source_image import puller_for
-
-    store = puller_for(worker).store
-    pairs = list(puller_for(worker).chains.layer_blob_records())
-    pairs += [(key.split("/", 1)[0], digest) for key, digest in _blob_cache(worker.root).entries()]
+    store = worker.image_puller.store
+    pairs = list(worker.image_puller.chains.layer_blob_records())
+    pairs += [(key.split("/", 1)[0], digest) for key, digest in worker.blob_cache.entries()]
     sizes: dict[str, int] = {}
     counted: set[str] = set()
     for sid, digest in pairs:
@@ -149,9 +156,7 @@ def tracked_bytes(worker: UsageWorker) -> int | None:
     total_size = getattr(worker.snapshots, "total_size", None)
     if total_size is None or getattr(worker, "root", None) is None:
         return None
-    from buildkitpy.solver.ops.source_image import puller_for
-
-    return int(total_size()) + puller_for(worker).store.stored_bytes()
+    return int(total_size()) + worker.image_puller.store.stored_bytes()
 
 
 def cache_mount_bytes(root: Path | None) -> int:
@@ -359,12 +364,10 @@ def collect_content(worker: UsageWorker, *, quiesce: Quiesce):
     """Content-store garbage collection for workers that have a content store (``root``)."""
     if getattr(worker, "root", None) is None or not hasattr(worker.snapshots, "usage"):
         return None
-    from buildkitpy.exporter.imagebuild.assemble import _blob_cache
     from buildkitpy.image.gc import collect
-    from buildkitpy.solver.ops.source_image import puller_for
 
-    puller = puller_for(worker)
+    puller = worker.image_puller
     with quiesce() as idle:  # the live set is read and blobs deleted with no build starting
         live = {u.id for u in worker.snapshots.usage()}
-        return collect(puller.store, puller.chains, _blob_cache(worker.root), live,
+        return collect(puller.store, puller.chains, worker.blob_cache, live,
                        content_roots=getattr(worker, "content_roots", ()), busy=not idle)

@@ -42,12 +42,11 @@ async def start(*, root: Path, worker: Any, sessions: Any, addresses: list[str],
     from buildkitpy.dockerapi.api import EngineAPI
     from buildkitpy.dockerapi.imagestore import ImageStore
     from buildkitpy.dockerapi.server import EngineAPIServer, tls_context
-    from buildkitpy.solver.ops.source_image import puller_for
 
     base = state_dir(root)
     shutil.rmtree(base / "builds", ignore_errors=True)  # left by a daemon that died mid-build
     shutil.rmtree(base / "tmp", ignore_errors=True)
-    puller = puller_for(worker)
+    puller = worker.image_puller
     images = ImageStore(base, puller.store, puller.chains)
     worker.content_roots.append(images.held_digests)
     control = Client.connect(control_address(root))

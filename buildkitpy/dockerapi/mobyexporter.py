@@ -19,7 +19,6 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     from buildkitpy.dockerapi import state_dir
     from buildkitpy.dockerapi.imagestore import ImageStore
     from buildkitpy.exporter import image
-    from buildkitpy.solver.ops.source_image import puller_for
 
     attrs = {k: v for k, v in ctx.attrs.items() if k not in _MOBY_ONLY}
     attrs.setdefault("store", "true")
@@ -34,7 +33,7 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     worker: Any = ctx.bridge.solver.worker
     single = bool(config)
     if manifest and not config:  # several platforms: the store keeps the host's (the index stays whole)
-        puller = puller_for(worker)
+        puller = worker.image_puller
         config = await anyio.to_thread.run_sync(_host_config, puller.store, manifest)
         if not config:
             raise InvalidArgument("the Docker Engine API's image store keeps one platform of an image, this "
@@ -43,7 +42,7 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     if config and manifest:
 
         def record() -> None:
-            puller = puller_for(worker)
+            puller = worker.image_puller
             store = ImageStore(state_dir(worker.root), puller.store, puller.chains)
             try:
                 store.add(config, manifest)

@@ -116,7 +116,6 @@ async def pull(api: EngineAPI, req: Request) -> None:
     from buildkitpy.image.platforms import Platform
     from buildkitpy.image.registry import RegistryClient
     from buildkitpy.image.resolvemode import MODE_PULL, resolve_with_mode
-    from buildkitpy.solver.ops.source_image import puller_for
 
     image = req.arg("fromImage")
     if not image:
@@ -137,7 +136,7 @@ async def pull(api: EngineAPI, req: Request) -> None:
             raise HTTPError(400, f"invalid platform: {exc}") from None
     registries = getattr(api.worker.config, "registries", None) or {}
     client = RegistryClient(registries, _credentials(auth_config(req.header("X-Registry-Auth"))))
-    puller = puller_for(api.worker)
+    puller = api.worker.image_puller
     out = JSONLines(req)
     shown = familiar(str(ref))
     await out.send({"status": f"Pulling from {familiar(ref.name)}", "id": ref.tag or ref.digest})

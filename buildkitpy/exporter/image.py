@@ -187,7 +187,6 @@ def _record_names(ctx: ExportContext, names: list[str], digest: str, canonical: 
     """Give the image its names in the worker's image records (blocking): ``image-resolve-mode=local``
     (and ``default`` when the registry fails) then finds it by name."""
     from buildkitpy.image.resolvemode import record_exported_names
-    from buildkitpy.solver.ops.source_image import puller_for
 
     refs = []
     for name in names:
@@ -195,7 +194,7 @@ def _record_names(ctx: ExportContext, names: list[str], digest: str, canonical: 
             refs.append(parse_reference(name))
         except InvalidArgument:
             continue  # e.g. a dangling-name prefix that is no reference: reported, not recorded
-    return record_exported_names(puller_for(_worker(ctx)).chains, refs, digest, canonical)
+    return record_exported_names(_worker(ctx).image_puller.chains, refs, digest, canonical)
 
 
 async def push_names(ctx: ExportContext, store: Any, root: Descriptor, refs: list[Reference],

@@ -41,9 +41,7 @@ class HistoryServices:
 
     def content_stores(self) -> list[ContentStore]:
         """History blobs first, then the image content store (exported manifests, pulled blobs)."""
-        from buildkitpy.solver.ops.source_image import puller_for
-
-        return [self.store.blobs, puller_for(self.worker).store]
+        return [self.store.blobs, self.worker.image_puller.store]
 
     def serve(self, server: grpc.aio.Server) -> None:
         content_pb2_grpc.add_ContentServicer_to_server(ContentService(self.content_stores), server)

@@ -66,9 +66,8 @@ def used_ids(op: Any) -> set[str]:
 async def pack(worker: Any, cache_mounts: Any, ids: list[str]) -> list[MountBlob]:
     """Each existing cache mount of ``ids`` as a gzip layer blob in the worker's content store."""
     from buildkitpy.exporter.imagebuild.blobs import compress_layer
-    from buildkitpy.solver.ops.source_image import puller_for
 
-    store = puller_for(worker).store
+    store = worker.image_puller.store
     out = []
     for cache_id in ids:
         path = cache_mounts.named_dir(cache_id)
@@ -94,9 +93,7 @@ async def seed(worker: Any, cache_mounts: Any, source: Any, ref: Any, mounts: li
                name: str) -> list[str]:
     """Seed the mounts this daemon does not have; returns the ids seeded. A mount that cannot be
     fetched or does not check out is logged and skipped (the build then starts it empty)."""
-    from buildkitpy.solver.ops.source_image import puller_for
-
-    store = puller_for(worker).store
+    store = worker.image_puller.store
     seeded = []
     for m in mounts:
         target: Path = cache_mounts.named_dir(m.id)

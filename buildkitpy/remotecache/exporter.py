@@ -163,13 +163,11 @@ async def prepare(worker: Any, job_cache: JobCache, targets: list[KeyNode], *, m
                   storage: Any = None) -> CacheBlobs | None:
     """Collect, write the config and manifest into the content store; None when nothing is
     exportable (no result has layers)."""
-    from buildkitpy.solver.ops.source_image import puller_for
-
     exported = await collect(worker, job_cache, targets, mode=mode, image_options=image_options,
                              progress=progress, vertex=vertex, storage=storage)
     if not exported.config.layers and not mounts:
         return None
-    store = puller_for(worker).store
+    store = worker.image_puller.store
     config = dump_config(exported.config)
     config_digest = await anyio.to_thread.run_sync(store.write_bytes, config)
     config_desc = {"mediaType": CACHE_CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config)}

@@ -114,9 +114,7 @@ class JobCache:
 
     async def _pull_all(self, imp: ImportedCache, vertex: Any, chains: list[list[LayerDesc]],
                         progress: Any) -> list[ImmutableSnapshot]:
-        from buildkitpy.solver.ops.source_image import puller_for
-
-        puller = puller_for(self.worker)
+        puller = self.worker.image_puller
         out: list[ImmutableSnapshot] = []
 
         def report(status_id: str, current: int, total: int, done: bool) -> None:

@@ -147,7 +147,7 @@ async def through_op(work: Path, context: Path, files: int) -> None:
             child.stdin.close()
         child.wait()
         solver.close()
-        snapshots.close()
+        solver.worker.close()
         await server.stop(grace=None)
 
 

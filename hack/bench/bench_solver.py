@@ -81,7 +81,7 @@ def main() -> None:
         print(f"cached: {warm:7.2f} s  {warm * 1000 / n:7.3f} ms/vertex  "
               f"({len(solver.last_build.executed)} executed)")
         solver.close()
-        snapshots.close()
+        worker.close()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
-"""Plumbing shared by the network sources (``http(s)://``, ``git://``).
+"""Plumbing shared by the network sources (``http(s)://``, ``git://``). What they remember about
+the snapshots they made is the worker's ``source_records`` (``buildkitpy.snapshot.sourcerecords``).
 
-- ``SourceRecords``: what a source remembers about snapshots it produced (an http download's ETag
-  and checksum, a git checkout's commit key), persisted in ``<worker root>/sources.db``. Records hold
-  no snapshot handle: a pruned snapshot makes its record stale, and stale records are dropped when
-  met (``get_snapshot``).
 - ``session_secret``: an optional secret from the build's sessions (auth headers, tokens).
 - ``interruptible``: blocking work in a thread that stops at its next checkpoint when the calling
   task is cancelled, instead of holding the cancellation until the whole download ends.
@@ -13,75 +10,17 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from buildkitpy.errors import Canceled, SessionNotFound
-from buildkitpy.snapshot.api import ImmutableSnapshot
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS source_records (kind TEXT NOT NULL, key TEXT NOT NULL, snapshot_id TEXT NOT NULL,
-                                           meta TEXT NOT NULL, created REAL NOT NULL,
-                                           PRIMARY KEY (kind, key, snapshot_id));
-"""
-
-
-class SourceRecords:
-    def __init__(self, db_path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-
-    def find(self, kind: str, key: str) -> list[tuple[str, dict[str, Any]]]:
-        """(snapshot id, metadata) of every record under ``key``, newest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT snapshot_id, meta FROM source_records WHERE kind=? AND key=? "
-                                    "ORDER BY created DESC", (kind, key)).fetchall()
-        return [(sid, json.loads(meta)) for sid, meta in rows]
-
-    def put(self, kind: str, key: str, snapshot_id: str, meta: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO source_records VALUES (?, ?, ?, ?, ?)",
-                             (kind, key, snapshot_id, json.dumps(meta, sort_keys=True), time.time()))
-
-    def drop(self, kind: str, key: str, snapshot_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM source_records WHERE kind=? AND key=? AND snapshot_id=?",
-                             (kind, key, snapshot_id))
-
-    def get_snapshot(self, snapshots: Any, kind: str, key: str, snapshot_id: str) -> ImmutableSnapshot | None:
-        """A new handle on a recorded snapshot, or None (and the record dropped) if it is gone."""
-        try:
-            return snapshots.get(snapshot_id)
-        except KeyError:
-            self.drop(kind, key, snapshot_id)
-            return None
-
-
-_records: dict[Path, SourceRecords] = {}
-_records_lock = threading.Lock()
-
-
-def records_for(worker: Any) -> SourceRecords:
-    root = Path(worker.root).absolute()
-    with _records_lock:
-        rec = _records.get(root)
-        if rec is None:
-            root.mkdir(parents=True, exist_ok=True)
-            rec = _records[root] = SourceRecords(root / "sources.db")
-        return rec
 
 
 class KeyedLocks:

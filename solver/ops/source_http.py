@@ -38,7 +38,7 @@ from buildkitpy.solver.asyncutil import blocking
 from buildkitpy.solver.cachekey import CacheMap, digest_json, go_digest, go_marshal, sha256_text
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext
-from buildkitpy.solver.ops.netsource import KeyedLocks, check_stop, interruptible, records_for, session_secret
+from buildkitpy.solver.ops.netsource import KeyedLocks, check_stop, interruptible, session_secret
 from buildkitpy.solver.ops.source import register_source
 
 ATTR_CHECKSUM = "http.checksum"
@@ -223,7 +223,7 @@ class HTTPSource:
         if self.checksum:  # pinned: the key needs no I/O
             self.resolved = Resolved(self.checksum, file_name(self.url, self.filename, None))
             return
-        records = records_for(ctx.worker)
+        records = ctx.worker.source_records
         url_key = self.url_key()
         async with _locks((str(ctx.worker.root), url_key)):
             known: dict[str, dict[str, Any]] = {}
@@ -343,7 +343,7 @@ class HTTPSource:
         try:
             digest = f"{algo}:{h.hexdigest()}"
             if etag:
-                records_for(ctx.worker).put(RECORD_KIND, url_key, snap.id,
+                ctx.worker.source_records.put(RECORD_KIND, url_key, snap.id,
                                             {"etag": etag, "digest": digest, "modtime": last_modified})
             return Download(digest, name, last_modified, etag, snap.id)
         finally:

@@ -15,16 +15,13 @@ Registry credentials come from the build's sessions (``Auth`` attachable); regis
 from __future__ import annotations
 
 import dataclasses
-import threading
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 
-from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import InvalidArgument, SessionNotFound
 from buildkitpy.image.platforms import Platform, default_platform, from_oci
-from buildkitpy.image.pull import ImagePuller, ProgressFn
+from buildkitpy.image.pull import ProgressFn
 from buildkitpy.image.reference import Reference, parse_reference
 from buildkitpy.image.registry import RegistryClient
 from buildkitpy.image.resolve import ResolvedImage
@@ -38,20 +35,6 @@ from buildkitpy.solver.ops.source import register_source
 
 ATTR_RESOLVE_MODE = "image.resolvemode"
 ATTR_LAYER_LIMIT = "image.layerlimit"
-
-_pullers: dict[Path, ImagePuller] = {}
-_pullers_lock = threading.Lock()
-
-
-def puller_for(worker: Any) -> ImagePuller:
-    """The worker's shared puller (content store under ``<worker root>``)."""
-    root = Path(worker.root).absolute()
-    with _pullers_lock:
-        puller = _pullers.get(root)
-        if puller is None or puller.snapshots is not worker.snapshots:
-            puller = _pullers[root] = ImagePuller(root, ContentStore(root), worker.snapshots)
-        return puller
-
 
 def registry_client(worker: Any, session_ids: list[str]) -> RegistryClient:
     """A client with the daemon's registry settings and the build sessions' credentials."""
@@ -104,7 +87,7 @@ async def resolve_image_config(worker: Any, ref: str, platform: Platform | None,
 async def resolve_ref(worker: Any, ref: Reference, platform: Platform | None, session_ids: list[str],
                       mode: str) -> ResolvedImage:
     """``ref`` resolved under resolve ``mode`` with the worker's store and registry settings."""
-    puller = puller_for(worker)
+    puller = worker.image_puller
     client = registry_client(worker, session_ids)
     return await resolve_with_mode(client, puller.store, puller.chains, ref, platform, mode)
 
@@ -117,7 +100,7 @@ async def resolve_and_pull(worker: Any, identifier: str, attrs: Any, platform: P
     ref = _parse_identifier(identifier)
     mode = _resolve_mode(attrs, identifier)
     platform = (platform or default_platform()).normalized()
-    puller = puller_for(worker)
+    puller = worker.image_puller
     client = registry_client(worker, session_ids or [])
     if resolved is None:
         resolved = await resolve_with_mode(client, puller.store, puller.chains, ref, platform, mode)

@@ -15,7 +15,6 @@ from buildkitpy.image.reference import parse_reference
 from buildkitpy.image.resolvemode import record_exported_names
 from buildkitpy.progress import ProgressBus
 from buildkitpy.solver import Job, Solver
-from buildkitpy.solver.ops.source_image import puller_for
 from buildkitpy.worker import Worker
 
 from .registryfixture import TarBuilder
@@ -53,7 +52,7 @@ def prune(solver, busy: bool = False):
 def test_prune_drops_blobs_and_records_of_gone_snapshots_keeps_tag_metadata(env, registry):
     ref = f"{registry.host}/test/layered:latest"
     manifest, config, layers = image_blobs(registry, "test/layered:latest")
-    store, chains = puller_for(env.worker).store, puller_for(env.worker).chains
+    store, chains = env.worker.image_puller.store, env.worker.image_puller.chains
     pull(env, ref).ref.release()
     assert all(store.exists(d) for d in [manifest, config, *layers])
     garbage = store.write_bytes(b"nobody refers to this")
@@ -78,7 +77,7 @@ def test_prune_drops_blobs_and_records_of_gone_snapshots_keeps_tag_metadata(env,
 
 
 def test_prune_keeps_blobs_of_live_snapshots_and_named_images(env, registry):
-    store = puller_for(env.worker).store
+    store = env.worker.image_puller.store
     held = pull(env, f"{registry.host}/test/busybox:latest")  # a result nobody released: live
     _, _, busy_layers = image_blobs(registry, "test/busybox:latest")
 
@@ -92,7 +91,7 @@ def test_prune_keeps_blobs_of_live_snapshots_and_named_images(env, registry):
                    "size": 1},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
                     "size": len(layer)}]}).encode())
-    record_exported_names(puller_for(env.worker).chains, [parse_reference("example.com/app:v1")], named,
+    record_exported_names(env.worker.image_puller.chains, [parse_reference("example.com/app:v1")], named,
                           True)
     prune(env)
     assert all(store.exists(d) for d in busy_layers)

@@ -29,7 +29,7 @@ class Env:
 
     def close(self) -> None:
         self.solver.close()
-        self.snapshots.close()
+        self.worker.close()  # its snapshots and the stores it opened
 
     def restart(self) -> None:
         self.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,25 +16,15 @@ import anyio
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import InvalidArgument
 from buildkitpy.exporter.imagebuild import config as cfgdoc
-from buildkitpy.exporter.imagebuild.blobs import BlobCache, LayerBlob, compress_layer, layer_key
+from buildkitpy.exporter.imagebuild.blobs import compress_layer, layer_key
 from buildkitpy.image import compression as comp
 from buildkitpy.image import mediatypes
+from buildkitpy.image.layerblobs import BlobCache, LayerBlob
 
 EPOCH_METADATA = "source.date.epoch"
 # Part of every cached layer blob's variant: blobs written before layers were diffed against
 # their lower layers (see layertar) are not reused.
 LAYER_FORMAT = ":changes=v2"
-_caches: dict[Path, BlobCache] = {}
-_caches_lock = threading.Lock()
-
-
-def _blob_cache(root: Path) -> BlobCache:
-    root = Path(root).absolute()
-    with _caches_lock:
-        cache = _caches.get(root)
-        if cache is None:
-            cache = _caches[root] = BlobCache(root / "exporter" / "layers.db")
-        return cache
 
 
 def _parse_epoch(value: str, where: str) -> int:
@@ -231,12 +220,10 @@ class _LayerExporter:
     """Produces each distinct layer's blob once per export, several layers at a time."""
 
     def __init__(self, worker: Any, options: ImageOptions, progress: Any, vertex: str) -> None:
-        from buildkitpy.solver.ops.source_image import puller_for
-
-        puller = puller_for(worker)
+        puller = worker.image_puller
         self.store: ContentStore = puller.store
         self.chains = puller.chains
-        self.cache = _blob_cache(worker.root)
+        self.cache: BlobCache = worker.blob_cache
         self.options = options
         self.progress = progress
         self.vertex = vertex

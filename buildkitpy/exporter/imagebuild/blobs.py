@@ -6,8 +6,9 @@ compressor (gzip spreads its blocks over all cores, see ``image.compression``), 
 compressed bytes and writes them, connected by a small bounded queue. File contents go through
 as the tar writer read them (no re-buffering of large writes). The blob lands in the content
 store (identical blobs once) and its descriptor is remembered per (layer, compression variant,
-timestamp clamp) in ``<root>/exporter/layers.db``, so exporting the same layers again does no
-work. Layers that were pulled are reused as the registry's own blob.
+timestamp clamp) in ``<root>/exporter/layers.db`` (the worker's ``blob_cache``, see
+``image.layerblobs``), so exporting the same layers again does no work. Layers that were pulled are
+reused as the registry's own blob.
 """
 
 from __future__ import annotations
@@ -15,87 +16,23 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import sqlite3
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from buildkitpy.content.store import ContentStore
 from buildkitpy.exporter.imagebuild.layertar import write_layer_tar
 from buildkitpy.image import compression as comp
+from buildkitpy.image.layerblobs import LayerBlob
 
 CHUNK = 1 << 20
 _QUEUE_DEPTH = 8
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS layer_blobs (
-    layer_key TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    diff_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (layer_key, variant)
-);
-"""
-
-
-@dataclass(frozen=True)
-class LayerBlob:
-    digest: str
-    size: int
-    diff_id: str
-    kind: str  # compression: gzip, zstd, uncompressed
-    media_type: str = ""  # set for reused (pulled) blobs: their original media type
-    reused: bool = False  # came from a pull, not compressed by us
 
 
 def layer_key(path: Path) -> str:
     """A stable name for a layer directory: ``<snapshot id>/<dir>`` (snapshot ids are never reused
     and a committed layer never changes)."""
     return f"{path.parent.name}/{path.name}"
-
-
-class BlobCache:
-    """(layer, variant) → blob descriptor, in SQLite (thread-safe, blocking)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-
-    def get(self, key: str, variant: str) -> LayerBlob | None:
-        with self._lock:
-            row = self._db.execute("SELECT digest, size, diff_id, kind FROM layer_blobs "
-                                   "WHERE layer_key=? AND variant=?", (key, variant)).fetchone()
-        return LayerBlob(row[0], int(row[1]), row[2], row[3]) if row else None
-
-    def put(self, key: str, variant: str, blob: LayerBlob) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO layer_blobs (layer_key, variant, digest, size, diff_id, "
-                             "kind, created) VALUES (?,?,?,?,?,?,?)",
-                             (key, variant, blob.digest, blob.size, blob.diff_id, blob.kind, time.time()))
-
-    def entries(self) -> list[tuple[str, str]]:
-        """(layer key, blob digest) of every record (for garbage collection)."""
-        with self._lock:
-            return [(r[0], r[1]) for r in self._db.execute("SELECT layer_key, digest FROM layer_blobs")]
-
-    def forget_layer_keys(self, keys: set[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            for key in keys:
-                self._db.execute("DELETE FROM layer_blobs WHERE layer_key=?", (key,))
-            self._db.execute("COMMIT")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 class _Stage:
