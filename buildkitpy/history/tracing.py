@@ -45,18 +45,21 @@ _ZERO_SPAN = "0" * 16
 _STATUS_NAMES = {0: "Unset", 1: "Ok", 2: "Error"}
 
 
-_tracers: dict[int, trace.Tracer] = {}
+# The tracer of the current OpenTelemetry tracer provider, which is process-global by OTel's design
+# (``trace.get_tracer_provider``), so this is no cache of a worker's state: one slot, the provider
+# held with its tracer (an ``id`` of a replaced provider could be reused by a new one).
+_tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
 
 def tracer() -> trace.Tracer:
     """The daemon's tracer, made once per tracer provider (``get_tracer`` builds a new one on every
     call, which a span per vertex paid for)."""
+    global _tracer
     provider = trace.get_tracer_provider()
-    t = _tracers.get(id(provider))
-    if t is None:
-        _tracers.clear()  # a replaced provider (tests) drops the old one's tracer
-        t = _tracers[id(provider)] = provider.get_tracer(TRACER_NAME)
-    return t
+    current = _tracer
+    if current is None or current[0] is not provider:  # a replaced provider (tests): a new tracer
+        current = _tracer = (provider, provider.get_tracer(TRACER_NAME))
+    return current[1]
 
 
 # -- span stubs (the blob's JSON) ----------------------------------------------------------------
