@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 from buildkitpy.api import fsutil_stat_pb2
 from buildkitpy.fsutil import modes
@@ -39,10 +39,21 @@ Differ = Literal["none", "metadata"]
 # digest of the data (sha256, or the ``content_hasher``'s), for files kept unchanged from a previous
 # copy their ``previous_digests`` entry; None for other entries and files without a digest.
 EntryCallback = Callable[[fsutil_stat_pb2.Stat, str | None], None]
+
+
+class Hasher(Protocol):
+    """What a file's contents are fed to as they are written: a ``hashlib`` hash (sha256 or the
+    ``ContentHasher``'s)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 # fsutil's ContentHasher: the hash a regular file's contents are fed to as they are written, given
 # its Stat (None: no digest for this file). It may hash the Stat's owner, permissions and size too:
 # the digest is reported only if the file ends up with exactly those on disk.
-ContentHasher = Callable[[fsutil_stat_pb2.Stat], Any]
+ContentHasher = Callable[[fsutil_stat_pb2.Stat], Hasher | None]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -57,7 +68,7 @@ _COMPARED_MODE_BITS = (modes.MODE_TYPE | modes.MODE_PERM | modes.MODE_SETUID | m
 class _PendingFile:
     stat: fsutil_stat_pb2.Stat
     fd: int | None
-    hasher: Any  # hashlib sha256 (or the content hasher's) when a callback wants digests
+    hasher: Hasher | None  # when a callback wants digests
     written: int = 0
 
 
