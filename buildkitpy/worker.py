@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import platform as _platform
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from buildkitpy.snapshot.api import SnapshotManager
 
 if TYPE_CHECKING:
+    from buildkitpy.executor.runc import RuncExecutor
     from buildkitpy.image.layerblobs import BlobCache
     from buildkitpy.image.pull import ImagePuller
+    from buildkitpy.session.manager import SessionManager
     from buildkitpy.snapshot.sourcerecords import SourceRecords
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
@@ -34,18 +36,26 @@ def host_platform() -> dict[str, str]:
     return plat
 
 
+class WorkerConfig(Protocol):
+    """What the worker's users read of the daemon's configuration: its ``[registry."host"]`` settings
+    by host (a ``buildkitpy.daemon.config.Config``; the daemon package imports this module)."""
+
+    @property
+    def registries(self) -> Mapping[str, Any]: ...
+
+
 @dataclass
 class Worker:
     id: str
     root: Path
     snapshots: SnapshotManager
-    sessions: Any  # buildkitpy.session.manager.SessionManager
-    executor: Any = None  # buildkitpy.executor.runc.RuncExecutor
+    sessions: SessionManager | None  # None: a worker for builds without client sessions (tests)
+    executor: RuncExecutor | None = None  # None: runc is not installed (no exec ops)
     max_parallelism: int = 0  # vertices executing at once; 0: no limit
     labels: dict[str, str] = field(default_factory=dict)
     platforms: list[dict[str, str]] = field(default_factory=lambda: [host_platform()])
     insecure_entitlements: frozenset[str] = frozenset()
-    config: Any = None  # buildkitpy.daemon.config.Config (registry settings, ...)
+    config: WorkerConfig | None = None  # the daemon's configuration (registry settings, ...)
     # Content-store digests other parts still point at, kept by content GC (build history results).
     content_roots: list[Callable[[], set[str]]] = field(default_factory=list)
     # The stores under ``root`` the worker opens when first asked for (see the properties below).
@@ -103,7 +113,7 @@ class Worker:
         self.snapshots.close()
 
 
-def open_worker(cfg: Any, worker_id: str, sessions: Any) -> Worker:
+def open_worker(cfg: Any, worker_id: str, sessions: SessionManager) -> Worker:
     """The daemon's worker over ``cfg.root``: overlay snapshots, runc when installed."""
     import shutil
 

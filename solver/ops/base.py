@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from buildkitpy.errors import Unimplemented
 from buildkitpy.snapshot.api import ImmutableSnapshot
@@ -12,15 +12,32 @@ from buildkitpy.solver.cachekey import CacheMap
 from buildkitpy.solver.loader import Vertex
 
 if TYPE_CHECKING:
+    from buildkitpy.solver.contenthash import ChecksumStore
+    from buildkitpy.solver.ops.cachemounts import CacheMounts
+    from buildkitpy.solver.ops.local_reuse import SharedKeyIndex
     from buildkitpy.solver.solver import Job
+    from buildkitpy.worker import Worker
+
+
+class SharedState(Protocol):
+    """What ops keep across builds, beside the worker's stores: the solver's (``Solver``)."""
+
+    @property
+    def cache_mounts(self) -> CacheMounts: ...  # ``--mount=type=cache`` directories
+
+    @property
+    def local_sources(self) -> SharedKeyIndex: ...  # the previous copy of each local source
+
+    @property
+    def checksums(self) -> ChecksumStore: ...  # content checksums of snapshots
 
 
 @dataclass
 class OpContext:
-    worker: Any  # buildkitpy.worker.Worker
+    worker: Worker
     job: Job
     vertex: Vertex
-    shared: Any  # buildkitpy.solver.solver.SharedState (cache mounts, checksums)
+    shared: SharedState
 
 
 class Op(Protocol):
