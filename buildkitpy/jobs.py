@@ -14,12 +14,17 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound
 from buildkitpy.progress import ProgressBus
+
+if TYPE_CHECKING:
+    from buildkitpy.attest.capture import BuildCapture
+    from buildkitpy.gateway.bridge import GatewayBridge
+    from buildkitpy.history.recorder import BuildRecording
 
 KEEP_FINISHED = 64
 KEEP_FINISHED_SECONDS = 600
@@ -39,11 +44,11 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     # Set for client-side gateway builds: the result the client hands over with LLBBridge.Return.
-    bridge: Any = None  # buildkitpy.gateway.bridge.GatewayBridge
+    bridge: GatewayBridge | None = None
     # The build's history record being filled (None for internal builds or without history).
-    history: Any = None  # buildkitpy.history.recorder.BuildRecording
+    history: BuildRecording | None = None
     # What the build used, for its provenance (None for builds nobody captures).
-    provenance: Any = None  # buildkitpy.attest.capture.BuildCapture
+    provenance: BuildCapture | None = None
 
 
 class JobRegistry:

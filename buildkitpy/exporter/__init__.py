@@ -10,23 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildkitpy.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from buildkitpy.gateway.bridge import FrontendResult, GatewayBridge
+    from buildkitpy.progress import ProgressBus
+    from buildkitpy.session.manager import Session
 
 
 @dataclass
 class ExportContext:
     index: int  # position in SolveRequest.Exporters: the client's attachable exporter id
     attrs: dict[str, str]
-    result: Any  # buildkitpy.gateway.bridge.FrontendResult
-    bridge: Any  # buildkitpy.gateway.bridge.GatewayBridge
-    session: Any  # buildkitpy.session.manager.Session (None when the build has no session)
-    progress: Any  # ProgressBus
+    result: FrontendResult
+    bridge: GatewayBridge
+    session: Session | None  # None when the build has no session
+    progress: ProgressBus
     # Attestations to attach (image, oci, docker): a buildkitpy.attest.manifest.ExportProvenance.
     provenance: Any = None
 
-    def require_session(self, what: str) -> Any:
+    def require_session(self, what: str) -> Session:
         if self.session is None:
             raise InvalidArgument(f"{what} exporter needs a client session, but the build has none")
         return self.session

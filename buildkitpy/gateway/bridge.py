@@ -22,6 +22,7 @@ import anyio
 
 from buildkitpy.api import fsutil_stat_pb2, gateway_pb2, ops_pb2
 from buildkitpy.errors import InvalidArgument, NotFound, Unimplemented
+from buildkitpy.snapshot.api import ImmutableSnapshot
 
 Frontend = Callable[["GatewayBridge", dict[str, str], dict[str, ops_pb2.Definition]],
                     Awaitable["FrontendResult"]]
@@ -34,7 +35,7 @@ FRONTENDS: dict[str, Frontend] = {}
 class ResultRef:
     id: str
     definition: ops_pb2.Definition
-    snapshot: Any = None  # ImmutableSnapshot once evaluated
+    snapshot: ImmutableSnapshot | None = None  # set once evaluated
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cache_keys: list[Any] = field(default_factory=list)  # the solver's keys of the result (cache export)
     # The frontend request (name, options) whose solve returned this ref, for its provenance.

@@ -16,11 +16,14 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, Unimplemented
 from buildkitpy.image import compression as comp
 from buildkitpy.remotecache.jobcache import ImportedCache, JobCache, first_error
+
+if TYPE_CHECKING:
+    from buildkitpy.solver.cachestorage import CacheStorage
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +198,7 @@ class CacheRun:
         self._worker: Any = None
         self._session: Any = None
         self._cache_mounts: Any = None
-        self._storage: Any = None  # the solver's own CacheStorage (results by key id)
+        self._storage: CacheStorage | None = None  # the solver's own (results by key id)
 
     @classmethod
     def from_request(cls, cache: Any, frontend_attrs: Mapping[str, str]) -> CacheRun:
@@ -224,7 +227,7 @@ class CacheRun:
         return any(e.type == "inline" for e in self.exports)
 
     async def start(self, worker: Any, session: Any, solver_job: Any, progress: Any,
-                    cache_mounts: Any = None, storage: Any = None) -> None:
+                    cache_mounts: Any = None, storage: CacheStorage | None = None) -> None:
         from buildkitpy.remotecache import cachemounts
 
         self._worker, self._session = worker, session
