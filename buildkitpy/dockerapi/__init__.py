@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from buildkitpy.dockerapi.api import EngineAPI
+    from buildkitpy.dockerapi.server import EngineAPIServer
+    from buildkitpy.session.manager import SessionManager
+    from buildkitpy.worker import Worker
 
 CONTROL_SOCKET = "control.sock"
 
@@ -23,8 +29,8 @@ def control_address(root: Path) -> str:
 
 @dataclass
 class DockerAPIHandle:
-    server: Any  # buildkitpy.dockerapi.server.EngineAPIServer
-    api: Any  # buildkitpy.dockerapi.api.EngineAPI
+    server: EngineAPIServer
+    api: EngineAPI
     addresses: list[str]
 
     async def close(self) -> None:
@@ -33,8 +39,8 @@ class DockerAPIHandle:
         self.api.images.close()
 
 
-async def start(*, root: Path, worker: Any, sessions: Any, addresses: list[str], insecure_tcp: bool,
-                tls: tuple[str, str, str] | None) -> DockerAPIHandle:
+async def start(*, root: Path, worker: Worker, sessions: SessionManager, addresses: list[str],
+                insecure_tcp: bool, tls: tuple[str, str, str] | None) -> DockerAPIHandle:
     """Listen on ``addresses`` (the Control API must already be serving ``control_address``)."""
     import shutil
 

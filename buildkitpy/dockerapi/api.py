@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -40,6 +40,11 @@ from buildkitpy.dockerapi.server import (
     response_headers,
 )
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, Unimplemented
+
+if TYPE_CHECKING:
+    from buildkitpy.client.connection import Client
+    from buildkitpy.session.manager import SessionManager
+    from buildkitpy.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +76,10 @@ class EngineAPI:
     """What the handlers share: our Control API client, the image store and the running builds."""
 
     root: Path  # <daemon root>/dockerapi
-    control: Any  # buildkitpy.client.connection.Client
+    control: Client
     images: ImageStore
-    worker: Any
-    sessions: Any  # buildkitpy.session.manager.SessionManager
+    worker: Worker
+    sessions: SessionManager
     control_socket: str  # path of the Control API's private socket
     builds: dict[str, RunningBuild] = field(default_factory=dict)
     uploads: dict[str, Upload] = field(default_factory=dict)  # by build id

@@ -27,7 +27,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -35,6 +35,9 @@ from buildkitpy.dockerapi.http import ClientGone
 from buildkitpy.dockerapi.imagestore import ImageRecord, ImageStore, familiar, normalize_tag
 from buildkitpy.dockerapi.options import BuildOptions, docker_config_auths
 from buildkitpy.errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from buildkitpy.frontend.dockerfile.instructions import Stage
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,13 @@ class Step:
     extra: str = ""  # a line added after the cut (the --label step)
     last_in_stage: bool = False
     start_line: int = 0
-    stage: Any = None  # the parsed stage (None for global ARGs)
+    stage: Stage | None = None  # None for global ARGs
 
 
 @dataclass
 class Plan:
     steps: list[Step]
-    stages: list[Any]
+    stages: list[Stage]
     meta_args: list[Any]
 
 
