@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from buildkitpy.errors import SolveError
 from buildkitpy.fsutil.patterns import MatchInfo, PatternMatcher, contains_wildcards, glob_match
@@ -30,6 +30,7 @@ from buildkitpy.solver.pathutil import root_path
 
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
+_V = TypeVar("_V")
 
 
 def _xattrs(path: str) -> list[tuple[str, bytes]]:
@@ -407,11 +408,7 @@ class ChecksumStore:
 
     def remember_files(self, snapshot_id: str, files: dict[str, FileRecord]) -> None:
         """The digests of regular files in a committed snapshot, by path under its root."""
-        with self._lock:
-            self._files[snapshot_id] = files
-            self._files.move_to_end(snapshot_id)
-            while len(self._files) > self.MAX_REMEMBERED:
-                self._files.popitem(last=False)
+        self._keep(self._files, snapshot_id, files)
 
     def files_of(self, snapshot_id: str) -> dict[str, FileRecord] | None:
         with self._lock:
@@ -421,15 +418,19 @@ class ChecksumStore:
         """The ``file_meta`` of regular files in a committed snapshot, by path under its root, as a
         local source transfer saw them on disk (``DiskWriter.files_as_stated``): the next transfer
         onto it compares with them instead of an lstat of each file."""
-        with self._lock:
-            self._metas[snapshot_id] = metas
-            self._metas.move_to_end(snapshot_id)
-            while len(self._metas) > self.MAX_REMEMBERED:
-                self._metas.popitem(last=False)
+        self._keep(self._metas, snapshot_id, metas)
 
     def file_metas_of(self, snapshot_id: str) -> dict[str, FileMeta] | None:
         with self._lock:
             return self._metas.get(snapshot_id)
+
+    def _keep(self, table: OrderedDict[str, _V], snapshot_id: str, value: _V) -> None:
+        """``table[snapshot_id] = value``, keeping the newest ``MAX_REMEMBERED`` snapshots."""
+        with self._lock:
+            table[snapshot_id] = value
+            table.move_to_end(snapshot_id)
+            while len(table) > self.MAX_REMEMBERED:
+                table.popitem(last=False)
 
     def close(self) -> None:
         with self._lock:

@@ -271,40 +271,36 @@ class PipeCall:
     # -- writing -------------------------------------------------------------------------------------
 
     async def write(self, request: Any) -> None:
-        stream = self._stream
-        if stream.status is not None:
-            self._raise_for_status()
-            raise asyncio.InvalidStateError("RPC already finished.")
-        if self._done_writing:
-            raise asyncio.InvalidStateError("RPC is half closed after calling \"done_writing\".")
+        self._check_writable()
         data = request if self._serialize is None else self._serialize(request)
-        channel = self._channel
-        conn = channel._conn
-        conn.send_message(stream, data)
-        channel._kick()
-        while stream.pending_size and stream.status is None:
-            await self._wait()
-        if conn.outbound_size > OUTBOUND_HIGH_WATER:
-            await channel._drained()
+        self._channel._conn.send_message(self._stream, data)
+        await self._written()
 
     async def write_many(self, requests: Sequence[Any]) -> None:
         """``write`` of several requests: queued at once (HTTP/2 frames carry as many as fit), then
         one wait for them to go out. Not a grpc.aio method: a filesync sender writing a listing of
         hundreds of small packets uses it when the call has it."""
-        stream = self._stream
-        if stream.status is not None:
+        self._check_writable()
+        serialize = self._serialize
+        self._channel._conn.send_messages(self._stream, requests if serialize is None
+                                          else [serialize(r) for r in requests])
+        await self._written()
+
+    def _check_writable(self) -> None:
+        if self._stream.status is not None:
             self._raise_for_status()
             raise asyncio.InvalidStateError("RPC already finished.")
         if self._done_writing:
             raise asyncio.InvalidStateError("RPC is half closed after calling \"done_writing\".")
-        serialize = self._serialize
-        channel = self._channel
-        conn = channel._conn
-        conn.send_messages(stream, requests if serialize is None else [serialize(r) for r in requests])
+
+    async def _written(self) -> None:
+        """Wait until what the call queued has gone to the connection (and the connection's own
+        queue is below its high-water mark)."""
+        stream, channel = self._stream, self._channel
         channel._kick()
         while stream.pending_size and stream.status is None:
             await self._wait()
-        if conn.outbound_size > OUTBOUND_HIGH_WATER:
+        if channel._conn.outbound_size > OUTBOUND_HIGH_WATER:
             await channel._drained()
 
     async def done_writing(self) -> None:
