@@ -219,7 +219,9 @@ def write_trees(roots: list[tuple[str, Path]], emit: Callable[[bytes], None],
 async def export(ctx: ExportContext) -> dict[str, str]:
     session = ctx.require_session("tar")
     vertex = "sha256:" + secrets.token_hex(32)
-    ctx.progress.vertex(vertex, "sending tarball", started=True)
+    # As BuildKit shows it: the exporter's vertex, and "sending tarball" as its status.
+    ctx.progress.vertex(vertex, "exporting to client tarball", started=True)
+    ctx.progress.status(vertex, "sending tarball", name="sending tarball")
     send, receive = anyio.create_memory_object_stream[bytes](2)
     result = ctx.result
     refs = [(f"{k.replace('/', '_')}/", r) for k, r in sorted(result.refs.items())] \
@@ -254,5 +256,6 @@ async def export(ctx: ExportContext) -> dict[str, str]:
     except BaseException as exc:
         ctx.progress.vertex(vertex, error=str(exc) or type(exc).__name__, completed=True)
         raise
+    ctx.progress.status(vertex, "sending tarball", name="sending tarball", completed=True)
     ctx.progress.vertex(vertex, completed=True)
     return {}

@@ -279,3 +279,21 @@ def test_large_layer_in_parallel_blocks(daemon, tmp_path):
     skopeo("copy", "--dest-decompress", f"oci-archive:{dest}", f"dir:{tmp_path / 'copied'}")
     layer = tmp_path / "copied" / image.config["rootfs"]["diff_ids"][0][7:]  # stored decompressed
     assert layer.read_bytes() == raw
+
+
+def test_tar_export_progress_is_named_as_buildkit_names_it(daemon, tmp_path):
+    # buildctl shows "#N exporting to client tarball" with "sending tarball" as its status line.
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a.txt\n")
+    (ctx / "a.txt").write_text(f"tar progress {tmp_path.name}\n")
+    res = daemon.client("build", "--progress", "plain", "--frontend", "dockerfile.v0",
+                        "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
+                        "--output", f"type=tar,dest={tmp_path}/out.tar")
+    log = res.stderr.decode()
+    vertex = next(line.split()[0] for line in log.splitlines()
+                  if line.endswith(" exporting to client tarball"))
+    assert f"{vertex} sending tarball" in log.splitlines(), log
+    assert any(line.startswith(f"{vertex} sending tarball") and line.endswith(" done")
+               for line in log.splitlines()), log
+    assert f"{vertex} DONE" in log, log
