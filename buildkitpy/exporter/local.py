@@ -74,8 +74,11 @@ async def export(ctx: ExportContext) -> dict[str, str]:
             async with mounted(ctx, ref) as src, AsyncExitStack() as stack:
                 extra = await _provenance_files(ctx, key, src, "", stack)
                 ctx.progress.status(vertex, "copying files", name="copying files")
-                await filesync.send_dir(session.channel, src, exporter_id=str(ctx.index), extra_files=extra)
-                ctx.progress.status(vertex, "copying files", name="copying files", completed=True)
+                sent = await filesync.send_dir(session.channel, src, exporter_id=str(ctx.index),
+                                               extra_files=extra)
+                # The bytes sent as the status's current (buildctl: "copying files 3.00MB"), as BuildKit.
+                ctx.progress.status(vertex, "copying files", name="copying files", current=sent.bytes,
+                                    completed=True)
     except BaseException as exc:
         ctx.progress.vertex(vertex, error=str(exc) or type(exc).__name__, completed=True)
         raise

@@ -281,19 +281,20 @@ def test_large_layer_in_parallel_blocks(daemon, tmp_path):
     assert layer.read_bytes() == raw
 
 
-def test_tar_export_progress_is_named_as_buildkit_names_it(daemon, tmp_path):
-    # buildctl shows "#N exporting to client tarball" with "sending tarball" as its status line.
+def test_client_exports_show_progress_as_buildkit_does(daemon, tmp_path):
+    # buildctl shows "#N exporting to client tarball" with "sending tarball" as its status line, and
+    # "#N exporting to client directory" with "copying files <size>".
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a.txt\n")
-    (ctx / "a.txt").write_text(f"tar progress {tmp_path.name}\n")
-    res = daemon.client("build", "--progress", "plain", "--frontend", "dockerfile.v0",
-                        "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
-                        "--output", f"type=tar,dest={tmp_path}/out.tar")
-    log = res.stderr.decode()
-    vertex = next(line.split()[0] for line in log.splitlines()
-                  if line.endswith(" exporting to client tarball"))
-    assert f"{vertex} sending tarball" in log.splitlines(), log
-    assert any(line.startswith(f"{vertex} sending tarball") and line.endswith(" done")
-               for line in log.splitlines()), log
-    assert f"{vertex} DONE" in log, log
+    (ctx / "a.txt").write_text("x" * 3000)
+    cases = (("type=tar,dest=out.tar", "exporting to client tarball", "sending tarball"),
+             ("type=local,dest=out", "exporting to client directory", "copying files 3.00kB"))
+    for output, vertex_name, status in cases:
+        res = daemon.client("build", "--progress", "plain", "--frontend", "dockerfile.v0",
+                            "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
+                            "--output", output.replace("dest=", f"dest={tmp_path}/"))
+        lines = res.stderr.decode().splitlines()
+        vertex = next(line.split()[0] for line in lines if line.endswith(" " + vertex_name))
+        assert any(line.startswith(f"{vertex} {status} ") and line.endswith(" done") for line in lines), lines
+        assert f"{vertex} DONE" in " ".join(lines), lines

@@ -69,6 +69,7 @@ def test_build_push_pull_back_and_build_from_it(daemon, plain_registry, base_ima
         f'type=image,"name={",".join(names)}",push=true', files={"a.txt": "from the context\n"})
     log = res.stderr.decode()
     assert "exporting to image" in log and f"pushing manifest for {names[0]}" in log, log
+    assert " exporting layers" in log, log  # one status for all layers, as BuildKit shows it
     digest = meta["containerimage.digest"]
     assert meta["image.name"] == ",".join(names)
     top = meta["containerimage.descriptor"]  # the CLI inlines base64 JSON values, as buildctl does

@@ -266,17 +266,17 @@ class _LayerExporter:
         return blob
 
     async def one(self, path: Path, clamp: int | None) -> None:
-        name = f"exporting layer {layer_key(path)}"
-        self.progress.status(self.vertex, name, name=name)
         blob = await anyio.to_thread.run_sync(self._blocking, path, clamp, limiter=self.limiter)
         self.blobs[(str(path), clamp)] = blob
-        self.progress.status(self.vertex, name, name=name, completed=True)
 
     async def run(self, wanted: list[tuple[Path, int | None]]) -> None:
+        """The blobs of ``wanted``, in parallel, under one "exporting layers" status (BuildKit's)."""
         todo = list(dict.fromkeys((p, c) for p, c in wanted))
+        self.progress.status(self.vertex, "exporting layers", name="exporting layers")
         async with anyio.create_task_group() as tg:
             for path, clamp in todo:
                 tg.start_soon(self.one, path, clamp)
+        self.progress.status(self.vertex, "exporting layers", name="exporting layers", completed=True)
 
 
 async def assemble_image(ctx: Any, options: ImageOptions | Mapping[str, str], *, vertex: str | None = None,
