@@ -201,19 +201,18 @@ async def push_names(ctx: ExportContext, store: Any, root: Descriptor, refs: lis
                      opts: ImageExportOptions, vertex: str) -> None:
     client = registry_client(ctx, refs, opts.insecure)
     progress = ctx.progress
-
-    def report(digest: str, done: int, total: int, finished: bool) -> None:
-        progress.status(vertex, f"pushing {digest}", name=f"pushing {digest}", current=done, total=total,
-                        completed=finished)
-
-    pusher = ImagePusher(client, store, progress=report)
+    # As buildctl shows BuildKit's push: one "pushing layers" status, then "pushing manifest for
+    # <name>@<digest>" (per name).
+    pusher = ImagePusher(client, store)
     for ref in refs:
-        shown = str(ref) if ref.tag or ref.digest else f"{ref.name}@{root.digest}"
-        status = f"pushing manifest for {shown}"
+        shown = str(ref) if ref.digest else f"{ref}@{root.digest}"
+        progress.status(vertex, "pushing layers", name="pushing layers")
         try:
             await pusher.push(ref, root)
         except BuildkitpyError as exc:
             if isinstance(exc, SolveError):
                 raise
             raise type(exc)(f"failed to push {shown}: {exc}") from exc
+        progress.status(vertex, "pushing layers", name="pushing layers", completed=True)
+        status = f"pushing manifest for {shown}"
         progress.status(vertex, status, name=status, completed=True)

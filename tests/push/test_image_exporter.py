@@ -71,6 +71,8 @@ def test_build_push_pull_back_and_build_from_it(daemon, plain_registry, base_ima
     assert "exporting to image" in log and f"pushing manifest for {names[0]}" in log, log
     assert " exporting layers" in log, log  # one status for all layers, as BuildKit shows it
     digest = meta["containerimage.digest"]
+    # As buildctl shows BuildKit's push: one "pushing layers", then the manifest by name and digest.
+    assert f"pushing manifest for {names[0]}@{digest}" in log and " pushing layers" in log, log
     assert meta["image.name"] == ",".join(names)
     top = meta["containerimage.descriptor"]  # the CLI inlines base64 JSON values, as buildctl does
     assert top["digest"] == digest
