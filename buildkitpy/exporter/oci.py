@@ -21,7 +21,7 @@ import secrets
 import tarfile
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 
@@ -139,9 +139,12 @@ class _Out:
 
 
 def write_archive(image: AssembledImage, top: dict[str, Any], names: list[str], docker: bool,
-                  out: BinaryIO) -> None:
+                  out: _Out) -> None:
     """Write the archive tar into ``out`` (blocking)."""
-    tar = tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK)
+    # typeshed's _Fileobj asks for read/seek/close too; TarFile in mode "w" only calls write and
+    # tell (and never closes a fileobj it was handed)
+    tar = tarfile.TarFile(fileobj=out, mode="w",  # type: ignore[arg-type]
+                          format=tarfile.PAX_FORMAT, copybufsize=CHUNK)
     for name, data, digest in archive_members(image, top, names, docker):
         info = tarfile.TarInfo(name)
         info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -160,10 +163,10 @@ def write_archive(image: AssembledImage, top: dict[str, Any], names: list[str], 
                 f.seek(0)
                 tar.addfile(info, f)
     out.write(b"\0" * (2 * tarfile.BLOCKSIZE))
-    tar.closed = True
-    flush = getattr(out, "flush", None)
-    if flush:
-        flush()
+    # the end marker is ours: tarfile would pad to a 10 KiB record. TarFile.closed is a plain
+    # attribute set in __init__ that typeshed does not declare
+    tar.closed = True  # type: ignore[attr-defined]
+    out.flush()
 
 
 def exporter_response(image: AssembledImage, top: dict[str, Any], names: list[str]) -> dict[str, str]:

@@ -3,6 +3,7 @@ content store. Shared by the ``oci``, ``docker`` and ``image`` exporters."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -385,9 +386,9 @@ async def _attestation_manifests(ctx: Any, provenance: Any, options: ImageOption
     artifact = options.oci_artifact if options.oci_artifact is not None else options.oci_mediatypes
     out = []
     for (key, _, platform), m in zip(targets, built, strict=True):
-        desc = await anyio.to_thread.run_sync(
-            lambda k=key, d=m.descriptor, p=platform: provenance.attestation_manifest(
-                store, k, d, p, names, oci=options.oci_mediatypes, oci_artifact=artifact))
+        desc = await anyio.to_thread.run_sync(functools.partial(
+            provenance.attestation_manifest, store, key, m.descriptor, platform, names,
+            oci=options.oci_mediatypes, oci_artifact=artifact))
         if desc is None:  # nothing attested for this platform
             continue
         ctx.progress.status(vertex, f"exporting attestation manifest {desc['digest']}",

@@ -23,7 +23,7 @@ import os
 import stat as statmod
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from buildkitpy.snapshot.layer import is_opaque, is_whiteout
 from buildkitpy.snapshot.lowerview import LowerView, same_entry
@@ -65,16 +65,24 @@ class _Parent:
         self.name, self.st, self.written = name, st, written
 
 
+class ByteSink(Protocol):
+    """Where a layer tar goes: an open binary file, or a chunk queue feeding hash/compress threads."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class LayerTarWriter:
     """Writes one layer directory as a tar into ``out`` (anything with ``write``)."""
 
-    def __init__(self, out: BinaryIO, clamp_mtime: int | None = None,
+    def __init__(self, out: ByteSink, clamp_mtime: int | None = None,
                  lowers: list[Path] | None = None) -> None:
         self._out = out
         self._clamp = clamp_mtime
         self._written = 0
-        self._tar = tarfile.TarFile(fileobj=self, mode="w", format=tarfile.PAX_FORMAT,
-                                    copybufsize=_COPY_BUFFER)
+        # typeshed's _Fileobj asks for read/seek/close too; TarFile in mode "w" only calls write
+        # and tell (and never closes a fileobj it was handed)
+        self._tar = tarfile.TarFile(fileobj=self, mode="w",  # type: ignore[arg-type]
+                                    format=tarfile.PAX_FORMAT, copybufsize=_COPY_BUFFER)
         self._links: dict[tuple[int, int], str] = {}
         self._lower = LowerView(lowers) if lowers is not None else None
         self._root = ""
@@ -107,7 +115,9 @@ class LayerTarWriter:
         self._root = str(root)
         self._walk(self._root, (), [], compare=self._lower is not None)
         self.write(b"\0" * (2 * tarfile.BLOCKSIZE))
-        self._tar.closed = True  # the end marker is ours: tarfile would pad to a 10 KiB record
+        # the end marker is ours: tarfile would pad to a 10 KiB record. TarFile.closed is a plain
+        # attribute set in __init__ that typeshed does not declare
+        self._tar.closed = True  # type: ignore[attr-defined]
 
     def _parents(self, parents: list[_Parent]) -> None:
         for parent in parents:
@@ -212,7 +222,7 @@ class LayerTarWriter:
             parents.pop()
 
 
-def write_layer_tar(root: Path, out: BinaryIO, clamp_mtime: int | None = None,
+def write_layer_tar(root: Path, out: ByteSink, clamp_mtime: int | None = None,
                     lowers: list[Path] | None = None) -> None:
     """``lowers``: the layers below this one, lowest first (None: unknown, write the dir as is)."""
     LayerTarWriter(out, clamp_mtime, lowers).write_layer(root)
