@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -117,7 +118,7 @@ async def _collect(worker: Any, chosen: list[tuple[KeyNode, Any]], targets: list
                    progress: Any, vertex: str) -> Exported:
     from buildkitpy.exporter.imagebuild.assemble import _LayerExporter
 
-    layer_lists: list[list[os.PathLike]] = []
+    layer_lists: list[list[Path]] = []
     for _, snap in chosen:
         layer_lists.append(await anyio.to_thread.run_sync(snap.layers))
     exporter = _LayerExporter(worker, image_options, progress, vertex)

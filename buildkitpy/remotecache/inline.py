@@ -58,8 +58,8 @@ async def records_for_image(job_cache: Any, layers: list[Path], blobs: list[Any]
         if rec.results:
             doc["layers"] = []
             for res in rec.results:
-                chain = exported.config.layer_chain(res.layer)
-                top = exported.config.layers[chain[-1]].blob
+                indexes = exported.config.layer_chain(res.layer)
+                top = exported.config.layers[indexes[-1]].blob
                 doc["layers"].append({"layer": position[top], "createdAt": res.created_at})
         out.append(doc)
     return json.dumps(out, separators=(",", ":")).encode()
@@ -82,9 +82,10 @@ async def index_from_image(client: Any, ref: Reference, doc: dict[str, Any], nam
     """The inline cache of the image ``doc`` (a manifest, or an index: the worker's platform)."""
     manifest = doc
     if "manifests" in doc:
-        manifest = await _platform_manifest(client, ref, doc, worker, name)
-        if manifest is None:
+        chosen = await _platform_manifest(client, ref, doc, worker, name)
+        if chosen is None:
             return None
+        manifest = chosen
     cfg = manifest.get("config")
     entries = manifest.get("layers") or []
     if not isinstance(cfg, dict) or not entries:

@@ -94,9 +94,12 @@ async def export(blobs: CacheBlobs, attrs: dict[str, str]) -> dict[str, str]:
         with open(blobs.store.path(d.digest), "rb") as f:
             client.put(key, f, d.size)
 
+    async def upload_in_thread(d: LayerDesc) -> None:
+        await anyio.to_thread.run_sync(upload, d, limiter=limiter)
+
     async with anyio.create_task_group() as tg:
         for d in blobs.exported.layers:
-            tg.start_soon(lambda d=d: anyio.to_thread.run_sync(upload, d, limiter=limiter))
+            tg.start_soon(upload_in_thread, d)
     by_digest = {d.digest: d for d in blobs.exported.layers}
     config = blobs.exported.config
     annotated = replace(config, layers=[replace(layer, annotations=_annotations(by_digest[layer.blob]))
