@@ -71,8 +71,8 @@ def run_history_text(instruction: Any, parent_config: dict[str, Any], stage_args
         args = [*shell, " ".join(args)]
     env = {}
     for item in (parent_config.get("config") or {}).get("Env") or []:
-        key, _, value = item.partition("=")
-        env[key] = value
+        key, _, env_value = item.partition("=")
+        env[key] = env_value
     entries: dict[str, str] = {}
     for arg in stage_args:
         value: str | None

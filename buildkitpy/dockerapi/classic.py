@@ -149,7 +149,7 @@ def _glob(context: Path, pattern: str) -> list[Path]:
     parts = [p for p in pattern.strip("/").split("/") if p not in ("", ".")]
     current = [context]
     for part in parts:
-        following = []
+        following: list[Path] = []
         for base in current:
             if not base.is_dir() or base.is_symlink():
                 continue

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def add_routes(r: Router, api: EngineAPI) -> None:
     handlers = ImageHandlers(api)
-    r.add("GET", "/images/json", handlers.list)
+    r.add("GET", "/images/json", handlers.list_images)
     r.add("GET", "/images/get", handlers.save_many)
     r.add("POST", "/images/load", handlers.load)
     r.add("POST", "/images/create", handlers.pull)
@@ -64,7 +64,7 @@ class ImageHandlers:
     async def _lookup(self, name: str) -> ImageRecord:
         return await anyio.to_thread.run_sync(self.images.lookup, name)
 
-    async def list(self, req: Request) -> None:
+    async def list_images(self, req: Request) -> None:
         filters = parse_filters(req.arg("filters"))
         show_all = bool_arg(req, "all")
 

@@ -110,13 +110,13 @@ def parse_set(value: str) -> set[int]:
 
 
 def format_set(values: set[int]) -> str:
-    parts: list[str] = []
+    parts: list[tuple[int, int]] = []
     for v in sorted(values):
         if parts and parts[-1][1] == v - 1:
             parts[-1] = (parts[-1][0], v)
         else:
-            parts.append((v, v))  # type: ignore[arg-type]
-    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)  # type: ignore[misc]
+            parts.append((v, v))
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
 
 
 def _online(kind: str) -> set[int] | None:
