@@ -156,7 +156,7 @@ class _Parser:
 
     def quoted(self, quote: str) -> str:
         self.pos += 1
-        out = []
+        out: list[str] = []
         while True:
             if self.pos >= len(self.text) or self.text[self.pos] == "\n":
                 raise self.fail("quoted literal not terminated")

@@ -27,6 +27,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, overload
 
 import anyio
 from google.protobuf import json_format
@@ -78,6 +79,10 @@ def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield prefix, obj
 
 
+@overload
+def _compact(obj: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _compact(obj: object) -> object: ...
 def _compact(obj: object) -> object:
     """``obj`` with long strings (inline file data, ...) replaced by their digest and length, so a
     fingerprint stays small."""

@@ -30,7 +30,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -42,6 +42,9 @@ from buildkitpy.history.store import HistoryStore
 from buildkitpy.history.tracing import BuildSpans, render_stubs
 from buildkitpy.progress import ProgressBus, now_timestamp
 from buildkitpy.solver.steplog import log_folder
+
+if TYPE_CHECKING:
+    from buildkitpy.attest.capture import ProvenanceCollector
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class HistoryRecorder:
         # Where clients can read blobs from (set by the daemon: history blobs, image content).
         self.content_stores: Callable[[], list[ContentStore]] | None = None
         # The daemon's provenance collector (buildkitpy.attest.capture.ProvenanceCollector), if any.
-        self.provenance = None
+        self.provenance: ProvenanceCollector | None = None
 
     def has_blob(self, digest: str) -> bool:
         """Whether a blob is readable through the Content service (history or image store)."""
