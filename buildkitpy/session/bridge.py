@@ -26,7 +26,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -250,7 +250,8 @@ async def serve_over_pipe(server: grpc.aio.Server, incoming: AsyncIterable[bytes
 
 
 @contextlib.asynccontextmanager
-async def in_background(func: Callable[..., Awaitable[object]], *args: object) -> AsyncIterator[None]:
+async def in_background(func: Callable[..., Coroutine[object, object, object]],
+                        *args: object) -> AsyncIterator[None]:
     """Run ``func(*args)`` in a task while the body runs; cancel it when the body exits.
 
     An error raised by the body comes out as itself, not wrapped in an exception group (callers

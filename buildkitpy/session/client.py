@@ -180,6 +180,7 @@ class ClientSession:
                 async with to_daemon_queue:
                     # Write nothing before the daemon has answered: a write racing a refusal
                     # makes grpc.aio report INTERNAL instead of the daemon's status.
+                    assert call is not None  # assigned below, before grpc iterates requests()
                     await call.initial_metadata()
                     if call.done():
                         return

@@ -613,6 +613,7 @@ class FileSyncAttachable:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no access allowed to dir {name!r}: the client shares "
                                 f"{sorted(self.dirs) or 'no directories'}")
+            return  # abort raises; grpc has no type stubs to say so
         stream = _ServerContextStream(context)
         try:
             entries = await anyio.to_thread.run_sync(lambda: walk(
@@ -690,6 +691,7 @@ class FileSendAttachable:
         target = self.targets.get(exporter_id)
         if target is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"exporter {exporter_id} not found")
+            return  # abort raises; grpc has no type stubs to say so
         if isinstance(target, LocalDirTarget):
             await self._receive_dir(target, context)
         else:
@@ -716,8 +718,10 @@ class FileSendAttachable:
             out, owned = target.open(exporter_md)
         except OSError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"cannot open export target: {exc}")
+            return  # abort raises; grpc has no type stubs to say so
         if out is None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "target already exists")
+            return  # abort raises; grpc has no type stubs to say so
         try:
             while True:
                 msg = await context.read()

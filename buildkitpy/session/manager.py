@@ -192,11 +192,11 @@ class SessionManager:
             if not runner.done():
                 runner.cancel()
                 await asyncio.wait([runner])
-        if not runner.cancelled() and (err := runner.exception()) is not None:
-            if not isinstance(err, errors.BuildkitpyError):
-                log.error("session %s failed", header.id, exc_info=err)
-                err = errors.BuildkitpyError(f"session {header.id} failed: {err}")
-            await errors.abort_with(context, err)
+        if not runner.cancelled() and (failure := runner.exception()) is not None:
+            if not isinstance(failure, errors.BuildkitpyError):
+                log.error("session %s failed", header.id, exc_info=failure)
+                failure = errors.BuildkitpyError(f"session {header.id} failed: {failure}")
+            await errors.abort_with(context, failure)
 
     async def attach(self, header: SessionHeader, incoming: AsyncIterable[bytes],
                      outgoing: MemoryObjectSendStream[bytes]) -> None:

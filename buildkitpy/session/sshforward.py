@@ -235,10 +235,12 @@ class SSHAttachable(ssh_pb2_grpc.SSHServicer):
         source = self._sources.get(agent_id)
         if source is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unset ssh forward key {agent_id}")
+            return  # abort raises; grpc has no type stubs to say so
         try:
             conn = await source.connect()
         except OSError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"failed to dial agent {agent_id}: {exc}")
+            return  # abort raises; grpc has no type stubs to say so
         async with conn:
             if source.raw:
                 await _pump_raw(conn, request_iterator, context)
