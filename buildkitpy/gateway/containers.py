@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from buildkitpy.api import gateway_pb2, ops_pb2
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound, Unimplemented, to_rpc_status
@@ -174,7 +175,7 @@ async def exec_process(bridge: Any, request_iterator: AsyncIterator[gateway_pb2.
                        send: Callable[[gateway_pb2.ExecMessage], Awaitable[None]]) -> None:
     """The body of an ``ExecProcess`` stream: one or more processes (by ProcessID), each started by
     an ``Init`` message, fed by ``File`` fd 0 messages and ended with ``Exit`` then ``Done``."""
-    processes: dict[str, tuple[anyio.abc.ObjectSendStream, anyio.abc.ObjectSendStream]] = {}
+    processes: dict[str, tuple[MemoryObjectSendStream[bytes], MemoryObjectSendStream[str]]] = {}
 
     async def run_process(pid: str, init: gateway_pb2.InitMessage,
                           stdin_rx: anyio.abc.ObjectReceiveStream[bytes],
