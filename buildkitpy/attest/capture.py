@@ -242,8 +242,8 @@ def known_layer_descriptors(capture: BuildCapture,
             seen[path] = lookup(path)
         return seen[path]
     for digest, i, chain in chains:
-        descs = [known(p) for p in chain] if chain else []
-        if descs and all(d is not None for d in descs):
+        descs = [d for p in chain if (d := known(p)) is not None] if chain else []
+        if descs and len(descs) == len(chain):  # every layer of the chain is known
             out[(digest, i)] = descs
     return out
 
