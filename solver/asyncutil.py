@@ -18,8 +18,9 @@ async def blocking(fn: Callable[..., T], *args: object) -> T:
     a freshly committed snapshot nobody then releases). Shielded, the caller gets the value and the
     cancellation is delivered at its next checkpoint, after it took ownership.
     """
-    with anyio.CancelScope(shield=True):
-        return await anyio.to_thread.run_sync(fn, *args)
+    with anyio.CancelScope(shield=True):  # its __exit__ may swallow: mypy wants the return outside
+        result = await anyio.to_thread.run_sync(fn, *args)
+    return result
 
 
 async def release_all(handles: list) -> None:  # noqa: ANN001

@@ -507,11 +507,11 @@ class CoreBuild:
             values = await self.runtime.remote_load(v)
             if values is not None:
                 self._held.extend(values)
-                durable = [(k, values[o]) for o, ok in enumerate(keys.outputs) for k in ok.keys
-                           if not k.ephemeral]
-                if durable:
-                    await blocking(self.base.save, *_save_entries([k for k, _ in durable],
-                                                                  [x for _, x in durable]))
+                saved = [(k, values[o]) for o, ok in enumerate(keys.outputs) for k in ok.keys
+                         if not k.ephemeral]
+                if saved:
+                    await blocking(self.base.save, *_save_entries([k for k, _ in saved],
+                                                                  [x for _, x in saved]))
                 with self.runtime.scope(v):
                     self.runtime.cached(v)
                     await self._settled(v, keys, cached=True, outputs=values)

@@ -78,9 +78,11 @@ async def interruptible(fn: Callable[[threading.Event], T]) -> T:
         tg.start_soon(watch)
         try:
             with anyio.CancelScope(shield=True):
-                return await anyio.to_thread.run_sync(fn, stop)
+                result = await anyio.to_thread.run_sync(fn, stop)
         finally:
             tg.cancel_scope.cancel()
+    # outside the scopes: their __exit__ may swallow an exception, so mypy wants the return here
+    return result
 
 
 def check_stop(stop: threading.Event) -> None:
