@@ -92,7 +92,7 @@ async def convert(
     BuildKit); ``all_stages`` converts unreachable stages too (``frontend.lint`` without a target)."""
     options = ConvertOptions.parse(opts)
     build_platform = build_platform or llb.default_platform()
-    targets = options.platforms or [None]
+    targets: list[llb.Platform | None] = [*options.platforms] or [None]
     multi = len(targets) > 1 or options.multi_platform
     source_map = llb.SourceMap(filename, dockerfile, "Dockerfile", state=dockerfile_source)
     results = []
@@ -134,7 +134,9 @@ async def _convert_one(
     all_stages: bool = False,
     main_context: llb.State | None = None,
 ) -> PlatformResult:
-    context_output = main_context.output if main_context is not None else Output(_PendingContext(), 0)
+    # without a remote context: the client's context, whose vertex is known once its paths are
+    pending = Output(_PendingContext(), 0) if main_context is None else None
+    context_output = pending if main_context is None else main_context.output
     dctx = DispatchContext(
         options=options,
         target_platform=target or build_platform,
@@ -161,7 +163,7 @@ async def _convert_one(
         lines = getattr(e, "dockerfile_lines", None)
         raise ConvertError(_located(str(e), lines), lines) from None
 
-    if main_context is None:  # the build context: a session local restricted to the paths read from it
+    if pending is not None:  # the build context: a session local restricted to the paths read from it
         paths = _follow_paths(dctx.context_paths)
         context = llb.local(
             "context",
@@ -171,7 +173,8 @@ async def _convert_one(
             follow_paths=paths or None,
             custom_name="[internal] load build context",
         )
-        context_output.vertex = context.output.vertex
+        assert context.output is not None  # a source's state always has its output
+        pending.vertex = context.output.vertex
 
     img = target_state.image
     if options.labels:

@@ -846,13 +846,13 @@ class DispatchContext:
             d.cmd_set = True
             ic.commit_to_history(img, f"CMD {go_quoted_list(args)}", with_layer=False)
         elif isinstance(ins, EntrypointCommand):
-            args = ins.cmd_line
-            if ins.prepend_shell and args is not None:
-                args = _with_shell(img, args)
-            cfg["Entrypoint"] = args
+            entrypoint = ins.cmd_line  # None: ENTRYPOINT [] clears it
+            if ins.prepend_shell and entrypoint is not None:
+                entrypoint = _with_shell(img, entrypoint)
+            cfg["Entrypoint"] = entrypoint
             if not d.cmd_set:
                 cfg.pop("Cmd", None)
-            ic.commit_to_history(img, f"ENTRYPOINT {go_quoted_list(args)}", with_layer=False)
+            ic.commit_to_history(img, f"ENTRYPOINT {go_quoted_list(entrypoint)}", with_layer=False)
         elif isinstance(ins, HealthCheckCommand):
             h = ins.health
             cfg["Healthcheck"] = {
@@ -1118,7 +1118,7 @@ class DispatchContext:
                         cache_id="/" + cache_id,
                         cache_sharing=sharing,
                     )
-                )  # type: ignore[arg-type]
+                )
             else:
                 no_output = not m.read_only and self.supports("exec.mount.bind.readwrite-nooutput")
                 out.append(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from buildkitpy.gocompat import parse_bool, ram_in_bytes
 from buildkitpy.llb import Platform
+from buildkitpy.llb.source import ResolveMode
 
 from .errors import DockerfileError
 
@@ -15,6 +16,7 @@ class OptionError(DockerfileError):
     """A frontend option with a bad value."""
 
 
+_RESOLVE_MODES: dict[str, ResolveMode] = {"default": "default", "pull": "pull", "local": "local"}
 _ULIMIT_NAMES = (
     "core",
     "cpu",
@@ -43,7 +45,7 @@ class ConvertOptions:
     platforms: list[Platform] = field(default_factory=list)
     multi_platform: bool = False
     no_cache: set[str] | None = None  # None: use the cache; empty set: no cache for any stage
-    image_resolve_mode: str = "default"
+    image_resolve_mode: ResolveMode = "default"
     network_mode: str = "sandbox"
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)
     shm_size: int = 0
@@ -75,9 +77,9 @@ class ConvertOptions:
             v = opts["no-cache"]
             o.no_cache = set() if v == "" else {s.strip().lower() for s in v.split(",") if s.strip()}
         mode = opts.get("image-resolve-mode", "") or "default"
-        if mode not in ("default", "pull", "local"):
+        if mode not in _RESOLVE_MODES:
             raise OptionError(f"invalid image-resolve-mode: {mode}")
-        o.image_resolve_mode = mode
+        o.image_resolve_mode = _RESOLVE_MODES[mode]
         net = opts.get("force-network-mode", "") or "sandbox"
         if net not in ("none", "host", "sandbox"):
             raise OptionError(f"invalid force-network-mode: {net}")

@@ -9,7 +9,7 @@ live. Cancelling the build abandons the thread (it finishes in the background, i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -20,9 +20,11 @@ from .convert import ConvertResult, convert
 # 2 MiB file of continuation lines takes tens of seconds and hundreds of MB).
 MAX_DOCKERFILE_BYTES = 2 << 20
 
+AsyncFunc = Callable[..., Coroutine[Any, Any, Any]]
+
 
 def _on_loop(loop: asyncio.AbstractEventLoop,
-             func: Callable[..., Awaitable[Any]] | None) -> Callable[..., Awaitable[Any]] | None:
+             func: AsyncFunc | None) -> AsyncFunc | None:
     """``func`` callable from another thread's event loop, running on ``loop``."""
     if func is None:
         return None
@@ -38,7 +40,7 @@ def _on_loop(loop: asyncio.AbstractEventLoop,
     return call
 
 
-async def convert_off_loop(dockerfile: bytes, *, resolve_image: Callable[..., Awaitable[Any]] | None,
+async def convert_off_loop(dockerfile: bytes, *, resolve_image: AsyncFunc | None,
                            **kwargs: Any) -> ConvertResult:
     """:func:`convert` with the same arguments, computed on a worker thread."""
     resolver = _on_loop(asyncio.get_running_loop(), resolve_image)

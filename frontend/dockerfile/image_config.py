@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from buildkitpy.llb import Platform
@@ -136,7 +137,8 @@ def commit_to_history(img: Image, message: str, *, with_layer: bool, built: bool
     img.setdefault("history", []).append(entry)
 
 
-def _ordered(obj: dict[str, Any], keys: tuple[str, ...], always: set[str] = frozenset()) -> dict[str, Any]:
+def _ordered(obj: dict[str, Any], keys: tuple[str, ...],
+             always: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in keys:
         v = obj.get(k)

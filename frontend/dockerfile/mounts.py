@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from buildkitpy.gocompat import parse_bool, parse_uint, quote, ram_in_bytes, with_suggestion
+from buildkitpy.llb.exec import CacheSharing
 
 from .errors import DockerfileError
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
-SHARING_MODES = ("shared", "private", "locked")
+# the --mount sharing values, mapped to the LLB cache sharing mode of the same name
+SHARING_MODES: dict[str, CacheSharing] = {"shared": "shared", "private": "private", "locked": "locked"}
 _MOUNT_KEYS = [
     "type", "from", "source", "target", "readonly", "id", "sharing", "required", "size", "mode",
     "uid", "gid", "src", "dst", "destination", "ro", "rw", "readwrite", "env",
@@ -41,7 +44,7 @@ class Mount:
     read_only: bool = False
     size_limit: int = 0
     cache_id: str = ""
-    cache_sharing: str = ""
+    cache_sharing: CacheSharing | Literal[""] = ""
     required: bool = False
     env: str | None = None  # for secrets: expose as this environment variable
     mode: int | None = None
@@ -178,7 +181,7 @@ def parse_mount(spec: str, expander: Expander | None) -> Mount:
             if value.lower() not in SHARING_MODES:
                 msg = f"unsupported sharing value {quote(value)}"
                 raise MountError(with_suggestion(msg, value, list(SHARING_MODES), True))
-            m.cache_sharing = value.lower()
+            m.cache_sharing = SHARING_MODES[value.lower()]
         elif key in ("mode", "uid", "gid"):
             try:
                 number = parse_uint(value, 8 if key == "mode" else 10, 32)
