@@ -87,7 +87,11 @@ class CacheRecords(Protocol):
 
 class UsageWorker(Protocol):
     root: Path
-    snapshots: SnapshotStore
+
+    # read-only: as a plain (mutable) member the protocol would demand exactly SnapshotStore
+    # (invariance), and the worker's SnapshotManager is a SnapshotStore, not the protocol itself
+    @property
+    def snapshots(self) -> SnapshotStore: ...
 
     @property
     def image_puller(self) -> ImagePuller: ...
