@@ -12,7 +12,6 @@ uses it). Writes of one vertex go in one transaction (``save``).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from buildkitpy.snapshot.api import ImmutableSnapshot, SnapshotManager
 from buildkitpy.solver.cachestorage import CacheLink, CacheResult, CacheResultGone
+from buildkitpy.sqlitedb import open_db
 
 SCHEMA = """
 DROP TABLE IF EXISTS cache_records;
@@ -43,10 +43,7 @@ class SQLiteCacheStorage:
     def __init__(self, db_path: Path, snapshots: SnapshotManager) -> None:
         self.snapshots = snapshots
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_db(db_path, SCHEMA, durable=False)
         self._held: dict[str, ImmutableSnapshot] = {}  # snapshot id -> the cache's own handle
 
     # Everything below blocks: call through anyio.to_thread.

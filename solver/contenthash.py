@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import sqlite3
 import stat
 import threading
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from buildkitpy.errors import SolveError
 from buildkitpy.fsutil.patterns import MatchInfo, PatternMatcher, contains_wildcards, glob_match
 from buildkitpy.solver.cachekey import Selector
 from buildkitpy.solver.pathutil import root_path
+from buildkitpy.sqlitedb import open_db
 
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
@@ -384,10 +384,9 @@ class ChecksumStore:
         self._lock = threading.Lock()
         self._files: OrderedDict[str, dict[str, FileRecord]] = OrderedDict()
         self._metas: OrderedDict[str, dict[str, FileMeta]] = OrderedDict()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS checksums_v2 (snapshot_id TEXT NOT NULL, "
-                         "selector TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (snapshot_id, selector))")
+        self._db = open_db(db_path, "CREATE TABLE IF NOT EXISTS checksums_v2 (snapshot_id TEXT NOT NULL, "
+                           "selector TEXT NOT NULL, digest TEXT NOT NULL, "
+                           "PRIMARY KEY (snapshot_id, selector))")
 
     def get(self, snapshot_id: str, selector: Selector) -> str | None:
         with self._lock:

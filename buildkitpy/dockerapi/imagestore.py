@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 from buildkitpy.errors import BuildkitpyError, InvalidArgument, NotFound
 from buildkitpy.image.reference import Reference, parse_reference
+from buildkitpy.sqlitedb import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -86,9 +86,7 @@ class ImageStore:
         self.content = content  # buildkitpy.content.store.ContentStore
         self.chains = chains  # buildkitpy.image.pull.ChainIndex
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(root / "images.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(root / "images.db", _SCHEMA)
         self._holds: list[set[str]] = []
 
     # -- blobs written outside a build -------------------------------------------------------------

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -39,6 +38,7 @@ from buildkitpy.solver.contenthash import tree_digest
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.observe import StepFacts
 from buildkitpy.solver.pathutil import resolve_wildcards, root_path
+from buildkitpy.sqlitedb import open_db
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +156,10 @@ class RebuildRecorder:
     are not reported."""
 
     def __init__(self, root: Path, build_args: BuildArgs | None = None) -> None:
-        path = Path(root) / "history"
-        path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path / "steps.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Fingerprints only explain rebuilds: no fsync per commit (WAL keeps them across a daemon
-        # crash; a power loss may drop the newest, and those steps then report no earlier build).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # Fingerprints only explain rebuilds (after a power loss the newest steps report no earlier
+        # build): not durable.
+        self._db = open_db(Path(root) / "history" / "steps.db", _SCHEMA, durable=False)
         self._build_args = build_args or (lambda ref: {})
         self._stores = 0
         self._reports: dict[str, list[dict]] = {}

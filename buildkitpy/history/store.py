@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,6 +29,7 @@ from buildkitpy.api import control_pb2
 from buildkitpy.content.store import ContentStore
 from buildkitpy.errors import InvalidArgument, NotFound
 from buildkitpy.history.filters import filter_events
+from buildkitpy.sqlitedb import open_db
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,8 @@ class HistoryStore:
         self.limits = limits or HistoryLimits()
         self.blobs = ContentStore(self.root)
         self._db_lock = threading.Lock()
-        self._db = sqlite3.connect(self.root / "records.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Records are written on the event loop: no fsync per commit (WAL keeps every commit
-        # across a daemon crash; only a power loss may drop the newest ones).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # Records are written on the event loop: no fsync per commit (open_db's durable=False).
+        self._db = open_db(self.root / "records.db", _SCHEMA, durable=False)
         self._active: dict[str, control_pb2.BuildHistoryRecord] = {}
         self._subscribers: set[asyncio.Queue] = set()
         self._listening: dict[str, int] = {}

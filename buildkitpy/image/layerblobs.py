@@ -4,11 +4,12 @@ fill it (``exporter.imagebuild.blobs``); content garbage collection reads and tr
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from buildkitpy.sqlitedb import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS layer_blobs (
@@ -38,11 +39,8 @@ class BlobCache:
     """(layer, variant) → blob descriptor, in SQLite (thread-safe, blocking)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA)
 
     def get(self, key: str, variant: str) -> LayerBlob | None:
         with self._lock:

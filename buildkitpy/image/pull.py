@@ -8,7 +8,6 @@ image sharing a prefix of layers reuses those snapshots and unpacks only what is
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from buildkitpy.image.registry import Descriptor, RegistryClient
 from buildkitpy.image.resolve import ResolvedImage
 from buildkitpy.image.unpack import apply_layer_blob
 from buildkitpy.snapshot.api import ImmutableSnapshot, SnapshotManager
+from buildkitpy.sqlitedb import open_db
 
 # (status id, current, total, completed): e.g. ("sha256:ab…", 1024, 4096, False) while downloading
 # and ("extracting sha256:ab…", 0, 0, True) once a layer is unpacked.
@@ -72,11 +72,8 @@ class ChainIndex:
     """ChainID → snapshot id, in SQLite (thread-safe, blocking)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA)
 
     def get(self, chain_id: str) -> str | None:
         with self._lock:

@@ -6,13 +6,13 @@ and stale records are dropped when met (``get_snapshot``)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from buildkitpy.snapshot.api import ImmutableSnapshot
+from buildkitpy.sqlitedb import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS source_records (kind TEXT NOT NULL, key TEXT NOT NULL, snapshot_id TEXT NOT NULL,
@@ -24,9 +24,7 @@ CREATE TABLE IF NOT EXISTS source_records (kind TEXT NOT NULL, key TEXT NOT NULL
 class SourceRecords:
     def __init__(self, db_path: Path) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(db_path, _SCHEMA)
 
     def find(self, kind: str, key: str) -> list[tuple[str, dict[str, Any]]]:
         """(snapshot id, metadata) of every record under ``key``, newest first."""
