@@ -184,6 +184,7 @@ class H2Connection:
         self._blocked: dict[int, Stream] = {}  # streams with data waiting for window
         self._owed = 0  # connection-level credit not yet given back
         self._goaway_last: int | None = None
+        self._credited = False  # window credit came in the chunk being received
         settings = b"".join(_SETTING.pack(k, v) for k, v in (
             (SETTINGS_ENABLE_PUSH, 0), (SETTINGS_INITIAL_WINDOW_SIZE, RECEIVE_WINDOW),
             (SETTINGS_MAX_CONCURRENT_STREAMS, 0)))
@@ -350,6 +351,7 @@ class H2Connection:
         pos = 0
         unpack = _FRAME_HEADER.unpack_from
         streams = self.streams
+        self._credited = False
         while end - pos >= 9:
             hi, lo, kind, flags, sid = unpack(data, pos)
             length = hi << 8 | lo
@@ -465,6 +467,11 @@ class H2Connection:
             # other frame types are ignored (RFC 9113 5.5)
         if pos < end:
             self._inbuf = bytes(view[pos:])
+        if self._credited:
+            # The window credits of the whole chunk at once: a peer crediting each 16 KiB it
+            # reads (Go's net/http2 server does, for the stream and the connection) would
+            # otherwise get a frame of 16 KiB per credit, each its own flush.
+            self._flush_blocked()
 
     def _data(self, stream: Stream, payload: memoryview) -> None:
         buf = stream._buf
@@ -624,7 +631,7 @@ class H2Connection:
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise H2ProtocolError("connection window over 2^31-1", FLOW_CONTROL_ERROR)
-            self._flush_blocked()
+            self._credited = True  # blocked streams are flushed at the end of the chunk
             return
         stream = self.streams.get(sid)
         if stream is None:
@@ -638,8 +645,10 @@ class H2Connection:
         if stream.send_window > MAX_WINDOW:
             self._stream_error(stream, _StreamError("stream window over 2^31-1", FLOW_CONTROL_ERROR))
             return
-        if stream.pending or stream.end_pending:
-            self._flush_stream(stream)
+        if stream.pending:
+            # A stream with data queued is in `_blocked` (only a window stops it): flushed at the
+            # end of the chunk.
+            self._credited = True
 
     def _goaway(self, last: int, code: int, debug: bytes) -> None:
         self._goaway_last = last

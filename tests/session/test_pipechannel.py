@@ -564,3 +564,43 @@ async def test_a_long_header_block_in_tiny_continuations_ends_the_connection():
         assert "header block too large" in str(pipe.error)
         with pytest.raises(grpc.aio.AioRpcError):
             await call
+
+
+def _parse_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(type, flags, stream id, payload) of the frames in ``data`` (after the preface, if any)."""
+    data = data.removeprefix(h2.PREFACE)
+    frames = []
+    while data:
+        length = int.from_bytes(data[:3], "big")
+        frames.append((data[3], data[4], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF, data[9:9 + length]))
+        data = data[9 + length:]
+    return frames
+
+
+def test_the_window_credits_of_one_chunk_go_out_as_one_frame():
+    # A Go net/http2 peer credits each 16 KiB frame it reads, on the stream and the connection:
+    # the credits that came in one chunk are used at once, not as a 16 KiB frame per credit.
+    conn = h2.H2Connection()
+    conn.receive_data(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HL", h2.SETTINGS_INITIAL_WINDOW_SIZE, 0)
+                               + struct.pack(">HL", h2.SETTINGS_MAX_FRAME_SIZE, 1 << 20)))
+    stream = conn.open_stream(_method("Sink"))
+    message = bytes(range(256)) * 400  # 102,400 bytes
+    conn.send_message(stream, message)
+    assert not [f for f in _parse_frames(conn.data_to_send()) if f[0] == h2.DATA]  # no stream window yet
+
+    def credit(sid: int, n: int) -> bytes:
+        return h2.frame(h2.WINDOW_UPDATE, 0, sid, struct.pack(">L", n))
+
+    conn.receive_data(b"".join(credit(stream.id, 16000) for _ in range(4)))
+    first = [f for f in _parse_frames(conn.data_to_send()) if f[0] == h2.DATA]
+    assert [len(f[3]) for f in first] == [64000]
+    # The connection's window (65,535 at first) has 1,535 left: both windows limit the next frame.
+    conn.receive_data(b"".join(credit(sid, 16000) for sid in (stream.id, 0, stream.id, 0)))
+    second = [f for f in _parse_frames(conn.data_to_send()) if f[0] == h2.DATA]
+    assert [len(f[3]) for f in second] == [32000]
+    conn.receive_data(credit(stream.id, 1 << 20) + credit(0, 1 << 20))
+    rest = [f for f in _parse_frames(conn.data_to_send()) if f[0] == h2.DATA]
+    assert [len(f[3]) for f in rest] == [len(message) + 5 - 96000]
+    sent = b"".join(f[3] for f in first + second + rest)
+    assert sent == b"\0" + struct.pack(">L", len(message)) + message
+    assert stream.pending_size == 0 and not stream.pending
