@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from buildkitpy import __version__
 from buildkitpy.api import gateway_pb2_grpc
 from buildkitpy.daemon.config import DEFAULT_ADDRESS, Config, load_config
+from buildkitpy.daemon.front import FrontServer, backend_path, tls_context
 from buildkitpy.daemon.rootlock import RootLockedError, acquire_root_lock
 
 log = logging.getLogger("buildkitpyd")
@@ -68,37 +69,47 @@ class _Health(health_pb2_grpc.HealthServicer):
         await asyncio.Event().wait()
 
 
-def _add_listener(server: grpc.aio.Server, addr: str, cfg: Config) -> str:
+def _claim_unix_path(path: Path) -> None:
+    """Make ``path`` free for a new socket: a stale one (nobody answers) is removed, a live one is
+    another daemon's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale socket from a previous run
+        else:
+            raise SystemExit(f"buildkitpyd: {path} is in use by another daemon")
+        finally:
+            probe.close()
+
+
+async def _listen(front: FrontServer, addr: str, cfg: Config) -> str:
+    """Open one of the daemon's addresses on the front server; returns its path or host:port."""
     url = urlparse(addr)
     if url.scheme == "unix":
         path = Path(url.path or url.netloc)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()  # stale socket from a previous run
-            else:
-                raise SystemExit(f"buildkitpyd: {path} is in use by another daemon")
-            finally:
-                probe.close()
-        server.add_insecure_port(f"unix:{path}")
+        _claim_unix_path(path)
+        await front.listen_unix(str(path))
         return str(path)
     if url.scheme == "tcp":
-        target = url.netloc
+        tls = None
         if cfg.tls.cert and cfg.tls.key:
-            ca = Path(cfg.tls.ca).read_bytes() if cfg.tls.ca else None
-            creds = grpc.ssl_server_credentials(
-                [(Path(cfg.tls.key).read_bytes(), Path(cfg.tls.cert).read_bytes())],
-                root_certificates=ca, require_client_auth=ca is not None)
-            port = server.add_secure_port(target, creds)
-        else:
-            port = server.add_insecure_port(target)
-        if port == 0:
-            raise SystemExit(f"buildkitpyd: cannot listen on {addr}")
-        return target
+            tls = tls_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca or None)
+        try:
+            port = await front.listen_tcp(url.hostname or "", url.port or 0, tls)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"buildkitpyd: cannot listen on {addr}: {exc}") from None
+        return f"{url.hostname}:{port}"
     raise SystemExit(f"buildkitpyd: unsupported address {addr!r} (use unix:// or tcp://)")
+
+
+def _add_internal_listener(server: grpc.aio.Server, path: Path) -> str:
+    _claim_unix_path(path)
+    if not server.add_insecure_port(f"unix:{path}"):
+        raise SystemExit(f"buildkitpyd: cannot listen on {path}")
+    return str(path)
 
 
 def _worker_id(root: Path) -> str:
@@ -156,15 +167,25 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         server)
     health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
 
-    listening = [_add_listener(server, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
+    # The grpc.aio server listens privately; the daemon's addresses are the front server's, which
+    # serves Control.Session itself and relays every other call to it (buildkitpy.daemon.front).
+    backend = _add_internal_listener(server, Path(backend_path(cfg.root)))
     if docker_addrs:
         from buildkitpy import dockerapi, exporter
         from buildkitpy.dockerapi import mobyexporter
 
         exporter.register("moby", mobyexporter.export)
         dockerapi.state_dir(cfg.root).mkdir(parents=True, exist_ok=True)
-        internal = _add_listener(server, dockerapi.control_address(cfg.root), cfg)
+        internal = _add_internal_listener(server, Path(urlparse(dockerapi.control_address(cfg.root)).path))
     await server.start()
+    os.chmod(backend, 0o600)
+    front = FrontServer(sessions, backend)
+    try:
+        listening = [await _listen(front, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
+    except BaseException:
+        await front.close()
+        await server.stop(grace=0)
+        raise
     for path in listening:
         if path.startswith("/"):
             os.chmod(path, 0o660)
@@ -177,6 +198,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
                                                insecure_tcp=docker_insecure,
                                                tls=(cfg.tls.cert, cfg.tls.key, cfg.tls.ca))
         except Exception as exc:
+            await front.close()
             await server.stop(grace=0)
             raise SystemExit(f"buildkitpyd: Engine API: {exc}") from None
         log.info("Docker Engine API on %s", ", ".join(docker_api.addresses))
@@ -197,7 +219,9 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         log.info("shutting down")
         if docker_api is not None:
             await docker_api.close()
+        front.stop_listening()
         await server.stop(grace=2)
+        await front.close()
         await gc.wait_idle()
         await history.close()
         solver.close()

@@ -1,0 +1,710 @@
+"""The daemon's listening sockets: an HTTP/2 server of our own in front of the grpc.aio server.
+
+A build client's ``Control.Session`` stream carries a whole HTTP/2 connection (the session's
+attachables) as a stream of ``BytesMessage``s, and a BuildKit client writes each of that inner
+connection's frames as one message: ~10,000 of ~46 bytes for an unchanged 10,000-file context and
+one per window update while an export streams back. grpc.aio spends ~30 us on every message it
+hands to Python (a completion on its poller thread, a future, a task wake-up) — more than the
+daemon's own work on them. So the front server answers ``Control.Session`` itself: a socket read
+of many frames becomes one chunk for the session (:meth:`SessionManager.attach
+<buildkitpy.session.manager.SessionManager.attach>`), with flow control and gRPC's framing done
+here. Every other stream is relayed, frames in and out, to the grpc.aio server that serves the
+services, listening on a private unix socket (one link per client connection, opened on its first
+relayed stream): the services stay grpc.aio code, and their calls cost one relay hop.
+
+The HTTP/2 itself is :class:`~buildkitpy.daemon.h2peer.H2Peer` (sans-I/O) in both roles; this
+module is the asyncio driver: listeners (unix, TCP, TLS with ALPN ``h2`` and optional client
+certificates), one :class:`_Connection` per client, :class:`_SessionCall` and :class:`_Relay` per
+stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl
+import struct
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import grpc
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from buildkitpy import errors
+from buildkitpy.daemon.h2peer import CANCEL, NO_ERROR, REFUSED_STREAM, Fields, H2Peer, H2ProtocolError
+from buildkitpy.session.bridge import bytes_message_data, bytes_message_prefix
+from buildkitpy.session.h2 import INTERNAL_ERROR, MAX_MESSAGE_SIZE
+from buildkitpy.session.manager import SessionHeader, SessionManager
+
+log = logging.getLogger(__name__)
+
+SESSION_PATH = b"/moby.buildkit.v1.Control/Session"
+# Chunks queued between the session and the stream (the stream's window does the rest).
+_OUTGOING_QUEUE = 16
+# A session's answers queued beyond what the client's windows let out: wait above this.
+_SEND_HIGH_WATER = 1 << 20
+_U32 = struct.Struct(">L")
+_RESPONSE_HEADERS: list[tuple[str | bytes, str | bytes]] = [
+    (b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+# grpc-message: printable ASCII but '%' as it is, everything else percent-encoded (UTF-8).
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+
+
+def _status(code: grpc.StatusCode, message: str) -> list[tuple[str | bytes, str | bytes]]:
+    return [(b"grpc-status", str(code.value[0]).encode()),
+            (b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode())]
+
+
+def status_fields(err: BaseException) -> list[tuple[str | bytes, str | bytes]]:
+    """gRPC trailers for an error: code, percent-encoded message and the rich status as
+    ``grpc-status-details-bin`` (BuildKit's clients read errdefs details from it)."""
+    status = errors.to_rpc_status(err)
+    return [(b"grpc-status", str(status.code).encode()),
+            (b"grpc-message", quote(status.message, safe=_MESSAGE_SAFE).encode()),
+            (b"grpc-status-details-bin", base64.b64encode(status.SerializeToString()).rstrip(b"="))]
+
+
+_OK_TRAILERS: list[tuple[str | bytes, str | bytes]] = [(b"grpc-status", b"0")]
+
+
+class FrontServer:
+    """The listeners and their connections (module docstring). ``backend`` is the unix socket
+    path of the grpc.aio server that serves everything but ``Control.Session``."""
+
+    def __init__(self, sessions: SessionManager, backend: str) -> None:
+        self.sessions = sessions
+        self.backend = backend
+        self.connections: set[_Connection] = set()
+        self._servers: list[asyncio.base_events.Server] = []
+
+    async def listen_unix(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_unix_server(lambda: _Connection(self), path))
+
+    async def listen_tcp(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
+        """Listen on ``host:port`` (port 0: any); returns the port."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), host or None, port, ssl=tls,
+                                          reuse_address=True)
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    def stop_listening(self) -> None:
+        """No new connections; clients are told (GOAWAY) to open no new streams."""
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.goaway()
+
+    async def close(self) -> None:
+        """End every connection: sessions cancelled, sockets closed."""
+        self.stop_listening()
+        tasks = [task for conn in list(self.connections) for task in conn.abort()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for server in self._servers:
+            await server.wait_closed()
+
+
+def tls_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
+    """A server TLS context as buildkitd's: our certificate, client certificates required when a
+    CA is given, ALPN ``h2`` (gRPC clients insist on it)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: the server end of its HTTP/2 and the routes of its streams."""
+
+    def __init__(self, server: FrontServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = H2Peer(self, client=False)
+        self.routes: dict[int, _SessionCall | _Relay] = {}
+        self.link: _BackendLink | None = None
+        self.paused = False
+        self.closed = False
+        self._touched: list[_SessionCall | _Closer] = []
+        self._resumed: list[Callable[[], None]] = []
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        self.write()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.peer.receive(data)
+        except H2ProtocolError as err:
+            log.info("closing a client connection: %s", err)
+            self.write()
+            self._close(f"HTTP/2 protocol error: {err}")
+            return
+        except Exception:  # noqa: BLE001 - a bug here ends this connection, never the daemon
+            log.exception("closing a client connection after an unexpected error")
+            self._close("internal error")
+            return
+        touched = self._touched
+        if touched:
+            self._touched = []
+            for call in touched:
+                call.deliver()
+        self.write()
+        if self.link is not None:
+            self.link.write()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close("the client closed the connection" if exc is None else f"the connection failed: {exc}")
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        resumed, self._resumed = self._resumed, []
+        for wake in resumed:
+            wake()
+
+    # -- ours ------------------------------------------------------------------------------------
+
+    def write(self) -> None:
+        data = self.peer.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def when_writable(self, wake: Callable[[], None]) -> None:
+        self._resumed.append(wake)
+
+    def goaway(self) -> None:
+        self.peer.goaway()
+        self.write()
+
+    def abort(self) -> list[asyncio.Task[None]]:
+        tasks = [route.task for route in self.routes.values()
+                 if isinstance(route, _SessionCall) and route.task is not None]
+        self._close("the daemon is shutting down")
+        return tasks
+
+    def _close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server.connections.discard(self)
+        self.peer.connection_lost(reason)
+        for route in list(self.routes.values()):
+            route.lost(reason)
+        self.routes.clear()
+        if self.link is not None:
+            self.link.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _backend(self) -> _BackendLink:
+        if self.link is None or self.link.draining:
+            if self.link is not None:
+                self.link.close_when_idle()
+            self.link = _BackendLink(self)
+        return self.link
+
+    def forget(self, sid: int) -> None:
+        self.routes.pop(sid, None)
+
+    # -- PeerHandler (the client's side) ---------------------------------------------------------
+
+    def on_headers(self, sid: int, fields: Fields, end_stream: bool) -> None:
+        route = self.routes.get(sid)
+        if route is not None:
+            route.client_headers(fields, end_stream)
+            return
+        path = next((v for k, v in fields if k == b":path"), b"")
+        if path == SESSION_PATH:
+            call = self.routes[sid] = _SessionCall(self, sid)
+            call.start(fields, end_stream)
+        else:
+            self.routes[sid] = _Relay(self, sid, fields, end_stream)
+
+    def on_data(self, sid: int, data: memoryview, end_stream: bool) -> None:
+        route = self.routes.get(sid)
+        if route is not None:
+            route.client_data(data, end_stream)
+        elif data:
+            self.peer.consumed(sid, len(data))
+
+    def on_reset(self, sid: int, code: int) -> None:
+        route = self.routes.pop(sid, None)
+        if route is not None:
+            route.client_reset(code)
+
+    def on_sent(self, sid: int, nbytes: int) -> None:
+        route = self.routes.get(sid)
+        if route is not None:
+            route.sent_to_client(nbytes)
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        pass  # the client opens no more streams; those open go on
+
+
+class _Inbox:
+    """The session's incoming bytes for :meth:`SessionManager.attach`: one chunk per socket read
+    (all the messages it held), each credited back to the stream's window when taken."""
+
+    __slots__ = ("_chunks", "_waiter", "_eof", "_credit")
+
+    def __init__(self, credit: Callable[[int], None]) -> None:
+        self._chunks: deque[tuple[bytes, int]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._credit = credit
+
+    def put(self, data: bytes, wire: int) -> None:
+        self._chunks.append((data, wire))
+        self._wake()
+
+    def close(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> _Inbox:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunks = self._chunks
+        while not chunks:
+            if self._eof:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data, wire = chunks.popleft()
+        self._credit(wire)
+        return data
+
+
+class _SessionCall:
+    """``Control.Session`` served here: gRPC framing of ``BytesMessage``s both ways around
+    :meth:`SessionManager.attach`, the call's status in the trailers."""
+
+    def __init__(self, conn: _Connection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self._buf = bytearray()  # the start of a message split across frames
+        self._parts: list[bytes | bytearray | memoryview] = []
+        self._wire = 0  # bytes received and not yet delivered (for the window credit)
+        self._queued = False
+        self._room: asyncio.Event = asyncio.Event()
+        self._room.set()
+        self.inbox = _Inbox(self._credit)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, fields: Fields, end_stream: bool) -> None:
+        conn, sid = self.conn, self.sid
+        if end_stream:
+            self.inbox.close()
+        try:
+            header = SessionHeader.from_metadata(_metadata(fields))
+        except errors.BuildkitpyError as err:
+            self._end(status_fields(err), trailers_only=True)
+            return
+        conn.peer.send_headers(sid, _RESPONSE_HEADERS)
+        self.task = asyncio.get_running_loop().create_task(self._serve(header),
+                                                            name=f"Control.Session {header.id}")
+
+    # -- from the client ---------------------------------------------------------------------------
+
+    def client_headers(self, fields: Fields, end_stream: bool) -> None:
+        if end_stream:
+            self.inbox.close()
+
+    def client_data(self, data: memoryview, end_stream: bool) -> None:
+        self._wire += len(data)
+        buf = self._buf
+        view: memoryview | bytearray
+        if buf:
+            buf += data
+            view = buf
+        else:
+            view = data
+        n = len(view)
+        pos = 0
+        parts = self._parts
+        while n - pos >= 5:
+            if view[pos]:
+                self._fail(grpc.StatusCode.INTERNAL, "a compressed message, although none was offered")
+                return
+            size = _U32.unpack_from(view, pos + 1)[0]
+            if size > MAX_MESSAGE_SIZE:
+                self._fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"received message larger than max ({size} vs. {MAX_MESSAGE_SIZE})")
+                return
+            if n - pos - 5 < size:
+                break
+            start = pos + 5
+            pos = start + size
+            payload_at = _field1_payload(view, start, pos)
+            if payload_at:
+                parts.append(view[payload_at:pos])  # the common case: field 1 alone
+            elif size:
+                try:
+                    payload = bytes_message_data(bytes(view[start:pos]))
+                except Exception:  # noqa: BLE001 - any decode failure is the client's
+                    self._fail(grpc.StatusCode.INTERNAL, "a Control.Session message that is no BytesMessage")
+                    return
+                if payload:
+                    parts.append(payload)
+        if view is buf:
+            del buf[:pos]  # (slices of a bytearray are copies: `parts` holds no view of it)
+        elif pos < n:
+            self._buf = bytearray(view[pos:])
+        if not self._queued:
+            self._queued = True
+            self.conn._touched.append(self)
+        if end_stream:
+            self.conn._touched.append(_Closer(self.inbox))
+
+    def deliver(self) -> None:
+        """After a socket read: everything it held for the session as one chunk."""
+        self._queued = False
+        parts, wire = self._parts, self._wire
+        self._parts, self._wire = [], 0
+        if parts:
+            self.inbox.put(b"".join(parts), wire)
+        elif wire:
+            self._credit(wire)
+
+    def client_reset(self, code: int) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def lost(self, reason: str) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _credit(self, wire: int) -> None:
+        conn = self.conn
+        if not conn.closed:
+            conn.peer.consumed(self.sid, wire)
+            conn.write()
+
+    def _fail(self, code: grpc.StatusCode, message: str) -> None:
+        """The client broke gRPC on this stream: end the call with ``code`` and stop its sender."""
+        if self.task is not None:
+            self.task.cancel()
+        self._end(_status(code, message))
+        self.conn.forget(self.sid)
+
+    # -- to the client -----------------------------------------------------------------------------
+
+    def sent_to_client(self, nbytes: int) -> None:
+        peer = self.conn.peer
+        if peer.pending(self.sid) <= _SEND_HIGH_WATER:
+            self._room.set()
+        if self.sid not in peer.streams and self.conn.routes.get(self.sid) is self:
+            self.conn.forget(self.sid)
+
+    async def _serve(self, header: SessionHeader) -> None:
+        conn = self.conn
+        send, receive = anyio.create_memory_object_stream[bytes](_OUTGOING_QUEUE)
+        trailers = _OK_TRAILERS
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._send_out, receive)
+                await conn.server.sessions.attach(header, self.inbox, send)
+        except errors.BuildkitpyError as err:
+            trailers = status_fields(err)
+        except Exception as exc:  # noqa: BLE001 - the boundary: logged, reported, the daemon goes on
+            failure = errors.unwrap(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if isinstance(failure, errors.BuildkitpyError):
+                trailers = status_fields(failure)
+            else:
+                log.error("session %s failed", header.id, exc_info=exc)
+                trailers = status_fields(errors.BuildkitpyError(f"session {header.id} failed: {failure}"))
+        self._end(trailers)
+
+    async def _send_out(self, receive: MemoryObjectReceiveStream[bytes]) -> None:
+        conn, sid, peer = self.conn, self.sid, self.conn.peer
+        async with receive:
+            async for chunk in receive:
+                if conn.closed:
+                    return
+                n = len(chunk)
+                prefix = bytes_message_prefix(n) if n else b""
+                peer.send_data(sid, b"\0" + _U32.pack(n + len(prefix)) + prefix)
+                if n:
+                    peer.send_data(sid, chunk)
+                conn.write()
+                while not conn.closed and (conn.paused or peer.pending(sid) > _SEND_HIGH_WATER):
+                    self._room.clear()
+                    if conn.paused:
+                        conn.when_writable(self._room.set)
+                    await self._room.wait()
+
+    def _end(self, trailers: list[tuple[str | bytes, str | bytes]], trailers_only: bool = False) -> None:
+        conn = self.conn
+        if conn.closed or conn.routes.get(self.sid) is not self:
+            return
+        fields = [*_RESPONSE_HEADERS, *trailers] if trailers_only else trailers
+        peer = conn.peer
+        peer.send_headers(self.sid, fields, end_stream=True)
+        stream = peer.streams.get(self.sid)
+        if stream is not None and stream.local_closed and not stream.remote_closed:
+            peer.reset(self.sid, NO_ERROR)  # the call is over: the client stops sending (as grpc-go)
+        conn.write()
+        if self.sid not in peer.streams:
+            conn.forget(self.sid)
+
+
+class _Closer:
+    """Ends an inbox after what the same socket read delivered before it."""
+
+    __slots__ = ("inbox",)
+
+    def __init__(self, inbox: _Inbox) -> None:
+        self.inbox = inbox
+
+    def deliver(self) -> None:
+        self.inbox.close()
+
+
+def _field1_payload(view: memoryview | bytearray, start: int, end: int) -> int:
+    """Where the payload of a ``BytesMessage`` at ``view[start:end]`` starts when it is field 1
+    alone (as clients send it), else 0."""
+    if end - start < 2 or view[start] != 0x0A:
+        return 0
+    size = shift = 0
+    pos = start + 1
+    while pos < end and pos <= start + 5:
+        byte = view[pos]
+        size |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return pos if pos + size == end else 0
+        shift += 7
+    return 0
+
+
+def _metadata(fields: Fields) -> list[tuple[str, str | bytes]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in fields if k[:1] != b":"]
+
+
+class _Relay:
+    """A stream passed to the grpc.aio server as it is: headers re-encoded for the other
+    connection's HPACK table, data forwarded as it comes, each side's window credited when the
+    other side has sent it on."""
+
+    __slots__ = ("conn", "sid", "link", "bsid", "answered")
+
+    def __init__(self, conn: _Connection, sid: int, fields: Fields, end_stream: bool) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.answered = False
+        self.link = conn._backend()
+        try:
+            self.bsid = self.link.peer.open_stream()
+        except ConnectionError as exc:
+            self.bsid = 0
+            self._unavailable(f"the daemon's gRPC server is unavailable: {exc}")
+            return
+        self.link.relays[self.bsid] = self
+        self.link.peer.send_headers(self.bsid, list(fields), end_stream)
+
+    def _unavailable(self, message: str) -> None:
+        conn = self.conn
+        conn.forget(self.sid)
+        if self.answered:
+            conn.peer.reset(self.sid, INTERNAL_ERROR)
+        else:
+            fields = [*_RESPONSE_HEADERS, *_status(grpc.StatusCode.UNAVAILABLE, message)]
+            conn.peer.send_headers(self.sid, fields, end_stream=True)
+            stream = conn.peer.streams.get(self.sid)
+            if stream is not None and not stream.remote_closed:
+                conn.peer.reset(self.sid, NO_ERROR)
+        conn.write()
+
+    # client -> backend
+    def client_headers(self, fields: Fields, end_stream: bool) -> None:
+        self.link.peer.send_headers(self.bsid, list(fields), end_stream)
+        self._check_done()
+
+    def client_data(self, data: memoryview, end_stream: bool) -> None:
+        self.link.peer.send_data(self.bsid, data, end_stream)
+        if end_stream:
+            self._check_done()
+
+    def client_reset(self, code: int) -> None:
+        self.link.relays.pop(self.bsid, None)
+        self.link.peer.reset(self.bsid, CANCEL)
+
+    def sent_to_client(self, nbytes: int) -> None:
+        self.link.peer.consumed(self.bsid, nbytes)
+        self._check_done()
+
+    def lost(self, reason: str) -> None:
+        self.link.relays.pop(self.bsid, None)
+        self.link.peer.reset(self.bsid, CANCEL)
+
+    # backend -> client
+    def backend_headers(self, fields: Fields, end_stream: bool) -> None:
+        self.answered = True
+        self.conn.peer.send_headers(self.sid, list(fields), end_stream)
+        self._check_done()
+
+    def backend_data(self, data: memoryview, end_stream: bool) -> None:
+        self.conn.peer.send_data(self.sid, data, end_stream)
+        self._check_done()
+
+    def backend_reset(self, code: int) -> None:
+        self.conn.forget(self.sid)
+        self.conn.peer.reset(self.sid, code)
+
+    def sent_to_backend(self, nbytes: int) -> None:
+        self.conn.peer.consumed(self.sid, nbytes)
+
+    def _check_done(self) -> None:
+        if self.sid not in self.conn.peer.streams and self.conn.routes.get(self.sid) is self:
+            self.conn.forget(self.sid)
+        if self.bsid not in self.link.peer.streams:
+            self.link.relays.pop(self.bsid, None)
+
+
+class _BackendLink(asyncio.Protocol):
+    """The connection to the grpc.aio server for one client connection's relayed streams."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.peer = H2Peer(self, client=True)
+        self.relays: dict[int, _Relay] = {}
+        self.transport: asyncio.Transport | None = None
+        self.draining = False
+        self.closed = False
+        self._idle_close = False
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_unix_connection(lambda: self, self.conn.server.backend)
+        except OSError as exc:
+            self._lost(f"the daemon's gRPC server is unavailable: {exc}")
+
+    def write(self) -> None:
+        if self.transport is not None and not self.closed:
+            data = self.peer.data_to_send()
+            if data:
+                self.transport.write(data)
+
+    def close_when_idle(self) -> None:
+        self._idle_close = True
+        if not self.relays:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._connecting.cancel()
+        self.peer.connection_lost("closed")
+        if self.transport is not None:
+            self.transport.close()
+
+    def _lost(self, reason: str) -> None:
+        self.closed = True
+        self.peer.connection_lost(reason)
+        relays, self.relays = self.relays, {}
+        for relay in relays.values():
+            relay._unavailable(reason)
+        if self.conn.link is self:
+            self.conn.link = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.closed:
+            transport.close()
+            return
+        self.write()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.peer.receive(data)
+        except H2ProtocolError as err:
+            log.error("the daemon's gRPC server broke HTTP/2: %s", err)
+            self.write()
+            self._lost(f"the daemon's gRPC server broke HTTP/2: {err}")
+            if self.transport is not None:
+                self.transport.close()
+        except Exception:  # noqa: BLE001 - a bug here ends this link, never the daemon
+            log.exception("closing a link to the daemon's gRPC server after an unexpected error")
+            self._lost("internal error")
+            if self.transport is not None:
+                self.transport.close()
+        self.write()
+        self.conn.write()
+        if self._idle_close and not self.relays:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self._lost("the daemon's gRPC server closed the connection")
+            self.conn.write()
+
+    # -- PeerHandler (the grpc.aio server's side) ------------------------------------------------
+
+    def on_headers(self, sid: int, fields: Fields, end_stream: bool) -> None:
+        relay = self.relays.get(sid)
+        if relay is not None:
+            relay.backend_headers(fields, end_stream)
+
+    def on_data(self, sid: int, data: memoryview, end_stream: bool) -> None:
+        relay = self.relays.get(sid)
+        if relay is not None:
+            relay.backend_data(data, end_stream)
+        elif data:
+            self.peer.consumed(sid, len(data))
+
+    def on_reset(self, sid: int, code: int) -> None:
+        relay = self.relays.pop(sid, None)
+        if relay is not None:
+            relay.backend_reset(code)
+
+    def on_sent(self, sid: int, nbytes: int) -> None:
+        relay = self.relays.get(sid)
+        if relay is not None:
+            relay.sent_to_backend(nbytes)
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        self.draining = True
+        for sid in [s for s in self.relays if s > last_sid]:
+            relay = self.relays.pop(sid)
+            self.conn.forget(relay.sid)
+            self.conn.peer.reset(relay.sid, REFUSED_STREAM)  # never seen by the server: retry is safe
+
+
+def backend_path(root: Path) -> str:
+    """Where the grpc.aio server behind the front listens (private to the daemon)."""
+    return str(root / "grpc.sock")
+
+
+__all__ = ["FrontServer", "tls_context", "backend_path", "status_fields"]

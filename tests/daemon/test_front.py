@@ -1,0 +1,128 @@
+"""The daemon's front server on its real socket: Control.Session served by it, every other call
+relayed to the grpc.aio server behind it, and clients that break HTTP/2 or gRPC told why without
+harm to the daemon or to other clients."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import grpc
+import pytest
+
+from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2
+from buildkitpy.session.h2 import DATA, GOAWAY, PREFACE, PROTOCOL_ERROR, SETTINGS, frame
+from tests.conftest import Daemon
+
+SESSION_ID = "x-docker-expose-session-uuid"
+
+
+def channel(daemon: Daemon, **kwargs) -> grpc.Channel:
+    return grpc.insecure_channel(daemon.unix_addr.replace("unix://", "unix:"), **kwargs)
+
+
+def raw_exchange(daemon: Daemon, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection and read until the daemon closes it."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(daemon.unix_addr.removeprefix("unix://"))
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        return got
+
+
+def goaway_of(data: bytes) -> tuple[int, bytes]:
+    pos = 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        if data[pos + 3] == GOAWAY:
+            payload = data[pos + 9:pos + 9 + length]
+            return struct.unpack(">L", payload[4:8])[0], payload[8:]
+        pos += 9 + length
+    raise AssertionError(f"no GOAWAY in {data[:200]!r}")
+
+
+def list_workers(ch: grpc.Channel) -> control_pb2.ListWorkersResponse:
+    return control_pb2_grpc.ControlStub(ch).ListWorkers(control_pb2.ListWorkersRequest(), timeout=30)
+
+
+def assert_serving(daemon: Daemon) -> None:
+    with channel(daemon) as ch:
+        assert list_workers(ch).record
+
+
+@pytest.mark.parametrize("garbage, why", [
+    (b"GET /v1.45/version HTTP/1.1\r\nHost: docker\r\n\r\n", b"client preface"),
+    (PREFACE + frame(SETTINGS, 0, 0) + frame(DATA, 0, 0, b"x"), b"DATA on stream 0"),
+    (PREFACE + frame(SETTINGS, 0, 0) + frame(DATA, 0, 1, b"x" * 20_000), b"maximum frame size"),
+])
+def test_a_client_that_breaks_http2_is_told_why_and_others_are_served(daemon, garbage, why):
+    code, debug = goaway_of(raw_exchange(daemon, garbage))
+    assert why in debug, debug
+    assert code in (PROTOCOL_ERROR, 6)  # 6: FRAME_SIZE_ERROR
+    assert_serving(daemon)
+    assert daemon.alive()
+
+
+def test_a_session_without_its_id_fails_with_invalid_argument(daemon):
+    with channel(daemon) as ch:
+        call = control_pb2_grpc.ControlStub(ch).Session(iter(()), timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert SESSION_ID in err.value.details()
+
+
+def test_a_compressed_session_message_fails_the_call_not_the_connection(daemon):
+    with channel(daemon, compression=grpc.Compression.Gzip) as ch:
+        call = control_pb2_grpc.ControlStub(ch).Session(
+            iter([control_pb2.BytesMessage(data=b"x" * 100)]), metadata=((SESSION_ID, "gzip-session"),),
+            timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "compressed" in err.value.details()
+        # The same connection goes on serving.
+        assert list_workers(ch).record
+
+
+def test_a_second_session_with_a_live_sessions_id_is_refused(daemon):
+    release = threading.Event()
+
+    def idle():
+        release.wait(30)
+        return
+        yield  # a request iterator that sends nothing until released
+
+    with channel(daemon) as ch:
+        stub = control_pb2_grpc.ControlStub(ch)
+        first = stub.Session(idle(), metadata=((SESSION_ID, "twice"),), timeout=60)
+        assert first.initial_metadata() is not None  # the daemon accepted it (headers came)
+        second = stub.Session(iter(()), metadata=((SESSION_ID, "twice"),), timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            list(second)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        release.set()
+        first.cancel()
+
+
+def test_relayed_calls_keep_their_semantics(daemon):
+    options = [("grpc.max_send_message_length", 32 << 20)]
+    with channel(daemon, options=options) as ch:
+        stub = control_pb2_grpc.ControlStub(ch)
+        # A 12 MiB request: three times the stream window, so it crosses the relay only as each
+        # side credits what the other sent on; the service's own error comes back.
+        definition = ops_pb2.Definition(**{"def": [b"x" * (12 << 20)]})
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Solve(control_pb2.SolveRequest(Ref="front-big", Definition=definition), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        # The client's deadline reaches the service.
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Status(control_pb2.StatusRequest(Ref="front-no-such-build"), timeout=1))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Many calls at once on one connection.
+        futures = [stub.ListWorkers.future(control_pb2.ListWorkersRequest(), timeout=60) for _ in range(300)]
+        assert all(f.result().record for f in futures)
