@@ -361,7 +361,7 @@ class RebuildRecorder:
                 return "file", _file_change(inp, old)
         for i, inp in enumerate(cur["inputs"]):
             old = prev_inputs[i]
-            if old.get("key") != inp["key"] and "checksum" not in inp:
+            if "checksum" not in inp and old.get("key") != inp["key"]:  # content-hashed: no key kept
                 because = ""
                 src = facts.vertex.inputs[i].digest
                 with self._lock:

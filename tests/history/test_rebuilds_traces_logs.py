@@ -99,6 +99,13 @@ def test_why_each_step_rebuilt(rdaemon, registry: Registry, tmp_path: Path) -> N
     fifth = reasons(rdaemon, build(rdaemon, ctx, "--opt", "build-arg:GREETING=bye"))
     assert fifth["[2/4] COPY app/ /app/"].startswith("file /app/new.txt was added")
 
+    # Nothing changed but the cache is gone: every step says so (a step whose input is hashed by
+    # content keeps no input key to compare).
+    rdaemon.client("prune", "--all")
+    pruned = reasons(rdaemon, build(rdaemon, ctx, "--opt", "build-arg:GREETING=bye"))
+    assert pruned["[2/4] COPY app/ /app/"].startswith("nothing differs from the earlier build"), pruned
+    assert "cannot record why" not in rdaemon.log_text()
+
     sixth = reasons(rdaemon, build(rdaemon, ctx, "--opt", "build-arg:GREETING=bye", "--no-cache"))
     assert set(sixth.values()) == {"the cache was disabled for this build (--no-cache)"}
 
