@@ -449,7 +449,7 @@ class _SessionCall:
                     return
                 n = len(chunk)
                 prefix = bytes_message_prefix(n) if n else b""
-                peer.send_data(sid, b"\0" + _U32.pack(n + len(prefix)) + prefix)
+                peer.send_data(sid, b"\0" + _U32.pack(n + len(prefix)) + prefix, more=bool(n))
                 if n:
                     peer.send_data(sid, chunk)
                 conn.write()

@@ -191,14 +191,18 @@ class H2Peer:
         if end_stream:
             self._local_end(stream)
 
-    def send_data(self, sid: int, data: bytes | memoryview, end_stream: bool = False) -> None:
-        """Queue ``data`` on the stream; it goes out as the peer's windows allow."""
+    def send_data(self, sid: int, data: bytes | memoryview, end_stream: bool = False, *,
+                  more: bool = False) -> None:
+        """Queue ``data`` on the stream; it goes out as the peer's windows allow. ``more``: another
+        piece follows at once, send them together (not a frame of a message's 5-byte prefix)."""
         stream = self.streams.get(sid)
         if stream is None or stream.local_closed or stream.end_pending or stream.trailers is not None:
             return
         if data:
             stream.pending.append(data if type(data) is memoryview else memoryview(data))
             stream.pending_size += len(data)
+        if more:
+            return
         stream.end_pending = end_stream
         self._flush_stream(stream)
 

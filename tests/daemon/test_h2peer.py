@@ -170,3 +170,17 @@ def test_the_preface_may_arrive_a_byte_at_a_time():
     client.send_headers(sid, REQUEST, end_stream=True)
     pump(client, server)
     assert sh.events == [("headers", sid, dict(REQUEST), True)]
+
+
+def test_pieces_sent_with_more_go_out_in_one_frame():
+    client, ch, server, sh = pair()
+    sid = client.open_stream()
+    client.send_headers(sid, REQUEST)
+    pump(client, server)
+    server.send_headers(sid, [(b":status", b"200")])
+    frames = []
+    ch.on_data = lambda s, data, end: frames.append(bytes(data))  # type: ignore[method-assign]
+    server.send_data(sid, b"\0\0\0\0\x05", more=True)
+    server.send_data(sid, b"hello")
+    pump(client, server)
+    assert frames == [b"\0\0\0\0\x05hello"]
