@@ -142,6 +142,9 @@ class DiskWriter:
         self.content_hasher = content_hasher
         self.previous_digests = previous_digests or {}
         self.previous_files = previous_files or {}
+        # entry() compares regular files with their records at once (see _existing)
+        self._compare_records = differ == "metadata" and mode == "sync" and bool(self.previous_files)
+        self._go_modes: dict[int, int] = {}  # go_mode_from_posix of the records' modes
         self.files_as_stated: dict[str, tuple[int, int, int, int, int]] | None = {} if collect_files else None
         self._is_root = os.geteuid() == 0
         self._my_ids = (os.geteuid(), os.getegid())
@@ -170,10 +173,26 @@ class DiskWriter:
 
     def entry(self, entry_id: int, stat: fsutil_stat_pb2.Stat) -> bool:
         """Create one (validated) entry. Returns True when its contents must be requested."""
-        self._trim_dir_fds()
         path = stat.path
         parent, _, name = path.rpartition("/")
         mode = stat.mode
+        listings = self._listings
+        if (self._compare_records and listings and listings[-1].path == parent
+                and not mode & modes.MODE_TYPE and not stat.linkname):
+            # The common entry of an unchanged context: a regular file of the directory being
+            # synced that is kept as its record says, with no work but the comparison.
+            leftover = listings[-1].leftover
+            if leftover.get(name) == _FILE:
+                meta = self.previous_files.get(path)
+                if meta is not None and self._record_matches(meta, stat):
+                    del leftover[name]
+                    self.entries_kept += 1
+                    if self.files_as_stated is not None:
+                        self.files_as_stated[path] = meta
+                    if self.on_entry is not None:
+                        self.on_entry(stat, self.previous_digests.get(path))
+                    return False
+        self._trim_dir_fds()
         try:
             if self._listings:
                 self._leave_listings_until(parent)
@@ -443,6 +462,17 @@ class DiskWriter:
             self._listings.append(_Listing(stat.path, self._list(fd) if reuse else {}))
         self._dirs.append(stat)
         self._notify(stat, None)
+
+    def _record_matches(self, meta: tuple[int, int, int, int, int], stat: fsutil_stat_pb2.Stat) -> bool:
+        """``_unchanged`` of a regular file (no hardlink) whose record is ``meta``."""
+        go_mode = self._go_modes.get(meta[0])
+        if go_mode is None:
+            go_mode = self._go_modes[meta[0]] = modes.go_mode_from_posix(meta[0])
+        if go_mode != stat.mode & _COMPARED_MODE_BITS or meta[4] != stat.modTime or meta[3] != stat.size:
+            return False
+        if self.fine_mtimes_only and stat.modTime % 1_000_000_000 == 0:
+            return False
+        return (meta[1], meta[2]) == self._ids(stat)
 
     def _unchanged(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat,
                    existing: os.stat_result | _Recorded) -> bool:

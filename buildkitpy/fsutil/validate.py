@@ -22,6 +22,13 @@ _UNSUPPORTED_TYPES = modes.MODE_SOCKET | modes.MODE_IRREGULAR
 
 def check_path(path: str) -> None:
     """Raise ``DiffCopyError`` unless ``path`` is a clean, relative, non-escaping, bounded path."""
+    # Most paths at once: short and ASCII (so within both byte limits), without NUL, and without
+    # an empty, "." or ".." component (so clean, relative and not escaping). Any other path is
+    # checked below, which says what is wrong with it.
+    if 0 < len(path) <= MAX_NAME_BYTES and path.isascii() and "\x00" not in path:
+        bounded = f"/{path}/"
+        if "//" not in bounded and "/./" not in bounded and "/../" not in bounded:
+            return
     if not path:
         raise DiffCopyError("invalid entry: empty path")
     if "\x00" in path:
@@ -87,9 +94,9 @@ class StreamValidator:
             raise DiffCopyError(f"invalid entry {path!r}: out of order (sent after {sibling!r})")
         frame.last = name
 
-        if modes.is_dir(mode):
+        if mode & modes.MODE_DIR:
             dirs.append(_OpenDir(path))
-        elif modes.is_symlink(mode):
+        elif mode & modes.MODE_SYMLINK:
             if not stat.linkname:
                 raise DiffCopyError(f"invalid entry {path!r}: symlink without a target")
         elif stat.linkname:

@@ -9,7 +9,7 @@ import pytest
 from fsutil_helpers import build_rich_tree, manifest, pump
 
 from buildkitpy.api import fsutil_stat_pb2
-from buildkitpy.fsutil import modes, packets
+from buildkitpy.fsutil import modes, packets, validate
 from buildkitpy.fsutil.apply import DiskWriter
 from buildkitpy.fsutil.errors import ApplyError, DiffCopyError, RemoteError
 from buildkitpy.fsutil.receiver import Receiver
@@ -182,6 +182,27 @@ def test_oversize_paths(sandbox):
     expect_error(r, stat("x" * 300, FILE), match="longer than 255 bytes")
     deep = "/".join(["d" * 200] * 25)
     expect_error(r, stat(deep, FILE), match="longer than 4096")
+
+
+def test_path_checks_accept_exactly_the_clean_bounded_relative_paths():
+    def valid(path: str) -> bool:
+        names = path.split("/")
+        return ("\x00" not in path and all(n not in ("", ".", "..") for n in names)
+                and len(path.encode("utf-8", "surrogatepass")) <= 4096
+                and all(len(n.encode("utf-8", "surrogatepass")) <= 255 for n in names))
+
+    paths = [""]
+    for _ in range(6):  # every path of up to 6 of these characters
+        paths += [p + c for p in paths if len(p) == _ for c in ("a", ".", "/", "\x00", "\u00e9")]
+    paths += ["x" * 255, "x" * 256, "\u00e9" * 127, "\u00e9" * 128, "a/" + "x" * 255, "a/" + "x" * 256,
+              "/".join(["d" * 200] * 20), "/".join(["d" * 200] * 21), "a\udcff"]
+    for path in paths:
+        try:
+            validate.check_path(path)
+        except DiffCopyError:
+            assert not valid(path), path
+        else:
+            assert valid(path), path
 
 
 def test_hardlink_to_unknown_or_later_path(sandbox):

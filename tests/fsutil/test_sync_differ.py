@@ -128,17 +128,17 @@ def test_same_size_and_mtime_with_new_content_is_kept_like_fsutil(tmp_path):
     assert receiver.files_received == 1 and (dest / "f").read_bytes() == b"bbbb"
 
 
-def test_fine_mtimes_only_refetches_files_with_whole_second_mtimes(tmp_path):
+def test_fine_mtimes_only_refetches_files_with_whole_second_mtimes(tmp_path, records):
     """For a previous copy of unknown origin: same size and a whole-second mtime prove nothing."""
     src, dest = tmp_path / "src", tmp_path / "dest"
     src.mkdir()
     for name, data, mtime in (("coarse", b"aaaa", 10**18), ("fine", b"aaaa", 10**18 + 1)):
         (src / name).write_bytes(data)
         os.utime(src / name, ns=(mtime, mtime))
-    transfer(src, dest)
+    transfer(src, dest, records=records)
     (src / "coarse").write_bytes(b"bbbb")
     os.utime(src / "coarse", ns=(10**18, 10**18))
-    receiver, writer, digests = transfer(src, dest, fine_mtimes_only=True)
+    receiver, writer, digests = transfer(src, dest, fine_mtimes_only=True, records=records)
     assert (dest / "coarse").read_bytes() == b"bbbb" and writer.modified
     assert receiver.files_received == 1 and digests["fine"] is None  # kept
 
