@@ -51,6 +51,12 @@ class _Chunker:
         self.total = 0
 
     def put(self, data: bytes) -> None:
+        pos = self._pos
+        end = pos + len(data)
+        if end <= self._end:  # a header or padding: mostly fits
+            self._buf[pos:end] = data
+            self._pos = end
+            return
         view = memoryview(data)
         while view:
             room = self._end - self._pos
@@ -121,10 +127,34 @@ def _ustar_header(name: str, mode: int, uid: int, gid: int, size: int, mtime: in
                      bytes(12)))
 
 
+# The header of most entries (short ASCII name, no link, no device, small numbers), in two
+# formats: the fields before the checksum, then the checksum and the rest, which is the same for
+# every such entry of a type (its checksum share precomputed, with the checksum field as spaces).
+_PLAIN_HEAD = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0"
+_PLAIN_TAILS = {kind: kind + bytes(100) + _MAGIC + bytes(64) + _octal(0, 8) * 2 + bytes(167)
+                for kind in (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE)}
+_PLAIN_TAIL_SUMS = {kind: sum(b" " * 8) + sum(tail) for kind, tail in _PLAIN_TAILS.items()}
+
+
+def _plain_header(name: str, mode: int, uid: int, gid: int, size: int, mtime: int,
+                  typeflag: bytes) -> bytes | None:
+    """``_ustar_header`` of an entry without link or device numbers, made at once, or None when
+    it needs more than that (a long or non-ASCII name, a number too large for its field)."""
+    if not (len(name) <= 100 and name.isascii() and mode < 0o10000000 and 0 <= uid < 0o10000000
+            and 0 <= gid < 0o10000000 and size < 0o100000000000 and 0 <= mtime < 0o100000000000):
+        return None
+    head = _PLAIN_HEAD % (name.encode("ascii").ljust(100, b"\0"), mode, uid, gid, size, mtime)
+    return b"%s%06o\0 %s" % (head, sum(head) + _PLAIN_TAIL_SUMS[typeflag], _PLAIN_TAILS[typeflag])
+
+
 def _header(name: str, st: os.stat_result, typeflag: bytes, size: int = 0, linkname: str = "",
             devmajor: int = 0, devminor: int = 0) -> bytes:
     mode = statmod.S_IMODE(st.st_mode)
     mtime = (st.st_mtime_ns + 500_000_000) // 1_000_000_000  # Go rounds to the nearest second
+    if typeflag in _PLAIN_TAILS and not (linkname or devmajor or devminor):
+        plain = _plain_header(name, mode, st.st_uid, st.st_gid, size, mtime, typeflag)
+        if plain is not None:
+            return plain
     header = _ustar_header(name, mode, st.st_uid, st.st_gid, size, mtime, typeflag, linkname,
                            devmajor, devminor)
     if header is not None:

@@ -176,3 +176,21 @@ def test_a_file_shrinking_under_the_writer_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tarexp.os, "lstat", lying_lstat)
     with pytest.raises(tarexp.TarError, match="shrank"):
         stream([("", root)])
+
+
+@pytest.mark.parametrize("name", ["f", "d/e/f", "x" * 100, "x" * 101, "é", "a b\tc"])
+@pytest.mark.parametrize("kind", [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE])
+def test_plain_headers_are_the_ustar_headers(name, kind):
+    # the header of most entries is made at once; it must be byte for byte the general one
+    for mode, uid, gid, size, mtime in [(0o644, 0, 0, 0, 0), (0o7777, 1000, 100, 12345, 1_700_000_001),
+                                        (0o755, 0o7777777, 0o7777777, 0o77777777777, 0o77777777777),
+                                        (0o644, 0o10000000, 0, 1, 1), (0o644, 0, 0, 0o100000000000, 1),
+                                        (0o644, 0, 0, 1, -1)]:
+        plain = tarexp._plain_header(name, mode, uid, gid, size, mtime, kind)
+        general = tarexp._ustar_header(name, mode, uid, gid, size, mtime, kind)
+        if plain is not None:
+            assert len(name) <= 100 and name.isascii()
+            assert plain == general and len(plain) == 512
+        elif len(name) <= 100 and name.isascii() and uid < 0o10000000 and size < 0o100000000000 \
+                and mtime >= 0:
+            raise AssertionError(f"{name!r} {mode:o} {uid} {size} {mtime}: no plain header")
