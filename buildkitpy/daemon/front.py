@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import ssl
 import struct
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -702,9 +704,19 @@ class _BackendLink(asyncio.Protocol):
             self.conn.peer.reset(relay.sid, REFUSED_STREAM)  # never seen by the server: retry is safe
 
 
-def backend_path(root: Path) -> str:
-    """Where the grpc.aio server behind the front listens (private to the daemon)."""
-    return str(root / "grpc.sock")
+# Room for a unix socket's path (108 bytes with the terminating NUL), with a margin.
+_MAX_SOCKET_PATH = 100
+
+
+def backend_path(root: Path) -> tuple[str, Path | None]:
+    """Where the grpc.aio server behind the front listens, private to the daemon: ``<root>/grpc.sock``,
+    or, when that is too long for a unix socket, ``grpc.sock`` in a new directory of its own (mode
+    0700), returned second for the caller to remove at shutdown."""
+    path = root / "grpc.sock"
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        return str(path), None
+    private = Path(tempfile.mkdtemp(prefix="buildkitpyd-"))
+    return str(private / "grpc.sock"), private
 
 
 __all__ = ["FrontServer", "tls_context", "backend_path", "status_fields"]

@@ -169,7 +169,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
 
     # The grpc.aio server listens privately; the daemon's addresses are the front server's, which
     # serves Control.Session itself and relays every other call to it (buildkitpy.daemon.front).
-    backend = _add_internal_listener(server, Path(backend_path(cfg.root)))
+    backend_socket, backend_dir = backend_path(cfg.root)
+    backend = _add_internal_listener(server, Path(backend_socket))
     if docker_addrs:
         from buildkitpy import dockerapi, exporter
         from buildkitpy.dockerapi import mobyexporter
@@ -185,6 +186,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
     except BaseException:
         await front.close()
         await server.stop(grace=0)
+        if backend_dir is not None:
+            shutil.rmtree(backend_dir, ignore_errors=True)
         raise
     for path in listening:
         if path.startswith("/"):
@@ -200,6 +203,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         except Exception as exc:
             await front.close()
             await server.stop(grace=0)
+            if backend_dir is not None:
+                shutil.rmtree(backend_dir, ignore_errors=True)
             raise SystemExit(f"buildkitpyd: Engine API: {exc}") from None
         log.info("Docker Engine API on %s", ", ".join(docker_api.addresses))
     log.info("buildkitpyd %s running on %s (root %s, worker %s, executor %s)", __version__,
@@ -222,6 +227,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         front.stop_listening()
         await server.stop(grace=2)
         await front.close()
+        if backend_dir is not None:
+            shutil.rmtree(backend_dir, ignore_errors=True)
         await gc.wait_idle()
         await history.close()
         solver.close()

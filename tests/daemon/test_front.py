@@ -4,16 +4,20 @@ harm to the daemon or to other clients."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
+import subprocess
 import threading
+import time
+from pathlib import Path
 
 import grpc
 import pytest
 
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2
 from buildkitpy.session.h2 import DATA, GOAWAY, PREFACE, PROTOCOL_ERROR, SETTINGS, frame
-from tests.conftest import Daemon
+from tests.conftest import BIN, Daemon
 
 SESSION_ID = "x-docker-expose-session-uuid"
 
@@ -126,3 +130,24 @@ def test_relayed_calls_keep_their_semantics(daemon):
         # Many calls at once on one connection.
         futures = [stub.ListWorkers.future(control_pb2.ListWorkersRequest(), timeout=60) for _ in range(300)]
         assert all(f.result().record for f in futures)
+
+
+def test_a_root_too_long_for_a_unix_socket_still_serves(tmp_path, short_dir):
+    """The grpc.aio server's private socket goes elsewhere when ``<root>/grpc.sock`` would not fit
+    in a unix socket address (108 bytes)."""
+    root = tmp_path / ("r" * 60) / ("o" * 60)
+    sock = Path(short_dir) / "d.sock"
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "buildkitpyd"), "--root", str(root), "--addr", f"unix://{sock}"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with grpc.insecure_channel(f"unix:{sock}") as ch:
+            assert list_workers(ch).record, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    assert not (root / "grpc.sock").exists()
