@@ -88,7 +88,8 @@ Fields = list[tuple[bytes, bytes]]
 
 class PeerHandler(Protocol):
     """What an :class:`H2Peer` reports, while :meth:`H2Peer.receive` (or a send that frees queued
-    data) runs. ``data`` is a view of immutable received bytes."""
+    data) runs. ``data`` is a view of immutable received bytes. A stream that ``end_stream`` closed
+    on both sides is already gone from :attr:`H2Peer.streams` when its handler is called."""
 
     def on_headers(self, sid: int, fields: Fields, end_stream: bool) -> None: ...
 
@@ -325,9 +326,9 @@ class H2Peer:
                 end_stream = bool(flags & FLAG_END_STREAM)
                 if end_stream:
                     stream.remote_closed = True
+                    if stream.local_closed:
+                        self._forget(sid)  # before the handler hears of it: the stream is over
                 handler.on_data(sid, payload, end_stream)
-                if end_stream and stream.local_closed:
-                    self._forget(sid)
             elif kind == HEADERS:
                 if sid == 0:
                     raise H2ProtocolError("HEADERS on stream 0")
@@ -429,9 +430,9 @@ class H2Peer:
         stream.seen_headers = True
         if end_stream:
             stream.remote_closed = True
+            if stream.local_closed:
+                self._forget(sid)  # before the handler hears of it: the stream is over
         self.handler.on_headers(sid, fields, end_stream)
-        if end_stream and stream.local_closed:
-            self._forget(sid)
 
     def _settings(self, sid: int, flags: int, payload: memoryview) -> None:
         if sid != 0:

@@ -4,19 +4,25 @@ harm to the daemon or to other clients."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import socket
 import struct
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2
+from buildkitpy.daemon.front import FrontServer
 from buildkitpy.session.h2 import DATA, GOAWAY, PREFACE, PROTOCOL_ERROR, SETTINGS, frame
+from buildkitpy.session.manager import SessionManager
 from tests.conftest import BIN, Daemon
 
 SESSION_ID = "x-docker-expose-session-uuid"
@@ -151,3 +157,48 @@ def test_a_root_too_long_for_a_unix_socket_still_serves(tmp_path, short_dir):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
     assert not (root / "grpc.sock").exists()
+
+
+@contextlib.asynccontextmanager
+async def front_before_health(short_dir: str) -> AsyncIterator[tuple[FrontServer, str]]:
+    """The front server in this process (its route maps can be looked at) in front of a real
+    grpc.aio server that serves gRPC's health service; yields it and its socket's address."""
+    backend = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), backend)
+    backend.add_insecure_port(f"unix:{short_dir}/grpc.sock")
+    await backend.start()
+    front = FrontServer(SessionManager(), f"{short_dir}/grpc.sock")
+    await front.listen_unix(f"{short_dir}/front.sock")
+    try:
+        yield front, f"unix:{short_dir}/front.sock"
+    finally:
+        await front.close()
+        await backend.stop(0)
+
+
+@pytest.mark.anyio
+async def test_a_long_lived_connection_keeps_nothing_of_the_calls_that_are_over(short_dir):
+    async with front_before_health(short_dir) as (front, addr), grpc.aio.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for _ in range(300):
+            assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)).status == 1
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Check(health_pb2.HealthCheckRequest(service="no-such"), timeout=30)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        for _ in range(100):  # server-streaming calls the client cancels, or that run out of time
+            call = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert (await call.read()).status == 1
+            call.cancel()
+            late = stub.Watch(health_pb2.HealthCheckRequest(), timeout=0.05)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                while True:
+                    await late.read()
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)).status == 1
+        (conn,) = front.connections
+        for _ in range(100):  # the cancellations' RST_STREAMs may still be on their way
+            if not (conn.routes or conn.peer.streams or conn.link.relays or conn.link.peer.streams):
+                break
+            await asyncio.sleep(0.02)
+        assert (len(conn.routes), len(conn.peer.streams)) == (0, 0)
+        assert (len(conn.link.relays), len(conn.link.peer.streams)) == (0, 0)
