@@ -514,12 +514,13 @@ class _Relay:
     connection's HPACK table, data forwarded as it comes, each side's window credited when the
     other side has sent it on."""
 
-    __slots__ = ("conn", "sid", "link", "bsid", "answered")
+    __slots__ = ("conn", "sid", "link", "bsid", "answered", "reset_when_sent")
 
     def __init__(self, conn: _Connection, sid: int, fields: Fields, end_stream: bool) -> None:
         self.conn = conn
         self.sid = sid
         self.answered = False
+        self.reset_when_sent = False
         self.link = conn._backend()
         try:
             self.bsid = self.link.peer.open_stream()
@@ -559,6 +560,12 @@ class _Relay:
 
     def sent_to_client(self, nbytes: int) -> None:
         self.link.peer.consumed(self.bsid, nbytes)
+        if self.reset_when_sent:
+            stream = self.conn.peer.streams.get(self.sid)
+            if stream is None or stream.local_closed:  # the whole answer is out
+                self.conn.forget(self.sid)
+                self.conn.peer.reset(self.sid, NO_ERROR)
+                return
         self._check_done()
 
     def lost(self, reason: str) -> None:
@@ -576,6 +583,13 @@ class _Relay:
         self._check_done()
 
     def backend_reset(self, code: int) -> None:
+        stream = self.conn.peer.streams.get(self.sid)
+        if code == NO_ERROR and stream is not None and (stream.trailers is not None or stream.end_pending):
+            # The server answered in full and asks the client to stop sending (RFC 9113 8.1, as
+            # grpc servers do when a call ends before the client half-closed): the answer still
+            # queued for the client's window goes out first, then that reset.
+            self.reset_when_sent = True
+            return
         self.conn.forget(self.sid)
         self.conn.peer.reset(self.sid, code)
 

@@ -21,9 +21,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2
 from buildkitpy.daemon.front import FrontServer
+from buildkitpy.daemon.h2peer import H2Peer
 from buildkitpy.session.h2 import DATA, GOAWAY, PREFACE, PROTOCOL_ERROR, SETTINGS, frame
 from buildkitpy.session.manager import SessionManager
 from tests.conftest import BIN, Daemon
+from tests.daemon.test_h2peer import Recorder
 
 SESSION_ID = "x-docker-expose-session-uuid"
 
@@ -202,3 +204,39 @@ async def test_a_long_lived_connection_keeps_nothing_of_the_calls_that_are_over(
             await asyncio.sleep(0.02)
         assert (len(conn.routes), len(conn.peer.streams)) == (0, 0)
         assert (len(conn.link.relays), len(conn.link.peer.streams)) == (0, 0)
+
+
+def test_an_answer_waiting_for_the_clients_window_outlives_the_servers_reset_after_it(daemon):
+    """A gRPC server that ends a call before the client half-closed sends RST_STREAM(NO_ERROR)
+    after its trailers (RFC 9113 8.1: stop sending, the answer is complete). The answer still
+    queued for the client's window must reach it all the same, then the reset."""
+    rec = Recorder()
+    client = H2Peer(rec, client=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.1)
+        s.connect(daemon.unix_addr.removeprefix("unix://"))
+        s.sendall(client.data_to_send() + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 0)))  # windows: 0
+        sid = client.open_stream()
+        client.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"), (b"te", b"trailers"),
+                                  (b":path", b"/grpc.health.v1.Health/Check"), (b":authority", b"x"),
+                                  (b"content-type", b"application/grpc")])
+        client.send_data(sid, b"\0\0\0\0\0")  # one empty HealthCheckRequest, and no half-close
+
+        def exchange(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                s.sendall(client.data_to_send())
+                try:
+                    data = s.recv(65536)
+                except TimeoutError:
+                    continue
+                assert data, "the daemon closed the connection"
+                client.receive(data)
+
+        exchange(1.5)  # the answer's headers come; its message and trailers wait for the window
+        assert [e[0] for e in rec.events] == ["headers"], rec.events
+        s.sendall(frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 65535)))
+        exchange(1.0)
+    assert rec.events[1] == ("headers", sid, {b"grpc-status": b"0", b"grpc-message": b""}, True), rec.events
+    assert bytes(rec.data[sid]) == b"\0\0\0\0\x02\x08\x01"  # status: SERVING
+    assert rec.events[2:] == [("reset", sid, 0)]  # then the server's NO_ERROR: stop sending
