@@ -137,6 +137,7 @@ class H2Peer:
         self._got_settings = False
         self._next_id = 1  # client role: the next stream we open
         self._last_peer_id = 0  # server role: the highest stream the client opened
+        self._goaway_last: int | None = None  # the last stream id our first GOAWAY named
         self._encoder = hpack.Encoder()
         self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
         self._decoder.max_allowed_table_size = 4096
@@ -233,10 +234,17 @@ class H2Peer:
             stream.owed = owed
 
     def goaway(self, code: int = NO_ERROR, debug: str = "") -> None:
-        """Tell the peer we are done: no new streams (those open go on)."""
+        """Tell the peer we are done: no new streams (those open go on; those it opens from now
+        on are refused, as the GOAWAY says they will not be processed)."""
         if self.closed is None:
-            self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self._last_peer_id, code)
+            self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self._goaway_sid(), code)
                                    + debug.encode()[:200]))
+
+    def _goaway_sid(self) -> int:
+        """The last stream id for a GOAWAY: never more than a GOAWAY said before (RFC 9113 6.8)."""
+        if self._goaway_last is None:
+            self._goaway_last = self._last_peer_id
+        return self._goaway_last
 
     def connection_lost(self, reason: str) -> None:
         if self.closed is None:
@@ -260,7 +268,7 @@ class H2Peer:
             if data:
                 self._receive(data)
         except H2ProtocolError as err:
-            self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self._last_peer_id, err.code)
+            self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self._goaway_sid(), err.code)
                                    + str(err).encode()[:200]))
             self.connection_lost(f"HTTP/2 protocol error: {err}")
             raise
@@ -417,7 +425,8 @@ class H2Peer:
             if sid % 2 == 0:
                 raise H2ProtocolError(f"a client opened stream {sid} (an even id)")
             self._last_peer_id = sid
-            if len(self.streams) >= MAX_STREAMS:
+            if len(self.streams) >= MAX_STREAMS or (self._goaway_last is not None
+                                                    and sid > self._goaway_last):
                 self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(REFUSED_STREAM)))
                 return
             stream = self.streams[sid] = PeerStream(sid, self._peer_initial_window)

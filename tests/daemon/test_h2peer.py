@@ -9,6 +9,7 @@ import pytest
 
 from buildkitpy.daemon.h2peer import (
     MAX_STREAMS,
+    NO_ERROR,
     REFUSED_STREAM,
     STREAM_CREDIT_AT,
     STREAM_WINDOW,
@@ -184,3 +185,24 @@ def test_pieces_sent_with_more_go_out_in_one_frame():
     server.send_data(sid, b"hello")
     pump(client, server)
     assert frames == [b"\0\0\0\0\x05hello"]
+
+
+def test_streams_a_client_opens_after_the_servers_goaway_are_refused_not_served():
+    """A GOAWAY tells the client that streams above its last stream id were not and will not be
+    processed (so that it may retry them elsewhere): one whose HEADERS crossed it is refused."""
+    client, ch, server, sh = pair()
+    first = client.open_stream()
+    client.send_headers(first, REQUEST)
+    pump(client, server)
+    server.goaway()
+    late = client.open_stream()  # before the GOAWAY reaches the client
+    client.send_headers(late, REQUEST, end_stream=True)
+    server.receive(client.data_to_send())
+    server.goaway()  # a second GOAWAY names the same last stream, never a higher one
+    pump(client, server)
+    assert [e[:2] for e in sh.events] == [("headers", first)]
+    assert ch.events == [("goaway", first, NO_ERROR), ("reset", late, REFUSED_STREAM),
+                         ("goaway", first, NO_ERROR)]
+    server.send_headers(first, [(b":status", b"200")], end_stream=True)  # the first one goes on
+    pump(client, server)
+    assert ch.events[-1] == ("headers", first, {b":status": b"200"}, True)
