@@ -196,10 +196,13 @@ class _Connection(asyncio.Protocol):
         self.write()
 
     def abort(self) -> list[asyncio.Task[None]]:
-        tasks = [route.task for route in self.routes.values()
-                 if isinstance(route, _SessionCall) and route.task is not None]
+        """The daemon is going away: its sessions end with UNAVAILABLE (as grpc.aio ends the calls
+        it cancels at shutdown), then the connection closes."""
+        calls = [route for route in self.routes.values() if isinstance(route, _SessionCall)]
+        for call in calls:
+            call.shut_down()
         self._close("the daemon is shutting down")
-        return tasks
+        return [call.task for call in calls if call.task is not None]
 
     def _close(self, reason: str) -> None:
         if self.closed:
@@ -401,6 +404,11 @@ class _SessionCall:
     def lost(self, reason: str) -> None:
         if self.task is not None:
             self.task.cancel()
+
+    def shut_down(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self._end(_status(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
 
     def _credit(self, wire: int) -> None:
         conn = self.conn

@@ -240,3 +240,26 @@ def test_an_answer_waiting_for_the_clients_window_outlives_the_servers_reset_aft
     assert rec.events[1] == ("headers", sid, {b"grpc-status": b"0", b"grpc-message": b""}, True), rec.events
     assert bytes(rec.data[sid]) == b"\0\0\0\0\x02\x08\x01"  # status: SERVING
     assert rec.events[2:] == [("reset", sid, 0)]  # then the server's NO_ERROR: stop sending
+
+
+def test_a_session_open_when_the_daemon_stops_ends_with_a_status(fresh_daemon):
+    """SIGTERM: the daemon exits 0, and a session still open gets UNAVAILABLE and why, not a
+    connection that just closes (as grpc.aio ended such calls before the front server)."""
+    release = threading.Event()
+
+    def idle():
+        release.wait(30)
+        return
+        yield
+
+    with channel(fresh_daemon) as ch:
+        call = control_pb2_grpc.ControlStub(ch).Session(idle(), metadata=((SESSION_ID, "stopping"),),
+                                                         timeout=60)
+        assert call.initial_metadata() is not None
+        fresh_daemon.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+        release.set()
+    assert fresh_daemon.proc.wait(30) == 0
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.details() == "the daemon is shutting down"
