@@ -135,6 +135,7 @@ class _Connection(asyncio.Protocol):
         self.peer = H2Peer(self, client=False)
         self.routes: dict[int, _SessionCall | _Relay] = {}
         self.link: _BackendLink | None = None
+        self.draining_links: list[_BackendLink] = []  # earlier links, with calls still on them
         self.paused = False
         self.closed = False
         self._touched: list[_SessionCall | _Closer] = []
@@ -168,6 +169,8 @@ class _Connection(asyncio.Protocol):
         self.write()
         if self.link is not None:
             self.link.write()
+        for link in self.draining_links:
+            link.write()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._close("the client closed the connection" if exc is None else f"the connection failed: {exc}")
@@ -215,12 +218,15 @@ class _Connection(asyncio.Protocol):
         self.routes.clear()
         if self.link is not None:
             self.link.close()
+        for link in list(self.draining_links):
+            link.close()
         if self.transport is not None:
             self.transport.close()
 
     def _backend(self) -> _BackendLink:
         if self.link is None or self.link.draining:
             if self.link is not None:
+                self.draining_links.append(self.link)
                 self.link.close_when_idle()
             self.link = _BackendLink(self)
         return self.link
@@ -646,6 +652,7 @@ class _BackendLink(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._left()
         self._connecting.cancel()
         self.peer.connection_lost("closed")
         if self.transport is not None:
@@ -653,12 +660,18 @@ class _BackendLink(asyncio.Protocol):
 
     def _lost(self, reason: str) -> None:
         self.closed = True
+        self._left()
         self.peer.connection_lost(reason)
         relays, self.relays = self.relays, {}
         for relay in relays.values():
             relay._unavailable(reason)
+
+    def _left(self) -> None:
+        """This link is over: no longer one of its connection's."""
         if self.conn.link is self:
             self.conn.link = None
+        elif self in self.conn.draining_links:
+            self.conn.draining_links.remove(self)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
