@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 
@@ -56,6 +57,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self.history = history
         self.gc = gc or GarbageCollector(worker, solver.cache, busy=lambda: bool(jobs.active()),
                                          quiesce=jobs.quiesced)
+        self._solves: set[asyncio.Task] = set()  # the Solve calls running, for wait_solves
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -134,8 +136,24 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     @_handled
     async def Solve(self, request, context):
-        with history_api.solve_span(self.history, request.Ref, context.invocation_metadata()):
-            return await self._solve(request, context)
+        task = asyncio.current_task()
+        if task is not None:
+            self._solves.add(task)
+        try:
+            with history_api.solve_span(self.history, request.Ref, context.invocation_metadata()):
+                return await self._solve(request, context)
+        finally:
+            self._solves.discard(task)  # type: ignore[arg-type]
+
+    async def wait_solves(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the Solve calls still running to end (at shutdown, once
+        the gRPC server cancelled them: each still writes its history record, in a worker thread,
+        and a thread started after the daemon's main task is gone keeps the process alive).
+        Returns whether none is left."""
+        pending = [task for task in self._solves if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return not any(not task.done() for task in self._solves)
 
     async def _solve(self, request, context):
         entitlements = frozenset(request.Entitlements)

@@ -156,10 +156,9 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
                           passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
                           busy=lambda: bool(jobs.active()), quiesce=jobs.quiesced)
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    add_control_to_server(
-        ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions, worker_record=record,
-                       history=history.recorder, gc=gc),
-        server)
+    control = ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions,
+                             worker_record=record, history=history.recorder, gc=gc)
+    add_control_to_server(control, server)
     history.serve(server)
     container_frontend.register(lambda: [record()])
     gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
@@ -227,6 +226,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         front.stop_listening()
         await server.stop(grace=2)
         await front.close()
+        if not await control.wait_solves(timeout=10):
+            log.warning("builds still finishing 10 s after the gRPC server stopped; closing anyway")
         if backend_dir is not None:
             shutil.rmtree(backend_dir, ignore_errors=True)
         await gc.wait_idle()
