@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg.max_parallelism = args.max_parallelism
     logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # hpack logs every header it encodes or decodes at DEBUG: several lines per call with --debug.
+    logging.getLogger("hpack").setLevel(logging.INFO)
     for warning in cfg.warnings:
         log.warning("config: %s", warning)
     if shutil.which("runc") is None:
