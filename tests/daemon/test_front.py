@@ -22,10 +22,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from buildkitpy.api import control_pb2, control_pb2_grpc, ops_pb2
 from buildkitpy.daemon.front import FrontServer
 from buildkitpy.daemon.h2peer import H2Peer
-from buildkitpy.session.h2 import DATA, GOAWAY, PREFACE, PROTOCOL_ERROR, SETTINGS, frame
+from buildkitpy.session.h2 import DATA, PREFACE, PROTOCOL_ERROR, SETTINGS, frame
 from buildkitpy.session.manager import SessionManager
 from tests.conftest import BIN, Daemon
-from tests.daemon.test_h2peer import Recorder
+from tests.daemon.test_h2peer import Recorder, goaway_of
 
 SESSION_ID = "x-docker-expose-session-uuid"
 
@@ -44,17 +44,6 @@ def raw_exchange(daemon: Daemon, data: bytes) -> bytes:
         while chunk := s.recv(65536):
             got += chunk
         return got
-
-
-def goaway_of(data: bytes) -> tuple[int, bytes]:
-    pos = 0
-    while pos + 9 <= len(data):
-        length = int.from_bytes(data[pos:pos + 3], "big")
-        if data[pos + 3] == GOAWAY:
-            payload = data[pos + 9:pos + 9 + length]
-            return struct.unpack(">L", payload[4:8])[0], payload[8:]
-        pos += 9 + length
-    raise AssertionError(f"no GOAWAY in {data[:200]!r}")
 
 
 def list_workers(ch: grpc.Channel) -> control_pb2.ListWorkersResponse:

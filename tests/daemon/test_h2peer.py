@@ -140,7 +140,7 @@ def goaway_of(data: bytes) -> tuple[int, bytes]:
             payload = data[pos + 9:pos + 9 + length]
             return struct.unpack(">L", payload[4:8])[0], payload[8:]
         pos += 9 + length
-    raise AssertionError(f"no GOAWAY in {data!r}")
+    raise AssertionError(f"no GOAWAY in {data[:200]!r}")
 
 
 @pytest.mark.parametrize("garbage, why", [
