@@ -66,6 +66,8 @@ from buildkitpy.session.h2 import (
     WINDOW_UPDATE,
     H2ProtocolError,
     frame,
+    header_frames,
+    read_settings,
 )
 
 # What one stream may send ahead of what we used, and the whole connection ahead of what arrived.
@@ -444,32 +446,19 @@ class H2Peer:
         self.handler.on_headers(sid, fields, end_stream)
 
     def _settings(self, sid: int, flags: int, payload: memoryview) -> None:
-        if sid != 0:
-            raise H2ProtocolError("SETTINGS on a stream")
-        if flags & FLAG_ACK:
-            if payload:
-                raise H2ProtocolError("SETTINGS ACK with a payload", FRAME_SIZE_ERROR)
+        settings = read_settings(sid, flags, payload)
+        if settings is None:
             return
-        if len(payload) % 6:
-            raise H2ProtocolError("SETTINGS of a length that is not a multiple of 6", FRAME_SIZE_ERROR)
         self._got_settings = True
-        for i in range(0, len(payload), 6):
-            key, value = _SETTING.unpack_from(payload, i)
-            if key == SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise H2ProtocolError("initial window over 2^31-1", FLOW_CONTROL_ERROR)
-                delta = value - self._peer_initial_window
-                self._peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-            elif key == SETTINGS_MAX_FRAME_SIZE:
-                if not DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
-                    raise H2ProtocolError(f"invalid SETTINGS_MAX_FRAME_SIZE {value}")
-                self._peer_max_frame = value
-            elif key == SETTINGS_HEADER_TABLE_SIZE:
-                self._encoder.header_table_size = min(value, 1 << 16)
-            elif key == SETTINGS_ENABLE_PUSH and value > 1:
-                raise H2ProtocolError(f"invalid SETTINGS_ENABLE_PUSH {value}")
+        window = settings.get(SETTINGS_INITIAL_WINDOW_SIZE)
+        if window is not None:
+            delta = window - self._peer_initial_window
+            self._peer_initial_window = window
+            for stream in self.streams.values():
+                stream.send_window += delta
+        self._peer_max_frame = settings.get(SETTINGS_MAX_FRAME_SIZE, self._peer_max_frame)
+        if SETTINGS_HEADER_TABLE_SIZE in settings:
+            self._encoder.header_table_size = min(settings[SETTINGS_HEADER_TABLE_SIZE], 1 << 16)
         self._out.append(frame(SETTINGS, FLAG_ACK, 0))
         self._flush_blocked()
 
@@ -500,15 +489,7 @@ class H2Peer:
     # -- sending data ----------------------------------------------------------------------------
 
     def _emit_headers(self, sid: int, block: bytes, end_stream: bool) -> None:
-        size = self._peer_max_frame
-        flag_end = FLAG_END_STREAM if end_stream else 0
-        if len(block) <= size:
-            self._out.append(frame(HEADERS, FLAG_END_HEADERS | flag_end, sid, block))
-            return
-        self._out.append(frame(HEADERS, flag_end, sid, block[:size]))
-        for i in range(size, len(block), size):
-            last = i + size >= len(block)
-            self._out.append(frame(CONTINUATION, FLAG_END_HEADERS if last else 0, sid, block[i:i + size]))
+        self._out.extend(header_frames(sid, block, self._peer_max_frame, end_stream))
 
     def _flush_stream(self, stream: PeerStream) -> None:
         pending = stream.pending

@@ -108,6 +108,44 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return _FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
 
 
+def header_frames(sid: int, block: bytes, max_frame: int, end_stream: bool = False) -> list[bytes]:
+    """A header block as HEADERS and as many CONTINUATIONs as ``max_frame`` (the peer's maximum
+    frame size) asks for."""
+    flag_end = FLAG_END_STREAM if end_stream else 0
+    if len(block) <= max_frame:
+        return [frame(HEADERS, FLAG_END_HEADERS | flag_end, sid, block)]
+    frames = [frame(HEADERS, flag_end, sid, block[:max_frame])]
+    for i in range(max_frame, len(block), max_frame):
+        last = i + max_frame >= len(block)
+        frames.append(frame(CONTINUATION, FLAG_END_HEADERS if last else 0, sid, block[i:i + max_frame]))
+    return frames
+
+
+def read_settings(sid: int, flags: int, payload: memoryview) -> dict[int, int] | None:
+    """The settings a SETTINGS frame carries (the last value of a repeated one), checked as RFC 9113
+    6.5.2 says; None for an ACK. Raises :class:`H2ProtocolError` for a frame or value the peer may
+    not send."""
+    if sid != 0:
+        raise H2ProtocolError("SETTINGS on a stream")
+    if flags & FLAG_ACK:
+        if payload:
+            raise H2ProtocolError("SETTINGS ACK with a payload", FRAME_SIZE_ERROR)
+        return None
+    if len(payload) % 6:
+        raise H2ProtocolError("SETTINGS of a length that is not a multiple of 6", FRAME_SIZE_ERROR)
+    settings: dict[int, int] = {}
+    for i in range(0, len(payload), 6):
+        key, value = _SETTING.unpack_from(payload, i)
+        if key == SETTINGS_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
+            raise H2ProtocolError("initial window over 2^31-1", FLOW_CONTROL_ERROR)
+        if key == SETTINGS_MAX_FRAME_SIZE and not DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
+            raise H2ProtocolError(f"invalid SETTINGS_MAX_FRAME_SIZE {value}")
+        if key == SETTINGS_ENABLE_PUSH and value > 1:
+            raise H2ProtocolError(f"invalid SETTINGS_ENABLE_PUSH {value}")
+        settings[key] = value
+    return settings
+
+
 class Stream:
     """One call's stream. The driver reads ``messages``/``headers``/``status``; ``waker`` is the
     driver's own (the connection only hands the streams that changed to :meth:`take_changed`)."""
@@ -595,32 +633,19 @@ class H2Connection:
             self._changed.append(stream)
 
     def _settings(self, sid: int, flags: int, payload: memoryview) -> None:
-        if sid != 0:
-            raise H2ProtocolError("SETTINGS on a stream")
-        if flags & FLAG_ACK:
-            if payload:
-                raise H2ProtocolError("SETTINGS ACK with a payload", FRAME_SIZE_ERROR)
+        settings = read_settings(sid, flags, payload)
+        if settings is None:
             return
-        if len(payload) % 6:
-            raise H2ProtocolError("SETTINGS of a length that is not a multiple of 6", FRAME_SIZE_ERROR)
         self._got_settings = True
-        for i in range(0, len(payload), 6):
-            key, value = _SETTING.unpack_from(payload, i)
-            if key == SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise H2ProtocolError("initial window over 2^31-1", FLOW_CONTROL_ERROR)
-                delta = value - self._peer_initial_window
-                self._peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-            elif key == SETTINGS_MAX_FRAME_SIZE:
-                if not DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
-                    raise H2ProtocolError(f"invalid SETTINGS_MAX_FRAME_SIZE {value}")
-                self._peer_max_frame = value
-            elif key == SETTINGS_HEADER_TABLE_SIZE:
-                self._encoder.header_table_size = min(value, 1 << 16)
-            elif key == SETTINGS_ENABLE_PUSH and value > 1:
-                raise H2ProtocolError(f"invalid SETTINGS_ENABLE_PUSH {value}")
+        window = settings.get(SETTINGS_INITIAL_WINDOW_SIZE)
+        if window is not None:
+            delta = window - self._peer_initial_window
+            self._peer_initial_window = window
+            for stream in self.streams.values():
+                stream.send_window += delta
+        self._peer_max_frame = settings.get(SETTINGS_MAX_FRAME_SIZE, self._peer_max_frame)
+        if SETTINGS_HEADER_TABLE_SIZE in settings:
+            self._encoder.header_table_size = min(settings[SETTINGS_HEADER_TABLE_SIZE], 1 << 16)
         self._emit(frame(SETTINGS, FLAG_ACK, 0))
         self._flush_blocked()
 
@@ -666,14 +691,8 @@ class H2Connection:
         self.outbound_size += len(data)
 
     def _send_headers(self, sid: int, block: bytes) -> None:
-        size = self._peer_max_frame
-        if len(block) <= size:
-            self._emit(frame(HEADERS, FLAG_END_HEADERS, sid, block))
-            return
-        self._emit(frame(HEADERS, 0, sid, block[:size]))
-        for i in range(size, len(block), size):
-            last = i + size >= len(block)
-            self._emit(frame(CONTINUATION, FLAG_END_HEADERS if last else 0, sid, block[i:i + size]))
+        for data in header_frames(sid, block, self._peer_max_frame):
+            self._emit(data)
 
     def _flush_stream(self, stream: Stream) -> None:
         pending = stream.pending
@@ -805,4 +824,4 @@ def _encode_timeout(seconds: float) -> str:
     return "99999999H"
 
 
-__all__ = ["H2Connection", "H2ProtocolError", "Stream", "MAX_MESSAGE_SIZE"]
+__all__ = ["H2Connection", "H2ProtocolError", "Stream", "MAX_MESSAGE_SIZE", "header_frames", "read_settings"]
