@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
+import socket
 import ssl
 import struct
 import tempfile
@@ -49,6 +51,11 @@ SESSION_PATH = b"/moby.buildkit.v1.Control/Session"
 _OUTGOING_QUEUE = 16
 # A session's answers queued beyond what the client's windows let out: wait above this.
 _SEND_HIGH_WATER = 1 << 20
+# A client connection's socket send buffer (the kernel caps it at net.core.wmem_max, 4 MiB by
+# default). With the default ~208 KiB, a session's 256 KiB chunks went out in pieces, the rest of
+# each copied into the transport's buffer and sent on a later writable event: a 200 MB tar export
+# to buildctl took 0.59 s, 0.545 s with this (medians of 6, alternating).
+_SEND_BUFFER = 4 << 20
 _U32 = struct.Struct(">L")
 _RESPONSE_HEADERS: list[tuple[str | bytes, str | bytes]] = [
     (b":status", b"200"), (b"content-type", b"application/grpc")]
@@ -147,6 +154,10 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a smaller buffer only means more sends
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
         self.write()
 
     def data_received(self, data: bytes) -> None:
