@@ -9,11 +9,18 @@ On disk, under ``<root>/content``::
 A blob appears atomically (write to ``ingest``, fsync, rename) and only after its bytes hash to
 its name, so a reader never sees a partial or wrong blob. Writers of the same digest in this
 process are serialised; the second one finds the blob present and writes nothing.
+
+A store opened with ``durable=False`` (the build history's) leaves out the fsync and checks
+instead: the first time it reads a blob it did not write itself, it hashes it, and a blob that a
+crash left incomplete (renamed into place before the kernel wrote its bytes) is removed and reads
+as missing. Its readers never see a wrong blob; a crash may cost them the last blobs written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -26,6 +33,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from buildkitpy.errors import InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -93,11 +102,12 @@ class BlobWriter:
         if actual != self.digest:
             raise DigestMismatch(f"blob content digest {actual} does not match the expected {self.digest}")
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._store.durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         final = self._store.path(self.digest)
         os.chmod(self._tmp, 0o444)
-        self._store._place(self._tmp, final, self.offset)
+        self._store._place(self._tmp, final, self.offset, self.digest)
         self.committed = True
         if labels:
             self._store.set_labels(self.digest, labels)
@@ -116,8 +126,11 @@ class BlobWriter:
 class ContentStore:
     """Thread-safe; every method is blocking (call through ``anyio.to_thread.run_sync``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable: bool = True) -> None:
         self.root = Path(root).absolute() / "content"
+        self.durable = durable
+        # durable=False: blobs known whole (written, or hashed once, by this store)
+        self._checked: set[str] = set()
         self._blobs_dir = self.root / "blobs" / "sha256"
         self._ingest_dir = self.root / "ingest"
         self._blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +154,7 @@ class ContentStore:
         return self.path(digest).is_file()
 
     def info(self, digest: str) -> BlobInfo:
+        self._check(digest)
         try:
             size = os.stat(self.path(digest)).st_size
         except FileNotFoundError:
@@ -150,10 +164,34 @@ class ContentStore:
         return BlobInfo(digest, size, dict(rows))
 
     def open(self, digest: str) -> BinaryIO:
+        self._check(digest)
         try:
             return open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"content {digest} not found") from None
+
+    def _check(self, digest: str) -> None:
+        """``durable=False``: hash a blob this store has not written or checked yet; one that does
+        not match its name is removed (NotFound)."""
+        if self.durable or digest in self._checked:
+            return
+        h = hashlib.sha256()
+        try:
+            with open(self.path(digest), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except FileNotFoundError:
+            raise NotFound(f"content {digest} not found") from None
+        if "sha256:" + h.hexdigest() == digest:
+            with self._lock:
+                self._checked.add(digest)
+            return
+        log.warning("content %s was incomplete on disk (the daemon stopped before the kernel wrote "
+                    "it); removing it", digest)
+        with contextlib.suppress(NotFound):
+            self.delete(digest)
+        raise NotFound(f"content {digest} was incomplete on disk (the daemon stopped before it "
+                       "was written out) and has been removed")
 
     def read(self, digest: str) -> bytes:
         with self.open(digest) as f:
@@ -227,10 +265,11 @@ class ContentStore:
             if self.exists(digest):
                 os.unlink(path)
             else:
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
+                if self.durable:
+                    with open(path, "rb") as f:
+                        os.fsync(f.fileno())
                 os.chmod(path, 0o444)
-                self._place(path, self.path(digest), os.stat(path).st_size)
+                self._place(path, self.path(digest), os.stat(path).st_size, digest)
         finally:
             self._release_digest_lock(digest, lock)
         if labels:
@@ -261,6 +300,7 @@ class ContentStore:
                     raise NotFound(f"content {digest} not found") from None
                 if self._bytes is not None:
                     self._bytes -= size
+                self._checked.discard(digest)
                 self._db.execute("DELETE FROM labels WHERE digest=?", (digest,))
         finally:
             self._release_digest_lock(digest, lock)
@@ -269,12 +309,14 @@ class ContentStore:
         with self._lock:
             self._db.close()
 
-    def _place(self, src: Path, final: Path, size: int) -> None:
+    def _place(self, src: Path, final: Path, size: int, digest: str) -> None:
         """Rename a complete blob into place (the caller holds its digest's lock)."""
         with self._lock:
             os.rename(src, final)
             if self._bytes is not None:
                 self._bytes += size
+            if not self.durable:
+                self._checked.add(digest)
 
     # ----------------------------------------------------------------- per-digest locks
 

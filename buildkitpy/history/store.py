@@ -88,7 +88,10 @@ class HistoryStore:
         self.root = Path(root) / "history"
         self.root.mkdir(parents=True, exist_ok=True)
         self.limits = limits or HistoryLimits()
-        self.blobs = ContentStore(self.root)
+        # Logs, provenance and traces: no fsync per blob, each checked when first read instead
+        # (ContentStore's durable=False). After a client's large download (a tar export), the
+        # first fsync on the disk waited for the download's pages: ~0.1 s at the end of a build.
+        self.blobs = ContentStore(self.root, durable=False)
         self._db_lock = threading.Lock()
         # Records are written on the event loop: no fsync per commit (open_db's durable=False).
         self._db = open_db(self.root / "records.db", _SCHEMA, durable=False)

@@ -98,3 +98,39 @@ def test_leftover_ingests_are_cleaned_on_open(tmp_path):
     store.close()
     ContentStore(tmp_path)
     assert os.listdir(tmp_path / "content/ingest") == []
+
+
+def test_a_store_without_fsync_removes_what_a_crash_left_incomplete(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    ContentStore(tmp_path / "durable").write_bytes(b"synced")
+    assert len(synced) == 1  # the default store syncs every blob before naming it
+    synced.clear()
+
+    store = ContentStore(tmp_path, durable=False)
+    whole = store.write_bytes(b"whole")
+    torn = store.write_bytes(b"t" * 5000)
+    path = tmp_path / "content/ingest/adopted"
+    path.write_bytes(b"adopted")
+    adopted = store.adopt(path, digest(b"adopted")).digest
+    assert synced == []
+    assert store.read(torn) == b"t" * 5000  # its own blobs are not hashed again
+    store.close()
+    # What a power loss can leave: the blob renamed into place, its bytes never written out.
+    os.chmod(store.path(torn), 0o644)
+    os.truncate(store.path(torn), 0)
+
+    reopened = ContentStore(tmp_path, durable=False)  # the daemon, started again
+    assert reopened.read(whole) == b"whole" and reopened.info(adopted).size == 7
+    with pytest.raises(NotFound, match="incomplete on disk"):
+        reopened.info(torn)
+    assert not reopened.exists(torn)
+    with pytest.raises(NotFound, match="not found"):
+        reopened.open(torn)
+    assert reopened.stored_bytes() == len(b"whole") + len(b"adopted")
