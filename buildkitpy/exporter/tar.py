@@ -25,8 +25,10 @@ from buildkitpy.exporter import ExportContext
 from buildkitpy.exporter.local import mounted
 from buildkitpy.session import filesync
 
-# Outgoing chunk size: below gRPC's 4 MiB default receive limit of the client's FileSend server.
-CHUNK = 2 << 20
+# Outgoing message payload. Go's gRPC receives messages of up to 1 MiB into pooled buffers and
+# larger ones into fresh allocations: a 200 MB tar export to buildctl took 0.85 s in 2 MiB
+# messages, 0.73-0.75 s in 512 KiB or 1 MiB ones, 0.86 s in 256 KiB ones (medians of 6).
+CHUNK = 512 << 10
 BLOCK = 512
 _ZEROS = bytes(BLOCK)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC

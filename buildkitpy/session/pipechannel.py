@@ -34,8 +34,10 @@ from buildkitpy.session.h2 import H2Connection, H2ProtocolError, Metadata, Strea
 
 # A write waits once this much is queued for the pipe (the pipe's own queue holds more).
 OUTBOUND_HIGH_WATER = 1 << 20
-# The largest chunk put on the pipe (each is one message of the carrying stream).
-MAX_CHUNK = 256 << 10
+# The largest chunk put on the pipe (each is one message of the carrying stream). Go's gRPC
+# receives every message over 32 KiB into a pooled 1 MiB buffer that it clears whole first, so
+# half of that, not a quarter: a 200 MB tar export to buildctl 0.86 -> 0.76 s (medians of 8).
+MAX_CHUNK = 512 << 10
 
 _LOCAL_CANCELLATION = "Locally cancelled by application!"
 _CHANNEL_CLOSED = "Channel closed!"
