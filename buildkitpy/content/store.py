@@ -170,9 +170,9 @@ class ContentStore:
         except FileNotFoundError:
             raise NotFound(f"content {digest} not found") from None
 
-    def _check(self, digest: str) -> None:
+    def _check(self, digest: str, *, locked: bool = False) -> None:
         """``durable=False``: hash a blob this store has not written or checked yet; one that does
-        not match its name is removed (NotFound)."""
+        not match its name is removed (NotFound). ``locked``: the caller holds the digest's lock."""
         if self.durable or digest in self._checked:
             return
         h = hashlib.sha256()
@@ -189,7 +189,10 @@ class ContentStore:
         log.warning("content %s was incomplete on disk (the daemon stopped before the kernel wrote "
                     "it); removing it", digest)
         with contextlib.suppress(NotFound):
-            self.delete(digest)
+            if locked:
+                self._remove(digest)
+            else:
+                self.delete(digest)
         raise NotFound(f"content {digest} was incomplete on disk (the daemon stopped before it "
                        "was written out) and has been removed")
 
@@ -228,7 +231,7 @@ class ContentStore:
         validate_digest(digest)
         lock = self._acquire_digest_lock(digest)
         try:
-            if self.exists(digest):
+            if self._whole(digest):
                 yield None
                 return
             writer = BlobWriter(self, digest, expected_size)
@@ -262,7 +265,7 @@ class ContentStore:
         validate_digest(digest)
         lock = self._acquire_digest_lock(digest)
         try:
-            if self.exists(digest):
+            if self._whole(digest):
                 os.unlink(path)
             else:
                 if self.durable:
@@ -291,19 +294,34 @@ class ContentStore:
     def delete(self, digest: str) -> None:
         lock = self._acquire_digest_lock(validate_digest(digest))
         try:
-            path = self.path(digest)
-            with self._lock:  # the total and the directory change together (``stored_bytes``)
-                try:
-                    size = os.stat(path).st_size
-                    os.unlink(path)
-                except FileNotFoundError:
-                    raise NotFound(f"content {digest} not found") from None
-                if self._bytes is not None:
-                    self._bytes -= size
-                self._checked.discard(digest)
-                self._db.execute("DELETE FROM labels WHERE digest=?", (digest,))
+            self._remove(digest)
         finally:
             self._release_digest_lock(digest, lock)
+
+    def _remove(self, digest: str) -> None:
+        """``delete`` for a caller holding the digest's lock."""
+        path = self.path(digest)
+        with self._lock:  # the total and the directory change together (``stored_bytes``)
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                raise NotFound(f"content {digest} not found") from None
+            if self._bytes is not None:
+                self._bytes -= size
+            self._checked.discard(digest)
+            self._db.execute("DELETE FROM labels WHERE digest=?", (digest,))
+
+    def _whole(self, digest: str) -> bool:
+        """Whether the blob is stored and (``durable=False``) its bytes match its name; one that
+        does not is removed, so that it is written again. The caller holds the digest's lock."""
+        if not self.exists(digest):
+            return False
+        try:
+            self._check(digest, locked=True)
+        except NotFound:
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -125,8 +125,11 @@ def test_a_store_without_fsync_removes_what_a_crash_left_incomplete(tmp_path, mo
     # What a power loss can leave: the blob renamed into place, its bytes never written out.
     os.chmod(store.path(torn), 0o644)
     os.truncate(store.path(torn), 0)
+    os.chmod(store.path(whole), 0o644)
+    store.path(whole).write_bytes(b"w")
 
     reopened = ContentStore(tmp_path, durable=False)  # the daemon, started again
+    assert reopened.write_bytes(b"whole") == whole  # the same bytes again: written over the torn blob
     assert reopened.read(whole) == b"whole" and reopened.info(adopted).size == 7
     with pytest.raises(NotFound, match="incomplete on disk"):
         reopened.info(torn)
