@@ -50,6 +50,9 @@ MAX_OP_FIELDS = 4096  # ops whose fields are kept in memory
 MAX_KEPT_OP = 8192  # bytes of an op body at most, for its fields to be kept
 MAX_DECODED = 4096  # stored fingerprints kept decoded in memory
 MAX_KEPT_DECODED = 4096  # bytes of a stored fingerprint at most, for it to be kept decoded
+# Larger ones (a COPY of a big context lists every file: 420 KB for 10,000 files, 7 ms to
+# decompress and parse) are kept decoded too, but only this many.
+MAX_DECODED_LARGE = 16
 
 BuildArgs = Callable[[str], Mapping[str, str] | None]
 
@@ -173,6 +176,7 @@ class RebuildRecorder:
         # one it had the build before, and the steps of a cached graph were each read back,
         # decompressed and parsed every build
         self._decoded: dict[bytes, dict] = {}
+        self._decoded_large: dict[bytes, dict] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -212,30 +216,40 @@ class RebuildRecorder:
             data = rows.get(key)
             if data is None:
                 continue
-            decoded = self._decoded.get(data)
+            kept = self._decoded if len(data) <= MAX_KEPT_DECODED else self._decoded_large
+            decoded = kept.get(data)
             if decoded is not None:
                 return decoded, data
             try:
                 decoded = json.loads(zlib.decompress(data))
             except (zlib.error, ValueError):
                 return None, None
-            if len(data) <= MAX_KEPT_DECODED:
-                with self._lock:
-                    if len(self._decoded) >= MAX_DECODED:
-                        self._decoded.clear()
-                    self._decoded[data] = decoded
+            with self._lock:
+                if len(kept) >= (MAX_DECODED if kept is self._decoded else MAX_DECODED_LARGE):
+                    kept.clear()
+                kept[data] = decoded
             return decoded, data
         return None, None
 
-    def _store_many(self, rows: list[tuple[list[str], bytes, str]]) -> None:
-        """``(keys, stored fingerprint, build ref)`` of many steps, in one commit."""
+    def _store_many(self, rows: list[tuple[list[str], bytes, str]],
+                    stored: Mapping[str, bytes] | None = None) -> None:
+        """``(keys, stored fingerprint, build ref)`` of many steps, in one commit. A name whose row
+        already holds that fingerprint (``stored``: the rows read before) only gets its build and
+        time: rewriting a big context's COPY (~420 KB, under two names) every build was most of
+        this commit."""
         now = time.time()
+        stored = stored or {}
+        touched = [(ref, now, key) for keys, data, ref in rows for key in keys if stored.get(key) == data]
+        written = [(key, data, ref, now) for keys, data, ref in rows for key in keys
+                   if stored.get(key) != data]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, updated) "
-                                     "VALUES (?,?,?,?)",
-                                     [(key, data, ref, now) for keys, data, ref in rows for key in keys])
+                if written:
+                    self._db.executemany("INSERT OR REPLACE INTO steps (name, fingerprint, build_ref, "
+                                         "updated) VALUES (?,?,?,?)", written)
+                if touched:
+                    self._db.executemany("UPDATE steps SET build_ref=?, updated=? WHERE name=?", touched)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -266,7 +280,7 @@ class RebuildRecorder:
                 rows.append(row)
         if rows:
             try:
-                self._store_many(rows)
+                self._store_many(rows, stored)
             except Exception:  # noqa: BLE001
                 log.warning("cannot keep the fingerprints of %d steps", len(rows), exc_info=True)
 
