@@ -26,8 +26,9 @@ from buildkitpy.exporter.local import mounted
 from buildkitpy.session import filesync
 
 # Outgoing message payload. Go's gRPC receives messages of up to 1 MiB into pooled buffers and
-# larger ones into fresh allocations: a 200 MB tar export to buildctl took 0.85 s in 2 MiB
-# messages, 0.73-0.75 s in 512 KiB or 1 MiB ones, 0.86 s in 256 KiB ones (medians of 6).
+# larger ones into fresh allocations: context-again (a 200 MB tar to buildctl) took 0.85 s with
+# 2 MiB messages, 0.73-0.77 s with 512 KiB ones, 0.73-0.82 s with 1 MiB ones and 0.86 s with
+# 256 KiB ones (medians of 6, in three alternating runs).
 CHUNK = 512 << 10
 BLOCK = 512
 _ZEROS = bytes(BLOCK)
