@@ -68,6 +68,7 @@ from buildkitpy.session.h2 import (
     frame,
     header_frames,
     read_settings,
+    take_frame,
 )
 
 # What one stream may send ahead of what we used, and the whole connection ahead of what arrived.
@@ -502,19 +503,7 @@ class H2Peer:
             if allowed <= 0:
                 self._blocked[sid] = stream
                 break
-            parts = []
-            size = 0
-            while pending and size < allowed:
-                piece = pending[0]
-                room = allowed - size
-                if len(piece) <= room:
-                    parts.append(piece)
-                    size += len(piece)
-                    pending.popleft()
-                else:
-                    parts.append(piece[:room])
-                    pending[0] = piece[room:]
-                    size += room
+            parts, size = take_frame(pending, allowed)
             self._send_window -= size
             stream.send_window -= size
             stream.pending_size -= size

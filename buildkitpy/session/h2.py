@@ -108,6 +108,26 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return _FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
 
 
+def take_frame(pending: deque[memoryview], allowed: int) -> tuple[list[memoryview], int]:
+    """One DATA frame's payload from the front of a stream's ``pending`` pieces: whole pieces up to
+    ``allowed`` bytes (``allowed`` > 0), the last one split. Returns the parts and their size; what
+    is left stays in ``pending`` (both HTTP/2 endpoints send through this)."""
+    parts = []
+    size = 0
+    while pending and size < allowed:
+        piece = pending[0]
+        room = allowed - size
+        if len(piece) <= room:
+            parts.append(piece)
+            size += len(piece)
+            pending.popleft()
+        else:
+            parts.append(piece[:room])
+            pending[0] = piece[room:]
+            size += room
+    return parts, size
+
+
 def header_frames(sid: int, block: bytes, max_frame: int, end_stream: bool = False) -> list[bytes]:
     """A header block as HEADERS and as many CONTINUATIONs as ``max_frame`` (the peer's maximum
     frame size) asks for."""
@@ -704,20 +724,7 @@ class H2Connection:
             if allowed <= 0:
                 self._blocked[sid] = stream
                 return
-            # Gather whole pending pieces up to one frame's worth.
-            parts = []
-            size = 0
-            while pending and size < allowed:
-                piece = pending[0]
-                room = allowed - size
-                if len(piece) <= room:
-                    parts.append(piece)
-                    size += len(piece)
-                    pending.popleft()
-                else:
-                    parts.append(piece[:room])
-                    pending[0] = piece[room:]
-                    size += room
+            parts, size = take_frame(pending, allowed)
             self._send_window -= size
             stream.send_window -= size
             stream.pending_size -= size
