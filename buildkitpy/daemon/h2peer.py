@@ -58,16 +58,14 @@ from buildkitpy.session.h2 import (
     RST_STREAM,
     SETTINGS,
     SETTINGS_ENABLE_PUSH,
-    SETTINGS_HEADER_TABLE_SIZE,
     SETTINGS_INITIAL_WINDOW_SIZE,
     SETTINGS_MAX_CONCURRENT_STREAMS,
-    SETTINGS_MAX_FRAME_SIZE,
     STREAM_CLOSED,
     WINDOW_UPDATE,
+    H2Endpoint,
     H2ProtocolError,
     frame,
     header_frames,
-    read_settings,
     take_frame,
 )
 
@@ -125,34 +123,23 @@ class PeerStream:
         self.seen_headers = False
 
 
-class H2Peer:
+class H2Peer(H2Endpoint[PeerStream]):
     """One end of an HTTP/2 connection (module docstring); ``client`` picks the role."""
 
     def __init__(self, handler: PeerHandler, *, client: bool) -> None:
+        super().__init__()
         self.handler = handler
         self.client = client
-        self.streams: dict[int, PeerStream] = {}
         self.closed: str | None = None
         self.goaway_received: int | None = None  # the peer's last stream id once it said GOAWAY
-        self._out: list[bytes | memoryview] = []
-        self._inbuf = b""
         self._preface_left = 0 if client else len(PREFACE)
-        self._got_settings = False
         self._next_id = 1  # client role: the next stream we open
         self._last_peer_id = 0  # server role: the highest stream the client opened
         self._goaway_last: int | None = None  # the last stream id our first GOAWAY named
-        self._encoder = hpack.Encoder()
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
-        self._decoder.max_allowed_table_size = 4096
         self._block: list[bytes] = []  # a header block waiting for its CONTINUATIONs
         self._block_sid = 0
         self._block_flags = 0
         self._block_size = 0
-        self._send_window = DEFAULT_WINDOW
-        self._peer_initial_window = DEFAULT_WINDOW
-        self._peer_max_frame = DEFAULT_FRAME_SIZE
-        self._blocked: dict[int, PeerStream] = {}
-        self._owed = 0
         settings = [(SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
                     (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE)]
         settings.append((SETTINGS_ENABLE_PUSH, 0) if client
@@ -445,23 +432,6 @@ class H2Peer:
             if stream.local_closed:
                 self._forget(sid)  # before the handler hears of it: the stream is over
         self.handler.on_headers(sid, fields, end_stream)
-
-    def _settings(self, sid: int, flags: int, payload: memoryview) -> None:
-        settings = read_settings(sid, flags, payload)
-        if settings is None:
-            return
-        self._got_settings = True
-        window = settings.get(SETTINGS_INITIAL_WINDOW_SIZE)
-        if window is not None:
-            delta = window - self._peer_initial_window
-            self._peer_initial_window = window
-            for stream in self.streams.values():
-                stream.send_window += delta
-        self._peer_max_frame = settings.get(SETTINGS_MAX_FRAME_SIZE, self._peer_max_frame)
-        if SETTINGS_HEADER_TABLE_SIZE in settings:
-            self._encoder.header_table_size = min(settings[SETTINGS_HEADER_TABLE_SIZE], 1 << 16)
-        self._out.append(frame(SETTINGS, FLAG_ACK, 0))
-        self._flush_blocked()
 
     def _window_update(self, sid: int, increment: int) -> None:
         if sid == 0:

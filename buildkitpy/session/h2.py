@@ -31,7 +31,7 @@ import base64
 import struct
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import unquote
 
 import grpc
@@ -216,31 +216,70 @@ def _queue_message(stream: Stream, message: bytes) -> None:
     stream.pending_size += n + 5
 
 
-class H2Connection:
-    """The client end of one HTTP/2 connection carrying gRPC calls (module docstring)."""
+class _Windowed(Protocol):
+    send_window: int  # what the peer lets us send on the stream
 
-    def __init__(self, authority: str = "localhost", user_agent: str = "buildkitpy") -> None:
-        self.authority = authority
-        self.user_agent = user_agent
-        self.streams: dict[int, Stream] = {}
-        self.closed: str | None = None  # why, once the connection is over
+
+S = TypeVar("S", bound=_Windowed)
+
+
+class H2Endpoint(Generic[S]):
+    """What both HTTP/2 endpoints (:class:`H2Connection` here, the daemon's
+    :class:`buildkitpy.daemon.h2peer.H2Peer`) keep of the connection's state and of the peer's
+    settings, and how they apply a SETTINGS frame."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, S] = {}
         self._out: list[bytes | memoryview] = []
-        self.outbound_size = 0
-        self._changed: list[Stream] = []
-        self._next_id = 1
+        self._inbuf = b""
         self._encoder = hpack.Encoder()
         self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
         self._decoder.max_allowed_table_size = 4096
-        self._inbuf = b""
         self._got_settings = False
-        self._continuation: Stream | None = None  # the stream whose header block is unfinished
-        self._continuation_id = 0
-        self._continuation_size = 0
         self._send_window = DEFAULT_WINDOW
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_FRAME_SIZE
-        self._blocked: dict[int, Stream] = {}  # streams with data waiting for window
+        self._blocked: dict[int, S] = {}  # streams with data waiting for window
         self._owed = 0  # connection-level credit not yet given back
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._out.append(data)
+
+    def _flush_blocked(self) -> None:
+        raise NotImplementedError
+
+    def _settings(self, sid: int, flags: int, payload: memoryview) -> None:
+        settings = read_settings(sid, flags, payload)
+        if settings is None:
+            return
+        self._got_settings = True
+        window = settings.get(SETTINGS_INITIAL_WINDOW_SIZE)
+        if window is not None:
+            delta = window - self._peer_initial_window
+            self._peer_initial_window = window
+            for stream in self.streams.values():
+                stream.send_window += delta
+        self._peer_max_frame = settings.get(SETTINGS_MAX_FRAME_SIZE, self._peer_max_frame)
+        if SETTINGS_HEADER_TABLE_SIZE in settings:
+            self._encoder.header_table_size = min(settings[SETTINGS_HEADER_TABLE_SIZE], 1 << 16)
+        self._emit(frame(SETTINGS, FLAG_ACK, 0))
+        self._flush_blocked()
+
+
+class H2Connection(H2Endpoint[Stream]):
+    """The client end of one HTTP/2 connection carrying gRPC calls (module docstring)."""
+
+    def __init__(self, authority: str = "localhost", user_agent: str = "buildkitpy") -> None:
+        super().__init__()
+        self.authority = authority
+        self.user_agent = user_agent
+        self.closed: str | None = None  # why, once the connection is over
+        self.outbound_size = 0
+        self._changed: list[Stream] = []
+        self._next_id = 1
+        self._continuation: Stream | None = None  # the stream whose header block is unfinished
+        self._continuation_id = 0
+        self._continuation_size = 0
         self._goaway_last: int | None = None
         self._credited = False  # window credit came in the chunk being received
         settings = b"".join(_SETTING.pack(k, v) for k, v in (
@@ -651,23 +690,6 @@ class H2Connection:
         elif not stream._queued:
             stream._queued = True
             self._changed.append(stream)
-
-    def _settings(self, sid: int, flags: int, payload: memoryview) -> None:
-        settings = read_settings(sid, flags, payload)
-        if settings is None:
-            return
-        self._got_settings = True
-        window = settings.get(SETTINGS_INITIAL_WINDOW_SIZE)
-        if window is not None:
-            delta = window - self._peer_initial_window
-            self._peer_initial_window = window
-            for stream in self.streams.values():
-                stream.send_window += delta
-        self._peer_max_frame = settings.get(SETTINGS_MAX_FRAME_SIZE, self._peer_max_frame)
-        if SETTINGS_HEADER_TABLE_SIZE in settings:
-            self._encoder.header_table_size = min(settings[SETTINGS_HEADER_TABLE_SIZE], 1 << 16)
-        self._emit(frame(SETTINGS, FLAG_ACK, 0))
-        self._flush_blocked()
 
     def _window_update(self, sid: int, increment: int) -> None:
         if sid == 0:
