@@ -220,16 +220,16 @@ class _Windowed(Protocol):
     send_window: int  # what the peer lets us send on the stream
 
 
-S = TypeVar("S", bound=_Windowed)
+_StreamT = TypeVar("_StreamT", bound=_Windowed)
 
 
-class H2Endpoint(Generic[S]):
+class H2Endpoint(Generic[_StreamT]):
     """What both HTTP/2 endpoints (:class:`H2Connection` here, the daemon's
     :class:`buildkitpy.daemon.h2peer.H2Peer`) keep of the connection's state and of the peer's
     settings, and how they apply a SETTINGS frame."""
 
     def __init__(self) -> None:
-        self.streams: dict[int, S] = {}
+        self.streams: dict[int, _StreamT] = {}
         self._out: list[bytes | memoryview] = []
         self._inbuf = b""
         self._encoder = hpack.Encoder()
@@ -239,7 +239,7 @@ class H2Endpoint(Generic[S]):
         self._send_window = DEFAULT_WINDOW
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_FRAME_SIZE
-        self._blocked: dict[int, S] = {}  # streams with data waiting for window
+        self._blocked: dict[int, _StreamT] = {}  # streams with data waiting for window
         self._owed = 0  # connection-level credit not yet given back
 
     def _emit(self, data: bytes | memoryview) -> None:
