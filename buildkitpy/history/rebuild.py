@@ -239,9 +239,14 @@ class RebuildRecorder:
         this commit."""
         now = time.time()
         stored = stored or {}
-        touched = [(ref, now, key) for keys, data, ref in rows for key in keys if stored.get(key) == data]
-        written = [(key, data, ref, now) for keys, data, ref in rows for key in keys
-                   if stored.get(key) != data]
+        touched: list[tuple[str, float, str]] = []
+        written: list[tuple[str, bytes, str, float]] = []
+        for keys, data, ref in rows:
+            for key in keys:
+                if stored.get(key) == data:
+                    touched.append((ref, now, key))
+                else:
+                    written.append((key, data, ref, now))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
