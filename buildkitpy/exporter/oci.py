@@ -27,6 +27,7 @@ import anyio
 
 from buildkitpy.errors import InvalidArgument
 from buildkitpy.exporter import ExportContext
+from buildkitpy.exporter.handoff import Handoff, HandoffClosed
 from buildkitpy.exporter.imagebuild import AssembledImage, ImageOptions, assemble_image
 from buildkitpy.exporter.imagebuild.config import go_json
 from buildkitpy.image import mediatypes
@@ -35,6 +36,8 @@ from buildkitpy.llb.reference import DEFAULT_DOMAIN, normalize_image_ref, parse_
 from buildkitpy.session import filesync
 
 CHUNK = 1 << 20
+# Chunks the archive thread may have ready before it waits for the session to take one.
+HANDOFF_DEPTH = 4
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
@@ -218,30 +221,21 @@ async def export_archive(ctx: ExportContext, *, docker: bool) -> dict[str, str]:
         response = exporter_response(image, top, names)
 
         ctx.progress.status(vertex, "sending tarball", name="sending tarball")
-        send, receive = anyio.create_memory_object_stream[bytes](4)
-
-        def emit(chunk: bytes) -> None:
-            anyio.from_thread.run(send.send, chunk)
+        handoff = Handoff[bytes](HANDOFF_DEPTH)
 
         async def produce() -> None:
-            async with send:
-                try:
-                    await anyio.to_thread.run_sync(write_archive, image, top, names, docker, _Out(emit))
-                except anyio.BrokenResourceError:
-                    pass  # the client stopped reading (it answered early); send_bytes reports why
-
-        async def chunks():
-            async with receive:
-                async for chunk in receive:
-                    yield chunk
+            try:
+                await anyio.to_thread.run_sync(write_archive, image, top, names, docker, _Out(handoff.put))
+            except HandoffClosed:
+                pass  # the client stopped reading (it answered early); send_bytes reports why
+            finally:
+                handoff.finish()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
-            try:
-                await filesync.send_bytes(session.channel, chunks(), exporter_id=str(ctx.index),
+            async with handoff:  # leaving it stops the thread's put()s
+                await filesync.send_bytes(session.channel, handoff, exporter_id=str(ctx.index),
                                           metadata=response)
-            finally:
-                await receive.aclose()
         ctx.progress.status(vertex, "sending tarball", name="sending tarball", completed=True)
     except BaseException as exc:
         ctx.progress.vertex(vertex, error=str(exc) or type(exc).__name__, completed=True)
