@@ -141,7 +141,7 @@ class _Aborted(Exception):
 
 
 class _Once:
-    __slots__ = ("done", "value", "failed")
+    __slots__ = ("done", "value", "failed", "_then")
 
     def __init__(self) -> None:
         # asyncio's own event (the daemon and the tests run on asyncio): anyio's wrapper cost a
@@ -149,12 +149,28 @@ class _Once:
         self.done = asyncio.Event()
         self.value: Any = None
         self.failed = False
+        self._then: list[Callable[[_Once], None]] | None = None
 
     async def get(self) -> Any:
         await self.done.wait()
         if self.failed:
             raise _Aborted
         return self.value
+
+    def then(self, fn: Callable[[_Once], None]) -> None:
+        """``fn(self)`` once the phase is over (at once if it is)."""
+        if self.done.is_set():
+            fn(self)
+        elif self._then is None:
+            self._then = [fn]
+        else:
+            self._then.append(fn)
+
+    def finish(self) -> None:
+        self.done.set()
+        then, self._then = self._then, None
+        for fn in then or ():
+            fn(self)
 
 
 @dataclass
@@ -295,7 +311,7 @@ class CoreBuild:
                     once.failed = True
                     raise
                 finally:
-                    once.done.set()
+                    once.finish()
             self._tg.start_soon(self._guard, task, v, name=f"vertex {digest}")
         return once
 
@@ -313,6 +329,7 @@ class CoreBuild:
         if len(cm.deps) != len(v.inputs):
             raise ValueError(f"internal error: cache map of {v.name} has {len(cm.deps)} deps for "
                              f"{len(v.inputs)} inputs")
+        self._start_content_when_fresh(v, cm, pending)
         input_keys = [(await p.get()).outputs[inp.index] for p, inp in zip(pending, v.inputs, strict=True)]
         skip = self.runtime.skip_lookup(v, cm)
         n = v.num_outputs
@@ -355,6 +372,22 @@ class CoreBuild:
             # or skipped below a hit, as BuildKit traces a cached vertex once.
             self.runtime.cached(v)
         return keys
+
+    def _start_content_when_fresh(self, v: Any, cm: CacheMap, pending: list[_Once]) -> None:
+        """A fresh input key (a local source: transferred every build) rules out the fast lookup,
+        so the content of every content dep will be needed: their results start as soon as one
+        input's key says so, not once the slowest input's key is known (a cached noop build's
+        context transfer waited for the cache lookups of its base image's steps)."""
+        content = [inp.digest for inp, dep in zip(v.inputs, cm.deps, strict=True) if dep.content]
+        if not content:
+            return
+
+        def start(once: _Once, index: int) -> None:
+            if not once.failed and once.value.outputs[index].fresh:
+                for digest in content:
+                    self._result(digest)
+        for once, inp in zip(pending, v.inputs, strict=True):
+            once.then(lambda o, i=inp.index: start(o, i))
 
     def _local(self, keys: _Keys) -> bool:
         hit = keys.hit

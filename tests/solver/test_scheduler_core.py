@@ -62,6 +62,8 @@ class V:
     delay: float = 0
     fail: bool = False
     name: str = ""
+    always_run: bool = False  # like a local source: never looked up, its keys are fresh
+    map_delay: float = 0  # its cache map takes this long (a source resolving over the network)
 
     def __post_init__(self) -> None:
         self.op = self.op or "sha256:" + hashlib.sha256(self.digest.encode()).hexdigest()
@@ -90,18 +92,23 @@ class Runtime:
         self.running: set[str] = set()
         self.cancelled: list[str] = []
         self.settled_: list[tuple[str, bool]] = []
+        self.started_at: dict[str, float] = {}
 
     async def cache_map(self, v: V) -> CacheMap:
+        if v.map_delay:
+            await anyio.sleep(v.map_delay)
         content = v.content or (False,) * len(v.inputs)
-        return CacheMap(v.op, [Dep(content=[Selector("/")] if c else None) for c in content])
+        return CacheMap(v.op, [Dep(content=[Selector("/")] if c else None) for c in content],
+                        always_run=v.always_run)
 
     def skip_lookup(self, v: V, cm: CacheMap) -> bool:
-        return self.no_cache
+        return self.no_cache or cm.always_run
 
     async def checksum(self, v: V, cm: CacheMap, index: int, value: Val) -> str:
         return "sha256:" + hashlib.sha256(str(value.n).encode()).hexdigest()
 
     async def execute(self, v: V, inputs: list[Val]) -> list[Val]:
+        self.started_at[v.digest] = anyio.current_time()
         self.running.add(v.digest)
         try:
             if v.delay:
@@ -451,3 +458,25 @@ def test_long_chains_do_not_recurse(env: Env) -> None:
     assert env.solve(g, names[-1])[0] == 3000
     n, rt, _ = env.solve(g, names[-1])
     assert n == 3000 and rt.ran == []
+
+
+def test_a_fresh_content_input_runs_while_the_other_inputs_keys_are_still_being_computed(env: Env) -> None:
+    """A COPY from a local source (always run, fresh keys) onto a base whose key takes time: the
+    fast key cannot be trusted once the source's key is fresh, so the source's content is needed
+    whatever the base's key turns out to be, and its transfer starts at once."""
+    g = Graph()
+    base = g.const("base", 1, map_delay=0.3)
+    src = g.add("src", lambda _: [5], always_run=True)
+    copy = g.add("copy", add, base, src, content=(False, True))
+
+    async def run() -> tuple[int, Runtime, float]:
+        started = anyio.current_time()
+        n, rt, _ = await env.build(g, copy)
+        return n, rt, started
+
+    for _ in range(2):  # cold, then with base and copy cached (the source always runs)
+        n, rt, started = anyio.run(run)
+        assert n == 6
+        assert rt.started_at["src"] - started < 0.15, "the source waited for the base's key"
+    assert rt.ran == ["src"]
+    assert env.leaks() == {}
