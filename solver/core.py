@@ -30,6 +30,7 @@ doubles in ``tests/solver/test_scheduler_core.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -387,7 +388,7 @@ class CoreBuild:
                 for digest in content:
                     self._result(digest)
         for once, inp in zip(pending, v.inputs, strict=True):
-            once.then(lambda o, i=inp.index: start(o, i))
+            once.then(functools.partial(start, index=inp.index))
 
     def _local(self, keys: _Keys) -> bool:
         hit = keys.hit
