@@ -192,6 +192,28 @@ async def test_unchanged_and_changed_transfers_reuse_the_previous_copy(env, shor
 
 
 @pytest.mark.anyio
+async def test_a_failed_transfer_onto_the_previous_copy_keeps_it_and_leaks_nothing(env, short_dir, tmp_path):
+    ctx = tmp_path / "ctx"
+    make_context(ctx)
+    async with serving(env, short_dir, ctx) as client:
+        first = await client.build()
+        moved = tmp_path / "moved"
+        ctx.rename(moved)  # the client cannot walk its directory: the transfer fails midway
+        with pytest.raises(SolveError):
+            await client.build()
+        assert env.mutables() == []
+        moved.rename(ctx)
+        (ctx / "new").write_text("new")
+        again = await client.build()
+        assert again.parent_id == first.id and again.tree == describe(ctx)  # still the previous copy
+        if env.snapshots.mode == "overlay":
+            assert again.fetched == ["new"]
+    with env.snapshots.get(first.id).mount() as root:
+        assert "new" not in describe(root)
+    assert env.mutables() == []
+
+
+@pytest.mark.anyio
 async def test_reuse_survives_a_restart_and_falls_back_after_prune(env, short_dir, tmp_path):
     ctx = tmp_path / "ctx"
     make_context(ctx)
