@@ -14,8 +14,6 @@ import json
 import posixpath
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from buildkitpy import llb
 from buildkitpy.api import ops_pb2
 from buildkitpy.attest import sbom
@@ -36,7 +34,7 @@ from . import subrequests as subreq
 from .convert import ConvertError, NamedContext
 from .convert_named import SUPPORTED_KINDS, input_image_config
 from .convert_opts import ConvertOptions, OptionError
-from .convert_thread import check_size, convert_off_loop
+from .convert_thread import check_size, convert_off_loop, off_loop_unless_small
 from .errors import DockerfileError
 from .remote_context import detect as detect_remote_context
 
@@ -211,14 +209,14 @@ async def _send_warnings(client: FrontendClient, linter: checks.Linter, vertex: 
 
 
 async def _parse_tree_checks(dockerfile: bytes, linter: checks.Linter) -> None:
-    """The checks on the parse tree, parsed on a worker thread as the conversion is: a huge
-    Dockerfile (2 MiB of continuation lines parse in seconds) must not stall the event loop."""
+    """The checks on the parse tree, parsed on a worker thread as the conversion is (unless small):
+    a huge Dockerfile (2 MiB of continuation lines parse in seconds) must not stall the event loop."""
     from .parser import DockerfileParseError, parse
 
     if not dockerfile:
         return
     try:
-        ast = await anyio.to_thread.run_sync(parse, dockerfile)
+        ast = await off_loop_unless_small(len(dockerfile), parse, dockerfile)
     except DockerfileParseError:
         return  # the conversion reports it
     checks.check_parse_tree(ast, linter)
@@ -270,7 +268,7 @@ async def build(client: FrontendClient) -> FrontendResult:
     too_big = check_size(len(dockerfile), filename)
     if too_big is not None:
         raise InvalidArgument(too_big)
-    image, cmdline = await anyio.to_thread.run_sync(_syntax, opts, dockerfile)
+    image, cmdline = await off_loop_unless_small(len(dockerfile), _syntax, opts, dockerfile)
     if image:
         forwarded = await _forward(client, image, cmdline, _result_vertex(ref))
         if forwarded is not None:
@@ -357,7 +355,8 @@ async def build(client: FrontendClient) -> FrontendResult:
     converted = None
     if memo_key is not None and (entry := convert_memo.recall(memo_key)) is not None \
             and await convert_memo.answers_match(entry, resolver):
-        converted = await anyio.to_thread.run_sync(convert_memo.rebound, entry, session_id)
+        # rewrites the ops of a conversion of this Dockerfile: work in proportion to it
+        converted = await off_loop_unless_small(len(dockerfile), convert_memo.rebound, entry, session_id)
     try:
         if converted is None:
             calls: list[Any] = []
