@@ -244,7 +244,7 @@ class CoreBuild:
             held, self._held = self._held, []
             if self.error is not None or not out:
                 held.extend(out)
-            await _release(held)
+            _release(held)
 
     async def _settle_skipped(self) -> None:
         """Vertices whose result nobody needed (they sit below a hit) were not run: observers hear
@@ -591,7 +591,7 @@ class CoreBuild:
         try:
             await blocking(load)
         except CacheResultGone:
-            await _release([x for x in values if x is not None])
+            _release([x for x in values if x is not None])
             keys.hit = keys.hit_keys = None
             return None
         self._held.extend(x for x in values if x is not None)
@@ -626,7 +626,7 @@ class CoreBuild:
                 if flat_keys:
                     await blocking(self.base.save, *_save_entries(flat_keys, flat_vals))
             except BaseException:
-                await _release(outs)
+                _release(outs)
                 raise
             self._held.extend(outs)
             self.executed.append(v.digest)
@@ -660,13 +660,12 @@ def _save_entries(keys: list[CacheKey], values: list[Any]
     return links, list(zip((k.id for k in keys), values, strict=True))
 
 
-async def _release(values: list[Any]) -> None:
-    def release() -> None:
-        for x in values:
-            if x is not None:
-                x.release()
-    if any(x is not None for x in values):
-        await blocking(release)
+def _release(values: list[Any]) -> None:
+    """Drop the handles here, on the event loop: a release is a reference count (the snapshot API
+    promises it never blocks), and a worker-thread trip for it ended every build."""
+    for x in values:
+        if x is not None:
+            x.release()
 
 
 __all__ = ["CoreBuild", "Runtime", "Settled", "SolverCore"]

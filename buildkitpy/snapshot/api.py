@@ -39,7 +39,9 @@ class ImmutableSnapshot(Protocol):
         """A new handle on the same snapshot (takes a reference)."""
 
     def release(self) -> None:
-        """Drop this handle's reference; the data stays while the cache or others hold it."""
+        """Drop this handle's reference; the data stays while the cache or others hold it. Never
+        blocks (it only counts: deleting is the garbage collector's job), so async code may call
+        it directly."""
 
 
 class MutableSnapshot(Protocol):
