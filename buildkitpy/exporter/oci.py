@@ -224,12 +224,13 @@ async def export_archive(ctx: ExportContext, *, docker: bool) -> dict[str, str]:
         handoff = Handoff[bytes](HANDOFF_DEPTH)
 
         async def produce() -> None:
+            # Only a complete archive is finished: on a failure the task group cancels the sending
+            # task, so the client's call fails instead of ending with an archive cut short.
             try:
                 await anyio.to_thread.run_sync(write_archive, image, top, names, docker, _Out(handoff.put))
             except HandoffClosed:
-                pass  # the client stopped reading (it answered early); send_bytes reports why
-            finally:
-                handoff.finish()
+                return  # the client stopped reading (it answered early); send_bytes reports why
+            handoff.finish()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)

@@ -10,7 +10,6 @@ straight into the outgoing messages, which keeps the per-file cost of a 10,000-f
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import stat as statmod
@@ -268,20 +267,21 @@ async def export(ctx: ExportContext) -> dict[str, str]:
         else [None if result.refs is None else next(iter(result.refs), None)]
 
     async def produce() -> None:
-        try:
-            async with AsyncExitStack() as stack:
-                roots = [(prefix, await stack.enter_async_context(mounted(ctx, ref))) for prefix, ref in refs]
-                extra = []  # the attestation statements next to the files (buildkitpy.attest.files)
-                if ctx.provenance is not None and ctx.provenance.files_wanted():
-                    for (prefix, root), key in zip(roots, keys, strict=True):
-                        statements = await anyio.to_thread.run_sync(ctx.provenance.statement_files, key,
-                                                                    root, ctx.attrs)
-                        extra += [(prefix + name, data) for name, data in statements]
-                with contextlib.suppress(HandoffClosed):  # the session's failure is the one reported
-                    await anyio.to_thread.run_sync(write_trees, roots, handoff.put, extra)
-                handoff.finish()  # the stream ends while the trees are let go
-        finally:
-            handoff.finish()
+        # Only a complete stream is finished: on a failure the task group cancels the sending
+        # task, so the client's call fails instead of ending with a tar cut short.
+        async with AsyncExitStack() as stack:
+            roots = [(prefix, await stack.enter_async_context(mounted(ctx, ref))) for prefix, ref in refs]
+            extra = []  # the attestation statements next to the files (buildkitpy.attest.files)
+            if ctx.provenance is not None and ctx.provenance.files_wanted():
+                for (prefix, root), key in zip(roots, keys, strict=True):
+                    statements = await anyio.to_thread.run_sync(ctx.provenance.statement_files, key,
+                                                                root, ctx.attrs)
+                    extra += [(prefix + name, data) for name, data in statements]
+            try:
+                await anyio.to_thread.run_sync(write_trees, roots, handoff.put, extra)
+            except HandoffClosed:
+                return  # the sending task stopped: its failure is the one reported
+            handoff.finish()  # the stream ends while the trees are let go
 
     try:
         async with anyio.create_task_group() as tg:
