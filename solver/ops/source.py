@@ -33,7 +33,7 @@ from buildkitpy.snapshot.api import ImmutableSnapshot, MutableSnapshot, Snapshot
 from buildkitpy.snapshot.fs import copy_tree
 from buildkitpy.solver.asyncutil import blocking
 from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
-from buildkitpy.solver.contenthash import FileMeta, FileRecord, regular_file_hasher
+from buildkitpy.solver.contenthash import ChecksumStore, FileMeta, FileRecord, regular_file_hasher
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
 from buildkitpy.solver.ops.local_reuse import SharedKeyIndex, claim
@@ -233,7 +233,7 @@ class _Target:
             raise
         return cls(previous, parent, mutable, mount, dest)
 
-    def close(self, modified: bool, records: _FileRecords, checksums: Any,
+    def close(self, modified: bool, records: _FileRecords, checksums: ChecksumStore | None,
               index: SharedKeyIndex | None, key: str) -> ImmutableSnapshot:
         """The transfer's snapshot: ``previous`` itself (another handle on it) when a sync onto it
         changed nothing, so unchanged contexts never stack layers; else the new one, with its
