@@ -86,6 +86,12 @@ class JobRegistry:
     async def finish(self, job: Job) -> None:
         job.finished = time.time()
         job.progress.close()
+        # Kept for its progress only (a late Status replays it): what the build held goes now
+        # (the graph, its results and the provenance capture: ~15 MB for a 500-vertex build, and
+        # up to KEEP_FINISHED jobs are kept).
+        job.bridge = None
+        job.history = None
+        job.provenance = None
         async with self._changed:
             if self._active.get(job.ref) is job:
                 del self._active[job.ref]
