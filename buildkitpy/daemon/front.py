@@ -36,19 +36,17 @@ from urllib.parse import quote
 
 import anyio
 import grpc
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from buildkitpy import errors
 from buildkitpy.daemon.h2peer import CANCEL, NO_ERROR, REFUSED_STREAM, Fields, H2Peer, H2ProtocolError
 from buildkitpy.session.bridge import bytes_message_data, bytes_message_prefix
 from buildkitpy.session.h2 import INTERNAL_ERROR, MAX_MESSAGE_SIZE
 from buildkitpy.session.manager import SessionHeader, SessionManager
+from buildkitpy.session.pipechannel import PushTarget
 
 log = logging.getLogger(__name__)
 
 SESSION_PATH = b"/moby.buildkit.v1.Control/Session"
-# Chunks queued between the session and the stream (the stream's window does the rest).
-_OUTGOING_QUEUE = 16
 # A session's answers queued beyond what the client's windows let out: wait above this.
 _SEND_HIGH_WATER = 1 << 20
 # A client connection's socket send buffer (the kernel caps it at net.core.wmem_max, 4 MiB by
@@ -281,20 +279,37 @@ class _Connection(asyncio.Protocol):
 
 
 class _Inbox:
-    """The session's incoming bytes for :meth:`SessionManager.attach`: one chunk per socket read
-    (all the messages it held), each credited back to the stream's window when taken."""
+    """The session's incoming bytes for :meth:`SessionManager.attach`, pushed (a
+    :class:`~buildkitpy.session.pipechannel.PushSource`): one chunk per socket read (all the
+    messages it held), handed to the session's pipe in that read's callback and credited back to
+    the stream's window once taken. Chunks wait here only before the pipe starts, or while it has
+    answers the client does not read (their credit waits with them)."""
 
-    __slots__ = ("_chunks", "_waiter", "_eof", "_credit")
+    __slots__ = ("_chunks", "_waiter", "_eof", "_credit", "_target", "_failure")
 
     def __init__(self, credit: Callable[[int], None]) -> None:
-        self._chunks: deque[tuple[bytes, int]] = deque()
+        self._chunks: deque[tuple[bytes, int]] = deque()  # (data, or b"" once pushed; wire size)
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._credit = credit
+        self._target: PushTarget | None = None
+        self._failure: Exception | None = None
 
     def put(self, data: bytes, wire: int) -> None:
-        self._chunks.append((data, wire))
-        self._wake()
+        if self._failure is not None:
+            return
+        target = self._target
+        if target is None or self._chunks or target.backlogged():
+            self._chunks.append((data, wire))
+            self._wake()
+            return
+        # The credit first: the client's next messages need not wait behind our answers to this.
+        self._credit(wire)
+        try:
+            target.push(data)
+        except Exception as exc:  # noqa: BLE001 - raised by push_into, in the session's task
+            self._failure = exc
+            self._wake()
 
     def close(self) -> None:
         self._eof = True
@@ -305,22 +320,34 @@ class _Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def __aiter__(self) -> _Inbox:
-        return self
-
-    async def __anext__(self) -> bytes:
+    async def push_into(self, target: PushTarget) -> None:
         chunks = self._chunks
-        while not chunks:
-            if self._eof:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        data, wire = chunks.popleft()
-        self._credit(wire)
-        return data
+        self._target = target
+        try:
+            while True:
+                while chunks and self._failure is None:
+                    data, wire = chunks[0]
+                    if data:
+                        chunks[0] = (b"", wire)
+                        target.push(data)
+                    if target.backlogged():
+                        await target.drained()
+                        if target.backlogged():
+                            return  # the pipe is gone
+                        continue
+                    chunks.popleft()
+                    self._credit(wire)
+                if self._failure is not None:
+                    raise self._failure
+                if self._eof:
+                    return
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._target = None
 
 
 class _SessionCall:
@@ -336,6 +363,7 @@ class _SessionCall:
         self._queued = False
         self._room: asyncio.Event = asyncio.Event()
         self._room.set()
+        self._ended = False  # the trailers are sent: the session's output goes nowhere
         self.inbox = _Inbox(self._credit)
         self.task: asyncio.Task[None] | None = None
 
@@ -450,13 +478,9 @@ class _SessionCall:
             self.conn.forget(self.sid)
 
     async def _serve(self, header: SessionHeader) -> None:
-        conn = self.conn
-        send, receive = anyio.create_memory_object_stream[bytes](_OUTGOING_QUEUE)
         trailers = _OK_TRAILERS
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._send_out, receive)
-                await conn.server.sessions.attach(header, self.inbox, send)
+            await self.conn.server.sessions.attach(header, self.inbox, self)
         except errors.BuildkitpyError as err:
             trailers = status_fields(err)
         except Exception as exc:  # noqa: BLE001 - the boundary: logged, reported, the daemon goes on
@@ -468,28 +492,46 @@ class _SessionCall:
                 trailers = status_fields(errors.BuildkitpyError(f"session {header.id} failed: {failure}"))
         self._end(trailers)
 
-    async def _send_out(self, receive: MemoryObjectReceiveStream[bytes]) -> None:
+    # The session's outgoing chunks (a pipechannel ChunkSink): each becomes a BytesMessage on the
+    # stream at once, no task in between; the caller waits while the client's windows hold back
+    # more than _SEND_HIGH_WATER.
+
+    def send_nowait(self, chunk: bytes) -> None:
+        conn, sid = self.conn, self.sid
+        if conn.closed or self._ended or sid not in conn.peer.streams:
+            raise anyio.BrokenResourceError
+        if conn.paused or conn.peer.pending(sid) > _SEND_HIGH_WATER:
+            raise anyio.WouldBlock
+        self._send(chunk)
+
+    async def send(self, chunk: bytes) -> None:
+        while True:
+            try:
+                self.send_nowait(chunk)
+                return
+            except anyio.WouldBlock:
+                self._room.clear()
+                if self.conn.paused:
+                    self.conn.when_writable(self._room.set)
+                await self._room.wait()
+
+    def close(self) -> None:
+        """(The trailers end the stream once the session's task is over: :meth:`_serve`.)"""
+
+    def _send(self, chunk: bytes) -> None:
         conn, sid, peer = self.conn, self.sid, self.conn.peer
-        async with receive:
-            async for chunk in receive:
-                if conn.closed:
-                    return
-                n = len(chunk)
-                prefix = bytes_message_prefix(n) if n else b""
-                peer.send_data(sid, b"\0" + _U32.pack(n + len(prefix)) + prefix, more=bool(n))
-                if n:
-                    peer.send_data(sid, chunk)
-                conn.write()
-                while not conn.closed and (conn.paused or peer.pending(sid) > _SEND_HIGH_WATER):
-                    self._room.clear()
-                    if conn.paused:
-                        conn.when_writable(self._room.set)
-                    await self._room.wait()
+        n = len(chunk)
+        prefix = bytes_message_prefix(n) if n else b""
+        peer.send_data(sid, b"\0" + _U32.pack(n + len(prefix)) + prefix, more=bool(n))
+        if n:
+            peer.send_data(sid, chunk)
+        conn.write()
 
     def _end(self, trailers: list[tuple[str | bytes, str | bytes]], trailers_only: bool = False) -> None:
         conn = self.conn
         if conn.closed or conn.routes.get(self.sid) is not self:
             return
+        self._ended = True
         fields = [*_RESPONSE_HEADERS, *trailers] if trailers_only else trailers
         peer = conn.peer
         peer.send_headers(self.sid, fields, end_stream=True)

@@ -29,13 +29,12 @@ from typing import Any
 
 import anyio
 import grpc
-from anyio.streams.memory import MemoryObjectSendStream
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from buildkitpy import errors
 from buildkitpy.api import control_pb2_grpc
 from buildkitpy.session.bridge import Pipe, bytes_message_data, encode_bytes_message
-from buildkitpy.session.pipechannel import PipeChannel, channel_over_pipe
+from buildkitpy.session.pipechannel import ChunkSink, PipeChannel, PushSource, channel_over_pipe
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +197,16 @@ class SessionManager:
                 failure = errors.BuildkitpyError(f"session {header.id} failed: {failure}")
             await errors.abort_with(context, failure)
 
-    async def attach(self, header: SessionHeader, incoming: AsyncIterable[bytes],
-                     outgoing: MemoryObjectSendStream[bytes]) -> None:
-        """Serve a session whose HTTP/2 bytes arrive some other way than ``Control.Session`` (the
-        Engine API's hijacked ``POST /session``); returns when the session ends."""
+    async def attach(self, header: SessionHeader, incoming: AsyncIterable[bytes] | PushSource,
+                     outgoing: ChunkSink) -> None:
+        """Serve a session whose HTTP/2 bytes arrive some other way than through grpc.aio's
+        ``Control.Session`` (the front server's own, pushed; the Engine API's hijacked
+        ``POST /session``); returns when the session ends."""
         self._check_not_active(header.id)
         await self._run(header, incoming, outgoing)
 
-    async def _run(self, header: SessionHeader, incoming: AsyncIterable[bytes],
-                   outgoing: MemoryObjectSendStream[bytes]) -> None:
+    async def _run(self, header: SessionHeader, incoming: AsyncIterable[bytes] | PushSource,
+                   outgoing: ChunkSink) -> None:
         async with channel_over_pipe(incoming, outgoing) as (channel, pipe):
             session = Session(header, channel)
             self._register(session)

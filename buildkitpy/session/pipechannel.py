@@ -15,6 +15,14 @@ raise ``grpc.aio.AioRpcError``, reads after a local ``cancel()`` raise ``Cancell
 write into a finished call ``asyncio.InvalidStateError``, as grpc.aio does. When the pipe ends,
 calls in flight fail with UNAVAILABLE; after :meth:`PipeChannel.close` new calls raise
 ``grpc.aio.UsageError``.
+
+The pipe's two ends are a :class:`ChunkSink` for what we send (an anyio memory stream, or the
+daemon's front writing straight to its client's HTTP/2 stream) and, for what we receive, either an
+async iterable of chunks or a :class:`PushSource` that hands each chunk over as it arrives. With
+the front's push source and sink, the answer to a chunk (the data a WINDOW_UPDATE lets out, a PING
+ACK) is on the client's socket before the socket read that brought it returns: no task wake-ups in
+between (three of them before). buildctl lets at most 1 MiB of its session connection be in
+flight, so they held back a 200 MB tar export: 0.605 -> 0.565 s (medians of 14, alternating).
 """
 
 from __future__ import annotations
@@ -22,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import grpc
-from anyio.streams.memory import MemoryObjectSendStream
 
 from buildkitpy.session.bridge import Pipe, in_background
 from buildkitpy.session.h2 import H2Connection, H2ProtocolError, Metadata, Stream
@@ -41,6 +49,44 @@ MAX_CHUNK = 512 << 10
 
 _LOCAL_CANCELLATION = "Locally cancelled by application!"
 _CHANNEL_CLOSED = "Channel closed!"
+
+
+class ChunkSink(Protocol):
+    """Where the pipe's outgoing chunks go (an anyio ``MemoryObjectSendStream[bytes]`` is one)."""
+
+    def send_nowait(self, chunk: bytes) -> None:
+        """Send at once, or raise ``anyio.WouldBlock`` (nothing sent) when there is no room;
+        ``anyio.BrokenResourceError``/``ClosedResourceError`` once the other end is gone."""
+
+    async def send(self, chunk: bytes) -> None:
+        """Send, waiting for room."""
+
+    def close(self) -> None:
+        """No more chunks."""
+
+
+class PushTarget(Protocol):
+    """What a :class:`PushSource` hands its chunks to (the receiving end of a pipe)."""
+
+    def push(self, chunk: bytes) -> None:
+        """Take one chunk, synchronously (its answers are sent before this returns when the sink
+        has room). Raises ``H2ProtocolError`` when the peer broke the protocol."""
+
+    def backlogged(self) -> bool:
+        """Whether the peer should send no more for now (our answers to it wait to go out)."""
+
+    async def drained(self) -> None:
+        """Wait until :meth:`backlogged` is over (or the pipe is gone)."""
+
+
+class PushSource(Protocol):
+    """Incoming chunks pushed as they arrive rather than read by a task (the front's session
+    stream: the chunk a socket read brought is taken in that read's callback)."""
+
+    async def push_into(self, target: PushTarget) -> None:
+        """Give every chunk to ``target.push`` as it arrives, until the peer's end of the stream,
+        then return; raise what ``push`` raised. Chunks should stop (no flow-control credit for
+        them) while ``target.backlogged()``."""
 
 
 class _Waiters:
@@ -305,8 +351,8 @@ class PipeCall:
         channel._kick()
         while stream.pending_size and stream.status is None:
             await self._wait()
-        if channel._conn.outbound_size > OUTBOUND_HIGH_WATER:
-            await channel._drained()
+        if channel.backlogged():
+            await channel.drained()
 
     async def done_writing(self) -> None:
         if self._stream.status is not None or self._done_writing:
@@ -376,8 +422,13 @@ class PipeChannel:
         self._conn = conn
         self._calls: weakref.WeakSet[PipeCall] = weakref.WeakSet()
         self._closed = False
-        self._output = asyncio.Event()  # the connection has bytes to send
+        self._output = asyncio.Event()  # the connection has bytes to send: _pump_out sends them
         self._drain_waiters = _Waiters()
+        self._outgoing: ChunkSink | None = None
+        self._backlog: deque[bytes] = deque()  # chunks taken from the connection, not yet sent
+        self._backlog_size = 0
+        self._awaiting_room = False  # _pump_out waits to send the chunk ahead of the backlog
+        self._pump_out_ended = False
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool = False) -> _MultiCallable:
@@ -435,54 +486,101 @@ class PipeChannel:
         self._wake_changed()
         self._drain_waiters()
 
-    async def _drained(self) -> None:
-        while self._conn.outbound_size > OUTBOUND_HIGH_WATER and self._conn.closed is None:
+    # -- the receiving end (PushTarget) -----------------------------------------------------------
+
+    def push(self, chunk: bytes) -> None:
+        """One chunk from the peer: taken, its answers handed to the sink at once (unless
+        :meth:`_pump_out` is about to send, then with what the calls wrote meanwhile), the calls it
+        changed woken."""
+        if chunk:
+            self._conn.receive_data(chunk)
+            if not self._output.is_set():
+                self._send_queued()
+            self._wake_changed()
+
+    def backlogged(self) -> bool:
+        return self._conn.outbound_size + self._backlog_size > OUTBOUND_HIGH_WATER
+
+    async def drained(self) -> None:
+        while self.backlogged() and self._conn.closed is None:
             await self._drain_waiters.wait()
 
-    async def _pump_in(self, incoming: AsyncIterable[bytes], outgoing: MemoryObjectSendStream[bytes],
-                       pipe: Pipe) -> None:
+    # -- sending -------------------------------------------------------------------------------------
+
+    def _send_queued(self) -> None:
+        """Hand what the connection has queued to the sink without waiting; what does not fit
+        stays in the backlog, in order, for :meth:`_pump_out` (which does nothing here while it
+        waits for room)."""
+        outgoing = self._outgoing
+        if self._awaiting_room or outgoing is None:
+            return
+        backlog = self._backlog
+        if self._conn.outbound_size:
+            for chunk in self._conn.chunks_to_send(MAX_CHUNK):
+                backlog.append(chunk)
+                self._backlog_size += len(chunk)
+        while backlog:
+            chunk = backlog[0]
+            try:
+                outgoing.send_nowait(chunk)
+            except anyio.WouldBlock:
+                self._output.set()
+                return
+            backlog.popleft()
+            self._backlog_size -= len(chunk)
+        self._drain_waiters()
+
+    async def _pump_in(self, incoming: AsyncIterable[bytes] | PushSource, pipe: Pipe) -> None:
         conn = self._conn
         reason = "the session's connection ended"
         try:
-            async for chunk in incoming:
-                if chunk:
-                    conn.receive_data(chunk)
-                    self._kick()
-                    if conn.outbound_size > OUTBOUND_HIGH_WATER:
+            if isinstance(incoming, AsyncIterable):
+                async for chunk in incoming:
+                    self.push(chunk)
+                    if self.backlogged():
                         # Answers (PING ACKs, ...) the peer does not read: read no more from it.
-                        await self._drained()
+                        await self.drained()
+            else:
+                await incoming.push_into(self)
         except H2ProtocolError as err:
             pipe.error = err
             reason = str(conn.closed)
             # The GOAWAY saying why goes out before the pipe closes (after what is in flight).
-            with anyio.move_on_after(1), contextlib.suppress(anyio.BrokenResourceError,
-                                                            anyio.ClosedResourceError):
-                await outgoing.send(conn.data_to_send())
+            self._output.set()
+            with anyio.move_on_after(1):
+                while not self._pump_out_ended and (self._backlog or self._awaiting_room
+                                                    or self._output.is_set()):
+                    await self._drain_waiters.wait()
         except Exception as exc:  # noqa: BLE001 - a failing pipe ends the session, never the process
             pipe.error = exc
             reason = f"the session's connection failed: {exc}"
         finally:
             self._lost(reason)
 
-    async def _pump_out(self, outgoing: MemoryObjectSendStream[bytes], pipe: Pipe) -> None:
-        conn = self._conn
+    async def _pump_out(self, pipe: Pipe) -> None:
+        outgoing = self._outgoing
+        assert outgoing is not None
+        backlog = self._backlog
         try:
             while True:
                 await self._output.wait()
                 self._output.clear()
-                for chunk in conn.chunks_to_send(MAX_CHUNK):
+                self._send_queued()
+                while backlog:
+                    chunk = backlog.popleft()
+                    self._awaiting_room = True
                     try:
-                        # Without anyio's checkpoint when the queue has room (~3.6 us a chunk):
-                        # this task waits on _output between batches anyway.
-                        outgoing.send_nowait(chunk)
-                    except anyio.WouldBlock:
                         await outgoing.send(chunk)
-                self._drain_waiters()
+                    finally:
+                        self._awaiting_room = False
+                    self._backlog_size -= len(chunk)
+                    self._send_queued()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the consumer of `outgoing` went away
         except Exception as exc:  # noqa: BLE001
             pipe.error = pipe.error or exc
         finally:
+            self._pump_out_ended = True
             self._lost("the session's connection ended")
 
 
@@ -493,14 +591,15 @@ def _metadata_tuple(metadata: Any) -> Metadata:
 
 
 @contextlib.asynccontextmanager
-async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObjectSendStream[bytes],
+async def channel_over_pipe(incoming: AsyncIterable[bytes] | PushSource, outgoing: ChunkSink,
                             ) -> AsyncIterator[tuple[PipeChannel, Pipe]]:
-    """A channel whose only connection is the pipe: ``incoming`` chunks from the peer, chunks for
-    the peer sent to ``outgoing``. Yields ``(channel, pipe)``; when either direction ends, calls in
-    flight fail with UNAVAILABLE, ``outgoing`` is closed and ``pipe.closed`` set. On exit the
+    """A channel whose only connection is the pipe: chunks from the peer from ``incoming``, chunks
+    for the peer sent to ``outgoing``. Yields ``(channel, pipe)``; when either direction ends, calls
+    in flight fail with UNAVAILABLE, ``outgoing`` is closed and ``pipe.closed`` set. On exit the
     channel is closed too."""
     pipe = Pipe()
     channel = PipeChannel(H2Connection())
+    channel._outgoing = outgoing
     channel._kick()  # the preface
 
     async def pumps() -> None:
@@ -512,8 +611,8 @@ async def channel_over_pipe(incoming: AsyncIterable[bytes], outgoing: MemoryObje
 
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(run, tg.cancel_scope, channel._pump_in, incoming, outgoing, pipe)
-                tg.start_soon(run, tg.cancel_scope, channel._pump_out, outgoing, pipe)
+                tg.start_soon(run, tg.cancel_scope, channel._pump_in, incoming, pipe)
+                tg.start_soon(run, tg.cancel_scope, channel._pump_out, pipe)
         finally:
             channel._lost("the session's connection ended")
             pipe.closed.set()

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -284,3 +285,48 @@ def test_a_session_open_when_the_daemon_stops_ends_with_a_status(fresh_daemon):
     assert fresh_daemon.proc.wait(30) == 0
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert err.value.details() == "the daemon is shutting down"
+
+
+@pytest.mark.anyio
+async def test_a_session_that_does_not_read_its_answers_gets_no_credit_until_it_does():
+    """The front's session inbox pushes each socket read into the session's pipe and credits the
+    client's stream for it; while the pipe's answers wait for a client that does not read them,
+    the reads wait too, uncredited, and go on in order once it reads."""
+    from buildkitpy.daemon.front import _Inbox
+    from buildkitpy.session import h2
+    from buildkitpy.session.pipechannel import channel_over_pipe
+    from tests.session.test_pipechannel import _Sink
+
+    credited: list[int] = []
+    inbox = _Inbox(credited.append)
+    sink = _Sink()
+    inbox.put(h2.frame(h2.SETTINGS, 0, 0), 100)  # before the pipe runs: kept, credited when taken
+    async with channel_over_pipe(inbox, sink) as (_channel, pipe):
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if credited:
+                break
+        assert credited == [100]
+        sink.room = anyio.Event()  # the client stops reading
+        sent = 0
+        while len(credited) == sent + 1:
+            inbox.put(h2.frame(h2.PING, 0, 0, sent.to_bytes(8, "big")), 17)
+            sent += 1
+            assert sent < 100_000, "the inbox kept crediting a client that reads nothing"
+        held = 5
+        for i in range(sent, sent + held):  # the client's data in flight: queued, not credited
+            inbox.put(h2.frame(h2.PING, 0, 0, i.to_bytes(8, "big")), 17)
+        await asyncio.sleep(0.05)
+        assert len(credited) == sent  # the last pushed and the held ones wait for the drain
+        sink.room.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(credited) == sent + held + 1:
+                break
+        assert credited == [100] + [17] * (sent + held)
+        acks = [int.from_bytes(f[3], "big") for f in sink.frames() if f[0] == h2.PING]
+        assert acks == list(range(sent + held))
+        inbox.close()
+        with anyio.fail_after(5):
+            await pipe.closed.wait()
+        assert pipe.error is None

@@ -604,3 +604,131 @@ def test_the_window_credits_of_one_chunk_go_out_as_one_frame():
     sent = b"".join(f[3] for f in first + second + rest)
     assert sent == b"\0" + struct.pack(">L", len(message)) + message
     assert stream.pending_size == 0 and not stream.pending
+
+
+# -- a source that pushes, a sink that may be full ----------------------------------------------------
+
+
+class _PushedSource:
+    """A PushSource driven by the test: ``feed`` hands a chunk over synchronously, as the front's
+    socket-read callback does; ``end`` is the peer's end of the stream."""
+
+    def __init__(self) -> None:
+        self.target = None
+        self.started = anyio.Event()
+        self._ended = anyio.Event()
+        self._failure: Exception | None = None
+
+    async def push_into(self, target) -> None:
+        self.target = target
+        self.started.set()
+        await self._ended.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.target.push(chunk)
+        except Exception as exc:  # raised in push_into, as the front's inbox does
+            self._failure = exc
+            self._ended.set()
+
+    def end(self) -> None:
+        self._ended.set()
+
+
+class _Sink:
+    """A ChunkSink that records what it is given and can be made full (the client not reading)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.room = anyio.Event()
+        self.room.set()
+
+    def send_nowait(self, chunk: bytes) -> None:
+        if not self.room.is_set():
+            raise anyio.WouldBlock
+        self.data += chunk
+
+    async def send(self, chunk: bytes) -> None:
+        await self.room.wait()
+        self.data += chunk
+
+    def close(self) -> None:
+        pass
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        buf = bytes(self.data)
+        if buf.startswith(h2.PREFACE):
+            buf = buf[len(h2.PREFACE):]
+        out = []
+        while len(buf) >= 9:
+            length = int.from_bytes(buf[:3], "big")
+            out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + length]))
+            buf = buf[9 + length:]
+        return out
+
+
+async def test_a_pushed_chunk_is_answered_before_push_returns():
+    source, sink = _PushedSource(), _Sink()
+    async with channel_over_pipe(source, sink) as (channel, pipe):
+        with anyio.fail_after(5):
+            await source.started.wait()
+        source.feed(h2.frame(h2.SETTINGS, 0, 0))
+        source.feed(h2.frame(h2.PING, 0, 0, b"pushed!!"))
+        # No await in between: the answer is in the sink when the push returns.
+        pings = [f for f in sink.frames() if f[0] == h2.PING]
+        assert pings == [(h2.PING, h2.FLAG_ACK, 0, b"pushed!!")]
+        source.end()
+        with anyio.fail_after(5):
+            await pipe.closed.wait()
+        assert pipe.error is None
+
+
+async def test_a_peer_that_does_not_read_its_answers_is_told_to_hold_off_then_gets_them_in_order():
+    source, sink = _PushedSource(), _Sink()
+    async with channel_over_pipe(source, sink) as (channel, pipe):
+        with anyio.fail_after(5):
+            await source.started.wait()
+        source.feed(h2.frame(h2.SETTINGS, 0, 0))
+        await anyio.sleep(0.05)  # the preface and the SETTINGS ACK go out
+        sink.room = anyio.Event()  # full from now on
+        sent = 0
+        while not source.target.backlogged():
+            source.feed(h2.frame(h2.PING, 0, 0, sent.to_bytes(8, "big")))
+            sent += 1
+            assert sent < 100_000, "the pipe never asked its source to hold off"
+        assert sent * 17 > 1 << 20  # held off only once the answers exceed the high-water mark
+        drained = False
+
+        async def wait_drained() -> None:
+            nonlocal drained
+            await source.target.drained()
+            drained = True
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_drained)
+            await anyio.sleep(0.05)
+            assert not drained  # the sink is still full
+            sink.room.set()
+        assert not source.target.backlogged()
+        acks = [int.from_bytes(f[3], "big") for f in sink.frames() if f[0] == h2.PING]
+        assert acks == list(range(sent))
+        source.end()
+
+
+async def test_a_pushed_protocol_error_closes_the_connection_with_a_goaway_saying_why():
+    source, sink = _PushedSource(), _Sink()
+    async with channel_over_pipe(source, sink) as (channel, pipe):
+        with anyio.fail_after(5):
+            await source.started.wait()
+        call = channel.unary_unary(_method("Echo"))(b"x")
+        source.feed(h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.PING, 0, 0, b"short"))
+        with anyio.fail_after(5):
+            await pipe.closed.wait()
+        assert "malformed PING" in str(pipe.error)
+        goaway = [f for f in sink.frames() if f[0] == h2.GOAWAY]
+        assert goaway and b"malformed PING" in goaway[0][3]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
