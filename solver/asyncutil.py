@@ -23,6 +23,16 @@ async def blocking(fn: Callable[..., T], *args: object) -> T:
     return result
 
 
+async def waiting_on_loop(fn: Callable[..., T], *args: object) -> T:
+    """``blocking`` for a function that, in its thread, waits for work on the event loop (pulling
+    a remote cache's blobs, say), which may itself need worker threads. It runs outside anyio's
+    default limiter (40 threads): as many such waits as that would hold every token while the work
+    they wait for queued for one, and every build of the daemon would hang."""
+    with anyio.CancelScope(shield=True):
+        result = await anyio.to_thread.run_sync(fn, *args, limiter=anyio.CapacityLimiter(1))
+    return result
+
+
 async def release_all(handles: list) -> None:  # noqa: ANN001
     """Release snapshot handles (ignores None); never raises for an already-released handle."""
     def _release() -> None:

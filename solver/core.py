@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from buildkitpy.solver.asyncutil import blocking
+from buildkitpy.solver.asyncutil import blocking, waiting_on_loop
 from buildkitpy.solver.cachekey import CacheKey, CacheMap, OutputKeys
 from buildkitpy.solver.cachestorage import CacheLink, CacheResult, CacheResultGone, CacheStorage
 
@@ -589,7 +589,8 @@ class CoreBuild:
             for o, (kid, res) in hit.items():
                 values[o] = storages[res.source or self.base.name].load(kid, res)
         try:
-            await blocking(load)
+            # (a remote cache's load waits for its pull on the event loop)
+            await waiting_on_loop(load)
         except CacheResultGone:
             _release([x for x in values if x is not None])
             keys.hit = keys.hit_keys = None

@@ -4,6 +4,7 @@ stalls the daemon's event loop (other clients' calls, progress streams, session 
 The conversion gets an event loop of its own in that thread; the one thing it awaits from outside,
 image config resolution, is handed back to the caller's loop, where the bridge and its sessions
 live. Cancelling the build abandons the thread (it finishes in the background, its result dropped).
+The thread is not one of anyio's default limiter's (see :func:`convert_off_loop`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ async def convert_off_loop(dockerfile: bytes, *, resolve_image: AsyncFunc | None
     def run() -> ConvertResult:
         return asyncio.run(convert(dockerfile, resolve_image=resolver, **kwargs))
 
-    return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+    # Not from anyio's default limiter: the conversion holds its thread while it waits for image
+    # configs resolved on the caller's loop, which takes worker threads of its own (registry
+    # requests, content writes): with the limiter at four tokens, sixteen concurrent builds hung for
+    # good; at its forty, forty conversions waiting for a registry would.
+    return await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))
 
 
 async def off_loop_unless_small(dockerfile_size: int, fn: Callable[..., T], *args: Any) -> T:
