@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from buildkitpy.fsutil.walk import WalkMemo
 from buildkitpy.snapshot.api import SnapshotManager
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class Worker:
     config: WorkerConfig | None = None  # the daemon's configuration (registry settings, ...)
     # Content-store digests other parts still point at, kept by content GC (build history results).
     content_roots: list[Callable[[], set[str]]] = field(default_factory=list)
+    # Walks of immutable snapshots for local exports (they cannot change: walked once).
+    walks: WalkMemo = field(default_factory=WalkMemo, init=False, repr=False)
     # The stores under ``root`` the worker opens when first asked for (see the properties below).
     _image_puller: ImagePuller | None = field(default=None, init=False, repr=False)
     _source_records: SourceRecords | None = field(default=None, init=False, repr=False)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +28,7 @@ from buildkitpy.fsutil.patterns import (
     go_clean,
 )
 
-__all__ = ["WalkEntry", "WalkError", "walk", "iter_walk", "follow_links", "dedupe_paths"]
+__all__ = ["WalkEntry", "WalkError", "WalkMemo", "walk", "iter_walk", "follow_links", "dedupe_paths"]
 
 _PATTERN_CHARS = "*[]?^\\"
 _SKIPPED_XATTR_PREFIX = "com.apple."
@@ -57,6 +59,41 @@ class _VisitedDir:
     @property
     def prefix(self) -> str:
         return self.rel + "/" if self.rel else ""
+
+
+class WalkMemo:
+    """Walks of trees that cannot change (immutable snapshots, by id), each with the root it was
+    walked at: a local export of a cached result sends the listing it sent before without walking
+    the tree again (~1.3 ms for a busybox tree, most of it Python per entry). Bounded by entries,
+    the least recently used dropped first; thread-safe. The entries are shared: never modified."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self._walks: OrderedDict[str, tuple[str, list[WalkEntry]]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str, root: str) -> list[WalkEntry] | None:
+        """The walk of ``key`` when it was made at ``root`` (its entries' paths are under it)."""
+        with self._lock:
+            found = self._walks.get(key)
+            if found is None or found[0] != root:
+                return None
+            self._walks.move_to_end(key)
+            return found[1]
+
+    def put(self, key: str, root: str, entries: list[WalkEntry]) -> None:
+        if len(entries) > self.max_entries:
+            return
+        with self._lock:
+            old = self._walks.pop(key, None)
+            if old is not None:
+                self._size -= len(old[1])
+            self._walks[key] = (root, entries)
+            self._size += len(entries)
+            while self._size > self.max_entries:
+                _, (_, dropped) = self._walks.popitem(last=False)
+                self._size -= len(dropped)
 
 
 def walk(root: str | os.PathLike[str], *, include_patterns: Sequence[str] = (),

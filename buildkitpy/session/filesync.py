@@ -469,15 +469,17 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
 async def send_dir(channel: Any, src: Path, *, exporter_id: str = "0",
                    follow_top_level_symlinks: bool = False,
                    metadata: Mapping[str, str] | None = None,
-                   extra_files: Sequence[tuple[str, Path]] = ()) -> TransferStats:
+                   extra_files: Sequence[tuple[str, Path]] = (),
+                   walked: list[WalkEntry] | None = None) -> TransferStats:
     """Local exporter: send ``src`` to the client's FileSend target ``exporter_id`` (we send).
 
     ``metadata`` adds request metadata (e.g. ``buildkit-exporter-multi-platform: 1``);
     ``extra_files`` are (path in the output, local file) sent as well (mode 0600, owned by root),
-    e.g. the provenance statement; an output file of the same path is replaced.
+    e.g. the provenance statement; an output file of the same path is replaced. ``walked``: the
+    walk of ``src`` when the caller has it (``fsutil.walk.WalkMemo``).
     """
     started = time.monotonic()
-    entries: list[WalkEntry] = await anyio.to_thread.run_sync(
+    entries: list[WalkEntry] = walked if walked is not None else await anyio.to_thread.run_sync(
         lambda: walk(src, follow_top_level_symlinks=follow_top_level_symlinks))
     for rel, path in extra_files:
         entries = _with_file(entries, rel, path)

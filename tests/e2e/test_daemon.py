@@ -96,6 +96,32 @@ def test_llb_build_exports_local_and_tar(daemon, tmp_path, path):
         assert tar.getmember("out/link").linkname == "hello.txt"
 
 
+def test_a_cached_result_exported_again_is_the_same_tree_and_a_changed_one_is_new(daemon, tmp_path):
+    """The second local export of a cached result sends the walk the worker remembers of its
+    snapshot (fsutil.walk.WalkMemo); a changed result is a new snapshot, walked anew."""
+    ctx = tmp_path / "ctx"
+    (ctx / "sub").mkdir(parents=True)
+    (ctx / "sub" / "a.txt").write_text("A")
+    (ctx / "remove-me").write_text("x")
+    os.link(ctx / "sub" / "a.txt", ctx / "sub" / "a-again.txt")
+    data = definition_bytes(file_op_graph())
+
+    def export(name: str) -> Path:
+        out = tmp_path / name
+        daemon.client("build", "--local", f"context={ctx}", "--output", f"type=local,dest={out}",
+                      input=data)
+        return out
+
+    first, second = manifest(export("first")), manifest(export("second"))
+    assert first == second
+    assert first["out/ctx/sub/a-again.txt"][3][1:] == ("hardlink-group", "out/ctx/sub/a-again.txt")
+    (ctx / "sub" / "a.txt").write_text("changed, longer")
+    changed = export("changed")
+    assert (changed / "out" / "ctx" / "sub" / "a.txt").read_text() == "changed, longer"
+    assert manifest(changed)["out/ctx/sub/a.txt"] != first["out/ctx/sub/a.txt"]
+    assert manifest(export("changed-again")) == manifest(changed)
+
+
 def make_odd_context(root: Path, n_files: int = 2000) -> None:
     (root / "dir").mkdir(parents=True)
     for i in range(n_files):
