@@ -7,8 +7,9 @@ one per window update while an export streams back. grpc.aio spends ~30 us on ev
 hands to Python (a completion on its poller thread, a future, a task wake-up) — more than the
 daemon's own work on them. So the front server answers ``Control.Session`` itself: a socket read
 of many frames becomes one chunk for the session (:meth:`SessionManager.attach
-<buildkitpy.session.manager.SessionManager.attach>`), with flow control and gRPC's framing done
-here. Every other stream is relayed, frames in and out, to the grpc.aio server that serves the
+<buildkitpy.session.manager.SessionManager.attach>`), pushed to it and answered within that
+read's callback (``_Inbox``; ``_SessionCall`` is the session's sink), with flow control and gRPC's
+framing done here. Every other stream is relayed, frames in and out, to the grpc.aio server that serves the
 services, listening on a private unix socket (one link per client connection, opened on its first
 relayed stream): the services stay grpc.aio code, and their calls cost one relay hop.
 
