@@ -429,6 +429,7 @@ class PipeChannel:
         self._backlog_size = 0
         self._awaiting_room = False  # _pump_out waits to send the chunk ahead of the backlog
         self._pump_out_ended = False
+        self._sink_gone = False  # the sink's consumer went away (seen by _send_queued)
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool = False) -> _MultiCallable:
@@ -512,7 +513,7 @@ class PipeChannel:
         stays in the backlog, in order, for :meth:`_pump_out` (which does nothing here while it
         waits for room)."""
         outgoing = self._outgoing
-        if self._awaiting_room or outgoing is None:
+        if self._awaiting_room or outgoing is None or self._sink_gone:
             return
         backlog = self._backlog
         if self._conn.outbound_size:
@@ -524,6 +525,10 @@ class PipeChannel:
             try:
                 outgoing.send_nowait(chunk)
             except anyio.WouldBlock:
+                self._output.set()
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._sink_gone = True  # its consumer went away: _pump_out ends the pipe
                 self._output.set()
                 return
             backlog.popleft()
@@ -566,7 +571,7 @@ class PipeChannel:
                 await self._output.wait()
                 self._output.clear()
                 self._send_queued()
-                while backlog:
+                while backlog and not self._sink_gone:
                     chunk = backlog.popleft()
                     self._awaiting_room = True
                     try:
@@ -575,6 +580,8 @@ class PipeChannel:
                         self._awaiting_room = False
                     self._backlog_size -= len(chunk)
                     self._send_queued()
+                if self._sink_gone:
+                    return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the consumer of `outgoing` went away
         except Exception as exc:  # noqa: BLE001

@@ -732,3 +732,27 @@ async def test_a_pushed_protocol_error_closes_the_connection_with_a_goaway_sayin
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_sink_whose_consumer_went_away_while_a_push_answers_ends_the_pipe_cleanly():
+    source = _PushedSource()
+
+    class _GoneSink(_Sink):
+        def send_nowait(self, chunk: bytes) -> None:
+            if self.data:  # the preface went out; then the client went away
+                raise anyio.BrokenResourceError
+            super().send_nowait(chunk)
+
+    sink = _GoneSink()
+    async with channel_over_pipe(source, sink) as (channel, pipe):
+        with anyio.fail_after(5):
+            await source.started.wait()
+            while not sink.data:
+                await anyio.sleep(0.01)
+        source.feed(h2.frame(h2.SETTINGS, 0, 0))  # its ACK finds the sink gone, inside the push
+        with anyio.fail_after(5):
+            await pipe.closed.wait()
+        assert pipe.error is None  # a client that went away, not a failure
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(_method("Echo"))(b"x")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
