@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import stat as statmod
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -210,27 +210,19 @@ class _Target:
                 previous = snapshots.get(snapshot_id)
             except KeyError:  # pruned since: start over
                 index.forget(key)
-        try:
+        with ExitStack() as undo:  # on a failure, what was taken is let go, last first
+            if previous is not None:
+                undo.callback(previous.release)
             flatten = previous is not None and len(previous.layers()) >= MAX_REUSE_LAYERS
             parent = previous if previous is not None and not flatten else None
             mutable = snapshots.new_mutable(parent, description)
-            try:
-                mount = mutable.mount()
-                dest = mount.__enter__()
-                try:
-                    if flatten:
-                        assert previous is not None
-                        _copy_snapshot(previous, dest)
-                except BaseException:
-                    mount.__exit__(None, None, None)
-                    raise
-            except BaseException:
-                mutable.release()
-                raise
-        except BaseException:
-            if previous is not None:
-                previous.release()
-            raise
+            undo.callback(mutable.release)
+            mount = mutable.mount()
+            dest = undo.enter_context(mount)
+            if flatten:
+                assert previous is not None
+                _copy_snapshot(previous, dest)
+            undo.pop_all()
         return cls(previous, parent, mutable, mount, dest)
 
     def close(self, modified: bool, records: _FileRecords, checksums: ChecksumStore | None,
@@ -267,14 +259,11 @@ class _Target:
 
     def abandon(self) -> None:
         """The transfer failed: nothing is kept."""
-        try:
-            try:
-                self.mount.__exit__(None, None, None)
-            finally:
-                self.mutable.release()
-        finally:
+        with ExitStack() as undo:  # each step even when the one after it fails
             if self.previous is not None:
-                self.previous.release()
+                undo.callback(self.previous.release)
+            undo.callback(self.mutable.release)
+            undo.push(self.mount)
 
 
 class _FileRecords:
