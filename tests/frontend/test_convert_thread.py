@@ -3,7 +3,9 @@ caller's loop, so it must not take one of the worker threads that resolution its
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import anyio
 import anyio.to_thread
@@ -27,32 +29,34 @@ async def _resolve_in_a_worker_thread(ref: str, platform: llb.Platform) -> tuple
     return "sha256:" + "a" * 64, data.encode()
 
 
-async def test_conversions_waiting_for_resolution_do_not_starve_the_resolvers_threads() -> None:
+@contextlib.contextmanager
+def _default_thread_tokens(n: int) -> Iterator[None]:
+    """anyio's default limiter cut to ``n`` tokens (as if other builds held the rest)."""
     limiter = anyio.to_thread.current_default_thread_limiter()
     tokens = limiter.total_tokens
-    limiter.total_tokens = 2  # as if every other token were held by other builds' conversions
+    limiter.total_tokens = n
     try:
-        results = []
-
-        async def one() -> None:
-            results.append(await convert_off_loop(
-                b"FROM busybox\n", resolve_image=_resolve_in_a_worker_thread, opts={}, build_platform=AMD64))
-
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                for _ in range(4):
-                    tg.start_soon(one)
+        yield
     finally:
         limiter.total_tokens = tokens
+
+
+async def test_conversions_waiting_for_resolution_do_not_starve_the_resolvers_threads() -> None:
+    results = []
+
+    async def one() -> None:
+        results.append(await convert_off_loop(
+            b"FROM busybox\n", resolve_image=_resolve_in_a_worker_thread, opts={}, build_platform=AMD64))
+
+    with _default_thread_tokens(2), anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one)
     assert len(results) == 4
     assert all("FROM_RESOLVER=1" in json.loads(r.single.image_config)["config"]["Env"] for r in results)
 
 
 async def test_threads_waiting_on_the_loop_leave_the_default_threads_to_what_they_wait_for() -> None:
-    limiter = anyio.to_thread.current_default_thread_limiter()
-    tokens = limiter.total_tokens
-    limiter.total_tokens = 1
-
     async def pull() -> str:  # work on the loop that needs a worker thread (a blob download)
         with anyio.fail_after(5):  # a thread that never comes fails the test instead of hanging it
             return await anyio.to_thread.run_sync(lambda: "pulled")
@@ -65,11 +69,8 @@ async def test_threads_waiting_on_the_loop_leave_the_default_threads_to_what_the
     async def one() -> None:
         results.append(await waiting_on_loop(load))
 
-    try:
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-                for _ in range(3):
-                    tg.start_soon(one)
-    finally:
-        limiter.total_tokens = tokens
+    with _default_thread_tokens(1), anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
     assert results == ["pulled"] * 3

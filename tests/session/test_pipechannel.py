@@ -366,6 +366,21 @@ async def test_the_server_going_away_fails_calls_with_unavailable(short_dir, ser
 # -- a scripted peer ---------------------------------------------------------------------------------
 
 
+def _split_frames(buf: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+    """The whole frames (type, flags, stream, payload) at the start of ``buf`` (after the client
+    preface, if it starts with it), and what is left of an incomplete last one."""
+    if buf.startswith(h2.PREFACE):
+        buf = buf[len(h2.PREFACE):]
+    frames = []
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + length:
+            break
+        frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + length]))
+        buf = buf[9 + length:]
+    return frames, buf
+
+
 class _RawPeer:
     """The server end of the pipe, written frame by frame."""
 
@@ -387,15 +402,9 @@ class _RawPeer:
         """Frames the channel sent (after the preface)."""
         buf = b""
         async for chunk in self.from_channel:
-            buf += chunk
-            if buf.startswith(h2.PREFACE):
-                buf = buf[len(h2.PREFACE):]
-            while len(buf) >= 9:
-                length = int.from_bytes(buf[:3], "big")
-                if len(buf) < 9 + length:
-                    break
-                yield buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + length]
-                buf = buf[9 + length:]
+            frames, buf = _split_frames(buf + chunk)
+            for f in frames:
+                yield f
 
     async def wait_for(self, kind: int, frames) -> tuple[int, int, int, bytes]:
         with anyio.fail_after(5):
@@ -658,15 +667,7 @@ class _Sink:
         pass
 
     def frames(self) -> list[tuple[int, int, int, bytes]]:
-        buf = bytes(self.data)
-        if buf.startswith(h2.PREFACE):
-            buf = buf[len(h2.PREFACE):]
-        out = []
-        while len(buf) >= 9:
-            length = int.from_bytes(buf[:3], "big")
-            out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + length]))
-            buf = buf[9 + length:]
-        return out
+        return _split_frames(bytes(self.data))[0]
 
 
 async def test_a_pushed_chunk_is_answered_before_push_returns():
