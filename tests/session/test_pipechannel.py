@@ -670,11 +670,19 @@ class _Sink:
         return _split_frames(bytes(self.data))[0]
 
 
-async def test_a_pushed_chunk_is_answered_before_push_returns():
-    source, sink = _PushedSource(), _Sink()
+@contextlib.asynccontextmanager
+async def _pushed_pipe(sink: _Sink) -> AsyncIterator[tuple[_PushedSource, PipeChannel, object]]:
+    """A channel over a pushing source and ``sink``, once the pipe has started taking chunks."""
+    source = _PushedSource()
     async with channel_over_pipe(source, sink) as (channel, pipe):
         with anyio.fail_after(5):
             await source.started.wait()
+        yield source, channel, pipe
+
+
+async def test_a_pushed_chunk_is_answered_before_push_returns():
+    sink = _Sink()
+    async with _pushed_pipe(sink) as (source, channel, pipe):
         source.feed(h2.frame(h2.SETTINGS, 0, 0))
         source.feed(h2.frame(h2.PING, 0, 0, b"pushed!!"))
         # No await in between: the answer is in the sink when the push returns.
@@ -687,10 +695,8 @@ async def test_a_pushed_chunk_is_answered_before_push_returns():
 
 
 async def test_a_peer_that_does_not_read_its_answers_is_told_to_hold_off_then_gets_them_in_order():
-    source, sink = _PushedSource(), _Sink()
-    async with channel_over_pipe(source, sink) as (channel, pipe):
-        with anyio.fail_after(5):
-            await source.started.wait()
+    sink = _Sink()
+    async with _pushed_pipe(sink) as (source, channel, pipe):
         source.feed(h2.frame(h2.SETTINGS, 0, 0))
         await anyio.sleep(0.05)  # the preface and the SETTINGS ACK go out
         sink.room = anyio.Event()  # full from now on
@@ -719,10 +725,8 @@ async def test_a_peer_that_does_not_read_its_answers_is_told_to_hold_off_then_ge
 
 
 async def test_a_pushed_protocol_error_closes_the_connection_with_a_goaway_saying_why():
-    source, sink = _PushedSource(), _Sink()
-    async with channel_over_pipe(source, sink) as (channel, pipe):
-        with anyio.fail_after(5):
-            await source.started.wait()
+    sink = _Sink()
+    async with _pushed_pipe(sink) as (source, channel, pipe):
         call = channel.unary_unary(_method("Echo"))(b"x")
         source.feed(h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.PING, 0, 0, b"short"))
         with anyio.fail_after(5):
@@ -736,8 +740,6 @@ async def test_a_pushed_protocol_error_closes_the_connection_with_a_goaway_sayin
 
 
 async def test_a_sink_whose_consumer_went_away_while_a_push_answers_ends_the_pipe_cleanly():
-    source = _PushedSource()
-
     class _GoneSink(_Sink):
         def send_nowait(self, chunk: bytes) -> None:
             if self.data:  # the preface went out; then the client went away
@@ -745,9 +747,8 @@ async def test_a_sink_whose_consumer_went_away_while_a_push_answers_ends_the_pip
             super().send_nowait(chunk)
 
     sink = _GoneSink()
-    async with channel_over_pipe(source, sink) as (channel, pipe):
+    async with _pushed_pipe(sink) as (source, channel, pipe):
         with anyio.fail_after(5):
-            await source.started.wait()
             while not sink.data:
                 await anyio.sleep(0.01)
         source.feed(h2.frame(h2.SETTINGS, 0, 0))  # its ACK finds the sink gone, inside the push
