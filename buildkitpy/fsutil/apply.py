@@ -120,6 +120,10 @@ class DiskWriter:
     st_mtime_ns)`` of the regular files (not hardlinks) that end up on disk exactly as their Stat
     says: those kept (as compared) and those written whose fstat matches it. What a later sync
     onto a snapshot of ``dest`` can be given as ``previous_files``.
+    ``make_writable`` (sync mode): ``dest`` is only a view of the previous copy, never written;
+    before the first change the writer calls ``make_writable()`` for a writable directory holding
+    the same tree and carries on there. An unchanged sync so never needs one (the local source's
+    new snapshot and its overlay mount, ~4 ms, for every unchanged context).
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, mode: ApplyMode = "fresh",
@@ -128,9 +132,11 @@ class DiskWriter:
                  content_hasher: ContentHasher | None = None,
                  previous_digests: Mapping[str, str] | None = None,
                  previous_files: Mapping[str, tuple[int, int, int, int, int]] | None = None,
-                 collect_files: bool = False) -> None:
+                 collect_files: bool = False, make_writable: Callable[[], Path] | None = None) -> None:
         if mode not in ("fresh", "merge", "sync"):
             raise ValueError(f"unknown apply mode {mode!r}")
+        if make_writable is not None and mode != "sync":
+            raise ValueError("make_writable needs sync mode (a view of a previous copy)")
         if differ not in ("none", "metadata"):
             raise ValueError(f"unknown differ {differ!r}")
         self.dest = Path(dest)
@@ -148,8 +154,10 @@ class DiskWriter:
         self.files_as_stated: dict[str, tuple[int, int, int, int, int]] | None = {} if collect_files else None
         self._is_root = os.geteuid() == 0
         self._my_ids = (os.geteuid(), os.getegid())
+        self._make_writable = make_writable
         try:
-            self.dest.mkdir(parents=True, exist_ok=True)
+            if make_writable is None:
+                self.dest.mkdir(parents=True, exist_ok=True)
             self._root_fd = os.open(self.dest, _DIR_FLAGS)
         except OSError as e:
             raise ApplyError(f"cannot open destination {str(self.dest)!r}: {e.strerror}") from None
@@ -211,7 +219,8 @@ class DiskWriter:
                     kept_digest = self.previous_digests.get(path) if st.S_ISREG(existing.st_mode) else None
                     self._notify(stat, kept_digest)
                     return False
-            self.modified = True
+            self._change()
+            pfd = self._dir_fd(parent)
             if existing is not None:
                 self._remove(pfd, name, st.S_ISDIR(existing.st_mode))
             if modes.is_symlink(mode):
@@ -327,11 +336,14 @@ class DiskWriter:
                 fd = self._dir_fd(stat.path)
                 current = os.fstat(fd)
                 perm = modes.permission_bits_from_go(stat.mode)
-                if st.S_IMODE(current.st_mode) != perm:
-                    self.modified = True
+                new_perm = st.S_IMODE(current.st_mode) != perm
+                new_mtime = current.st_mtime_ns != stat.modTime
+                if new_perm or new_mtime:
+                    self._change()
+                    fd = self._dir_fd(stat.path)
+                if new_perm:
                     os.chmod(fd, perm)
-                if current.st_mtime_ns != stat.modTime:
-                    self.modified = True
+                if new_mtime:
                     os.utime(fd, ns=(stat.modTime, stat.modTime))
             except OSError as e:
                 raise ApplyError(f"cannot set metadata of directory {stat.path!r}: {e.strerror}") from None
@@ -353,6 +365,21 @@ class DiskWriter:
             self._root_fd = -1
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _change(self) -> None:
+        """Something under dest is about to change. The first change of a sync onto a view moves
+        the writer to the writable copy ``make_writable`` gives: every fd it had is closed, and
+        callers take their directory fds again after this."""
+        self.modified = True
+        make_writable, self._make_writable = self._make_writable, None
+        if make_writable is None:
+            return
+        self.close()
+        try:
+            self.dest = Path(make_writable())
+            self._root_fd = os.open(self.dest, _DIR_FLAGS)
+        except OSError as e:
+            raise ApplyError(f"cannot make a writable copy of the previous transfer: {e.strerror}") from None
 
     def _dir_fd(self, path: str) -> int:
         """fd of a directory below dest, resolved without following symlinks (cached)."""
@@ -425,7 +452,7 @@ class DiskWriter:
     def _leave_listing(self) -> None:
         listing = self._listings.pop()
         if listing.leftover:
-            self.modified = True
+            self._change()
             fd = self._dir_fd(listing.path)
             for name, kind in listing.leftover.items():
                 self._remove(fd, name, kind == _DIR)
@@ -441,22 +468,24 @@ class DiskWriter:
     def _directory(self, pfd: int, name: str, stat: fsutil_stat_pb2.Stat,
                    existing: os.stat_result | _Recorded | None) -> None:
         reuse = existing is not None and st.S_ISDIR(existing.st_mode)
-        if existing is not None and not reuse:
-            self._remove(pfd, name, False)
         if not reuse:
+            self._change()
+            pfd = self._dir_fd(stat.path.rpartition("/")[0])
+            if existing is not None:
+                self._remove(pfd, name, False)
             os.mkdir(name, 0o700, dir_fd=pfd)
         fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
         self._dir_fds[stat.path] = fd
+        new_owner = new_xattrs = True
         if reuse and self.differ == "metadata":
-            if (existing.st_uid, existing.st_gid) != self._ids(stat):  # type: ignore[union-attr]
-                self.modified = True
-                self._set_owner_fd(fd, stat)
-            if stat.xattrs and any(_xattr_or_none(fd, k) != v for k, v in stat.xattrs.items()):
-                self.modified = True
-                self._set_xattrs_fd(fd, stat)
-        else:
-            self.modified = True
+            new_owner = (existing.st_uid, existing.st_gid) != self._ids(stat)  # type: ignore[union-attr]
+            new_xattrs = bool(stat.xattrs) and any(_xattr_or_none(fd, k) != v for k, v in stat.xattrs.items())
+        if new_owner or new_xattrs:
+            self._change()
+            fd = self._dir_fd(stat.path)
+        if new_owner:
             self._set_owner_fd(fd, stat)
+        if new_xattrs:
             self._set_xattrs_fd(fd, stat)
         if self._listings:
             self._listings.append(_Listing(stat.path, self._list(fd) if reuse else {}))

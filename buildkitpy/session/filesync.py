@@ -421,7 +421,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
                       content_hasher: ContentHasher | None = None,
                       previous_digests: Mapping[str, str] | None = None,
                       previous_files: Mapping[str, tuple[int, int, int, int, int]] | None = None,
-                      collect_files: bool = False) -> TransferStats:
+                      collect_files: bool = False,
+                      make_writable: Callable[[], Path] | None = None) -> TransferStats:
     """Pull the client's directory ``dir_name`` into ``dest`` (FileSync.DiffCopy, we receive).
 
     ``dest`` must be empty in the default ``fresh`` mode. ``mode="sync"`` turns a previous copy in
@@ -431,7 +432,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
     sub-second digits (for a previous copy that may come from another directory).
     ``progress(bytes_so_far)`` is called as the transfer goes (for "transferring <name>:"
     statuses); ``on_entry(stat, sha256_hex | None)`` for every applied entry (``content_hasher``,
-    ``previous_digests``, ``previous_files`` and ``collect_files``: see ``DiskWriter``). ``disk_thread`` moves
+    ``previous_digests``, ``previous_files``, ``collect_files`` and ``make_writable``: see
+    ``DiskWriter``). ``disk_thread`` moves
     file creation off the event loop (``ThreadedSink``); it is off by default because on 2 busy
     cores the GIL hand-offs cost more than they overlap.
     Raises ``DiffCopyError`` if the client breaks the protocol, ``RemoteError`` if it aborts,
@@ -449,7 +451,8 @@ async def receive_dir(channel: Any, dest: Path, *, dir_name: str, include_patter
         raise ValueError("disk_thread cannot be combined with a differ: it requests every file up front")
     disk = DiskWriter(dest, mode=mode, on_entry=on_entry, differ=differ, fine_mtimes_only=fine_mtimes_only,
                       content_hasher=content_hasher, previous_digests=previous_digests,
-                      previous_files=previous_files, collect_files=collect_files)
+                      previous_files=previous_files, collect_files=collect_files,
+                      make_writable=make_writable)
     writer: DiskWriter | ThreadedSink = ThreadedSink(disk) if disk_thread else disk
     receiver = Receiver(writer)
     call = _raw_stream_stream(_channel_of(channel), FILESYNC_DIFFCOPY)(metadata=md)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat as statmod
+from pathlib import Path
 
 import pytest
 from fsutil_helpers import build_rich_tree, manifest, pump
@@ -17,6 +18,7 @@ from buildkitpy.fsutil.errors import DiffCopyError
 from buildkitpy.fsutil.receiver import Receiver
 from buildkitpy.fsutil.sender import Sender
 from buildkitpy.fsutil.walk import walk
+from buildkitpy.snapshot.mount import OverlayStack, mount_overlay
 
 DIR = modes.MODE_DIR | 0o755
 FILE = 0o644
@@ -24,21 +26,25 @@ LINK = modes.MODE_SYMLINK | 0o777
 
 
 def transfer(src, dest, *, differ: str = "metadata", fine_mtimes_only: bool = False,
-             records: dict | None = None) -> tuple[Receiver, DiskWriter, dict[str, str | None]]:
-    """One sync of ``src`` into ``dest``. ``records``: kept across transfers like the local
-    source's metadata of the files (``files_as_stated``), given to the next sync as
-    ``previous_files``; each time checked against an lstat of every file."""
+             records: dict | None = None,
+             make_writable=None) -> tuple[Receiver, DiskWriter, dict[str, str | None]]:  # noqa: ANN001
+    """One sync of ``src`` into ``dest`` (a view of it with ``make_writable``: the tree is then in
+    the writer's ``dest``). ``records``: kept across transfers like the local source's metadata of
+    the files (``files_as_stated``), given to the next sync as ``previous_files``; each time checked
+    against an lstat of every file."""
     digests: dict[str, str | None] = {}
     extra = {} if records is None else {"previous_files": dict(records), "collect_files": True}
     writer = DiskWriter(dest, mode="sync", differ=differ, fine_mtimes_only=fine_mtimes_only,
-                        on_entry=lambda s, d: digests.__setitem__(s.path, d), **extra)
+                        on_entry=lambda s, d: digests.__setitem__(s.path, d), make_writable=make_writable,
+                        **extra)
     receiver = Receiver(writer)
     entries = walk(src)
     pump(Sender(entries), receiver)
     assert receiver.done
     if records is not None:  # every regular file on disk as it is, but the hardlinks sent as such
         hardlinks = {e.stat.path for e in entries if e.stat.linkname and modes.is_regular(e.stat.mode)}
-        assert writer.files_as_stated == {p: m for p, m in on_disk_files(dest).items() if p not in hardlinks}
+        assert writer.files_as_stated == {p: m for p, m in on_disk_files(writer.dest).items()
+                                          if p not in hardlinks}
         records.clear()
         records.update(writer.files_as_stated)
     return receiver, writer, digests
@@ -184,6 +190,137 @@ def test_sync_without_differ_still_deletes(tmp_path):
     receiver, writer, _ = transfer(src, dest, differ="none")
     assert sorted(os.listdir(dest)) == ["d"] and os.listdir(dest / "d") == ["keep"]
     assert writer.entries_deleted == 2 and receiver.files_received == 1
+
+
+# -- a sync onto a view of the previous copy ---------------------------------------------------
+
+
+class OverlayOnView:
+    """``make_writable`` for a sync onto ``view``: a writable overlay on it, as the local source
+    layers a new snapshot on its previous copy, mounted at the first call."""
+
+    def __init__(self, base: Path, view: Path) -> None:
+        self.base = base
+        self.view = view
+        self.merged = base / "merged"
+        self.calls = 0
+        self.stack: OverlayStack | None = None
+
+    def __call__(self) -> Path:
+        self.calls += 1
+        for name in ("merged", "upper", "work"):
+            (self.base / name).mkdir()
+        self.stack = mount_overlay(self.merged, [self.view], upper=self.base / "upper",
+                                   work=self.base / "work", base=self.base)
+        return self.merged
+
+
+@pytest.fixture
+def overlay_on(tmp_path):
+    made: list[OverlayOnView] = []
+
+    def make(view: Path) -> OverlayOnView:
+        assert os.geteuid() == 0, "an overlay mount needs root (.ci/run runs the tests as root)"
+        made.append(OverlayOnView(tmp_path / f"overlay{len(made)}", view))
+        made[-1].base.mkdir()
+        return made[-1]
+
+    yield make
+    for overlay in made:
+        if overlay.stack is not None:
+            overlay.stack.unmount()
+
+
+def test_an_unchanged_sync_onto_a_view_needs_no_writable_copy(tmp_path, records, overlay_on):
+    src, view = tmp_path / "src", tmp_path / "view"
+    build_rich_tree(src, files=200, big=100_000)
+    transfer(src, view, records=records)
+    before, before_inodes = manifest(view), inodes(view)
+    overlay = overlay_on(view)
+    receiver, writer, _ = transfer(src, view, records=records, make_writable=overlay)
+    assert overlay.calls == 0 and not writer.modified and writer.dest == view
+    assert receiver.files_received == 0
+    assert manifest(view) == before == manifest(src) and inodes(view) == before_inodes
+
+
+@pytest.mark.parametrize("change", ["add", "delete", "delete-dir", "new-dir", "chmod-dir", "mtime-dir",
+                                    "chown-dir", "xattr-dir", "file", "chmod-file", "chown-file",
+                                    "mtime-file", "symlink", "hardlink", "file-to-dir", "dir-to-file"])
+def test_the_first_change_moves_a_sync_from_its_view_to_a_writable_copy(tmp_path, change, records,
+                                                                           overlay_on):
+    """Whatever the change, the view is never written: the writer moves to the writable copy
+    first, once, and the copy ends up as the sender's tree."""
+    src, view = tmp_path / "src", tmp_path / "view"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "f").write_text("f")
+    (src / "d" / "e" / "g").write_text("g")
+    (src / "top").write_text("top")
+    transfer(src, view, records=records)
+    before, before_inodes = manifest(view), inodes(view)
+    if change == "add":
+        (src / "d" / "e" / "new").write_text("new")
+    elif change == "delete":
+        (src / "d" / "e" / "g").unlink()
+    elif change == "delete-dir":
+        shutil.rmtree(src / "d" / "e")
+    elif change == "new-dir":
+        (src / "d" / "n" / "m").mkdir(parents=True)
+    elif change == "chmod-dir":
+        os.chmod(src / "d" / "e", 0o700)
+    elif change == "mtime-dir":
+        os.utime(src / "d", ns=(10**18, 10**18))
+    elif change == "chown-dir":
+        os.chown(src / "d" / "e", 1234, 5678)
+    elif change == "xattr-dir":
+        os.setxattr(src / "d", "user.buildkitpy", b"on a directory")
+    elif change == "file":
+        (src / "d" / "f").write_text("longer")
+    elif change == "chmod-file":
+        os.chmod(src / "top", 0o600)
+    elif change == "chown-file":
+        os.chown(src / "top", 1234, 5678)
+    elif change == "mtime-file":
+        os.utime(src / "d" / "e" / "g", ns=(10**18 + 1, 10**18 + 1))
+    elif change == "symlink":
+        (src / "top").unlink()
+        os.symlink("d/f", src / "top")
+    elif change == "hardlink":
+        os.link(src / "d" / "f", src / "d" / "e" / "f-again")
+    elif change == "file-to-dir":
+        (src / "top").unlink()
+        (src / "top" / "inside").mkdir(parents=True)
+    else:
+        shutil.rmtree(src / "d" / "e")
+        (src / "d" / "e").write_text("a file now")
+    overlay = overlay_on(view)
+    _, writer, _ = transfer(src, view, records=records, make_writable=overlay)
+    assert writer.modified and overlay.calls == 1 and writer.dest == overlay.merged
+    assert manifest(overlay.merged) == manifest(src)
+    assert manifest(view) == before and inodes(view) == before_inodes
+
+
+def test_many_changes_onto_a_view(tmp_path, records, overlay_on):
+    src, view = tmp_path / "src", tmp_path / "view"
+    build_rich_tree(src, files=200, big=100_000)
+    transfer(src, view, records=records)
+    before, before_inodes = manifest(view), inodes(view)
+    (src / "big.bin").write_bytes(b"new contents")
+    (src / "many" / "d001" / "f00100.txt").unlink()
+    shutil.rmtree(src / "日本語")
+    shutil.rmtree(src / "private")
+    os.symlink("big.bin", src / "private")
+    os.unlink(src / "hl-b")
+    (src / "hl-b").write_text("no longer linked\n")
+    overlay = overlay_on(view)
+    receiver, writer, _ = transfer(src, view, records=records, make_writable=overlay)
+    assert overlay.calls == 1 and receiver.files_received == 2 and writer.entries_deleted == 2
+    assert manifest(overlay.merged) == manifest(src)
+    assert manifest(view) == before and inodes(view) == before_inodes
+
+
+def test_a_view_needs_sync_mode(tmp_path):
+    with pytest.raises(ValueError, match="sync mode"):
+        DiskWriter(tmp_path, mode="fresh", make_writable=lambda: tmp_path)
 
 
 # -- a hostile sender against a previous copy --------------------------------------------------

@@ -165,8 +165,14 @@ async def test_unchanged_and_changed_transfers_reuse_the_previous_copy(env, shor
     async with serving(env, short_dir, ctx) as client:
         first = await client.build()
         assert first.parent_id is None and first.tree == describe(ctx)
+        # Nothing changed: the same copy, and no snapshot was made (and discarded) for it, nor a
+        # mount point (a directory entry made or removed there would give the directory a new mtime).
+        made_here = [env.snapshots.root / "snapshots", env.snapshots.root / "mounts"]
+        for d in made_here:
+            os.utime(d, ns=(10**18, 10**18))
         second = await client.build()
-        assert second.id == first.id and second.tree == describe(ctx)  # nothing changed: the same copy
+        assert second.id == first.id and second.tree == describe(ctx)
+        assert [d.stat().st_mtime_ns for d in made_here] == [10**18, 10**18]
         if overlay:
             assert len(first.fetched) == 51
         (ctx / "d1" / "f13").write_bytes(b"changed")
