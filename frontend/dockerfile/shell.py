@@ -38,6 +38,13 @@ class ShellExpansionError(DockerfileError):
 # Go stack takes more; real Dockerfiles nest a few levels)
 MAX_SUBSTITUTION_DEPTH = 100
 
+# The longest a word may grow by expansion. ``ARG A1=$A0$A0`` doubles a value per line: forty such
+# lines, 700 bytes of Dockerfile, asked for terabytes (BuildKit grows until it is killed, and so did
+# we, in a conversion thread that not even the daemon's shutdown could stop); ``${A//x/$B}``
+# multiplies likewise. A word as written is at most a line (64 KiB).
+MAX_EXPANDED_BYTES = 1 << 20
+_TOO_LONG = f"the expansion is longer than {MAX_EXPANDED_BYTES >> 20} MiB"
+
 
 class _Fail(Exception):
     """Internal: the innermost reason, wrapped into ShellExpansionError at the top."""
@@ -166,6 +173,7 @@ class Lex:
         ``abc${x:-def}`` splits into ``["def"]``. We keep that quirk for identical results.
         """
         result: list[str] = []
+        expanded = 0  # the length of what handlers added to ``result``
         self._words_buf.clear()
         words = _Words(self._words_buf)
         saved_raw = self._raw_esc
@@ -187,6 +195,9 @@ class Lex:
                     handler = self._process_double_quote
                 if handler is not None:
                     tmp = handler()
+                    expanded += len(tmp)
+                    if expanded > MAX_EXPANDED_BYTES:
+                        raise _Fail(_TOO_LONG)
                     result.append(tmp)
                     if ch == "$":
                         words.add_string(tmp)
@@ -496,6 +507,7 @@ def _go_replace(regex: re.Pattern[str], value: str, template: str, replace_all: 
             return value
         return value[: m.start()] + _expand_template(template, m) + value[m.end() :]
     out: list[str] = []
+    size = 0
     last_end = 0
     pos = 0
     while pos <= len(value):
@@ -503,8 +515,12 @@ def _go_replace(regex: re.Pattern[str], value: str, template: str, replace_all: 
         if not m:
             break
         out.append(value[last_end : m.start()])
+        size += m.start() - last_end
         if m.end() > last_end or m.start() == 0:
             out.append(_expand_template(template, m))
+            size += len(out[-1])
+        if size > MAX_EXPANDED_BYTES:
+            raise _Fail(_TOO_LONG)
         last_end = m.end()
         pos = pos + 1 if pos + 1 > m.end() else m.end()
     out.append(value[last_end:])

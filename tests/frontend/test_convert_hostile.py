@@ -45,6 +45,13 @@ def ops(result) -> list[ops_pb2.Op]:  # noqa: ANN001
     (b"FROM --platform=linux/am\x00d64 busybox\n", "'am\\x00d64' is not a valid component", 1),
     (b"FROM --platform=linux/.. busybox\n", "'..' is not a valid component", 1),
     (b"FROM scratch\nENV B=" + b"${A:-" * 500 + b"x" + b"}" * 500 + b"\n", "nested more than 100", 2),
+    # 700 bytes asking for terabytes: every line doubles A, A16 is 1 MiB, A17 (line 19) too long
+    (b"FROM scratch\nARG A0=xxxxxxxxxxxxxxxx\n"
+     + b"".join(b"ARG A%d=$A%d$A%d\n" % (i, i - 1, i - 1) for i in range(1, 40)),
+     'failed to process "$A16$A16": the expansion is longer than 1 MiB', 19),
+    # a replacement multiplies a value: 2 KiB of x, each replaced by 1 KiB
+    (b"FROM scratch\nARG X=" + b"x" * 2048 + b"\nARG Y=" + b"y" * 1024 + b"\nENV Z=${X//x/$Y}\n",
+     "the expansion is longer than 1 MiB", 4),
 ])
 async def test_clear_errors_with_the_line(dockerfile: bytes, message: str, line: int) -> None:
     with pytest.raises(ConvertError) as err:
