@@ -236,7 +236,8 @@ class _Target:
 
     def writable(self) -> Path:
         """The new snapshot's mounted tree, made at the first call: on the parent, the same tree as
-        the view."""
+        the view. Called by the DiskWriter where it runs (the event loop): once per transfer that
+        changes something, a row and an overlay mount (~2 ms here)."""
         if self.mutable is None:
             mutable = self.snapshots.new_mutable(self.parent, self.description)
             try:
