@@ -12,7 +12,6 @@ ENTRYPOINT are left for the real shell in the container.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -371,8 +370,7 @@ class Lex:
         value, found = self._get_env(name)
         if self.skip_unset_env and not found:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
-        regex = _pattern_to_regex(pattern, greedy=True, anchored=False)
-        return _go_replace(regex, value, replacement, replace_all)
+        return _go_replace(_Glob(pattern), value, replacement, replace_all)
 
     def _process_name(self) -> str:
         # A name is [letters digits _]+; a leading digit means a positional parameter ($1, $12),
@@ -413,36 +411,110 @@ class Lex:
 # --- ${x#p} / ${x%p} / ${x/p/r} patterns ------------------------------------------------------------
 
 
-def _pattern_to_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """A shell pattern (``*``, ``?``, ``\\`` escapes; no bracket expressions) as a regex."""
-    out = ["^"] if anchored else []
-    star = ".*" if greedy else ".*?"
-    i = 0
-    while i < len(pattern):
-        tok = pattern[i]
-        i += 1
-        if tok == "*":
-            out.append(star)
-        elif tok == "?":
-            out.append(".")
-        elif tok == "\\":
-            nxt = pattern[i] if i < len(pattern) else _EOF
-            if nxt != _EOF and nxt in "}/":
-                # \} and \/ escape the ${} syntax, not the pattern.
-                continue
+class _Glob:
+    """A shell pattern (``*``, ``?``, ``\\`` escapes; no bracket expressions) matched in linear time.
+
+    BuildKit turns the pattern into a Go regexp (``.`` for ``?``, ``.*`` or ``.*?`` for ``*``), which
+    RE2 runs in linear time. Python's backtracking engine took cubic time on a replacement like
+    ``${A//*a*b/x}`` (10 s for 4,000 characters), holding the GIL: a conversion thread stuck there
+    stalled every build of the daemon. The matches here are that regexp's: an anchored match with
+    lazy stars ends at its shortest, with greedy ones at its longest; a search starts at the
+    leftmost position where a match exists and, the stars being greedy, ends at its longest there
+    (``.``, so ``?`` and ``*``, never matches a newline). The pattern runs as a bit-parallel NFA:
+    bit ``j`` set means the first ``j`` tokens matched; a star's state stays on any character but
+    a newline and may be skipped.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.literal: dict[str, int] = {}  # char -> the states whose next token is that char
+        self.any = 0  # states whose next token is ?
+        self.star = 0  # states whose next token is *
+        n = 0
+        i = 0
+        while i < len(pattern):
+            tok = pattern[i]
             i += 1
-            if nxt == _EOF or nxt not in "*?\\":
-                shown = nxt or _EOF_TEXT
-                raise _Fail(f"invalid pattern ({pattern}) in substitution: invalid escape '\\{shown}'")
-            out.append("\\" + nxt)
-        else:
-            out.append(re.escape(tok))
-    return re.compile("".join(out))
+            if tok == "*":
+                self.star |= 1 << n
+            elif tok == "?":
+                self.any |= 1 << n
+            else:
+                if tok == "\\":
+                    nxt = pattern[i] if i < len(pattern) else _EOF
+                    if nxt != _EOF and nxt in "}/":
+                        # \} and \/ escape the ${} syntax, not the pattern.
+                        continue
+                    i += 1
+                    if nxt == _EOF or nxt not in "*?\\":
+                        shown = nxt or _EOF_TEXT
+                        raise _Fail(f"invalid pattern ({pattern}) in substitution: "
+                                    f"invalid escape '\\{shown}'")
+                    tok = nxt
+                self.literal[tok] = self.literal.get(tok, 0) | 1 << n
+            n += 1
+        self.accept = 1 << n
+        self.start = self._close(1)
+
+    def _close(self, states: int) -> int:
+        while True:
+            more = states | (states & self.star) << 1
+            if more == states:
+                return states
+            states = more
+
+    def _step(self, states: int, ch: str) -> int:
+        moved = states & (self.literal.get(ch, 0) | (self.any if ch != "\n" else 0))
+        stay = states & self.star if ch != "\n" else 0
+        return self._close(moved << 1 | stay) if self.star else moved << 1
+
+    def prefix_end(self, value: str, start: int, *, longest: bool) -> int | None:
+        """Where a match of the pattern at ``start`` ends: its shortest or its longest; None if
+        there is none."""
+        states = self.start
+        best = start if states & self.accept else None
+        if best is not None and not longest:
+            return best
+        for i in range(start, len(value)):
+            states = self._step(states, value[i])
+            if not states:
+                break
+            if states & self.accept:
+                best = i + 1
+                if not longest:
+                    break
+        return best
+
+    def _reversed(self) -> _Glob:
+        """The pattern read backwards (token ``j`` of ``m`` becomes token ``m - 1 - j``)."""
+        m = self.accept.bit_length() - 1
+
+        def flip(bits: int) -> int:
+            return int(format(bits, f"0{m}b")[::-1], 2) if m else 0
+
+        rev = _Glob("")
+        rev.literal = {ch: flip(bits) for ch, bits in self.literal.items()}
+        rev.any, rev.star, rev.accept = flip(self.any), flip(self.star), self.accept
+        rev.start = rev._close(1)
+        return rev
+
+    def starts(self, value: str) -> bytearray:
+        """1 at each position where a match starts (one pass from the end with the reversed
+        pattern, which may start matching anywhere)."""
+        rev = self._reversed()
+        found = bytearray(len(value) + 1)
+        states = 0
+        for i in range(len(value), -1, -1):
+            states |= rev.start
+            if states & rev.accept:
+                found[i] = 1
+            if i:
+                states = rev._step(states, value[i - 1])
+        return found
 
 
 def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    m = _pattern_to_regex(pattern, greedy=greedy, anchored=True).search(value)
-    return value[m.end() :] if m else value
+    end = _Glob(pattern).prefix_end(value, 0, longest=greedy)
+    return value if end is None else value[end:]
 
 
 def _reverse_pattern(pattern: str) -> str:
@@ -460,12 +532,12 @@ def _reverse_pattern(pattern: str) -> str:
 
 
 def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
-    # A leftmost regex search cannot find the shortest rightmost match, so search the reversed value
-    # with the reversed pattern instead.
+    # The shortest (longest) match at the end is the shortest (longest) prefix match of the reversed
+    # pattern in the reversed value.
     return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
 
 
-def _expand_template(template: str, match: re.Match[str]) -> str:
+def _expand_template(template: str, matched: str) -> str:
     """Go's ``Regexp.Expand``: ``$$`` is ``$``, ``$0``/``${0}`` the match, other names expand to ""."""
     out: list[str] = []
     i = 0
@@ -491,38 +563,49 @@ def _expand_template(template: str, match: re.Match[str]) -> str:
             continue
         name = body[:k]
         if name == "0":
-            out.append(match.group(0))
+            out.append(matched)
         i = j + 1 + k + (2 if brace else 0)
 
 
-def _go_replace(regex: re.Pattern[str], value: str, template: str, replace_all: bool) -> str:
+def _go_replace(glob: _Glob, value: str, template: str, replace_all: bool) -> str:
     """``ReplaceAllString``/first-match replacement with Go's rules.
 
     Go skips an empty match right after a previous match; Python's ``re.sub`` does not, so
     ``${x//*/y}`` would differ. The loop below is Go's.
     """
+    starts = glob.starts(value)
+
+    def search(pos: int) -> tuple[int, int] | None:
+        start = starts.find(1, pos)
+        if start < 0:
+            return None
+        end = glob.prefix_end(value, start, longest=True)
+        assert end is not None  # a match starts there
+        return start, end
+
     if not replace_all:
-        m = regex.search(value)
-        if not m:
+        m = search(0)
+        if m is None:
             return value
-        return value[: m.start()] + _expand_template(template, m) + value[m.end() :]
+        return value[: m[0]] + _expand_template(template, value[m[0] : m[1]]) + value[m[1] :]
     out: list[str] = []
     size = 0
     last_end = 0
     pos = 0
     while pos <= len(value):
-        m = regex.search(value, pos)
-        if not m:
+        m = search(pos)
+        if m is None:
             break
-        out.append(value[last_end : m.start()])
-        size += m.start() - last_end
-        if m.end() > last_end or m.start() == 0:
-            out.append(_expand_template(template, m))
+        start, end = m
+        out.append(value[last_end:start])
+        size += start - last_end
+        if end > last_end or start == 0:
+            out.append(_expand_template(template, value[start:end]))
             size += len(out[-1])
         if size > MAX_EXPANDED_BYTES:
             raise _Fail(_TOO_LONG)
-        last_end = m.end()
-        pos = pos + 1 if pos + 1 > m.end() else m.end()
+        last_end = end
+        pos = pos + 1 if pos + 1 > end else end
     out.append(value[last_end:])
     return "".join(out)
 
