@@ -363,12 +363,14 @@ class OverlaySnapshotManager:
             if rec.kind != "committed":
                 raise SnapshotInUseError(f"snapshot {snapshot_id} is mutable and owned by its handle")
             self._check_unused(rec, self._all_records())
-            self._delete_record(snapshot_id)
+            data = self._drop_record(snapshot_id)
+        remove_tree(data)
 
     def prune(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Delete every committed snapshot not in ``keep``, not held and not needed by another
         snapshot (repeating until nothing more can go). Returns the removed ids."""
         removed: list[str] = []
+        data: list[Path] = []
         with self._lock:
             records = {r.id: r for r in self._all_records()}
             progress = True
@@ -379,10 +381,12 @@ class OverlaySnapshotManager:
                     if (rec.kind != "committed" or rec.id in keep or rec.id in needed
                             or self._refs.get(rec.id) or self._is_mounted(rec.id)):
                         continue
-                    self._delete_record(rec.id)
+                    data.append(self._drop_record(rec.id))
                     del records[rec.id]
                     removed.append(rec.id)
                     progress = True
+        for path in data:
+            remove_tree(path)
         return removed
 
     def total_size(self) -> int:
@@ -490,13 +494,20 @@ class OverlaySnapshotManager:
 
     def _delete_record(self, snapshot_id: str) -> None:
         """Row first, then data: a crash in between leaves an orphan dir, never a dangling row."""
+        remove_tree(self._drop_record(snapshot_id))
+
+    def _drop_record(self, snapshot_id: str) -> Path:
+        """The row and what is kept of it in memory, under the lock; the data dir, to remove after
+        the lock is let go: removing a big tree under it held up every snapshot call of every build
+        (the local source makes its snapshot on the event loop). Ids are never reused, and a crash
+        before the removal leaves an orphan dir, which the next start removes."""
         self._db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
         if (rec := self._records.pop(snapshot_id, None)) is not None:
             self._bytes -= rec.size
         self._counts.pop(snapshot_id, None)
         self._usage.pop(snapshot_id, None)
         self._shared.pop(snapshot_id, None)
-        remove_tree(self._data_dir(snapshot_id))
+        return self._data_dir(snapshot_id)
 
     def _check_unused(self, rec: _Record, records: list[_Record]) -> None:
         if self._refs.get(rec.id):
@@ -746,7 +757,8 @@ class OverlaySnapshotManager:
         with self._lock:
             if self._is_mounted(snapshot_id):
                 raise SnapshotInUseError(f"cannot release {snapshot_id}: it is still mounted")
-            self._delete_record(snapshot_id)
+            data = self._drop_record(snapshot_id)
+        remove_tree(data)
 
     # ----------------------------------------------------------------- mounts
 

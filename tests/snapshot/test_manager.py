@@ -181,6 +181,36 @@ def test_refcounts_and_dependencies_protect_data(manager):
         manager.get(base_id)
 
 
+@pytest.mark.parametrize("how", ["delete", "prune", "release a mutable"])
+def test_removing_a_big_tree_does_not_hold_up_other_snapshot_calls(manager, how):
+    """The row goes under the manager's lock, the tree after it: a build's snapshot calls (the
+    local source makes its new snapshot on the event loop) do not wait for a removal."""
+    files = {f"d{i // 1000}/f{i}": "x" for i in range(10_000)}
+    if how == "release a mutable":
+        victim = manager.new_mutable(None)
+        with victim.mount() as root:
+            for name in files:
+                (root / name).parent.mkdir(exist_ok=True)
+                (root / name).write_text("x")
+        remove = victim.release
+    else:
+        big = commit_with(manager, None, files)
+        victim = big
+        big_id = big.id
+        big.release()
+        remove = (lambda: manager.delete(big_id)) if how == "delete" else manager.prune
+    removing = threading.Thread(target=remove)
+    removing.start()
+    while manager.usage_of(victim.id) is not None:  # until its row is gone
+        pass
+    other = manager.new_mutable(None, "another build's snapshot")
+    still_removing = removing.is_alive()
+    removing.join()
+    other.release()
+    assert still_removing, "a new snapshot waited for the removal of another's tree"
+    assert not (manager.root / "snapshots" / victim.id).exists()
+
+
 def test_merge_stacks_layers_and_whiteouts(manager):
     image = commit_with(manager, None, {"etc/foo": "image", "etc/keep": "k", "bin/sh": "sh"})
     image2 = commit_with(manager, image, {"etc/foo": None})
