@@ -262,18 +262,14 @@ class _Target:
         changed nothing, so unchanged contexts never stack layers; else the new one, with its
         files' records, and recorded under ``key`` in ``index`` when one is given."""
         try:
-            if self.mutable is None or self.mount is None:
+            if self.mutable is None or self.mount is None:  # nothing changed the view
                 if modified or self.parent is None:
                     raise RuntimeError(f"{self.description}: a transfer changed its view of the copy")
                 result = self.parent.clone()
-            else:
+            else:  # a change made it (or there was no view): it is the result
                 try:
                     self.mount.__exit__(None, None, None)
-                    if self.parent is not None and not modified:
-                        self.mutable.release()
-                        result = self.parent.clone()
-                    else:
-                        result = self.mutable.commit()
+                    result = self.mutable.commit()
                 except BaseException:
                     self.mutable.release()
                     raise
