@@ -17,7 +17,9 @@ insecure mode has no seccomp at all, so the difference is only seen when CAP_SYS
 sandbox). Other differences, kept as the file has them: syscalls it does not list (newer ones
 such as ``fchmodat2``, ``futex_waitv``, ``cachestat``) fail with its ``defaultErrnoRet`` ENOSYS
 rather than EPERM, so libcs fall back to the older call; and the file refuses a few calls BuildKit
-allows (``vmsplice``, ``io_pgetevents``, the legacy ``nice``).
+allows (``vmsplice``, ``io_pgetevents``, the legacy ``nice``). And on a kernel without the x32
+ABI the filter has no x32 section (:func:`without_unrunnable_x32`): an x32 call, which fails there
+anyway, kills its caller instead of returning ENOSYS, and runc spends ~6 ms less CPU per container.
 
 When the file is missing, :func:`_fallback_profile` (a deny-list of the same rules; unknown syscalls
 allowed) is used and a warning logged once. ``security.insecure`` steps get no seccomp at all
@@ -34,6 +36,9 @@ import logging
 import os
 import platform
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -99,9 +104,52 @@ def default_profile(capabilities: Iterable[str]) -> dict[str, Any]:
 def _cached_default(capabilities: frozenset[str]) -> dict[str, Any]:
     if not PROFILE_PATH.is_file():
         _warn_fallback()
-        return _fallback_profile(capabilities)
+        return without_unrunnable_x32(_fallback_profile(capabilities))
     profile = convert(load_docker_profile(PROFILE_PATH), capabilities)
-    return restrict_to_buildkit_rules(profile, capabilities)
+    return without_unrunnable_x32(restrict_to_buildkit_rules(profile, capabilities))
+
+
+def without_unrunnable_x32(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile without its x32 sub-architecture when the kernel runs no x32 system calls.
+
+    runc compiles the filter in every container it starts, and each architecture is a section of
+    its own: x86_64, x86 and x32 took 33 ms of runc's CPU for ``/bin/true`` here, 27 ms without
+    x32 (medians of 15). On a kernel without the x32 ABI (as this machine's) such a call fails
+    anyway: with x32 in the filter the kernel answers ENOSYS, without it the filter kills the
+    caller (SIGSYS), which is the only difference a container can see. Where the kernel runs x32
+    code the profile keeps it, as BuildKit's does.
+    """
+    arches = profile.get("architectures") or []
+    if "SCMP_ARCH_X32" not in arches or kernel_runs_x32():
+        return profile
+    return {**profile, "architectures": [a for a in arches if a != "SCMP_ARCH_X32"]}
+
+
+# getpid (39 in both tables) with the x32 bit; exit 0 when it ran, 3 when it was refused
+_X32_PROBE = ("import ctypes, sys\n"
+              "libc = ctypes.CDLL(None, use_errno=True)\n"
+              "sys.exit(0 if libc.syscall(0x40000000 | 39) > 0 else 3)\n")
+
+
+@functools.cache
+def kernel_runs_x32() -> bool:
+    """Whether an x32 system call runs here, asked in a child process: under a seccomp filter
+    without x32 (the daemon in a container) the call kills its caller. When the probe cannot
+    tell, the answer is yes, which keeps x32 in the profile."""
+    if platform.machine() not in ("x86_64", "amd64"):
+        return False
+    try:
+        probe = subprocess.run([sys.executable, "-I", "-S", "-c", _X32_PROBE], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("seccomp: cannot tell whether the kernel runs x32 system calls (%s); keeping x32", err)
+        return True
+    if probe.returncode in (3, -signal.SIGSYS):
+        return False
+    if probe.returncode != 0:
+        log.warning("seccomp: the x32 probe failed (exit %s: %s); keeping x32", probe.returncode,
+                    probe.stderr.decode(errors="replace").strip()[-300:])
+    return True
 
 
 @functools.cache

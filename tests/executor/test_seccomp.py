@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -142,8 +143,9 @@ def test_default_profile_is_an_allow_list_for_the_host():
     profile = seccomp.default_profile(DEFAULT_CAPABILITIES)
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
     assert isinstance(profile["defaultErrnoRet"], int)
-    if os.uname().machine == "x86_64":
-        assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    if os.uname().machine == "x86_64":  # x32 only where the kernel runs it: see the runc test below
+        x32 = ["SCMP_ARCH_X32"] if seccomp.kernel_runs_x32() else []
+        assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", *x32]
         assert "arch_prctl" in names_with(profile, "SCMP_ACT_ALLOW")
     allowed = names_with(profile, "SCMP_ACT_ALLOW")
     assert {"read", "openat", "execve", "fork", "wait4", "socket"} <= allowed
@@ -225,6 +227,14 @@ static int attempt(const char *what) {
     }
     else if (!strcmp(what, "clone3")) r = syscall(SYS_clone3, 0, 0);
     else if (!strcmp(what, "fork")) { r = fork(); if (r == 0) _exit(0); if (r > 0) waitpid(r, 0, 0); }
+#ifdef __x86_64__
+    else if (!strcmp(what, "x32-getpid")) r = syscall(0x40000000L | 39);  /* getpid, x32 ABI */
+    else if (!strcmp(what, "i386-getpid")) {  /* getpid through the 32-bit entry (i386 table: 20) */
+        long ret;
+        __asm__ volatile ("int $0x80" : "=a"(ret) : "a"(20L) : "memory");
+        if (ret < 0) { errno = (int)-ret; r = -1; } else r = ret;
+    }
+#endif
     else { fprintf(stderr, "unknown probe %s\n", what); return 2; }
     return r < 0 ? errno : 0;
 }
@@ -242,6 +252,7 @@ int main(int argc, char **argv) {
 """
 
 PROBES = ["fork", "keyctl", "unshare-user", "mount", "clone-newns", "clone3"]
+X86_PROBES = ["x32-getpid", "i386-getpid"]  # x86_64 only
 
 
 @pytest.fixture(scope="module")
@@ -287,8 +298,12 @@ def probe_results(output: str) -> dict[str, str]:
     results = {}
     for line in output.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] in PROBES and parts[1].isdigit():
-            results[parts[0]] = "OK" if parts[1] == "0" else errno.errorcode.get(int(parts[1]), parts[1])
+        if len(parts) == 2 and parts[0] in PROBES + X86_PROBES and parts[1].isdigit():
+            number = int(parts[1])
+            if number > 128:  # killed by a signal
+                results[parts[0]] = signal.Signals(number - 128).name
+            else:
+                results[parts[0]] = "OK" if number == 0 else errno.errorcode.get(number, parts[1])
     return results
 
 
@@ -358,6 +373,26 @@ async def test_sandbox_refuses_namespaces_mounts_keyrings_and_links(rootfs, tmp_
     assert "unshare(0x10000000): Operation not permitted" in text, text
     assert "mount: permission denied" in text, text  # busybox's wording of EPERM
     assert "RTNETLINK answers: Operation not permitted" in text, text
+
+
+@needs_profile
+@pytest.mark.root
+@pytest.mark.anyio
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x32 and i386 system calls are x86_64's")
+async def test_x32_calls_reach_the_kernel_only_where_it_runs_them(rootfs, tmp_path, probe_binary):
+    """The filter leaves out x32 where the kernel has no x32 ABI (cheaper for runc to compile): an
+    x32 call is then killed (SIGSYS) instead of failing with ENOSYS; i386 calls still run."""
+    host = subprocess.run([str(probe_binary), *X86_PROBES], capture_output=True, text=True, check=True)
+    on_host = probe_results(host.stdout)
+    assert on_host["x32-getpid"] in ("OK", "ENOSYS"), host.stdout
+    shutil.copy2(probe_binary, rootfs / "bin" / "sysprobe")
+    out = bytearray()
+    code = await RuncExecutor(tmp_path / "executor").run(
+        ExecSpec(rootfs=rootfs, args=["/bin/sysprobe", *X86_PROBES]), stdout=out.extend, stderr=out.extend)
+    text = out.decode()
+    assert code == 0, text
+    expected_x32 = "OK" if on_host["x32-getpid"] == "OK" else "SIGSYS"
+    assert probe_results(text) == {"x32-getpid": expected_x32, "i386-getpid": on_host["i386-getpid"]}, text
 
 
 @pytest.mark.root
