@@ -9,9 +9,10 @@ daemon's own work on them. So the front server answers ``Control.Session`` itsel
 of many frames becomes one chunk for the session (:meth:`SessionManager.attach
 <buildkitpy.session.manager.SessionManager.attach>`), pushed to it and answered within that
 read's callback (``_Inbox``; ``_SessionCall`` is the session's sink), with flow control and gRPC's
-framing done here. Every other stream is relayed, frames in and out, to the grpc.aio server that serves the
-services, listening on a private unix socket (one link per client connection, opened on its first
-relayed stream): the services stay grpc.aio code, and their calls cost one relay hop.
+framing done here. The calls whose request is one message are served here too, with the
+servicers' own handlers (:mod:`buildkitpy.daemon.frontcalls`). Every other stream is relayed,
+frames in and out, to the grpc.aio server that serves the services, listening on a private unix
+socket (one link per client connection, opened on its first relayed stream).
 
 The HTTP/2 itself is :class:`~buildkitpy.daemon.h2peer.H2Peer` (sans-I/O) in both roles; this
 module is the asyncio driver: listeners (unix, TCP, TLS with ALPN ``h2`` and optional client
@@ -39,6 +40,7 @@ import anyio
 import grpc
 
 from buildkitpy import errors
+from buildkitpy.daemon.frontcalls import MethodTable, NativeCall
 from buildkitpy.daemon.h2peer import CANCEL, NO_ERROR, REFUSED_STREAM, Fields, H2Peer, H2ProtocolError
 from buildkitpy.session.bridge import bytes_message_data, bytes_message_prefix
 from buildkitpy.session.h2 import INTERNAL_ERROR, MAX_MESSAGE_SIZE
@@ -83,11 +85,13 @@ _OK_TRAILERS: list[tuple[str | bytes, str | bytes]] = [(b"grpc-status", b"0")]
 
 class FrontServer:
     """The listeners and their connections (module docstring). ``backend`` is the unix socket
-    path of the grpc.aio server that serves everything but ``Control.Session``."""
+    path of the grpc.aio server; ``methods`` the handlers of the calls served here
+    (:mod:`buildkitpy.daemon.frontcalls`), the others are relayed to it."""
 
-    def __init__(self, sessions: SessionManager, backend: str) -> None:
+    def __init__(self, sessions: SessionManager, backend: str, methods: MethodTable | None = None) -> None:
         self.sessions = sessions
         self.backend = backend
+        self.methods = methods or MethodTable()
         self.connections: set[_Connection] = set()
         self._servers: list[asyncio.base_events.Server] = []
 
@@ -110,8 +114,16 @@ class FrontServer:
         for conn in list(self.connections):
             conn.goaway()
 
+    async def finish_calls(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the calls served here to end (at shutdown, as grpc.aio's
+        ``stop(grace)`` waits for its own)."""
+        tasks = [route.task for conn in self.connections for route in conn.routes.values()
+                 if isinstance(route, NativeCall) and route.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
     async def close(self) -> None:
-        """End every connection: sessions cancelled, sockets closed."""
+        """End every connection: calls and sessions cancelled, sockets closed."""
         self.stop_listening()
         tasks = [task for conn in list(self.connections) for task in conn.abort()]
         if tasks:
@@ -139,7 +151,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = H2Peer(self, client=False)
-        self.routes: dict[int, _SessionCall | _Relay] = {}
+        self.routes: dict[int, _SessionCall | _Relay | NativeCall] = {}
         self.link: _BackendLink | None = None
         self.draining_links: list[_BackendLink] = []  # earlier links, with calls still on them
         self.paused = False
@@ -211,7 +223,7 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> list[asyncio.Task[None]]:
         """The daemon is going away: its sessions end with UNAVAILABLE (as grpc.aio ends the calls
         it cancels at shutdown), then the connection closes."""
-        calls = [route for route in self.routes.values() if isinstance(route, _SessionCall)]
+        calls = [route for route in self.routes.values() if isinstance(route, _SessionCall | NativeCall)]
         for call in calls:
             call.shut_down()
         self._close("the daemon is shutting down")
@@ -244,6 +256,10 @@ class _Connection(asyncio.Protocol):
     def forget(self, sid: int) -> None:
         self.routes.pop(sid, None)
 
+    def owns(self, sid: int, call: object) -> bool:
+        """Whether ``call`` is still the route of stream ``sid``."""
+        return self.routes.get(sid) is call
+
     # -- PeerHandler (the client's side) ---------------------------------------------------------
 
     def on_headers(self, sid: int, fields: Fields, end_stream: bool) -> None:
@@ -255,6 +271,9 @@ class _Connection(asyncio.Protocol):
         if path == SESSION_PATH:
             call = self.routes[sid] = _SessionCall(self, sid)
             call.start(fields, end_stream)
+        elif (handler := self.server.methods.native(path, fields)) is not None:
+            native = self.routes[sid] = NativeCall(self, sid, path, handler)
+            native.begin(fields, end_stream)
         else:
             self.routes[sid] = _Relay(self, sid, fields, end_stream)
 

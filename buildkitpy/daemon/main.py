@@ -22,6 +22,7 @@ from buildkitpy import __version__
 from buildkitpy.api import gateway_pb2_grpc
 from buildkitpy.daemon.config import DEFAULT_ADDRESS, Config, load_config
 from buildkitpy.daemon.front import FrontServer, backend_path, tls_context
+from buildkitpy.daemon.frontcalls import MethodTable
 from buildkitpy.daemon.rootlock import RootLockedError, acquire_root_lock
 
 log = logging.getLogger("buildkitpyd")
@@ -156,15 +157,18 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
                           passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
                           busy=lambda: bool(jobs.active()), quiesce=jobs.quiesced)
     server = grpc.aio.server(options=GRPC_OPTIONS)
+    # The front serves the calls with one request message with these same handlers (frontcalls).
+    methods = MethodTable()
+    registering = methods.recording(server)
     control = ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions,
                              worker_record=record, history=history.recorder, gc=gc)
-    add_control_to_server(control, server)
-    history.serve(server)
+    add_control_to_server(control, registering)
+    history.serve(registering)
     container_frontend.register(lambda: [record()])
     gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
         LLBBridgeService(jobs_resolver(jobs), lambda: [record()], lambda: worker.executor is not None),
-        server)
-    health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
+        registering)
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(), registering)
 
     # The grpc.aio server listens privately; the daemon's addresses are the front server's, which
     # serves Control.Session itself and relays every other call to it (buildkitpy.daemon.front).
@@ -179,7 +183,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         internal = _add_internal_listener(server, Path(urlparse(dockerapi.control_address(cfg.root)).path))
     await server.start()
     os.chmod(backend, 0o600)
-    front = FrontServer(sessions, backend)
+    front = FrontServer(sessions, backend, methods)
     try:
         listening = [await _listen(front, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
     except BaseException:
@@ -224,7 +228,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         if docker_api is not None:
             await docker_api.close()
         front.stop_listening()
-        await server.stop(grace=2)
+        await asyncio.gather(server.stop(grace=2), front.finish_calls(grace=2))
         await front.close()
         if not await control.wait_solves(timeout=10):
             log.warning("builds still finishing 10 s after the gRPC server stopped; closing anyway")

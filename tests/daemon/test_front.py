@@ -1,6 +1,6 @@
-"""The daemon's front server on its real socket: Control.Session served by it, every other call
-relayed to the grpc.aio server behind it, and clients that break HTTP/2 or gRPC told why without
-harm to the daemon or to other clients."""
+"""The daemon's front server on its real socket: Control.Session served by it, the other calls
+answered by it (test_frontcalls) or relayed to the grpc.aio server behind it, and clients that break
+HTTP/2 or gRPC told why without harm to the daemon or to other clients."""
 
 from __future__ import annotations
 
@@ -111,12 +111,12 @@ def test_a_second_session_with_a_live_sessions_id_is_refused(daemon):
         first.cancel()
 
 
-def test_relayed_calls_keep_their_semantics(daemon):
+def test_calls_through_the_front_keep_their_semantics(daemon):
     options = [("grpc.max_send_message_length", 32 << 20)]
     with channel(daemon, options=options) as ch:
         stub = control_pb2_grpc.ControlStub(ch)
-        # A 12 MiB request: three times the stream window, so it crosses the relay only as each
-        # side credits what the other sent on; the service's own error comes back.
+        # A 12 MiB request: three times the stream window, credited as it arrives; the service's
+        # own error comes back.
         definition = ops_pb2.Definition(**{"def": [b"x" * (12 << 20)]})
         with pytest.raises(grpc.RpcError) as err:
             stub.Solve(control_pb2.SolveRequest(Ref="front-big", Definition=definition), timeout=60)
