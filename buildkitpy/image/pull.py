@@ -103,8 +103,18 @@ class ChainIndex:
         return (row[0], row[1], int(row[2]), row[3]) if row else None
 
     def put_image_ref(self, name: str, platform: str, digest: str, manifest_digest: str) -> None:
-        """Record that ``name`` (``host/repo:tag``) resolved to ``digest`` for ``platform``."""
+        """Record that ``name`` (``host/repo:tag``) resolved to ``digest`` for ``platform``.
+
+        Nothing is written when the record is there already and is the newest of ``name``'s: a
+        newer time would change no answer of :meth:`image_ref`, and every build of ``FROM
+        busybox`` made a commit, with its sync to the disk, for it."""
         with self._lock:
+            newest = self._db.execute(
+                "SELECT digest, manifest_digest FROM image_refs AS r WHERE name=? AND platform=? AND NOT "
+                "EXISTS (SELECT 1 FROM image_refs WHERE name=r.name AND platform<>r.platform AND "
+                "resolved >= r.resolved)", (name, platform)).fetchone()
+            if newest == (digest, manifest_digest):
+                return
             self._db.execute("INSERT OR REPLACE INTO image_refs (name, platform, digest, manifest_digest, "
                              "resolved) VALUES (?,?,?,?,?)",
                              (name, platform, digest, manifest_digest, time.time()))
