@@ -40,7 +40,14 @@ import anyio
 import grpc
 
 from buildkitpy import errors
-from buildkitpy.daemon.frontcalls import MethodTable, NativeCall
+from buildkitpy.daemon.frontcalls import (
+    MESSAGE_SAFE,
+    RESPONSE_HEADERS,
+    SEND_HIGH_WATER,
+    MethodTable,
+    NativeCall,
+    status_trailers,
+)
 from buildkitpy.daemon.h2peer import CANCEL, NO_ERROR, REFUSED_STREAM, Fields, H2Peer, H2ProtocolError
 from buildkitpy.session.bridge import bytes_message_data, bytes_message_prefix
 from buildkitpy.session.h2 import INTERNAL_ERROR, MAX_MESSAGE_SIZE
@@ -50,25 +57,12 @@ from buildkitpy.session.pipechannel import PushTarget
 log = logging.getLogger(__name__)
 
 SESSION_PATH = b"/moby.buildkit.v1.Control/Session"
-# A session's answers queued beyond what the client's windows let out: wait above this.
-_SEND_HIGH_WATER = 1 << 20
 # A client connection's socket send buffer (the kernel caps it at net.core.wmem_max, 4 MiB by
 # default). With the default ~208 KiB, a session's 256 KiB chunks went out in pieces, the rest of
 # each copied into the transport's buffer and sent on a later writable event: a 200 MB tar export
 # to buildctl took 0.59 s, 0.545 s with this (medians of 6, alternating).
 _SEND_BUFFER = 4 << 20
 _U32 = struct.Struct(">L")
-_RESPONSE_HEADERS: list[tuple[str | bytes, str | bytes]] = [
-    (b":status", b"200"), (b"content-type", b"application/grpc")]
-
-
-# grpc-message: printable ASCII but '%' as it is, everything else percent-encoded (UTF-8).
-_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
-
-
-def _status(code: grpc.StatusCode, message: str) -> list[tuple[str | bytes, str | bytes]]:
-    return [(b"grpc-status", str(code.value[0]).encode()),
-            (b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode())]
 
 
 def status_fields(err: BaseException) -> list[tuple[str | bytes, str | bytes]]:
@@ -76,7 +70,7 @@ def status_fields(err: BaseException) -> list[tuple[str | bytes, str | bytes]]:
     ``grpc-status-details-bin`` (BuildKit's clients read errdefs details from it)."""
     status = errors.to_rpc_status(err)
     return [(b"grpc-status", str(status.code).encode()),
-            (b"grpc-message", quote(status.message, safe=_MESSAGE_SAFE).encode()),
+            (b"grpc-message", quote(status.message, safe=MESSAGE_SAFE).encode()),
             (b"grpc-status-details-bin", base64.b64encode(status.SerializeToString()).rstrip(b"="))]
 
 
@@ -396,7 +390,7 @@ class _SessionCall:
         except errors.BuildkitpyError as err:
             self._end(status_fields(err), trailers_only=True)
             return
-        conn.peer.send_headers(sid, _RESPONSE_HEADERS)
+        conn.peer.send_headers(sid, RESPONSE_HEADERS)
         self.task = asyncio.get_running_loop().create_task(self._serve(header),
                                                             name=f"Control.Session {header.id}")
 
@@ -473,7 +467,7 @@ class _SessionCall:
     def shut_down(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        self._end(_status(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
+        self._end(status_trailers(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
 
     def _credit(self, wire: int) -> None:
         conn = self.conn
@@ -485,14 +479,14 @@ class _SessionCall:
         """The client broke gRPC on this stream: end the call with ``code`` and stop its sender."""
         if self.task is not None:
             self.task.cancel()
-        self._end(_status(code, message))
+        self._end(status_trailers(code, message))
         self.conn.forget(self.sid)
 
     # -- to the client -----------------------------------------------------------------------------
 
     def sent_to_client(self, nbytes: int) -> None:
         peer = self.conn.peer
-        if peer.pending(self.sid) <= _SEND_HIGH_WATER:
+        if peer.pending(self.sid) <= SEND_HIGH_WATER:
             self._room.set()
         if self.sid not in peer.streams and self.conn.routes.get(self.sid) is self:
             self.conn.forget(self.sid)
@@ -514,13 +508,13 @@ class _SessionCall:
 
     # The session's outgoing chunks (a pipechannel ChunkSink): each becomes a BytesMessage on the
     # stream at once, no task in between; the caller waits while the client's windows hold back
-    # more than _SEND_HIGH_WATER.
+    # more than SEND_HIGH_WATER.
 
     def send_nowait(self, chunk: bytes) -> None:
         conn, sid = self.conn, self.sid
         if conn.closed or self._ended or sid not in conn.peer.streams:
             raise anyio.BrokenResourceError
-        if conn.paused or conn.peer.pending(sid) > _SEND_HIGH_WATER:
+        if conn.paused or conn.peer.pending(sid) > SEND_HIGH_WATER:
             raise anyio.WouldBlock
         self._send(chunk)
 
@@ -552,7 +546,7 @@ class _SessionCall:
         if conn.closed or conn.routes.get(self.sid) is not self:
             return
         self._ended = True
-        fields = [*_RESPONSE_HEADERS, *trailers] if trailers_only else trailers
+        fields = [*RESPONSE_HEADERS, *trailers] if trailers_only else trailers
         peer = conn.peer
         peer.send_headers(self.sid, fields, end_stream=True)
         stream = peer.streams.get(self.sid)
@@ -624,7 +618,7 @@ class _Relay:
         if self.answered:
             conn.peer.reset(self.sid, INTERNAL_ERROR)
         else:
-            fields = [*_RESPONSE_HEADERS, *_status(grpc.StatusCode.UNAVAILABLE, message)]
+            fields = [*RESPONSE_HEADERS, *status_trailers(grpc.StatusCode.UNAVAILABLE, message)]
             conn.peer.send_headers(self.sid, fields, end_stream=True)
             stream = conn.peer.streams.get(self.sid)
             if stream is not None and not stream.remote_closed:

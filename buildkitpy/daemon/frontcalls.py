@@ -35,14 +35,14 @@ from buildkitpy.session.h2 import MAX_MESSAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-# A call's answers queued beyond what the client's windows let out: the handler waits above this.
-_SEND_HIGH_WATER = 1 << 20
+# A call's answers queued beyond what the client's windows let out: its sender waits above this.
+SEND_HIGH_WATER = 1 << 20
 _U32 = struct.Struct(">L")
 _HeaderList = list[tuple[str | bytes, str | bytes]]
-_RESPONSE_HEADERS: _HeaderList = [
+RESPONSE_HEADERS: _HeaderList = [
     (b":status", b"200"), (b"content-type", b"application/grpc")]
 # grpc-message: printable ASCII but '%' as it is, everything else percent-encoded (UTF-8).
-_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 # Request headers that are the transport's, not the call's metadata (grpc.aio hides them too).
 _TRANSPORT_HEADERS = frozenset((b"te", b"content-type", b"grpc-timeout", b"grpc-encoding",
                                 b"grpc-accept-encoding"))
@@ -159,7 +159,7 @@ class CallContext:
 class NativeCall:
     """One call the front serves itself (module docstring): the request's frames are collected, the
     handler runs in a task of its own once the client half-closed, its answers go out as they come
-    (the handler waits while the client's windows hold back more than ``_SEND_HIGH_WATER``)."""
+    (the handler waits while the client's windows hold back more than ``SEND_HIGH_WATER``)."""
 
     def __init__(self, conn: CallOwner, sid: int, path: bytes, handler: grpc.RpcMethodHandler) -> None:
         self.conn = conn
@@ -237,14 +237,14 @@ class NativeCall:
     def shut_down(self) -> None:
         """The daemon is going away: the call ends with UNAVAILABLE (as grpc.aio ends the calls it
         cancels at shutdown) and its handler is cancelled."""
-        self._end(_status(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
+        self._end(status_trailers(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down"))
         self.cancelled = True
         if self.task is not None:
             self.task.cancel()
 
     def sent_to_client(self, nbytes: int) -> None:
         peer = self.conn.peer
-        if peer.pending(self.sid) <= _SEND_HIGH_WATER:
+        if peer.pending(self.sid) <= SEND_HIGH_WATER:
             self._room.set()
         if self._ended:
             self._reset_if_answered()
@@ -291,7 +291,7 @@ class NativeCall:
                 deserialize = handler.request_deserializer
                 request = deserialize(request_bytes) if deserialize is not None else request_bytes
             except Exception as exc:  # noqa: BLE001 - a message the client got wrong
-                self._end(_status(grpc.StatusCode.INTERNAL, f"cannot decode the request: {exc}"))
+                self._end(status_trailers(grpc.StatusCode.INTERNAL, f"cannot decode the request: {exc}"))
                 return
             async with deadline:
                 if handler.response_streaming:
@@ -304,29 +304,29 @@ class NativeCall:
                 else:
                     await self.send_message(await handler.unary_unary(request, context))
         except grpc.aio.AbortError:
-            trailers = _status(context.code, context.details, context.trailing_metadata)
+            trailers = status_trailers(context.code, context.details, context.trailing_metadata)
         except TimeoutError as exc:
             if not deadline.expired():
                 log.error("%s failed", self.method, exc_info=exc)
-                trailers = _status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+                trailers = status_trailers(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
             else:
-                trailers = _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                trailers = status_trailers(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except asyncio.CancelledError:
             if not self.cancelled:
                 raise
             return
         except Exception as exc:  # noqa: BLE001 - the boundary: logged, reported, the daemon goes on
             log.error("%s failed", self.method, exc_info=exc)
-            trailers = _status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+            trailers = status_trailers(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
         else:
-            trailers = _status(context.code, context.details, context.trailing_metadata)
+            trailers = status_trailers(context.code, context.details, context.trailing_metadata)
         self._end(trailers)
 
     def send_headers(self, metadata: tuple[tuple[str, str | bytes], ...] = ()) -> None:
         if self._headers_sent or self._ended:
             return
         self._headers_sent = True
-        self.conn.peer.send_headers(self.sid, [*_RESPONSE_HEADERS, *_metadata_fields(metadata)])
+        self.conn.peer.send_headers(self.sid, [*RESPONSE_HEADERS, *_metadata_fields(metadata)])
         self.conn.write()
 
     async def send_message(self, message: Any) -> None:
@@ -340,12 +340,12 @@ class NativeCall:
         conn, peer = self.conn, self.conn.peer
         if not self._headers_sent:
             self._headers_sent = True
-            peer.send_headers(self.sid, _RESPONSE_HEADERS)
+            peer.send_headers(self.sid, RESPONSE_HEADERS)
         peer.send_data(self.sid, b"\0" + _U32.pack(len(data)), more=bool(data))
         if data:
             peer.send_data(self.sid, data)
         conn.write()
-        while not self._ended and (conn.paused or peer.pending(self.sid) > _SEND_HIGH_WATER):
+        while not self._ended and (conn.paused or peer.pending(self.sid) > SEND_HIGH_WATER):
             self._room.clear()
             if conn.paused:
                 conn.when_writable(self._room.set)
@@ -356,7 +356,7 @@ class NativeCall:
     def _fail(self, code: grpc.StatusCode, message: str) -> None:
         if self.task is not None:
             self.task.cancel()
-        self._end(_status(code, message))
+        self._end(status_trailers(code, message))
 
     def _end(self, trailers: _HeaderList) -> None:
         conn = self.conn
@@ -364,7 +364,7 @@ class NativeCall:
             return
         self._ended = True
         self._room.set()
-        fields = trailers if self._headers_sent else [*_RESPONSE_HEADERS, *trailers]
+        fields = trailers if self._headers_sent else [*RESPONSE_HEADERS, *trailers]
         peer = conn.peer
         peer.send_headers(self.sid, fields, end_stream=True)
         self._reset_if_answered()  # (or once what waits for the client's window is out)
@@ -385,11 +385,13 @@ def _metadata_fields(metadata: Iterable[tuple[str, str | bytes]]) -> _HeaderList
     return fields
 
 
-def _status(code: grpc.StatusCode, details: str = "",
-            trailing_metadata: Iterable[tuple[str, str | bytes]] = ()) -> _HeaderList:
+def status_trailers(code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: Iterable[tuple[str, str | bytes]] = ()) -> _HeaderList:
+    """gRPC trailers: the status, its percent-encoded message, the trailing metadata."""
     fields: _HeaderList = [(b"grpc-status", str(code.value[0]).encode()),
-                           (b"grpc-message", quote(details, safe=_MESSAGE_SAFE).encode())]
+                           (b"grpc-message", quote(details, safe=MESSAGE_SAFE).encode())]
     return fields + _metadata_fields(trailing_metadata)
 
 
-__all__ = ["MethodTable", "NativeCall", "CallContext"]
+__all__ = ["MethodTable", "NativeCall", "CallContext", "status_trailers", "RESPONSE_HEADERS", "MESSAGE_SAFE",
+           "SEND_HIGH_WATER"]

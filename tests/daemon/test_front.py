@@ -179,24 +179,30 @@ async def front_before_health(short_dir: str) -> AsyncIterator[tuple[FrontServer
         await backend.stop(0)
 
 
+async def health_traffic(stub: health_pb2_grpc.HealthStub, checks: int, watches: int) -> None:
+    """Health checks (SERVING, and NOT_FOUND for an unknown service), then server-streaming calls
+    the client cancels, or that run out of time."""
+    for _ in range(checks):
+        assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)).status == 1
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Check(health_pb2.HealthCheckRequest(service="no-such"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for _ in range(watches):
+        call = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert (await call.read()).status == 1
+        call.cancel()
+        late = stub.Watch(health_pb2.HealthCheckRequest(), timeout=0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            while True:
+                await late.read()
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 @pytest.mark.anyio
 async def test_a_long_lived_connection_keeps_nothing_of_the_calls_that_are_over(short_dir):
     async with front_before_health(short_dir) as (front, addr, _), grpc.aio.insecure_channel(addr) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
-        for _ in range(300):
-            assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)).status == 1
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Check(health_pb2.HealthCheckRequest(service="no-such"), timeout=30)
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        for _ in range(100):  # server-streaming calls the client cancels, or that run out of time
-            call = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
-            assert (await call.read()).status == 1
-            call.cancel()
-            late = stub.Watch(health_pb2.HealthCheckRequest(), timeout=0.05)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                while True:
-                    await late.read()
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await health_traffic(stub, checks=300, watches=100)
         assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)).status == 1
         (conn,) = front.connections
         for _ in range(100):  # the cancellations' RST_STREAMs may still be on their way

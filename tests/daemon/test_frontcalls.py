@@ -17,7 +17,7 @@ from buildkitpy.api import control_pb2, control_pb2_grpc, gateway_pb2, gateway_p
 from buildkitpy.daemon.front import FrontServer
 from buildkitpy.daemon.frontcalls import MethodTable
 from buildkitpy.session.manager import SessionManager
-from tests.daemon.test_front import channel
+from tests.daemon.test_front import channel, health_traffic
 
 BIG_MESSAGE = b"x" * (256 << 10)
 
@@ -69,21 +69,7 @@ async def front_with_methods(short_dir: str) -> AsyncIterator[tuple[FrontServer,
 @pytest.mark.anyio
 async def test_unary_and_server_streaming_calls_are_answered_by_the_front(short_dir, caplog):
     async with front_with_methods(short_dir) as (front, addr), grpc.aio.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        for _ in range(200):
-            assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)).status == 1
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Check(health_pb2.HealthCheckRequest(service="no-such"), timeout=30)
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        for _ in range(50):  # server-streaming calls the client cancels, or that run out of time
-            call = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
-            assert (await call.read()).status == 1
-            call.cancel()
-            late = stub.Watch(health_pb2.HealthCheckRequest(), timeout=0.05)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                while True:
-                    await late.read()
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await health_traffic(health_pb2_grpc.HealthStub(ch), checks=200, watches=50)
         # 16 MiB of answers through the client's windows, in order
         big = ch.unary_stream("/t.T/Big")(b"", timeout=30)
         assert [m async for m in big] == [BIG_MESSAGE] * 64
