@@ -49,6 +49,7 @@ class HistoryServices:
         self.store.start_gc()
 
     async def close(self) -> None:
+        self.store.finalize_all()  # the traces are written now, not after their window for late spans
         await self.recorder.wait_background()
         self.traces.shutdown()
         self.store.close()

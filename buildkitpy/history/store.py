@@ -261,6 +261,12 @@ class HistoryStore:
 
         return fin.trigger, done
 
+    def finalize_all(self) -> None:
+        """Every completed build still collecting its trace stops waiting for late spans (at
+        shutdown: none can come any more, and each waited up to ``recorder.TRACE_WAIT_SECONDS``)."""
+        for fin in self._finalizers.values():
+            fin.trigger.set()
+
     async def finalize(self, ref: str) -> None:
         fin = self._finalizers.get(ref)
         if fin is None:

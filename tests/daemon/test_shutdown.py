@@ -40,3 +40,34 @@ with grpc.insecure_channel({sock!r}) as ch:
         client.wait()
     assert rc == 0, daemon.log_text()[-3000:]
     assert "closed database" not in daemon.log_text()
+
+
+def test_a_daemon_stopped_right_after_a_build_writes_its_trace_without_waiting_for_late_spans(tmp_path):
+    """A finished build's trace waits up to TRACE_WAIT_SECONDS (3 s) for the client's late spans;
+    at shutdown none can come, so the daemon writes it at once and exits (it took 3 s after every
+    build). Restarted, the daemon has the record with its trace."""
+    import grpc
+
+    from buildkitpy.api import control_pb2, control_pb2_grpc
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")
+    (ctx / "f").write_text("x\n")
+    daemon = start_daemon(tmp_path / "d")
+    daemon.client("build", "--frontend", "dockerfile.v0", "--local", f"context={ctx}", "--local",
+                  f"dockerfile={ctx}", "--output", f"type=local,dest={tmp_path / 'out'}")
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0, daemon.log_text()[-3000:]
+    assert time.monotonic() - started < 2.0, "the daemon waited out the trace window"
+    daemon = start_daemon(tmp_path / "d")
+    try:
+        with grpc.insecure_channel(daemon.unix_addr.replace("unix://", "unix:")) as ch:
+            events = list(control_pb2_grpc.ControlStub(ch).ListenBuildHistory(
+                control_pb2.BuildHistoryRequest(EarlyExit=True), timeout=30))
+        (record,) = [e.record for e in events]
+        assert record.trace.media_type == "application/vnd.buildkit.otlp.json.v0", record
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.proc.wait(30)
