@@ -158,8 +158,9 @@ class CallContext:
 
 class NativeCall:
     """One call the front serves itself (module docstring): the request's frames are collected, the
-    handler runs in a task of its own once the client half-closed, its answers go out as they come
-    (the handler waits while the client's windows hold back more than ``SEND_HIGH_WATER``)."""
+    handler runs in a task of its own once the request message is complete (half-closed or not),
+    its answers go out as they come (the handler waits while the client's windows hold back more
+    than ``SEND_HIGH_WATER``)."""
 
     def __init__(self, conn: CallOwner, sid: int, path: bytes, handler: grpc.RpcMethodHandler) -> None:
         self.conn = conn
