@@ -215,8 +215,8 @@ class _Connection(asyncio.Protocol):
         self.write()
 
     def abort(self) -> list[asyncio.Task[None]]:
-        """The daemon is going away: its sessions end with UNAVAILABLE (as grpc.aio ends the calls
-        it cancels at shutdown), then the connection closes."""
+        """The daemon is going away: its sessions and the calls served here end with UNAVAILABLE (as
+        grpc.aio ends the calls it cancels at shutdown), then the connection closes."""
         calls = [route for route in self.routes.values() if isinstance(route, _SessionCall | NativeCall)]
         for call in calls:
             call.shut_down()

@@ -171,7 +171,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
     health_pb2_grpc.add_HealthServicer_to_server(_Health(), registering)
 
     # The grpc.aio server listens privately; the daemon's addresses are the front server's, which
-    # serves Control.Session itself and relays every other call to it (buildkitpy.daemon.front).
+    # serves Control.Session and the calls with one request message itself and relays the others
+    # to it (buildkitpy.daemon.front).
     backend_socket, backend_dir = backend_path(cfg.root)
     backend = _add_internal_listener(server, Path(backend_socket))
     if docker_addrs:
