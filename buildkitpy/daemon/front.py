@@ -23,7 +23,6 @@ stream.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -34,14 +33,12 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import anyio
 import grpc
 
 from buildkitpy import errors
 from buildkitpy.daemon.frontcalls import (
-    MESSAGE_SAFE,
     RESPONSE_HEADERS,
     SEND_HIGH_WATER,
     MethodTable,
@@ -69,9 +66,8 @@ def status_fields(err: BaseException) -> list[tuple[str | bytes, str | bytes]]:
     """gRPC trailers for an error: code, percent-encoded message and the rich status as
     ``grpc-status-details-bin`` (BuildKit's clients read errdefs details from it)."""
     status = errors.to_rpc_status(err)
-    return [(b"grpc-status", str(status.code).encode()),
-            (b"grpc-message", quote(status.message, safe=MESSAGE_SAFE).encode()),
-            (b"grpc-status-details-bin", base64.b64encode(status.SerializeToString()).rstrip(b"="))]
+    return status_trailers(status.code, status.message,
+                           (("grpc-status-details-bin", status.SerializeToString()),))
 
 
 _OK_TRAILERS: list[tuple[str | bytes, str | bytes]] = [(b"grpc-status", b"0")]

@@ -42,7 +42,7 @@ _HeaderList = list[tuple[str | bytes, str | bytes]]
 RESPONSE_HEADERS: _HeaderList = [
     (b":status", b"200"), (b"content-type", b"application/grpc")]
 # grpc-message: printable ASCII but '%' as it is, everything else percent-encoded (UTF-8).
-MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 # Request headers that are the transport's, not the call's metadata (grpc.aio hides them too).
 _TRANSPORT_HEADERS = frozenset((b"te", b"content-type", b"grpc-timeout", b"grpc-encoding",
                                 b"grpc-accept-encoding"))
@@ -138,22 +138,6 @@ class CallContext:
 
     async def abort_with_status(self, status: grpc.Status) -> None:
         await self.abort(status.code, status.details, status.trailing_metadata)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
-        self.trailing_metadata = tuple(metadata)
-
-    def time_remaining(self) -> float | None:
-        deadline = self._call.deadline
-        return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-
-    def cancelled(self) -> bool:
-        return self._call.cancelled
 
 
 class NativeCall:
@@ -386,13 +370,15 @@ def _metadata_fields(metadata: Iterable[tuple[str, str | bytes]]) -> _HeaderList
     return fields
 
 
-def status_trailers(code: grpc.StatusCode, details: str = "",
+def status_trailers(code: grpc.StatusCode | int, details: str = "",
                     trailing_metadata: Iterable[tuple[str, str | bytes]] = ()) -> _HeaderList:
-    """gRPC trailers: the status, its percent-encoded message, the trailing metadata."""
-    fields: _HeaderList = [(b"grpc-status", str(code.value[0]).encode()),
-                           (b"grpc-message", quote(details, safe=MESSAGE_SAFE).encode())]
+    """gRPC trailers: the status (a code or its number), its percent-encoded message, the trailing
+    metadata (``-bin`` values base64-encoded)."""
+    number = code if isinstance(code, int) else code.value[0]
+    fields: _HeaderList = [(b"grpc-status", str(number).encode()),
+                           (b"grpc-message", quote(details, safe=_MESSAGE_SAFE).encode())]
     return fields + _metadata_fields(trailing_metadata)
 
 
-__all__ = ["MethodTable", "NativeCall", "CallContext", "status_trailers", "RESPONSE_HEADERS", "MESSAGE_SAFE",
+__all__ = ["MethodTable", "NativeCall", "CallContext", "status_trailers", "RESPONSE_HEADERS",
            "SEND_HIGH_WATER"]
