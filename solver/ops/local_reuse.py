@@ -6,7 +6,7 @@ SQLite (``<worker root>/local-sources.db``, so a daemon restart keeps it); the n
 the same key starts a new mutable snapshot on top of it and syncs the delta into that, so no
 finished result is ever modified.
 
-Transfers with one key are serialised by ``claim``: the second waits for the first (then only
+Transfers with one key are serialised by ``SharedKeyIndex.claim``: the second waits for the first (then only
 fetches what changed since) or, after ``CLAIM_TIMEOUT``, transfers from scratch without recording.
 Under the empty session key (every buildctl) nobody waits: each transfer syncs against the last
 recorded copy and records its own result, the last to finish winning.
@@ -32,8 +32,10 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS local_sources (shared_key TEXT PRIMARY KE
 
 
 class SharedKeyIndex:
-    """Blocking SQLite access (call through a worker thread), thread-safe: one connection for the
-    worker's life, one statement at a time. A connection per call cost a checkpoint and a sync to
+    """The worker's record of local-source copies and the claims on their keys. The record is
+    blocking SQLite access (call ``get``/``put``/``forget`` through a worker thread), thread-safe:
+    one connection for the worker's life, one statement at a time; ``claim`` runs on the event
+    loop. A connection per call cost a checkpoint and a sync to
     the disk whenever it was the last one open, and concurrent writers then waited in SQLite's busy
     handler: 16 concurrent builds' lookups and records took 23-40 ms each, some up to 0.5 s.
     ``synchronous=NORMAL`` as the build cache's database: a record lost to a power cut only makes
@@ -43,6 +45,7 @@ class SharedKeyIndex:
         self.path = Path(worker_root) / DB_NAME
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._claims: dict[str, _KeyLock] = {}  # the keys being transferred (event loop only)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -69,6 +72,36 @@ class SharedKeyIndex:
         with self._lock:
             self._conn().execute("DELETE FROM local_sources WHERE shared_key=?", (shared_key,))
 
+    @asynccontextmanager
+    async def claim(self, shared_key: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        """Hold the key while transferring; yields False if another transfer kept it too long, or
+        at once if it is held and ``wait`` is false.
+
+        Locks live only while someone uses them, so none outlives the event loop it was made on.
+        """
+        entry = self._claims.get(shared_key)
+        if entry is None:
+            entry = self._claims[shared_key] = _KeyLock(anyio.Lock())
+        entry.users += 1
+        acquired = False
+        try:
+            if wait:
+                with anyio.move_on_after(CLAIM_TIMEOUT):
+                    await entry.lock.acquire()
+                    acquired = True
+            elif not entry.lock.locked():
+                entry.lock.acquire_nowait()
+                acquired = True
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    entry.lock.release()
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._claims[shared_key]
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -80,38 +113,3 @@ class SharedKeyIndex:
 class _KeyLock:
     lock: anyio.Lock
     users: int = 0
-
-
-_LOCKS: dict[str, _KeyLock] = {}
-
-
-@asynccontextmanager
-async def claim(worker_root: Path, shared_key: str, *, wait: bool = True) -> AsyncIterator[bool]:
-    """Hold the key while transferring; yields False if another transfer kept it too long, or at
-    once if it is held and ``wait`` is false.
-
-    Locks live only while someone uses them, so none outlives the event loop it was made on.
-    """
-    name = f"{Path(worker_root).absolute()}\0{shared_key}"
-    entry = _LOCKS.get(name)
-    if entry is None:
-        entry = _LOCKS[name] = _KeyLock(anyio.Lock())
-    entry.users += 1
-    acquired = False
-    try:
-        if wait:
-            with anyio.move_on_after(CLAIM_TIMEOUT):
-                await entry.lock.acquire()
-                acquired = True
-        elif not entry.lock.locked():
-            entry.lock.acquire_nowait()
-            acquired = True
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                entry.lock.release()
-    finally:
-        entry.users -= 1
-        if not entry.users:
-            del _LOCKS[name]

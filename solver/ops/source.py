@@ -36,7 +36,7 @@ from buildkitpy.solver.cachekey import CacheMap, digest_json, sha256_text
 from buildkitpy.solver.contenthash import ChecksumStore, FileMeta, FileRecord, regular_file_hasher
 from buildkitpy.solver.loader import Vertex
 from buildkitpy.solver.ops.base import OpContext, register_op
-from buildkitpy.solver.ops.local_reuse import SharedKeyIndex, claim
+from buildkitpy.solver.ops.local_reuse import SharedKeyIndex
 
 ATTR_SESSION = "local.session"
 ATTR_UNIQUE = "local.unique"
@@ -153,7 +153,7 @@ class LocalSource:
         checksums = getattr(ctx.shared, "checksums", None)
         # An empty session key stands for any directory of any buildctl: waiting for another
         # transfer under it would serialise unrelated builds for nothing.
-        async with claim(ctx.worker.root, key, wait=bool(session.shared_key)) as owned:
+        async with index.claim(key, wait=bool(session.shared_key)) as owned:
             target = await blocking(_Target.open, ctx.worker.snapshots, index if self.differ == "metadata"
                                     else None, key, f"local source for {self.name}")
             try:

@@ -22,6 +22,7 @@ from buildkitpy.session.filesync import FileSyncAttachable
 from buildkitpy.session.secrets import SecretsAttachable
 from buildkitpy.solver import Job
 from buildkitpy.solver.ops import source as source_ops
+from buildkitpy.solver.ops.local_reuse import SharedKeyIndex
 from tests.session.conftest import start_daemon, stop_daemon
 from tests.solver.conftest import describe
 from tests.solver.llbutil import LLB, copy
@@ -360,3 +361,24 @@ async def test_other_shared_keys_never_mix(env, short_dir, tmp_path):
         two = await client.build()
     assert one.tree == {"f": b"AAAA"} and two.tree == {"f": b"BBBB"}
     assert two.parent_id is None
+
+
+@pytest.mark.anyio
+async def test_claims_belong_to_their_index(tmp_path):
+    """A key held on one worker's index does not hold up another worker (another root) with the
+    same key; on its own index a second claim that will not wait gets False at once, and once the
+    claim ends the key is free again and nothing is left behind."""
+    one, other = SharedKeyIndex(tmp_path / "w1"), SharedKeyIndex(tmp_path / "w2")
+    try:
+        async with one.claim("k") as first:
+            assert first
+            async with other.claim("k", wait=False) as elsewhere:
+                assert elsewhere
+            async with one.claim("k", wait=False) as second:
+                assert not second
+        async with one.claim("k", wait=False) as again:
+            assert again
+        assert one._claims == {} and other._claims == {}
+    finally:
+        one.close()
+        other.close()
