@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc as collector
 import logging
 import os
@@ -92,7 +93,10 @@ async def _listen(front: FrontServer, addr: str, cfg: Config) -> str:
     if url.scheme == "unix":
         path = Path(url.path or url.netloc)
         _claim_unix_path(path)
-        await front.listen_unix(str(path))
+        try:
+            await front.listen_unix(str(path))
+        except OSError as exc:  # a path too long for a unix socket, a directory missing, ...
+            raise SystemExit(f"buildkitpyd: cannot listen on {addr}: {exc.strerror or exc}") from None
         return str(path)
     if url.scheme == "tcp":
         tls = None
@@ -143,103 +147,100 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, docker_addrs
         root_lock = acquire_root_lock(cfg.root)  # before anything under the root is touched
     except RootLockedError as exc:
         raise SystemExit(f"buildkitpyd: {exc}") from None
-    sessions = SessionManager()
-    worker = open_worker(cfg, _worker_id(cfg.root), sessions)
-    solver = Solver(worker)
-    jobs = JobRegistry()
+    # Each resource's teardown is registered as soon as it exists: a failure at any point of the
+    # start, or the end of the daemon, lets go of what is there, last acquired first.
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(root_lock.release)
+        sessions = SessionManager()
+        worker = open_worker(cfg, _worker_id(cfg.root), sessions)
+        stack.callback(worker.close)
+        solver = Solver(worker)
+        stack.callback(solver.close)
+        jobs = JobRegistry()
 
-    def record():
-        return worker_record(worker, cfg)
+        def record():
+            return worker_record(worker, cfg)
 
-    history = open_history(cfg, worker, solver)
-    gc = GarbageCollector(worker, solver.cache, cache_mounts=solver.cache_mounts.root,
-                          cache_mount_generation=solver.cache_mounts.generation,
-                          passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
-                          busy=lambda: bool(jobs.active()), quiesce=jobs.quiesced)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    # The front serves the calls with one request message with these same handlers (frontcalls).
-    methods = MethodTable()
-    registering = methods.recording(server)
-    control = ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions,
-                             worker_record=record, history=history.recorder, gc=gc)
-    add_control_to_server(control, registering)
-    history.serve(registering)
-    container_frontend.register(lambda: [record()])
-    gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
-        LLBBridgeService(jobs_resolver(jobs), lambda: [record()], lambda: worker.executor is not None),
-        registering)
-    health_pb2_grpc.add_HealthServicer_to_server(_Health(), registering)
+        history = open_history(cfg, worker, solver)
+        stack.push_async_callback(history.close)
+        gc = GarbageCollector(worker, solver.cache, cache_mounts=solver.cache_mounts.root,
+                              cache_mount_generation=solver.cache_mounts.generation,
+                              passes=passes_from_policies(default_gc_policies(cfg)) if cfg.gc else (),
+                              busy=lambda: bool(jobs.active()), quiesce=jobs.quiesced)
+        stack.push_async_callback(gc.wait_idle)
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        # The front serves the calls with one request message with these same handlers (frontcalls).
+        methods = MethodTable()
+        registering = methods.recording(server)
+        control = ControlService(worker=worker, solver=solver, jobs=jobs, sessions=sessions,
+                                 worker_record=record, history=history.recorder, gc=gc)
+        add_control_to_server(control, registering)
+        history.serve(registering)
+        container_frontend.register(lambda: [record()])
+        gateway_pb2_grpc.add_LLBBridgeServicer_to_server(
+            LLBBridgeService(jobs_resolver(jobs), lambda: [record()], lambda: worker.executor is not None),
+            registering)
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(), registering)
 
-    # The grpc.aio server listens privately; the daemon's addresses are the front server's, which
-    # serves Control.Session and the calls with one request message itself and relays the others
-    # to it (buildkitpy.daemon.front).
-    backend_socket, backend_dir = backend_path(cfg.root)
-    backend = _add_internal_listener(server, Path(backend_socket))
-    if docker_addrs:
-        from buildkitpy import dockerapi, exporter
-        from buildkitpy.dockerapi import mobyexporter
-
-        exporter.register("moby", mobyexporter.export)
-        dockerapi.state_dir(cfg.root).mkdir(parents=True, exist_ok=True)
-        internal = _add_internal_listener(server, Path(urlparse(dockerapi.control_address(cfg.root)).path))
-    await server.start()
-    os.chmod(backend, 0o600)
-    front = FrontServer(sessions, backend, methods)
-    try:
-        listening = [await _listen(front, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
-    except BaseException:
-        await front.close()
-        await server.stop(grace=0)
+        # The grpc.aio server listens privately; the daemon's addresses are the front server's,
+        # which serves Control.Session and the calls with one request message itself and relays
+        # the others to it (buildkitpy.daemon.front).
+        backend_socket, backend_dir = backend_path(cfg.root)
         if backend_dir is not None:
-            shutil.rmtree(backend_dir, ignore_errors=True)
-        raise
-    for path in listening:
-        if path.startswith("/"):
-            os.chmod(path, 0o660)
-    docker_api = None
-    if docker_addrs:
-        os.chmod(internal, 0o600)
-        try:
-            docker_api = await dockerapi.start(root=cfg.root, worker=worker, sessions=sessions,
-                                               addresses=docker_addrs,
-                                               insecure_tcp=docker_insecure,
-                                               tls=(cfg.tls.cert, cfg.tls.key, cfg.tls.ca))
-        except Exception as exc:
+            stack.callback(shutil.rmtree, backend_dir, ignore_errors=True)
+        backend = _add_internal_listener(server, Path(backend_socket))
+        if docker_addrs:
+            from buildkitpy import dockerapi, exporter
+            from buildkitpy.dockerapi import mobyexporter
+
+            exporter.register("moby", mobyexporter.export)
+            dockerapi.state_dir(cfg.root).mkdir(parents=True, exist_ok=True)
+            internal_path = Path(urlparse(dockerapi.control_address(cfg.root)).path)
+            internal = _add_internal_listener(server, internal_path)
+        await server.start()
+        stack.push_async_callback(server.stop, None)  # at once: the graceful stop below came first
+        os.chmod(backend, 0o600)
+        front = FrontServer(sessions, backend, methods)
+
+        async def stop_serving() -> None:
+            """No new calls; those running get 2 s, the builds they started 10 s more."""
+            front.stop_listening()
+            await asyncio.gather(server.stop(grace=2), front.finish_calls(grace=2))
             await front.close()
-            await server.stop(grace=0)
-            if backend_dir is not None:
-                shutil.rmtree(backend_dir, ignore_errors=True)
-            raise SystemExit(f"buildkitpyd: Engine API: {exc}") from None
-        log.info("Docker Engine API on %s", ", ".join(docker_api.addresses))
-    log.info("buildkitpyd %s running on %s (root %s, worker %s, executor %s)", __version__,
-             ", ".join(cfg.addresses or [DEFAULT_ADDRESS]), cfg.root, worker.id,
-             "runc" if worker.executor is not None else "none (runc not found)")
-    if ready is not None:
-        ready.set()
-    gc.trigger()  # a store left above the policies' limits (a changed config) shrinks at once
+            if not await control.wait_solves(timeout=10):
+                log.warning("builds still finishing 10 s after the gRPC server stopped; closing anyway")
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        if docker_api is not None:
-            await docker_api.close()
-        front.stop_listening()
-        await asyncio.gather(server.stop(grace=2), front.finish_calls(grace=2))
-        await front.close()
-        if not await control.wait_solves(timeout=10):
-            log.warning("builds still finishing 10 s after the gRPC server stopped; closing anyway")
-        if backend_dir is not None:
-            shutil.rmtree(backend_dir, ignore_errors=True)
-        await gc.wait_idle()
-        await history.close()
-        solver.close()
-        worker.close()
-        root_lock.release()
+        stack.push_async_callback(stop_serving)
+        listening = [await _listen(front, addr, cfg) for addr in (cfg.addresses or [DEFAULT_ADDRESS])]
+        for path in listening:
+            if path.startswith("/"):
+                os.chmod(path, 0o660)
+        if docker_addrs:
+            os.chmod(internal, 0o600)
+            try:
+                docker_api = await dockerapi.start(root=cfg.root, worker=worker, sessions=sessions,
+                                                   addresses=docker_addrs,
+                                                   insecure_tcp=docker_insecure,
+                                                   tls=(cfg.tls.cert, cfg.tls.key, cfg.tls.ca))
+            except Exception as exc:
+                raise SystemExit(f"buildkitpyd: Engine API: {exc}") from None
+            stack.push_async_callback(docker_api.close)
+            log.info("Docker Engine API on %s", ", ".join(docker_api.addresses))
+        log.info("buildkitpyd %s running on %s (root %s, worker %s, executor %s)", __version__,
+                 ", ".join(cfg.addresses or [DEFAULT_ADDRESS]), cfg.root, worker.id,
+                 "runc" if worker.executor is not None else "none (runc not found)")
+        if ready is not None:
+            ready.set()
+        gc.trigger()  # a store left above the policies' limits (a changed config) shrinks at once
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
 
 
 # Python's cyclic garbage collector, for a long-running daemon: young collections every this many

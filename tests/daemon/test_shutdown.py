@@ -3,14 +3,16 @@ cleanly, and its history is written before its databases close."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.conftest import start_daemon
+from tests.conftest import BIN, start_daemon
 
 
 @pytest.mark.parametrize("client_gone_after", [0.0, 1.0])
@@ -71,3 +73,43 @@ def test_a_daemon_stopped_right_after_a_build_writes_its_trace_without_waiting_f
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
         daemon.proc.wait(30)
+
+
+
+@pytest.mark.parametrize("bad", ["port taken", "path too long"])
+def test_a_daemon_that_cannot_listen_exits_with_the_cause_and_leaves_nothing_behind(tmp_path, bad):
+    """One of its addresses cannot be opened (a TCP port in use, a unix socket path over the
+    kernel's 108 bytes): the daemon names it and exits without a traceback, the private directory
+    of its internal socket (made when ``<root>/grpc.sock`` is too long a path) is gone, and the
+    root is free for the next daemon at once."""
+    state = tmp_path / ("r" * 110) / "state"  # <root>/grpc.sock is too long a path
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"tcp://127.0.0.1:{busy.getsockname()[1]}" if bad == "port taken" \
+            else f"unix://{state.parent}/buildkitd.sock"
+        started = time.monotonic()
+        proc = subprocess.run([str(BIN / "buildkitpyd"), "--root", str(state), "--addr",
+                               f"unix://{tmp_path}/d.sock", "--addr", address],
+                              env={**os.environ, "TMPDIR": str(temp)}, capture_output=True, text=True,
+                              timeout=60)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"buildkitpyd: cannot listen on {address}: " in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert time.monotonic() - started < 20
+    assert list(temp.iterdir()) == []
+    sock = tmp_path / "again.sock"
+    again = subprocess.Popen([str(BIN / "buildkitpyd"), "--root", str(state), "--addr", f"unix://{sock}"],
+                             env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and again.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock.exists(), again.stderr.read() if again.poll() is not None else "no socket in 30 s"
+    finally:
+        again.send_signal(signal.SIGTERM)
+        _, err = again.communicate(timeout=30)
+    assert again.returncode == 0, err[-3000:]
+    assert list(temp.iterdir()) == []
