@@ -49,7 +49,7 @@ from .mounts import parse_mount
 from .outline import ArgInfo, StageOutline
 from .parser import parse as parse_ast
 from .parser import parse_heredoc
-from .shell import Lex, ShellExpansionError
+from .shell import ExpansionBudget, Lex, ShellExpansionError
 
 if TYPE_CHECKING:
     from .convert import ImageResolver
@@ -187,7 +187,8 @@ class DispatchContext:
         self.by_name: dict[str, StageState] = {}
         self.context_paths: set[str] = set()
         self.global_args: dict[str, str] = {}
-        self.lex = Lex()
+        self.expansions = ExpansionBudget()  # what every expansion of this conversion adds
+        self.lex = Lex(budget=self.expansions)
         # build checks (None: not linting); ``all_stages`` dispatches unreachable stages too, as
         # BuildKit does for ``frontend.lint`` without a target
         self.linter = linter
@@ -203,7 +204,7 @@ class DispatchContext:
     # ---- driver -----------------------------------------------------------------------------------
     async def run(self, dockerfile: bytes) -> StageState:
         df = parse_dockerfile(dockerfile)
-        self.lex = Lex(df.ast.escape_token)
+        self.lex = Lex(df.ast.escape_token, budget=self.expansions)
         target_name = self.opt.target or df.stages[-1].name
         self.global_args = self._default_args(target_name)
         if self.linter is not None:
@@ -784,11 +785,12 @@ class DispatchContext:
         lint = self.linter.for_comments(ins.comments) if self.linter is not None else None
         if not isinstance(ins, ArgCommand):
             if lint is None:
-                ins = expand(ins, d.env(), escape_token=self.lex.escape_token)
+                ins = expand(ins, d.env(), escape_token=self.lex.escape_token, budget=self.expansions)
             else:
                 env = d.env()
                 unmatched: set[str] = set()
-                ins = expand(ins, env, escape_token=self.lex.escape_token, unmatched=unmatched)
+                ins = expand(ins, env, escape_token=self.lex.escape_token, unmatched=unmatched,
+                             budget=self.expansions)
                 checks.check_undefined_vars(lint, unmatched, [a.key for a in d.build_args], list(env),
                                             _ins_lines(ins), NON_ENV_ARGS)
                 self._lint_instruction(d, ins, lint, not cmd.sources)
@@ -1039,7 +1041,7 @@ class DispatchContext:
             if m.type == "secret" and m.env is not None:
                 masked.pop(m.env, None)
                 masked[m.env] = "****"
-        raw_lex = Lex(self.lex.escape_token, raw_quotes=True, skip_unset_env=True)
+        raw_lex = Lex(self.lex.escape_token, raw_quotes=True, skip_unset_env=True, budget=self.expansions)
         opts["custom_name"] = self._prefix(d, self._display(custom, masked, raw_lex), d.platform, env)
         if self.opt.extra_hosts:
             opts["extra_hosts"] = dict(self.opt.extra_hosts)

@@ -33,7 +33,7 @@ from .instructions import (
     WorkdirCommand,
 )
 from .mounts import parse_mount
-from .shell import Lex, ShellExpansionError
+from .shell import ExpansionBudget, Lex, ShellExpansionError
 
 COPY_FROM_EXPANSION_ERROR = (
     "variable expansion is not supported for --from, define a new stage with FROM using ARG from "
@@ -47,18 +47,20 @@ def expand(
     *,
     escape_token: str = "\\",
     unmatched: set[str] | None = None,
+    budget: ExpansionBudget | None = None,
 ) -> Instruction:
     """Return a copy of ``instruction`` with BuildKit's expansions applied.
 
     ``env`` is the environment before the instruction (so ``ENV A=1 B=$A`` sees the old ``A``).
     Names referenced but not set are added to ``unmatched`` when given (BuildKit's UndefinedVar
-    lint). Raises ``ShellExpansionError`` (or ``MountError`` for a RUN mount) like BuildKit.
+    lint); ``budget`` is the conversion's (``shell.ExpansionBudget``). Raises
+    ``ShellExpansionError`` (or ``MountError`` for a RUN mount) like BuildKit.
     """
     # A shallow copy: every field expanded below is replaced by a new value (the pairs, heredoc
     # bodies and ARG defaults by new objects), never changed in place, so the parsed instruction
     # stays as written. (A deep copy of every instruction was a tenth of converting a long file.)
     ins = copy.copy(instruction)
-    lex = Lex(escape_token)
+    lex = Lex(escape_token, budget=budget)
 
     def word(value: str) -> str:
         result = lex.process(value, env)
@@ -85,7 +87,7 @@ def expand(
         ins.source_paths = [word(p) for p in ins.source_paths]
         ins.dest_path = word(ins.dest_path)
         # Heredoc bodies: always "\" as escape and quotes kept, as a shell would treat the file.
-        raw = Lex("\\", skip_process_quotes=True)
+        raw = Lex("\\", skip_process_quotes=True, budget=budget)
 
         def body(content: SourceContent) -> SourceContent:
             if not content.expand:

@@ -49,6 +49,12 @@ def ops(result) -> list[ops_pb2.Op]:  # noqa: ANN001
     (b"FROM scratch\nARG A0=xxxxxxxxxxxxxxxx\n"
      + b"".join(b"ARG A%d=$A%d$A%d\n" % (i, i - 1, i - 1) for i in range(1, 40)),
      'failed to process "$A16$A16": the expansion is longer than 1 MiB', 19),
+    # each word within its MiB, but every line after the doubling adds one: 3 KB asking for GBs,
+    # stopped once the expansions added 16 MiB (A0..A16 about 2, then 14 lines)
+    (b"FROM scratch\nARG A0=xxxxxxxxxxxxxxxx\n"
+     + b"".join(b"ARG A%d=$A%d$A%d\n" % (i, i - 1, i - 1) for i in range(1, 17))
+     + b"".join(b"ENV B%d=x$A16\n" % i for i in range(200)),
+     'failed to process "x$A16": the expansions of this Dockerfile add more than 16 MiB in all', 33),
     # a replacement multiplies a value: 2 KiB of x, each replaced by 1 KiB
     (b"FROM scratch\nARG X=" + b"x" * 2048 + b"\nARG Y=" + b"y" * 1024 + b"\nENV Z=${X//x/$Y}\n",
      "the expansion is longer than 1 MiB", 4),

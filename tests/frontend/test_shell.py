@@ -26,6 +26,7 @@ from buildkitpy.frontend.dockerfile.instructions import (
 from buildkitpy.frontend.dockerfile.mounts import MountError
 from buildkitpy.frontend.dockerfile.parser import parse
 from buildkitpy.frontend.dockerfile.shell import (
+    ExpansionBudget,
     Lex,
     ShellExpansionError,
     process_word,
@@ -447,3 +448,19 @@ def test_expansion_errors_surface():
     with pytest.raises(ShellExpansionError) as info:
         expand(ins("WORKDIR ${DIR:?must be set}"), {})
     assert str(info.value) == 'failed to process "${DIR:?must be set}": DIR: must be set'
+
+
+def test_a_budget_bounds_what_the_lexers_of_one_conversion_add_together():
+    budget = ExpansionBudget(limit=100)
+    env = {"A": "x" * 40, "EMPTY": ""}
+    assert Lex(budget=budget).process_word("$A$A", env) == "x" * 80  # adds 76
+    assert budget.used == 76
+    # words that do not grow (quotes, escapes, an empty value) spend nothing
+    assert Lex(budget=budget).process_word("'a b' \\c ${EMPTY}d", env) == "a b c d"
+    assert budget.used == 76
+    raw = Lex(budget=budget, skip_process_quotes=True)  # another lexer of the same conversion
+    with pytest.raises(ShellExpansionError, match="add more than 100 bytes in all") as err:
+        raw.process_word("$A", env)
+    assert err.value.reason.startswith("the expansions of this Dockerfile")
+    # another conversion has a budget of its own
+    assert Lex(budget=ExpansionBudget(limit=100)).process_word("$A", env) == "x" * 40
