@@ -6,10 +6,10 @@ SQLite (``<worker root>/local-sources.db``, so a daemon restart keeps it); the n
 the same key starts a new mutable snapshot on top of it and syncs the delta into that, so no
 finished result is ever modified.
 
-Transfers with one key are serialised by ``SharedKeyIndex.claim``: the second waits for the first (then only
-fetches what changed since) or, after ``CLAIM_TIMEOUT``, transfers from scratch without recording.
-Under the empty session key (every buildctl) nobody waits: each transfer syncs against the last
-recorded copy and records its own result, the last to finish winning.
+Transfers with one key are serialised by ``SharedKeyIndex.claim``: the second waits for the first
+(then only fetches what changed since) or, after ``CLAIM_TIMEOUT``, transfers from scratch without
+recording. Under the empty session key (every buildctl) nobody waits: each transfer syncs against
+the last recorded copy and records its own result, the last to finish winning.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class SharedKeyIndex:
     """The worker's record of local-source copies and the claims on their keys. The record is
     blocking SQLite access (call ``get``/``put``/``forget`` through a worker thread), thread-safe:
     one connection for the worker's life, one statement at a time; ``claim`` runs on the event
-    loop. A connection per call cost a checkpoint and a sync to
-    the disk whenever it was the last one open, and concurrent writers then waited in SQLite's busy
-    handler: 16 concurrent builds' lookups and records took 23-40 ms each, some up to 0.5 s.
+    loop. A connection per call cost a checkpoint and a sync to the disk whenever it was the last
+    one open, and concurrent writers then waited in SQLite's busy handler: 16 concurrent builds'
+    lookups and records took 23-40 ms each, some up to 0.5 s.
     ``synchronous=NORMAL`` as the build cache's database: a record lost to a power cut only makes
     the next transfer a full one."""
 
