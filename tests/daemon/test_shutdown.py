@@ -75,7 +75,6 @@ def test_a_daemon_stopped_right_after_a_build_writes_its_trace_without_waiting_f
         daemon.proc.wait(30)
 
 
-
 @pytest.mark.parametrize("bad", ["port taken", "path too long"])
 def test_a_daemon_that_cannot_listen_exits_with_the_cause_and_leaves_nothing_behind(tmp_path, bad):
     """One of its addresses cannot be opened (a TCP port in use, a unix socket path over the
