@@ -27,12 +27,13 @@ def is_space(ch: str) -> bool:
     return ch in _GO_SPACE
 
 
-_GO_SPACE_RE = re.compile("[" + re.escape(_GO_SPACE_CHARS) + "]+")
+# A run of ``unicode.IsSpace`` characters.
+SPACE_RUN = re.compile("[" + re.escape(_GO_SPACE_CHARS) + "]+")
 
 
 def fields(s: str) -> list[str]:
     """``strings.Fields``: the runs of non-space characters."""
-    return [f for f in _GO_SPACE_RE.split(s) if f]
+    return [f for f in SPACE_RUN.split(s) if f]
 
 
 def trim_space(s: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from buildkitpy.gocompat import fields, is_digit, is_letter, is_space, quote
+from buildkitpy.gocompat import SPACE_RUN, fields, is_digit, is_letter, is_space, quote
 
 from .errors import DockerfileError
 
@@ -104,8 +104,23 @@ class _Words:
         self.in_word = True
 
     def add_string(self, s: str) -> None:
-        for ch in s:
-            self.add_char(ch)
+        """``add_char`` of each character, a run at a time: a run of white space acts as its first
+        character (the ones after it change nothing), a run of others goes into the field whole
+        (a 1 MiB value took 0.2 s a character at a time)."""
+        pos = 0
+        for run in SPACE_RUN.finditer(s):
+            start = run.start()
+            if start > pos:
+                self.buf.append(s[pos:start])
+                self.in_word = True
+            if self.in_word and self.buf:
+                self.words.append("".join(self.buf))
+                self.buf.clear()
+                self.in_word = False
+            pos = run.end()
+        if pos < len(s):
+            self.buf.append(s[pos:])
+            self.in_word = True
 
     def add_raw_string(self, s: str) -> None:
         if s:  # Go's strings.Builder: writing "" leaves the length at 0

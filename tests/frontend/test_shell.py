@@ -33,7 +33,7 @@ from buildkitpy.frontend.dockerfile.shell import (
     process_word_with_matches,
     process_words,
 )
-from buildkitpy.gocompat import quote
+from buildkitpy.gocompat import is_space, quote
 
 ENV = {"HOME": "/root", "NAME": "world", "EMPTY": "", "SP": "a  b", "PATHLIKE": "/usr/local/bin/tool.tar.gz"}
 
@@ -464,3 +464,30 @@ def test_a_budget_bounds_what_the_lexers_of_one_conversion_add_together():
     assert err.value.reason.startswith("the expansions of this Dockerfile")
     # another conversion has a budget of its own
     assert Lex(budget=ExpansionBudget(limit=100)).process_word("$A", env) == "x" * 40
+
+
+@pytest.mark.parametrize("value", ["", " ", "a", " a ", "a  b", "\u00a0a\u3000b\t", "ab cd  ef ", "  x"])
+@pytest.mark.parametrize("before", ["", "$EMPTY", '""', "p", "p "])
+def test_an_expanded_value_splits_into_fields_as_its_characters_would(value, before):
+    """A value splits run by run exactly as it did character by character (Go's unicode spaces,
+    white space at either end, after nothing, an empty expansion, empty quotes (a field begun with
+    nothing in it yet) or literal text)."""
+    env = {"V": value, "EMPTY": ""}
+    word = f"{before}${{V}}q"
+
+    def reference() -> list[str]:  # BuildKit's loop, a character at a time
+        buf: list[str] = []
+        words: list[str] = []
+        in_word = before == '""'
+        for ch in ("" if before in ("$EMPTY", '""') else before) + value + "q":
+            if is_space(ch):
+                if in_word and buf:
+                    words.append("".join(buf))
+                    buf.clear()
+                    in_word = False
+            else:
+                buf.append(ch)
+                in_word = True
+        return words + (["".join(buf)] if buf else [])
+
+    assert Lex().process_words(word, env) == reference()
