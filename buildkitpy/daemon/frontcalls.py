@@ -140,6 +140,10 @@ class CallContext:
         await self.abort(status.code, status.details, status.trailing_metadata)
 
 
+class _CallEnded(Exception):
+    """The call's status is sent already (an answer over the size limit): its handler stops."""
+
+
 class NativeCall:
     """One call the front serves itself (module docstring): the request's frames are collected, the
     handler runs in a task of its own once the request message is complete (half-closed or not),
@@ -288,6 +292,8 @@ class NativeCall:
                         await answers
                 else:
                     await self.send_message(await handler.unary_unary(request, context))
+        except _CallEnded:
+            return
         except grpc.aio.AbortError:
             trailers = status_trailers(context.code, context.details, context.trailing_metadata)
         except TimeoutError as exc:
@@ -321,7 +327,11 @@ class NativeCall:
         serialize = self.handler.response_serializer
         data = serialize(message) if serialize is not None else message
         if len(data) > MAX_MESSAGE_SIZE:
-            raise ValueError(f"answer larger than max ({len(data)} vs. {MAX_MESSAGE_SIZE})")
+            # a limit the answer met, not a bug: the status gRPC's own servers give
+            self._end(status_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"grpc: trying to send message larger than max ({len(data)} vs. "
+                                      f"{MAX_MESSAGE_SIZE})"))
+            raise _CallEnded
         conn, peer = self.conn, self.conn.peer
         if not self._headers_sent:
             self._headers_sent = True

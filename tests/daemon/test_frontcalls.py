@@ -41,6 +41,10 @@ async def _crash(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise RuntimeError("a bug")
 
 
+async def _huge(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return b"x" * (16 << 20 | 1)  # one byte over gRPC's message limit
+
+
 @contextlib.asynccontextmanager
 async def front_with_methods(short_dir: str) -> AsyncIterator[tuple[FrontServer, str]]:
     """The front server in this process in front of a real grpc.aio server, the health service and
@@ -52,7 +56,8 @@ async def front_with_methods(short_dir: str) -> AsyncIterator[tuple[FrontServer,
     handlers = {"Big": grpc.unary_stream_rpc_method_handler(_big),
                 "Count": grpc.stream_unary_rpc_method_handler(_count),
                 "Abort": grpc.unary_unary_rpc_method_handler(_abort),
-                "Crash": grpc.unary_unary_rpc_method_handler(_crash)}
+                "Crash": grpc.unary_unary_rpc_method_handler(_crash),
+                "Huge": grpc.unary_unary_rpc_method_handler(_huge)}
     registering.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.T", handlers)])
     registering.add_registered_method_handlers("t.T", handlers)
     backend.add_insecure_port(f"unix:{short_dir}/grpc.sock")
@@ -85,6 +90,12 @@ async def test_unary_and_server_streaming_calls_are_answered_by_the_front(short_
         assert err.value.code() == grpc.StatusCode.UNKNOWN
         assert "a bug" in err.value.details()
         assert any(r.exc_info and "/t.T/Crash" in r.getMessage() for r in caplog.records)
+        # an answer over the limit: gRPC's own status for it, not a bug (nothing logged)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary("/t.T/Huge")(b"", timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.value.details() == "grpc: trying to send message larger than max (16777217 vs. 16777216)"
+        assert not any("/t.T/Huge" in r.getMessage() for r in caplog.records)
         (conn,) = front.connections
         assert conn.link is None  # nothing went to the grpc.aio server
         for _ in range(100):  # the cancellations' RST_STREAMs may still be on their way
