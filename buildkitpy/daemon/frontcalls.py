@@ -11,9 +11,10 @@ grpc.aio's servicer context. Methods that stream requests (``LLBBridge.ExecProce
 
 What grpc.aio did for these calls is done here: one request message (uncompressed, at most
 ``MAX_MESSAGE_SIZE``), ``grpc-timeout`` as a deadline (DEADLINE_EXCEEDED), a client's reset cancels
-the handler, ``context.abort`` ends the call with its status and trailing metadata, an unexpected
-exception is logged with its traceback and reported as UNKNOWN, and at shutdown running calls get
-a grace period (``FrontServer.finish_calls``) and then end with UNAVAILABLE.
+the handler, ``context.abort`` ends the call with its status and trailing metadata, an answer over
+``MAX_MESSAGE_SIZE`` ends it with RESOURCE_EXHAUSTED, an unexpected exception is logged with its
+traceback and reported as UNKNOWN, and at shutdown running calls get a grace period
+(``FrontServer.finish_calls``) and then end with UNAVAILABLE.
 """
 
 from __future__ import annotations

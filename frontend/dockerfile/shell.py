@@ -46,8 +46,8 @@ _TOO_LONG = f"the expansion is longer than {MAX_EXPANDED_BYTES >> 20} MiB"
 
 # What the expansions of one conversion may add to the text, all together (``ExpansionBudget``).
 # With one word held to a MiB, ``ENV Bn=x$A16`` on each line after the sixteen that make A16 still
-# added a MiB a line: 200 such lines, 3 KB of Dockerfile, took 2.7 GB and 40 s to convert (a field
-# split is a loop over the characters of a value), 2,000 lines would end the daemon.
+# added a MiB a line: 200 such lines, 3 KB of Dockerfile, took 2.7 GB and 40 s to convert, and
+# 2,000 lines would end the daemon.
 MAX_TOTAL_GROWTH = 16 << 20
 
 
